@@ -1,0 +1,264 @@
+//! The wire messages of tap protocol v1 (see docs/protocol.md for the bytes).
+
+use crate::codec::{fixed, u32_be, Codec, DecodeError};
+use crate::crypto::{sha256, CRYPTOGRAM_LEN, POINT_LEN, SIG_LEN};
+use crate::pki::MAX_CERT_LEN;
+use crate::scenario::{PickupCredential, Scenario};
+use crate::tlv::{self, Reader};
+
+/// The tapstack application identifier: `F0` (proprietary, unregistered) +
+/// "TAPSTK" + application version 01.
+pub const AID: [u8; 8] = [0xF0, 0x54, 0x41, 0x50, 0x53, 0x54, 0x4B, 0x01];
+/// The one protocol version defined so far.
+pub const VERSION_1: u8 = 1;
+
+pub const CLA_ISO: u8 = 0x00;
+pub const CLA_PROPRIETARY: u8 = 0x80;
+pub const INS_SELECT: u8 = 0xA4;
+pub const INS_AUTHORIZE: u8 = 0x50;
+pub const INS_CONFIRM: u8 = 0x52;
+pub const INS_GET_CERTIFICATE: u8 = 0x54;
+
+/// FCI flag: the wallet accepts extended-length APDUs.
+pub const FLAG_EXTENDED_LENGTH: u8 = 0x01;
+
+/// Transcript labels (domain separation of the two hashes).
+pub const LABEL_TH1: &[u8] = b"tapstack/v1 th1";
+pub const LABEL_TH2: &[u8] = b"tapstack/v1 th2";
+
+/// The wallet's answer to SELECT: versions, capabilities and its ephemeral
+/// key share. Nothing here identifies the wallet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fci {
+    pub versions: Vec<u8>,
+    /// Scenario capability bits (`CAP_*`).
+    pub scenarios: u8,
+    /// Largest command data the wallet accepts in one APDU.
+    pub max_command: u16,
+    pub flags: u8,
+    pub key_share: [u8; POINT_LEN],
+}
+
+impl Codec for Fci {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write_nested(out, 0x6F, |o| {
+            tlv::write(o, 0x84, &AID);
+            tlv::write_nested(o, 0xA5, |o| {
+                tlv::write(o, 0xC0, &self.versions);
+                tlv::write(o, 0xC1, &[self.scenarios]);
+                tlv::write(o, 0xC2, &self.max_command.to_be_bytes());
+                tlv::write(o, 0xC3, &[self.flags]);
+                tlv::write(o, 0xC4, &self.key_share);
+            });
+        });
+    }
+
+    fn decode(input: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(tlv::parse_expect(input, 0x6F)?);
+        if r.expect(0x84)? != AID {
+            return Err(DecodeError::InvalidValue { field: "AID" });
+        }
+        let mut p = Reader::new(r.expect(0xA5)?);
+        r.finish()?;
+        let versions = p.expect(0xC0)?.to_vec();
+        if versions.is_empty() || versions.len() > 8 {
+            return Err(DecodeError::InvalidValue { field: "versions" });
+        }
+        let [scenarios] = fixed::<1>("scenarios", p.expect(0xC1)?)?;
+        let max_command = u16::from_be_bytes(fixed("max command", p.expect(0xC2)?)?);
+        let [flags] = fixed::<1>("flags", p.expect(0xC3)?)?;
+        let key_share = fixed("key share", p.expect(0xC4)?)?;
+        p.finish()?;
+        Ok(Fci { versions, scenarios, max_command, flags, key_share })
+    }
+}
+
+/// The signed part of AUTHORIZE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthBody {
+    pub version: u8,
+    pub key_share: [u8; POINT_LEN],
+    pub terminal_cert_hash: [u8; 32],
+    pub scenario: Scenario,
+    pub nonce: [u8; 16],
+    /// Terminal time, Unix seconds.
+    pub time: u32,
+}
+
+impl Codec for AuthBody {
+    fn encode(&self, o: &mut Vec<u8>) {
+        tlv::write(o, 0xD0, &[self.version]);
+        tlv::write(o, 0xD1, &self.key_share);
+        tlv::write(o, 0xD2, &self.terminal_cert_hash);
+        self.scenario.encode(o);
+        tlv::write(o, 0xD4, &self.nonce);
+        tlv::write(o, 0xD5, &self.time.to_be_bytes());
+    }
+
+    fn decode(input: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(input);
+        let body = read_auth_body(&mut r)?;
+        r.finish()?;
+        Ok(body)
+    }
+}
+
+fn read_auth_body(r: &mut Reader<'_>) -> Result<AuthBody, DecodeError> {
+    let [version] = fixed::<1>("version", r.expect(0xD0)?)?;
+    let key_share = fixed("terminal key share", r.expect(0xD1)?)?;
+    let terminal_cert_hash = fixed("terminal certificate hash", r.expect(0xD2)?)?;
+    let st = r.any()?.ok_or(DecodeError::MissingTag { tag: 0xA1 })?;
+    let mut enc = Vec::with_capacity(st.value.len() + 4);
+    tlv::write(&mut enc, st.tag, st.value);
+    let scenario = Scenario::decode(&enc)?;
+    let nonce = fixed("nonce", r.expect(0xD4)?)?;
+    let time = u32_be("time", r.expect(0xD5)?)?;
+    Ok(AuthBody { version, key_share, terminal_cert_hash, scenario, nonce, time })
+}
+
+/// AUTHORIZE's data field: body, optionally the terminal certificate, and the
+/// terminal's signature over TH1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizeRequest {
+    pub body: AuthBody,
+    pub certificate: Option<Vec<u8>>,
+    pub signature: [u8; SIG_LEN],
+}
+
+impl Codec for AuthorizeRequest {
+    fn encode(&self, o: &mut Vec<u8>) {
+        self.body.encode(o);
+        if let Some(c) = &self.certificate {
+            tlv::write(o, 0xD6, c);
+        }
+        tlv::write(o, 0xD7, &self.signature);
+    }
+
+    fn decode(input: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(input);
+        let body = read_auth_body(&mut r)?;
+        let certificate = r.optional(0xD6)?.map(|c| cap(c, MAX_CERT_LEN)).transpose()?;
+        let signature = fixed("terminal signature", r.expect(0xD7)?)?;
+        r.finish()?;
+        Ok(AuthorizeRequest { body, certificate, signature })
+    }
+}
+
+fn cap(v: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
+    if v.len() > max {
+        return Err(DecodeError::TooLong { len: v.len(), max });
+    }
+    Ok(v.to_vec())
+}
+
+/// Cardholder verification performed by the wallet; signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Cvm {
+    /// No verification (amount at or below the wallet's CVM limit, or pickup).
+    None = 0,
+    /// The user unlocked with a biometric shortly before the tap.
+    Armed = 1,
+    /// The user confirmed this scenario on the phone after a first tap.
+    ConfirmedOnDevice = 2,
+}
+
+impl Cvm {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Cvm::None),
+            1 => Some(Cvm::Armed),
+            2 => Some(Cvm::ConfirmedOnDevice),
+            _ => None,
+        }
+    }
+}
+
+/// The signed part of the wallet's answer to AUTHORIZE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletBody {
+    pub wallet_cert_hash: [u8; 32],
+    pub atc: u32,
+    pub cvm: Cvm,
+    /// Issuer cryptogram (pay and order).
+    pub cryptogram: Option<[u8; CRYPTOGRAM_LEN]>,
+    /// Pickup credential (pickup).
+    pub credential: Option<PickupCredential>,
+}
+
+impl Codec for WalletBody {
+    fn encode(&self, o: &mut Vec<u8>) {
+        tlv::write(o, 0xD8, &self.wallet_cert_hash);
+        tlv::write(o, 0xD9, &self.atc.to_be_bytes());
+        tlv::write(o, 0xDA, &[self.cvm as u8]);
+        if let Some(c) = &self.cryptogram {
+            tlv::write(o, 0xDB, c);
+        }
+        if let Some(c) = &self.credential {
+            c.encode(o);
+        }
+    }
+
+    fn decode(input: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(input);
+        let body = read_wallet_body(&mut r)?;
+        r.finish()?;
+        Ok(body)
+    }
+}
+
+fn read_wallet_body(r: &mut Reader<'_>) -> Result<WalletBody, DecodeError> {
+    let wallet_cert_hash = fixed("wallet certificate hash", r.expect(0xD8)?)?;
+    let atc = u32_be("ATC", r.expect(0xD9)?)?;
+    let [cvm] = fixed::<1>("CVM", r.expect(0xDA)?)?;
+    let cvm = Cvm::from_u8(cvm).ok_or(DecodeError::InvalidValue { field: "CVM" })?;
+    let cryptogram = r.optional(0xDB)?.map(|v| fixed("cryptogram", v)).transpose()?;
+    let credential = match r.optional(0xE4)? {
+        Some(v) => {
+            let mut enc = Vec::with_capacity(v.len() + 4);
+            tlv::write(&mut enc, 0xE4, v);
+            Some(PickupCredential::decode(&enc)?)
+        }
+        None => None,
+    };
+    Ok(WalletBody { wallet_cert_hash, atc, cvm, cryptogram, credential })
+}
+
+/// The wallet's answer to AUTHORIZE, before secure messaging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletResponse {
+    pub body: WalletBody,
+    pub certificate: Option<Vec<u8>>,
+    pub signature: [u8; SIG_LEN],
+}
+
+impl Codec for WalletResponse {
+    fn encode(&self, o: &mut Vec<u8>) {
+        self.body.encode(o);
+        if let Some(c) = &self.certificate {
+            tlv::write(o, 0xDD, c);
+        }
+        tlv::write(o, 0xDE, &self.signature);
+    }
+
+    fn decode(input: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(input);
+        let body = read_wallet_body(&mut r)?;
+        let certificate = r.optional(0xDD)?.map(|c| cap(c, MAX_CERT_LEN)).transpose()?;
+        let signature = fixed("wallet signature", r.expect(0xDE)?)?;
+        r.finish()?;
+        Ok(WalletResponse { body, certificate, signature })
+    }
+}
+
+/// `TH1 = SHA-256("tapstack/v1 th1" ‖ AID ‖ FCI ‖ AuthBody)`: what the
+/// terminal signs and what keys the session.
+pub fn th1(fci: &[u8], auth_body: &[u8]) -> [u8; 32] {
+    sha256(&[LABEL_TH1, &AID, fci, auth_body])
+}
+
+/// `TH2 = SHA-256("tapstack/v1 th2" ‖ TH1 ‖ terminal signature ‖ WalletBody)`:
+/// what the wallet signs.
+pub fn th2(th1: &[u8; 32], terminal_sig: &[u8], wallet_body: &[u8]) -> [u8; 32] {
+    sha256(&[LABEL_TH2, th1, terminal_sig, wallet_body])
+}

@@ -1,0 +1,244 @@
+//! The transaction record a terminal queues and the host verifies.
+//!
+//! A record carries the whole signed transcript of its tap, so anyone holding
+//! the trust anchors can re-check it offline; the terminal chains records by
+//! sequence number and previous-record hash and signs each one.
+
+use p256::ecdsa::SigningKey;
+
+use crate::codec::{fixed, text, u64_be, Codec, DecodeError};
+use crate::crypto::{self, sha256, SIG_LEN};
+use crate::error::{Error, Party};
+use crate::messages::{self, AuthBody, Cvm, Fci, WalletBody};
+use crate::pki::{Certificate, Role, TrustStore, MAX_CERT_LEN};
+use crate::revocation::RevocationList;
+use crate::scenario::{Cart, PickupCredential, Scenario, MAX_ORDER_NUMBER};
+use crate::terminal::{TapOutcome, Transcript};
+use crate::tlv::{self, Reader};
+use crate::verify::verify_wallet_half;
+
+/// Format version of the record encoding.
+pub const RECORD_VERSION: u8 = 1;
+/// Signature domain separation label.
+pub const LABEL_RECORD: &[u8] = b"tapstack/v1 record";
+/// Largest encoded record accepted.
+pub const MAX_RECORD_LEN: usize = 16 * 1024;
+
+/// One queued tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionRecord {
+    /// Per-terminal sequence number, starting at 1, never reused.
+    pub seq: u64,
+    /// Hash of the previous record of this terminal (zeros for the first).
+    pub prev_hash: [u8; 32],
+    /// Terminal time the record was written (Unix seconds).
+    pub recorded_at: u64,
+    /// SHA-256 of the terminal certificate.
+    pub terminal: [u8; 32],
+    pub transcript: Transcript,
+    pub wallet_certificate: Vec<u8>,
+    /// The itemized cart (`order`).
+    pub cart: Option<Cart>,
+    pub order_number: Option<String>,
+    /// Terminal signature over everything above.
+    pub signature: [u8; SIG_LEN],
+}
+
+impl TransactionRecord {
+    /// Build and sign the record of an approved tap.
+    pub fn new(
+        outcome: &TapOutcome,
+        terminal: &Certificate,
+        key: &SigningKey,
+        seq: u64,
+        prev_hash: [u8; 32],
+        recorded_at: u64,
+        cart: Option<Cart>,
+        order_number: Option<String>,
+    ) -> Self {
+        let mut r = TransactionRecord {
+            seq,
+            prev_hash,
+            recorded_at,
+            terminal: *terminal.hash(),
+            transcript: outcome.transcript.clone(),
+            wallet_certificate: outcome.wallet.der().to_vec(),
+            cart,
+            order_number,
+            signature: [0; SIG_LEN],
+        };
+        r.signature = crypto::sign(key, &r.signed_bytes());
+        r
+    }
+
+    fn encode_body(&self, o: &mut Vec<u8>) {
+        let t = &self.transcript;
+        tlv::write(o, 0x80, &[RECORD_VERSION]);
+        tlv::write(o, 0x81, &self.seq.to_be_bytes());
+        tlv::write(o, 0x82, &self.prev_hash);
+        tlv::write(o, 0x83, &self.recorded_at.to_be_bytes());
+        tlv::write(o, 0x84, &self.terminal);
+        tlv::write(o, 0x85, &t.fci);
+        tlv::write(o, 0x86, &t.auth_body);
+        tlv::write(o, 0x87, &t.terminal_sig);
+        tlv::write(o, 0x88, &t.wallet_body);
+        tlv::write(o, 0x89, &t.wallet_sig);
+        tlv::write(o, 0x8A, &self.wallet_certificate);
+        if let Some(c) = &self.cart {
+            c.encode(o);
+        }
+        if let Some(n) = &self.order_number {
+            tlv::write(o, 0x8B, n.as_bytes());
+        }
+    }
+
+    /// The bytes the terminal signs.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = LABEL_RECORD.to_vec();
+        self.encode_body(&mut out);
+        out
+    }
+
+    /// SHA-256 of the full encoding: the record's id and the next record's
+    /// `prev_hash`.
+    pub fn hash(&self) -> [u8; 32] {
+        sha256(&[&self.to_bytes()])
+    }
+}
+
+impl Codec for TransactionRecord {
+    fn encode(&self, out: &mut Vec<u8>) {
+        tlv::write_nested(out, 0xE6, |o| {
+            self.encode_body(o);
+            tlv::write(o, 0x8C, &self.signature);
+        });
+    }
+
+    fn decode(input: &[u8]) -> Result<Self, DecodeError> {
+        if input.len() > MAX_RECORD_LEN {
+            return Err(DecodeError::TooLong { len: input.len(), max: MAX_RECORD_LEN });
+        }
+        let mut r = Reader::new(tlv::parse_expect(input, 0xE6)?);
+        let [version] = fixed::<1>("record version", r.expect(0x80)?)?;
+        if version != RECORD_VERSION {
+            return Err(DecodeError::InvalidValue { field: "record version" });
+        }
+        let seq = u64_be("seq", r.expect(0x81)?)?;
+        let prev_hash = fixed("previous hash", r.expect(0x82)?)?;
+        let recorded_at = u64_be("recorded at", r.expect(0x83)?)?;
+        let terminal = fixed("terminal", r.expect(0x84)?)?;
+        let transcript = Transcript {
+            fci: r.expect(0x85)?.to_vec(),
+            auth_body: r.expect(0x86)?.to_vec(),
+            terminal_sig: fixed("terminal transcript signature", r.expect(0x87)?)?,
+            wallet_body: r.expect(0x88)?.to_vec(),
+            wallet_sig: fixed("wallet signature", r.expect(0x89)?)?,
+        };
+        let wallet_certificate = r.expect(0x8A)?.to_vec();
+        if wallet_certificate.len() > MAX_CERT_LEN {
+            return Err(DecodeError::TooLong { len: wallet_certificate.len(), max: MAX_CERT_LEN });
+        }
+        let cart = match r.optional(0xE7)? {
+            Some(v) => {
+                let mut enc = Vec::with_capacity(v.len() + 4);
+                tlv::write(&mut enc, 0xE7, v);
+                Some(Cart::decode(&enc)?)
+            }
+            None => None,
+        };
+        let order_number = r.optional(0x8B)?.map(|v| text("order number", v, MAX_ORDER_NUMBER)).transpose()?;
+        let signature = fixed("record signature", r.expect(0x8C)?)?;
+        r.finish()?;
+        Ok(TransactionRecord { seq, prev_hash, recorded_at, terminal, transcript, wallet_certificate, cart, order_number, signature })
+    }
+}
+
+/// A record whose every signature and certificate checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedRecord {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub scenario: Scenario,
+    pub wallet: Certificate,
+    pub atc: u32,
+    pub cvm: Cvm,
+    pub cryptogram: Option<[u8; 8]>,
+    pub credential: Option<PickupCredential>,
+    pub nonce: [u8; 16],
+    /// Terminal time of the tap.
+    pub time: u64,
+    /// TH1, the input of the issuer cryptogram.
+    pub th1: [u8; 32],
+}
+
+/// Verify a record against the terminal's certificate and the trust store:
+/// terminal chain, record signature, the full tap transcript (both
+/// signatures, wallet chain, scenario fields, pickup credential), and the
+/// cart for orders. Certificates are checked at the tap's time.
+///
+/// Chain continuity (seq, prev_hash) is the caller's: see [`check_chain`].
+pub fn verify_record(
+    record: &TransactionRecord,
+    terminal: &Certificate,
+    trust: &TrustStore,
+    revocations: Option<&RevocationList>,
+) -> Result<VerifiedRecord, Error> {
+    if terminal.hash() != &record.terminal {
+        return Err(Error::CertificateMismatch { party: Party::Terminal });
+    }
+    crypto::verify(terminal.public_key(), &record.signed_bytes(), &record.signature)
+        .map_err(|_| Error::BadSignature { party: Party::Terminal })?;
+    let t = &record.transcript;
+    let fci = Fci::decode(&t.fci)?;
+    let auth = AuthBody::decode(&t.auth_body)?;
+    let time = u64::from(auth.time);
+    trust.verify(terminal, Role::Terminal, time, revocations).map_err(Error::cert(Party::Terminal))?;
+    if auth.terminal_cert_hash != record.terminal {
+        return Err(Error::CertificateMismatch { party: Party::Terminal });
+    }
+    if fci.scenarios & auth.scenario.capability() == 0 || !fci.versions.contains(&auth.version) {
+        return Err(Error::ScenarioUnsupported { scenario: auth.scenario.kind() });
+    }
+    let th1 = messages::th1(&t.fci, &t.auth_body);
+    crypto::verify(terminal.public_key(), &th1, &t.terminal_sig).map_err(|_| Error::BadSignature { party: Party::Terminal })?;
+    let body = WalletBody::decode(&t.wallet_body)?;
+    let wallet = Certificate::from_der(&record.wallet_certificate).map_err(Error::cert(Party::Wallet))?;
+    verify_wallet_half(&th1, &t.terminal_sig, &body, &t.wallet_body, &t.wallet_sig, &wallet, &auth.scenario, trust, revocations, time)?;
+    if let Scenario::Order { cart_hash, amount, .. } = &auth.scenario {
+        let ok = record.cart.as_ref().is_some_and(|c| c.hash() == *cart_hash && c.total() == Some(amount.minor));
+        if !ok {
+            return Err(Error::ReceiptMismatch);
+        }
+    } else if record.cart.is_some() {
+        return Err(Error::ReceiptMismatch);
+    }
+    Ok(VerifiedRecord {
+        seq: record.seq,
+        hash: record.hash(),
+        scenario: auth.scenario,
+        wallet,
+        atc: body.atc,
+        cvm: body.cvm,
+        cryptogram: body.cryptogram,
+        credential: body.credential,
+        nonce: auth.nonce,
+        time,
+        th1,
+    })
+}
+
+/// Check that `record` directly follows `prev` (`None`: it must be the first
+/// record, seq 1 with a zero previous hash).
+pub fn check_chain(prev: Option<(u64, [u8; 32])>, record: &TransactionRecord) -> Result<(), Error> {
+    let (want_seq, want_hash) = match prev {
+        Some((seq, hash)) => (seq.checked_add(1).ok_or(Error::Chain { what: "sequence exhausted" })?, hash),
+        None => (1, [0; 32]),
+    };
+    if record.seq != want_seq {
+        return Err(Error::Chain { what: if record.seq < want_seq { "sequence number reused" } else { "gap in sequence numbers" } });
+    }
+    if record.prev_hash != want_hash {
+        return Err(Error::Chain { what: "previous-record hash does not match" });
+    }
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! The terminal side of the tap handshake, sans-IO.
+//!
+//! ```text
+//!  new() ──SELECT──▶ AwaitFci ──AUTHORIZE──▶ AwaitAuthorize ──┬──▶ Approved ──CONFIRM──▶ AwaitReceiptAck ──▶ Finished
+//!                                   ▲   9102: resend with cert  │        (GET CERTIFICATE if the wallet sent only
+//!                                   └───────────────────────────┘         its certificate's hash and we lost it)
+//!                                          9101 ──▶ Finished (ConfirmOnPhone: tap again)
+//! ```
+//!
+//! Drive it like this: send what [`TerminalSession::poll_command`] returns,
+//! feed the answer to [`TerminalSession::handle_response`], drain
+//! [`TerminalSession::poll_event`]; repeat until `poll_command` is `None`.
+//! After [`TerminalEvent::Approved`], durably queue the record, then call
+//! [`TerminalSession::send_receipt`] (optional).
+
+use std::collections::VecDeque;
+
+use p256::ecdsa::SigningKey;
+use rand_core::CryptoRngCore;
+
+use crate::apdu::{Command, Response, StatusWord};
+use crate::cache::Bounded;
+use crate::codec::Codec;
+use crate::crypto::{self, Direction, EphemeralKey, SessionKeys};
+use crate::error::{Error, Party};
+use crate::messages::{
+    self, AuthBody, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, AID, CLA_ISO, CLA_PROPRIETARY,
+    FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE, INS_SELECT, VERSION_1,
+};
+use crate::pki::{Certificate, TrustStore};
+use crate::revocation::RevocationList;
+use crate::scenario::{PickupCredential, Receipt, Scenario};
+use crate::verify::verify_wallet_half;
+
+/// Long-lived terminal state the driver owns across taps.
+#[derive(Debug)]
+pub struct TerminalContext {
+    pub certificate: Certificate,
+    key: SigningKey,
+    pub trust: TrustStore,
+    pub revocations: Option<RevocationList>,
+    wallet_certs: Bounded<[u8; 32], Certificate>,
+    last_atc: Bounded<[u8; 32], u32>,
+}
+
+impl TerminalContext {
+    pub fn new(certificate: Certificate, key: SigningKey, trust: TrustStore) -> Self {
+        TerminalContext {
+            certificate,
+            key,
+            trust,
+            revocations: None,
+            wallet_certs: Bounded::new(4096),
+            last_atc: Bounded::new(65536),
+        }
+    }
+
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Forget cached wallet certificates (a terminal that "lost" them).
+    pub fn forget_wallet_certificates(&mut self) {
+        self.wallet_certs.clear();
+    }
+
+    /// The last ATC seen from the wallet with this certificate hash.
+    pub fn last_atc(&self, wallet: &[u8; 32]) -> Option<u32> {
+        self.last_atc.get(wallet).copied()
+    }
+
+    /// Seed the last ATC seen from a wallet (after a restart, from the queue).
+    pub fn note_atc(&mut self, wallet: [u8; 32], atc: u32) {
+        if self.last_atc(&wallet).is_none_or(|l| atc > l) {
+            self.last_atc.insert(wallet, atc);
+        }
+    }
+}
+
+/// What this tap is for, and how strict to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapParams {
+    pub scenario: Scenario,
+    /// Amounts above this (minor units) need a cardholder verification.
+    pub cvm_limit: u64,
+    /// Send the terminal certificate in the first AUTHORIZE (default), or
+    /// only its hash (for a repeat-heavy clientele).
+    pub send_certificate: bool,
+}
+
+/// The signed transcript pieces a record keeps so the host can re-verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transcript {
+    pub fci: Vec<u8>,
+    pub auth_body: Vec<u8>,
+    pub terminal_sig: [u8; 64],
+    pub wallet_body: Vec<u8>,
+    pub wallet_sig: [u8; 64],
+}
+
+/// An approved tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapOutcome {
+    pub scenario: Scenario,
+    pub wallet: Certificate,
+    pub atc: u32,
+    pub cvm: Cvm,
+    pub cryptogram: Option<[u8; 8]>,
+    pub credential: Option<PickupCredential>,
+    /// Terminal time sent in AUTHORIZE.
+    pub time: u32,
+    pub transcript: Transcript,
+}
+
+/// What the driver learns from the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TerminalEvent {
+    /// SELECT succeeded; `extended` says the wallet takes extended APDUs.
+    Selected { extended: bool, max_command: u16 },
+    /// The wallet wants the user to confirm on the phone; tap again.
+    ConfirmOnPhone,
+    /// All checks passed: queue the record, then send the receipt.
+    Approved(Box<TapOutcome>),
+    /// The wallet acknowledged the receipt.
+    ReceiptDelivered,
+}
+
+struct Authorizing {
+    eph: EphemeralKey,
+    fci_bytes: Vec<u8>,
+    wallet_key_share: [u8; 33],
+    body: AuthBody,
+    body_bytes: Vec<u8>,
+    th1: [u8; 32],
+    signature: [u8; 64],
+    cert_sent: bool,
+}
+
+struct AwaitingCert {
+    auth: Authorizing,
+    keys: SessionKeys,
+    resp: WalletResponse,
+    body_bytes: Vec<u8>,
+}
+
+enum State {
+    AwaitFci,
+    AwaitAuthorize(Box<Authorizing>),
+    AwaitCertificate(Box<AwaitingCert>),
+    Approved(SessionKeys),
+    AwaitReceiptAck,
+    Finished,
+    Failed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::AwaitFci => "awaiting FCI",
+            State::AwaitAuthorize(_) => "awaiting AUTHORIZE response",
+            State::AwaitCertificate(_) => "awaiting wallet certificate",
+            State::Approved(_) => "approved",
+            State::AwaitReceiptAck => "awaiting receipt acknowledgement",
+            State::Finished => "finished",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// One tap, terminal side.
+pub struct TerminalSession {
+    params: TapParams,
+    state: State,
+    out: Option<Command>,
+    events: VecDeque<TerminalEvent>,
+}
+
+impl core::fmt::Debug for TerminalSession {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TerminalSession").field("state", &self.state.name()).finish_non_exhaustive()
+    }
+}
+
+/// Expected response length of the protocol's commands: as much as allowed.
+const LE_MAX: usize = 65536;
+
+impl TerminalSession {
+    /// Start a tap; the first command is SELECT.
+    pub fn new(params: TapParams) -> Self {
+        let select = Command::new(CLA_ISO, INS_SELECT, 0x04, 0x00, AID.to_vec(), Some(256));
+        TerminalSession { params, state: State::AwaitFci, out: Some(select), events: VecDeque::new() }
+    }
+
+    pub fn params(&self) -> &TapParams {
+        &self.params
+    }
+
+    /// The next command to transmit.
+    pub fn poll_command(&mut self) -> Option<Command> {
+        self.out.take()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<TerminalEvent> {
+        self.events.pop_front()
+    }
+
+    /// Whether the session has nothing more to do.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Finished | State::Failed | State::Approved(_)) && self.out.is_none()
+    }
+
+    /// Feed the logical response to the last command. `now` is Unix seconds.
+    pub fn handle_response(
+        &mut self,
+        ctx: &mut TerminalContext,
+        resp: Response,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), Error> {
+        let state = core::mem::replace(&mut self.state, State::Failed);
+        match self.step(ctx, state, resp, now, rng) {
+            Ok(next) => {
+                self.state = next;
+                Ok(())
+            }
+            Err(e) => {
+                self.out = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Send the receipt once the record is durable.
+    pub fn send_receipt(&mut self, receipt: &Receipt) -> Result<(), Error> {
+        let State::Approved(keys) = core::mem::replace(&mut self.state, State::Failed) else {
+            return Err(Error::UnexpectedMessage { state: "not approved", got: "send_receipt" });
+        };
+        let sealed = keys.seal(Direction::TerminalToWallet, 0, &[INS_CONFIRM], &receipt.to_bytes());
+        self.out = Some(Command::new(CLA_PROPRIETARY, INS_CONFIRM, 0, 0, sealed, None));
+        self.state = State::AwaitReceiptAck;
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        ctx: &mut TerminalContext,
+        state: State,
+        resp: Response,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<State, Error> {
+        match state {
+            State::AwaitFci => self.on_fci(ctx, resp, now, rng),
+            State::AwaitAuthorize(auth) => self.on_authorize(ctx, *auth, resp, now),
+            State::AwaitCertificate(pending) => self.on_certificate(ctx, *pending, resp, now),
+            State::AwaitReceiptAck => {
+                if resp.sw.is_ok() {
+                    self.events.push_back(TerminalEvent::ReceiptDelivered);
+                }
+                // Losing the receipt loses nothing: the record is queued.
+                Ok(State::Finished)
+            }
+            other => Err(Error::UnexpectedMessage { state: other.name(), got: "response" }),
+        }
+    }
+
+    fn on_fci(
+        &mut self,
+        ctx: &mut TerminalContext,
+        resp: Response,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<State, Error> {
+        if !resp.sw.is_ok() {
+            return Err(Error::NotAWallet { sw: resp.sw });
+        }
+        let fci = Fci::decode(&resp.data)?;
+        crypto::parse_public(&fci.key_share).map_err(|_| Error::BadKeyShare)?;
+        if !fci.versions.contains(&VERSION_1) {
+            return Err(Error::NoCommonVersion);
+        }
+        if fci.scenarios & self.params.scenario.capability() == 0 {
+            return Err(Error::ScenarioUnsupported { scenario: self.params.scenario.kind() });
+        }
+        self.events.push_back(TerminalEvent::Selected {
+            extended: fci.flags & FLAG_EXTENDED_LENGTH != 0,
+            max_command: fci.max_command,
+        });
+        let eph = EphemeralKey::generate(rng);
+        let mut nonce = [0u8; 16];
+        rng.fill_bytes(&mut nonce);
+        let body = AuthBody {
+            version: VERSION_1,
+            key_share: *eph.public(),
+            terminal_cert_hash: *ctx.certificate.hash(),
+            scenario: self.params.scenario.clone(),
+            nonce,
+            time: u32::try_from(now).unwrap_or(u32::MAX),
+        };
+        let body_bytes = body.to_bytes();
+        let th1 = messages::th1(&resp.data, &body_bytes);
+        let signature = crypto::sign(&ctx.key, &th1);
+        let auth = Authorizing {
+            eph,
+            fci_bytes: resp.data,
+            wallet_key_share: fci.key_share,
+            body,
+            body_bytes,
+            th1,
+            signature,
+            cert_sent: self.params.send_certificate,
+        };
+        self.out = Some(authorize_command(ctx, &auth));
+        Ok(State::AwaitAuthorize(Box::new(auth)))
+    }
+
+    fn on_authorize(&mut self, ctx: &mut TerminalContext, auth: Authorizing, resp: Response, now: u64) -> Result<State, Error> {
+        match resp.sw {
+            StatusWord::Ok => {}
+            StatusWord::CertificateNeeded if !auth.cert_sent => {
+                let auth = Authorizing { cert_sent: true, ..auth };
+                self.out = Some(authorize_command(ctx, &auth));
+                return Ok(State::AwaitAuthorize(Box::new(auth)));
+            }
+            StatusWord::ConfirmOnPhone => {
+                self.events.push_back(TerminalEvent::ConfirmOnPhone);
+                return Ok(State::Finished);
+            }
+            sw => return Err(Error::WalletRefused { sw }),
+        }
+        let shared = auth.eph.agree(&auth.wallet_key_share).map_err(|_| Error::BadKeyShare)?;
+        let keys = SessionKeys::derive(&shared, &auth.th1);
+        let plain = keys.open(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.data).map_err(|_| Error::BadMac)?;
+        let wallet_resp = WalletResponse::decode(&plain)?;
+        let body_bytes = wallet_resp.body.to_bytes();
+        let cert = match &wallet_resp.certificate {
+            Some(der) => Some(Certificate::from_der(der).map_err(Error::cert(Party::Wallet))?),
+            None => ctx.wallet_certs.get(&wallet_resp.body.wallet_cert_hash).cloned(),
+        };
+        match cert {
+            Some(cert) => self.finish(ctx, auth, keys, wallet_resp, body_bytes, cert, now),
+            None => {
+                self.out = Some(Command::new(CLA_PROPRIETARY, INS_GET_CERTIFICATE, 0, 0, Vec::new(), Some(LE_MAX)));
+                Ok(State::AwaitCertificate(Box::new(AwaitingCert { auth, keys, resp: wallet_resp, body_bytes })))
+            }
+        }
+    }
+
+    fn on_certificate(&mut self, ctx: &mut TerminalContext, p: AwaitingCert, resp: Response, now: u64) -> Result<State, Error> {
+        if !resp.sw.is_ok() {
+            return Err(Error::WalletRefused { sw: resp.sw });
+        }
+        let der = p.keys.open(Direction::WalletToTerminal, 1, &[INS_GET_CERTIFICATE], &resp.data).map_err(|_| Error::BadMac)?;
+        let cert = Certificate::from_der(&der).map_err(Error::cert(Party::Wallet))?;
+        self.finish(ctx, p.auth, p.keys, p.resp, p.body_bytes, cert, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        ctx: &mut TerminalContext,
+        auth: Authorizing,
+        keys: SessionKeys,
+        resp: WalletResponse,
+        body_bytes: Vec<u8>,
+        wallet: Certificate,
+        now: u64,
+    ) -> Result<State, Error> {
+        let body: &WalletBody = &resp.body;
+        verify_wallet_half(
+            &auth.th1,
+            &auth.signature,
+            body,
+            &body_bytes,
+            &resp.signature,
+            &wallet,
+            &self.params.scenario,
+            &ctx.trust,
+            ctx.revocations.as_ref(),
+            now,
+        )?;
+        if let Some(amount) = self.params.scenario.amount() {
+            if amount.minor > self.params.cvm_limit && body.cvm == Cvm::None {
+                return Err(Error::CvmRequired);
+            }
+        }
+        if let Some(last) = ctx.last_atc(wallet.hash()) {
+            if body.atc <= last {
+                return Err(Error::AtcRegression { last, got: body.atc });
+            }
+        }
+        ctx.note_atc(*wallet.hash(), body.atc);
+        ctx.wallet_certs.insert(*wallet.hash(), wallet.clone());
+        let outcome = TapOutcome {
+            scenario: self.params.scenario.clone(),
+            atc: body.atc,
+            cvm: body.cvm,
+            cryptogram: body.cryptogram,
+            credential: body.credential.clone(),
+            time: auth.body.time,
+            wallet,
+            transcript: Transcript {
+                fci: auth.fci_bytes,
+                auth_body: auth.body_bytes,
+                terminal_sig: auth.signature,
+                wallet_body: body_bytes,
+                wallet_sig: resp.signature,
+            },
+        };
+        self.events.push_back(TerminalEvent::Approved(Box::new(outcome)));
+        Ok(State::Approved(keys))
+    }
+}
+
+fn authorize_command(ctx: &TerminalContext, auth: &Authorizing) -> Command {
+    let req = AuthorizeRequest {
+        body: auth.body.clone(),
+        certificate: auth.cert_sent.then(|| ctx.certificate.der().to_vec()),
+        signature: auth.signature,
+    };
+    Command::new(CLA_PROPRIETARY, INS_AUTHORIZE, 0, 0, req.to_bytes(), Some(LE_MAX))
+}

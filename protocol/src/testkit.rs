@@ -1,0 +1,347 @@
+//! An in-memory PKI and loopback tap driver, for tests, benchmarks, fuzzing,
+//! docs and the emulator's self-tests. Pure: no IO, time and randomness are
+//! passed in.
+
+use p256::ecdsa::SigningKey;
+use rand_core::CryptoRngCore;
+
+use crate::apdu::{CardInput, CardLink, LinkLimits, Response, TerminalLink};
+use crate::crypto::{compress, IssuerMasterKey};
+use crate::error::Error;
+use crate::pki::{self, CertSpec, Certificate, Role, TrustStore};
+use crate::scenario::{PickupCredential, Receipt};
+use crate::terminal::{TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession};
+use crate::wallet::{WalletContext, WalletEvent, WalletSession};
+
+/// The fixed "now" of in-memory tests: 2026-05-28T20:26:40Z.
+pub const NOW: u64 = 1_780_000_000;
+const DAY: u64 = 86_400;
+
+/// A certificate and its private key.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cert: Certificate,
+    pub key: SigningKey,
+}
+
+/// A complete development PKI held in memory.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub root: Identity,
+    pub issuer: Identity,
+    pub acquirer: Identity,
+    pub operator: Identity,
+    pub terminal: Identity,
+    pub wallet: Identity,
+    pub issuer_master_key: IssuerMasterKey,
+    pub now: u64,
+}
+
+fn spec(role: Role, cn: &str, now: u64) -> CertSpec<'_> {
+    CertSpec { role, common_name: cn, not_before: now - DAY, not_after: now + 5 * 365 * DAY }
+}
+
+impl Pki {
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        let now = NOW;
+        let root_key = SigningKey::random(rng);
+        let root_cert = pki::issue_root(&spec(Role::Root, "tapstack dev root", now), &root_key, rng).unwrap_or_else(|e| panic!("{e}"));
+        let root = Identity { cert: root_cert, key: root_key };
+        let child = |role, cn: &str, parent: &Identity, rng: &mut dyn rand_core::CryptoRngCore| {
+            let mut rng = RngRef(rng);
+            let key = SigningKey::random(&mut rng);
+            let cert = pki::issue(&spec(role, cn, now), key.verifying_key(), (&parent.cert, &parent.key), &mut rng)
+                .unwrap_or_else(|e| panic!("{e}"));
+            Identity { cert, key }
+        };
+        let issuer = child(Role::Issuer, "tapstack dev issuer", &root, rng);
+        let acquirer = child(Role::Acquirer, "tapstack dev acquirer", &root, rng);
+        let operator = child(Role::Operator, "tapstack dev lockers", &root, rng);
+        let terminal = child(Role::Terminal, "Tea House #12", &acquirer, rng);
+        let wallet = child(Role::Wallet, "wallet", &issuer, rng);
+        let mut imk = [0u8; 16];
+        rng.fill_bytes(&mut imk);
+        Pki { root, issuer, acquirer, operator, terminal, wallet, issuer_master_key: IssuerMasterKey(imk), now }
+    }
+
+    /// Another terminal certificate under the same acquirer.
+    pub fn new_terminal(&self, cn: &str, rng: &mut impl CryptoRngCore) -> Identity {
+        let key = SigningKey::random(rng);
+        let cert = pki::issue(&spec(Role::Terminal, cn, self.now), key.verifying_key(), (&self.acquirer.cert, &self.acquirer.key), rng)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Identity { cert, key }
+    }
+
+    /// Another wallet certificate under the same issuer.
+    pub fn new_wallet(&self, rng: &mut impl CryptoRngCore) -> Identity {
+        let key = SigningKey::random(rng);
+        let cert = pki::issue(&spec(Role::Wallet, "wallet", self.now), key.verifying_key(), (&self.issuer.cert, &self.issuer.key), rng)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Identity { cert, key }
+    }
+
+    /// What a terminal trusts: root, issuer (wallets), operator (credentials).
+    pub fn terminal_trust(&self) -> TrustStore {
+        let mut t = TrustStore::new();
+        t.add_root(self.root.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
+        t.add_intermediate(self.issuer.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
+        t.add_intermediate(self.operator.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
+        t
+    }
+
+    /// What a wallet trusts: root and acquirer (terminals).
+    pub fn wallet_trust(&self) -> TrustStore {
+        let mut t = TrustStore::new();
+        t.add_root(self.root.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
+        t.add_intermediate(self.acquirer.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
+        t
+    }
+
+    pub fn terminal_context(&self) -> TerminalContext {
+        self.terminal_context_for(&self.terminal)
+    }
+
+    pub fn terminal_context_for(&self, id: &Identity) -> TerminalContext {
+        TerminalContext::new(id.cert.clone(), id.key.clone(), self.terminal_trust())
+    }
+
+    pub fn wallet_context(&self) -> WalletContext {
+        self.wallet_context_for(&self.wallet)
+    }
+
+    pub fn wallet_context_for(&self, id: &Identity) -> WalletContext {
+        let ck = self.issuer_master_key.diversify(id.cert.serial());
+        let mut w = WalletContext::new(id.cert.clone(), id.key.clone(), ck, self.wallet_trust());
+        w.cvm_limit = 10_000;
+        w
+    }
+
+    /// A pickup credential for `wallet` at `site`, signed by the operator.
+    pub fn credential(&self, wallet: &Certificate, site: &str, slot: u16, parcel: &str, rng: &mut impl CryptoRngCore) -> PickupCredential {
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let mut c = PickupCredential {
+            id,
+            parcel: parcel.to_owned(),
+            site: site.to_owned(),
+            slot,
+            recipient: compress(&p256::PublicKey::from(wallet.public_key())),
+            not_after: self.now + 7 * DAY,
+            operator: [0; 32],
+            signature: [0; 64],
+        };
+        c.sign(&self.operator.cert, &self.operator.key);
+        c
+    }
+
+    /// Run one tap between the two contexts over an in-memory link.
+    pub fn run_tap(
+        &self,
+        terminal: &mut TerminalContext,
+        wallet: &mut WalletContext,
+        params: TapParams,
+        rng: &mut impl CryptoRngCore,
+    ) -> TapRun {
+        let mut link = Loopback::new(LinkLimits::EXTENDED, wallet.extended);
+        link.run(terminal, wallet, params, self.now, rng)
+    }
+}
+
+struct RngRef<'a>(&'a mut dyn rand_core::CryptoRngCore);
+impl rand_core::RngCore for RngRef<'_> {
+    fn next_u32(&mut self) -> u32 {
+        self.0.next_u32()
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill_bytes(dest)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.0.try_fill_bytes(dest)
+    }
+}
+impl rand_core::CryptoRng for RngRef<'_> {}
+
+/// One wire exchange: command APDU bytes and response APDU bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireExchange {
+    pub command: Vec<u8>,
+    pub response: Vec<u8>,
+}
+
+/// What happened in a loopback tap.
+#[derive(Debug)]
+pub struct TapRun {
+    pub outcome: Option<TapOutcome>,
+    pub error: Option<Error>,
+    pub terminal_events: Vec<TerminalEvent>,
+    pub wallet_events: Vec<WalletEvent>,
+    pub wire: Vec<WireExchange>,
+    pub session: TerminalSession,
+}
+
+impl TapRun {
+    /// Logical round trips (command/response pairs on the wire).
+    pub fn round_trips(&self) -> usize {
+        self.wire.len()
+    }
+
+    /// APDU bytes in both directions.
+    pub fn apdu_bytes(&self) -> usize {
+        self.wire.iter().map(|w| w.command.len() + w.response.len()).sum()
+    }
+}
+
+/// An in-memory reader with a phone in its field: terminal link, card link,
+/// wallet session; records every wire exchange.
+#[derive(Debug)]
+pub struct Loopback {
+    pub terminal_link: TerminalLink,
+    pub card_link: CardLink,
+    pub wallet: WalletSession,
+    pub wire: Vec<WireExchange>,
+    /// Hook to tamper with command bytes in flight (index of exchange, bytes).
+    pub tamper_command: Option<fn(usize, &mut Vec<u8>)>,
+    /// Hook to tamper with response bytes in flight.
+    pub tamper_response: Option<fn(usize, &mut Vec<u8>)>,
+}
+
+impl Loopback {
+    pub fn new(reader: LinkLimits, card_extended: bool) -> Self {
+        let limits = if card_extended { reader } else { LinkLimits::SHORT };
+        Loopback {
+            terminal_link: TerminalLink::new(limits),
+            card_link: CardLink::new(card_extended),
+            wallet: WalletSession::new(),
+            wire: Vec::new(),
+            tamper_command: None,
+            tamper_response: None,
+        }
+    }
+
+    /// Carry one logical command through both links.
+    pub fn exchange(
+        &mut self,
+        wallet: &mut WalletContext,
+        cmd: crate::apdu::Command,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Response, Error> {
+        self.terminal_link.send(cmd);
+        let mut guard = 0;
+        while let Some(mut bytes) = self.terminal_link.poll_transmit() {
+            guard += 1;
+            if guard > 64 {
+                break;
+            }
+            if let Some(f) = self.tamper_command {
+                f(self.wire.len(), &mut bytes);
+            }
+            let mut reply = match self.card_link.handle_command(&bytes) {
+                CardInput::Reply(r) => r,
+                CardInput::Command(c) => {
+                    let resp = self.wallet.handle_command(wallet, &c, now, rng);
+                    self.card_link.respond(resp, c.le)
+                }
+            };
+            if let Some(f) = self.tamper_response {
+                f(self.wire.len(), &mut reply);
+            }
+            self.wire.push(WireExchange { command: bytes, response: reply.clone() });
+            if let Some(resp) = self.terminal_link.handle_response(&reply)? {
+                return Ok(resp);
+            }
+        }
+        Err(Error::UnexpectedMessage { state: "loopback", got: "no response" })
+    }
+
+    /// Run a whole tap: SELECT, AUTHORIZE (and what follows) until the
+    /// terminal session has nothing more to send.
+    pub fn run(
+        &mut self,
+        terminal: &mut TerminalContext,
+        wallet: &mut WalletContext,
+        params: TapParams,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> TapRun {
+        let mut session = TerminalSession::new(params);
+        let mut outcome = None;
+        let mut error = None;
+        let mut terminal_events = Vec::new();
+        while let Some(cmd) = session.poll_command() {
+            let resp = match self.exchange(wallet, cmd, now, rng) {
+                Ok(r) => r,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            };
+            if let Err(e) = session.handle_response(terminal, resp, now, rng) {
+                error = Some(e);
+                break;
+            }
+            while let Some(ev) = session.poll_event() {
+                if let TerminalEvent::Selected { extended, max_command } = &ev {
+                    if !extended {
+                        self.terminal_link.set_limits(LinkLimits::SHORT);
+                    } else {
+                        self.terminal_link.set_limits(LinkLimits { extended: true, max_command_data: usize::from(*max_command) });
+                    }
+                }
+                if let TerminalEvent::Approved(o) = &ev {
+                    outcome = Some((**o).clone());
+                }
+                terminal_events.push(ev);
+            }
+        }
+        let mut wallet_events = Vec::new();
+        while let Some(ev) = self.wallet.poll_event() {
+            wallet_events.push(ev);
+        }
+        TapRun { outcome, error, terminal_events, wallet_events, wire: core::mem::take(&mut self.wire), session }
+    }
+
+    /// Deliver a receipt after an approved tap; returns whether the wallet
+    /// acknowledged it.
+    pub fn deliver_receipt(
+        &mut self,
+        run: &mut TapRun,
+        terminal: &mut TerminalContext,
+        wallet: &mut WalletContext,
+        receipt: &Receipt,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<bool, Error> {
+        run.session.send_receipt(receipt)?;
+        let mut delivered = false;
+        while let Some(cmd) = run.session.poll_command() {
+            let resp = self.exchange(wallet, cmd, now, rng)?;
+            run.session.handle_response(terminal, resp, now, rng)?;
+            while let Some(ev) = run.session.poll_event() {
+                delivered |= ev == TerminalEvent::ReceiptDelivered;
+                run.terminal_events.push(ev);
+            }
+        }
+        while let Some(ev) = self.wallet.poll_event() {
+            run.wallet_events.push(ev);
+        }
+        run.wire.append(&mut self.wire);
+        Ok(delivered)
+    }
+}
+
+/// Encode helper for docs: hex with spaces every byte.
+pub fn hex_spaced(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(&format!("{b:02X}"));
+    }
+    s
+}
+

@@ -1,0 +1,421 @@
+//! The wallet (phone) side of the tap handshake, sans-IO — what an HCE
+//! service runs. It answers every command with a response; status words say
+//! what went wrong.
+//!
+//! ```text
+//!   Idle ──SELECT──▶ Selected ──AUTHORIZE──▶ Authorized ──CONFIRM──▶ Done
+//!     ▲                │  9101 / 9102 keep it Selected      │ GET CERTIFICATE
+//!     └──── deselect() / SELECT (new key share) ◀───────────┘
+//! ```
+//!
+//! **ATC durability:** after [`WalletSession::handle_command`] returns a
+//! response to AUTHORIZE, [`WalletContext::atc`] has advanced; the driver must
+//! persist it before transmitting that response.
+
+use std::collections::VecDeque;
+
+use p256::ecdsa::SigningKey;
+use rand_core::CryptoRngCore;
+
+use crate::apdu::{Command, Response, StatusWord};
+use crate::cache::Bounded;
+use crate::codec::Codec;
+use crate::crypto::{self, Direction, EphemeralKey, SessionKeys, WalletCryptogramKey};
+use crate::messages::{
+    self, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, AID, CLA_ISO, CLA_PROPRIETARY,
+    FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE, INS_SELECT, VERSION_1,
+};
+use crate::pki::{Certificate, Role, TrustStore};
+use crate::revocation::RevocationList;
+use crate::scenario::{PickupCredential, Receipt, Scenario, CAP_ORDER, CAP_PAY, CAP_PICKUP};
+
+/// How long a confirmation made on the phone stays valid for the second tap.
+pub const CONFIRM_WINDOW_SECS: u64 = 120;
+
+/// A scenario waiting for the user's confirmation on the phone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingConfirmation {
+    pub terminal: [u8; 32],
+    pub merchant: String,
+    pub scenario: Scenario,
+    /// Set when the user confirmed; the second tap must come before it.
+    pub confirmed_until: Option<u64>,
+}
+
+/// Long-lived wallet state: identity, policy, caches, counter.
+#[derive(Debug)]
+pub struct WalletContext {
+    pub certificate: Certificate,
+    key: SigningKey,
+    cryptogram_key: WalletCryptogramKey,
+    /// Root plus the acquirer CAs this wallet accepts terminals from.
+    pub trust: TrustStore,
+    pub revocations: Option<RevocationList>,
+    /// Application transaction counter: last value used.
+    pub atc: u32,
+    /// Amounts at or below this (minor units) need no verification.
+    pub cvm_limit: u64,
+    /// The user (or policy) declines everything.
+    pub decline_all: bool,
+    /// Biometric unlock valid until this time (Unix seconds), for one tap.
+    pub armed_until: Option<u64>,
+    pub pending: Option<PendingConfirmation>,
+    pub credentials: Vec<PickupCredential>,
+    /// Largest tolerated |terminal time − phone time|, seconds.
+    pub max_skew: u64,
+    /// Scenario capability bits offered in the FCI.
+    pub scenarios: u8,
+    /// Whether extended-length APDUs are offered.
+    pub extended: bool,
+    terminal_certs: Bounded<[u8; 32], Certificate>,
+    given_to: Bounded<[u8; 32], ()>,
+    recent_nonces: Bounded<[u8; 16], ()>,
+}
+
+impl WalletContext {
+    pub fn new(certificate: Certificate, key: SigningKey, cryptogram_key: WalletCryptogramKey, trust: TrustStore) -> Self {
+        WalletContext {
+            certificate,
+            key,
+            cryptogram_key,
+            trust,
+            revocations: None,
+            atc: 0,
+            cvm_limit: 0,
+            decline_all: false,
+            armed_until: None,
+            pending: None,
+            credentials: Vec::new(),
+            max_skew: 900,
+            scenarios: CAP_PAY | CAP_ORDER | CAP_PICKUP,
+            extended: true,
+            terminal_certs: Bounded::new(256),
+            given_to: Bounded::new(256),
+            recent_nonces: Bounded::new(64),
+        }
+    }
+
+    /// The user confirmed the pending scenario on the phone.
+    pub fn confirm_pending(&mut self, now: u64) -> bool {
+        match self.pending.as_mut() {
+            Some(p) => {
+                p.confirmed_until = Some(now.saturating_add(CONFIRM_WINDOW_SECS));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Simulated biometric unlock: the next tap within `secs` needs no second tap.
+    pub fn arm(&mut self, now: u64, secs: u64) {
+        self.armed_until = Some(now.saturating_add(secs));
+    }
+
+    /// Forget which terminals hold our certificate and which we trust by hash.
+    pub fn forget_terminals(&mut self) {
+        self.terminal_certs.clear();
+        self.given_to.clear();
+    }
+
+    fn decide_cvm(&mut self, scenario: &Scenario, terminal: &Certificate, now: u64) -> Result<Cvm, StatusWord> {
+        if self.decline_all {
+            return Err(StatusWord::Declined);
+        }
+        let Some(amount) = scenario.amount() else { return Ok(Cvm::None) };
+        if amount.minor <= self.cvm_limit {
+            return Ok(Cvm::None);
+        }
+        if self.armed_until.is_some_and(|t| now <= t) {
+            self.armed_until = None;
+            return Ok(Cvm::Armed);
+        }
+        if let Some(p) = &self.pending {
+            if p.terminal == *terminal.hash() && p.scenario == *scenario && p.confirmed_until.is_some_and(|t| now <= t) {
+                self.pending = None;
+                return Ok(Cvm::ConfirmedOnDevice);
+            }
+        }
+        self.pending = Some(PendingConfirmation {
+            terminal: *terminal.hash(),
+            merchant: terminal.common_name().to_owned(),
+            scenario: scenario.clone(),
+            confirmed_until: None,
+        });
+        Err(StatusWord::ConfirmOnPhone)
+    }
+}
+
+/// What the phone's UI learns from the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WalletEvent {
+    Selected,
+    /// Show "confirm <scenario> at <merchant>?"; then call
+    /// [`WalletContext::confirm_pending`] and ask for a second tap.
+    ConfirmationRequested { merchant: String, scenario: Scenario },
+    /// Authorized; `atc` is the value to persist before answering.
+    Authorized { merchant: String, scenario: Scenario, atc: u32, cvm: Cvm },
+    /// The terminal's receipt: show "paid, order A17".
+    Receipt { merchant: String, receipt: Receipt },
+    /// A command was refused with this status word.
+    Refused { sw: StatusWord },
+}
+
+struct Selected {
+    eph: EphemeralKey,
+    fci: Vec<u8>,
+}
+
+struct Authorized {
+    keys: SessionKeys,
+    merchant: String,
+    scenario: Scenario,
+}
+
+enum State {
+    Idle,
+    Selected(Box<Selected>),
+    Authorized(Box<Authorized>),
+    Done,
+}
+
+/// The commands this application understands.
+enum WalletCommand<'a> {
+    Select(&'a [u8]),
+    Authorize(&'a [u8]),
+    GetCertificate,
+    Confirm(&'a [u8]),
+}
+
+fn parse_command(cmd: &Command) -> Result<WalletCommand<'_>, StatusWord> {
+    match (cmd.cla, cmd.ins) {
+        (CLA_ISO, INS_SELECT) if cmd.p1 == 0x04 && (cmd.p2 == 0x00 || cmd.p2 == 0x0C) => Ok(WalletCommand::Select(&cmd.data)),
+        (CLA_ISO, INS_SELECT) => Err(StatusWord::WrongP1P2),
+        (CLA_PROPRIETARY, INS_AUTHORIZE | INS_CONFIRM | INS_GET_CERTIFICATE) if (cmd.p1, cmd.p2) != (0, 0) => {
+            Err(StatusWord::WrongP1P2)
+        }
+        (CLA_PROPRIETARY, INS_AUTHORIZE) => Ok(WalletCommand::Authorize(&cmd.data)),
+        (CLA_PROPRIETARY, INS_CONFIRM) => Ok(WalletCommand::Confirm(&cmd.data)),
+        (CLA_PROPRIETARY, INS_GET_CERTIFICATE) if cmd.data.is_empty() => Ok(WalletCommand::GetCertificate),
+        (CLA_PROPRIETARY, INS_GET_CERTIFICATE) => Err(StatusWord::WrongLength),
+        (CLA_ISO | CLA_PROPRIETARY, _) => Err(StatusWord::InsNotSupported),
+        _ => Err(StatusWord::ClaNotSupported),
+    }
+}
+
+/// One tap, wallet side.
+pub struct WalletSession {
+    state: State,
+    events: VecDeque<WalletEvent>,
+}
+
+impl core::fmt::Debug for WalletSession {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let s = match self.state {
+            State::Idle => "idle",
+            State::Selected(_) => "selected",
+            State::Authorized(_) => "authorized",
+            State::Done => "done",
+        };
+        f.debug_struct("WalletSession").field("state", &s).finish_non_exhaustive()
+    }
+}
+
+impl Default for WalletSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WalletSession {
+    pub fn new() -> Self {
+        WalletSession { state: State::Idle, events: VecDeque::new() }
+    }
+
+    pub fn poll_event(&mut self) -> Option<WalletEvent> {
+        self.events.pop_front()
+    }
+
+    /// The phone left the field or another application was selected: wipe
+    /// the session secrets.
+    pub fn deselect(&mut self) {
+        self.state = State::Idle;
+    }
+
+    /// Answer one logical command. `now` is the phone's Unix time.
+    pub fn handle_command(
+        &mut self,
+        ctx: &mut WalletContext,
+        cmd: &Command,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Response {
+        let result = match parse_command(cmd) {
+            Err(sw) => Err(sw),
+            Ok(WalletCommand::Select(aid)) => self.select(ctx, aid, rng),
+            Ok(WalletCommand::Authorize(data)) => self.authorize(ctx, data, now),
+            Ok(WalletCommand::GetCertificate) => self.get_certificate(ctx),
+            Ok(WalletCommand::Confirm(data)) => self.confirm(data),
+        };
+        match result {
+            Ok(resp) => resp,
+            Err(sw) => {
+                self.events.push_back(WalletEvent::Refused { sw });
+                Response::status(sw)
+            }
+        }
+    }
+
+    fn select(&mut self, ctx: &WalletContext, aid: &[u8], rng: &mut impl CryptoRngCore) -> Result<Response, StatusWord> {
+        if aid != AID {
+            self.state = State::Idle;
+            return Err(StatusWord::FileNotFound);
+        }
+        let eph = EphemeralKey::generate(rng);
+        let fci = Fci {
+            versions: vec![VERSION_1],
+            scenarios: ctx.scenarios,
+            max_command: if ctx.extended { 4096 } else { 255 },
+            flags: if ctx.extended { FLAG_EXTENDED_LENGTH } else { 0 },
+            key_share: *eph.public(),
+        }
+        .to_bytes();
+        self.state = State::Selected(Box::new(Selected { eph, fci: fci.clone() }));
+        self.events.push_back(WalletEvent::Selected);
+        Ok(Response::ok(fci))
+    }
+
+    fn authorize(&mut self, ctx: &mut WalletContext, data: &[u8], now: u64) -> Result<Response, StatusWord> {
+        let State::Selected(sel) = core::mem::replace(&mut self.state, State::Idle) else {
+            return Err(StatusWord::ConditionsNotSatisfied);
+        };
+        // Until we authorize, a retry (e.g. with the certificate) is allowed.
+        let result = authorize_selected(ctx, &sel, data, now);
+        match result {
+            Ok((resp, authorized, cvm)) => {
+                self.events.push_back(WalletEvent::Authorized {
+                    merchant: authorized.merchant.clone(),
+                    scenario: authorized.scenario.clone(),
+                    atc: ctx.atc,
+                    cvm,
+                });
+                self.state = State::Authorized(Box::new(authorized));
+                Ok(resp)
+            }
+            Err(sw) => {
+                if sw == StatusWord::ConfirmOnPhone {
+                    if let Some(p) = &ctx.pending {
+                        self.events.push_back(WalletEvent::ConfirmationRequested {
+                            merchant: p.merchant.clone(),
+                            scenario: p.scenario.clone(),
+                        });
+                    }
+                }
+                self.state = State::Selected(sel);
+                Err(sw)
+            }
+        }
+    }
+
+    fn get_certificate(&mut self, ctx: &WalletContext) -> Result<Response, StatusWord> {
+        let State::Authorized(a) = &self.state else { return Err(StatusWord::ConditionsNotSatisfied) };
+        let sealed = a.keys.seal(Direction::WalletToTerminal, 1, &[INS_GET_CERTIFICATE], ctx.certificate.der());
+        Ok(Response::ok(sealed))
+    }
+
+    fn confirm(&mut self, data: &[u8]) -> Result<Response, StatusWord> {
+        let State::Authorized(a) = core::mem::replace(&mut self.state, State::Done) else {
+            self.state = State::Idle;
+            return Err(StatusWord::ConditionsNotSatisfied);
+        };
+        let plain = a
+            .keys
+            .open(Direction::TerminalToWallet, 0, &[INS_CONFIRM], data)
+            .map_err(|_| StatusWord::SecurityNotSatisfied)?;
+        let receipt = Receipt::decode(&plain).map_err(|_| StatusWord::WrongData)?;
+        if let Scenario::Order { cart_hash, amount, .. } = &a.scenario {
+            let ok = receipt.cart.as_ref().is_some_and(|c| c.hash() == *cart_hash && c.total() == Some(amount.minor));
+            if !ok {
+                return Err(StatusWord::WrongData);
+            }
+        }
+        self.events.push_back(WalletEvent::Receipt { merchant: a.merchant.clone(), receipt });
+        Ok(Response::ok(Vec::new()))
+    }
+}
+
+fn authorize_selected(
+    ctx: &mut WalletContext,
+    sel: &Selected,
+    data: &[u8],
+    now: u64,
+) -> Result<(Response, Authorized, Cvm), StatusWord> {
+    let req = AuthorizeRequest::decode(data).map_err(|_| StatusWord::WrongData)?;
+    let body = &req.body;
+    if body.version != VERSION_1 {
+        return Err(StatusWord::ScenarioUnsupported);
+    }
+    if ctx.scenarios & body.scenario.capability() == 0 {
+        return Err(StatusWord::ScenarioUnsupported);
+    }
+    let terminal = match &req.certificate {
+        Some(der) => {
+            let c = Certificate::from_der(der).map_err(|_| StatusWord::TerminalNotTrusted)?;
+            if c.hash() != &body.terminal_cert_hash {
+                return Err(StatusWord::TerminalNotTrusted);
+            }
+            c
+        }
+        None => ctx.terminal_certs.get(&body.terminal_cert_hash).cloned().ok_or(StatusWord::CertificateNeeded)?,
+    };
+    ctx.trust
+        .verify(&terminal, Role::Terminal, now, ctx.revocations.as_ref())
+        .map_err(|_| StatusWord::TerminalNotTrusted)?;
+    if u64::from(body.time).abs_diff(now) > ctx.max_skew {
+        return Err(StatusWord::TimeSkew);
+    }
+    let body_bytes = body.to_bytes();
+    let th1 = messages::th1(&sel.fci, &body_bytes);
+    crypto::verify(terminal.public_key(), &th1, &req.signature).map_err(|_| StatusWord::TerminalNotTrusted)?;
+    if ctx.recent_nonces.contains(&body.nonce) {
+        return Err(StatusWord::TerminalNotTrusted);
+    }
+    ctx.terminal_certs.insert(*terminal.hash(), terminal.clone());
+
+    let cvm = ctx.decide_cvm(&body.scenario, &terminal, now);
+    if cvm == Err(StatusWord::ConfirmOnPhone) {
+        ctx.recent_nonces.insert(body.nonce, ());
+    }
+    let cvm = cvm?;
+    let credential = match &body.scenario {
+        Scenario::Pickup { site } => Some(
+            ctx.credentials
+                .iter()
+                .find(|c| &c.site == site && c.not_after >= now)
+                .cloned()
+                .ok_or(StatusWord::NoCredential)?,
+        ),
+        _ => None,
+    };
+    let atc = ctx.atc.checked_add(1).ok_or(StatusWord::ConditionsNotSatisfied)?;
+    let shared = sel.eph.agree(&body.key_share).map_err(|_| StatusWord::WrongData)?;
+    let keys = SessionKeys::derive(&shared, &th1);
+    let cryptogram = credential.is_none().then(|| ctx.cryptogram_key.cryptogram(atc, &th1, cvm as u8));
+    let wallet_body = WalletBody { wallet_cert_hash: *ctx.certificate.hash(), atc, cvm, cryptogram, credential };
+    let wallet_body_bytes = wallet_body.to_bytes();
+    let th2 = messages::th2(&th1, &req.signature, &wallet_body_bytes);
+    let signature = crypto::sign(&ctx.key, &th2);
+    let send_cert = !ctx.given_to.contains(terminal.hash());
+    let resp = WalletResponse {
+        body: wallet_body,
+        certificate: send_cert.then(|| ctx.certificate.der().to_vec()),
+        signature,
+    };
+    let sealed = keys.seal(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.to_bytes());
+
+    ctx.atc = atc;
+    ctx.given_to.insert(*terminal.hash(), ());
+    ctx.recent_nonces.insert(body.nonce, ());
+    let merchant = terminal.common_name().to_owned();
+    Ok((Response::ok(sealed), Authorized { keys, merchant, scenario: body.scenario.clone() }, cvm))
+}

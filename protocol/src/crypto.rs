@@ -360,7 +360,10 @@ mod tests {
             assert_eq!(kb.open(Direction::WalletToTerminal, 0, &[0x50], &bad).unwrap_err(), CryptoError::MacMismatch);
         }
         assert_eq!(kb.open(Direction::WalletToTerminal, 0, &[], &[1, 2]).unwrap_err(), CryptoError::ShortCiphertext);
-        assert!(a.agree(&[0x02; 33]).is_err() || a.agree(&[0x05; 33]).is_err());
+        assert_eq!(a.agree(&[0x07; 33]).unwrap_err(), CryptoError::BadPublicKey);
+        let mut beyond_p = [0xFF; 33];
+        beyond_p[0] = 0x02;
+        assert_eq!(a.agree(&beyond_p).unwrap_err(), CryptoError::BadPublicKey);
         assert_eq!(a.agree(&[0x04; 10]).unwrap_err(), CryptoError::BadPublicKey);
     }
 

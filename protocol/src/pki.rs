@@ -149,7 +149,7 @@ pub struct Certificate {
     not_after: u64,
     key: VerifyingKey,
     is_ca: bool,
-    key_usage: Option<u16>,
+    key_usage: Option<KeyUsage>,
 }
 
 impl core::fmt::Debug for Certificate {
@@ -228,7 +228,7 @@ impl Certificate {
                 is_ca = BasicConstraints::from_der(value).map_err(malformed("basic constraints"))?.ca;
             } else if ext.extn_id == OID_KEY_USAGE {
                 let ku = KeyUsage::from_der(value).map_err(malformed("key usage"))?;
-                key_usage = Some(ku.0.bits());
+                key_usage = Some(ku);
             } else if ext.critical && ext.extn_id != OID_EKU && ext.extn_id != OID_SAN {
                 return Err(CertError::UnknownCriticalExtension);
             }
@@ -319,7 +319,7 @@ impl Certificate {
     }
 
     fn check_constraints(&self) -> Result<(), CertError> {
-        let has = |bit: KeyUsages| self.key_usage.is_some_and(|ku| ku & (bit as u16) != 0);
+        let has = |bit: KeyUsages| self.key_usage.is_some_and(|ku| ku.0.contains(bit));
         if self.role.is_ca() {
             if !self.is_ca {
                 return Err(CertError::Constraints { role: self.role, what: "be a CA (basic constraints)" });

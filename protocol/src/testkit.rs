@@ -97,6 +97,13 @@ impl Pki {
         t
     }
 
+    /// What the host trusts: root and every intermediate.
+    pub fn host_trust(&self) -> TrustStore {
+        let mut t = self.terminal_trust();
+        t.add_intermediate(self.acquirer.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
+        t
+    }
+
     pub fn terminal_context(&self) -> TerminalContext {
         self.terminal_context_for(&self.terminal)
     }
@@ -194,18 +201,26 @@ impl TapRun {
     }
 }
 
+/// A hook that may alter the bytes of exchange number `usize` in flight.
+pub type Tamper = Box<dyn FnMut(usize, &mut Vec<u8>)>;
+
 /// An in-memory reader with a phone in its field: terminal link, card link,
 /// wallet session; records every wire exchange.
-#[derive(Debug)]
 pub struct Loopback {
     pub terminal_link: TerminalLink,
     pub card_link: CardLink,
     pub wallet: WalletSession,
     pub wire: Vec<WireExchange>,
-    /// Hook to tamper with command bytes in flight (index of exchange, bytes).
-    pub tamper_command: Option<fn(usize, &mut Vec<u8>)>,
+    /// Hook to tamper with command bytes in flight.
+    pub tamper_command: Option<Tamper>,
     /// Hook to tamper with response bytes in flight.
-    pub tamper_response: Option<fn(usize, &mut Vec<u8>)>,
+    pub tamper_response: Option<Tamper>,
+}
+
+impl core::fmt::Debug for Loopback {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Loopback").field("wallet", &self.wallet).field("exchanges", &self.wire.len()).finish_non_exhaustive()
+    }
 }
 
 impl Loopback {
@@ -236,7 +251,7 @@ impl Loopback {
             if guard > 64 {
                 break;
             }
-            if let Some(f) = self.tamper_command {
+            if let Some(f) = self.tamper_command.as_mut() {
                 f(self.wire.len(), &mut bytes);
             }
             let mut reply = match self.card_link.handle_command(&bytes) {
@@ -246,7 +261,7 @@ impl Loopback {
                     self.card_link.respond(resp, c.le)
                 }
             };
-            if let Some(f) = self.tamper_response {
+            if let Some(f) = self.tamper_response.as_mut() {
                 f(self.wire.len(), &mut reply);
             }
             self.wire.push(WireExchange { command: bytes, response: reply.clone() });

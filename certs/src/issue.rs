@@ -1,0 +1,245 @@
+//! Issuing terminal and wallet certificates and pickup credentials into files.
+
+use std::path::{Path, PathBuf};
+
+use p256::ecdsa::SigningKey;
+use p256::elliptic_curve::zeroize::Zeroizing;
+use p256::pkcs8::{EncodePrivateKey, LineEnding};
+use rand_core::CryptoRngCore;
+use tapstack_protocol::crypto::{compress, WalletCryptogramKey};
+use tapstack_protocol::pki::{self, CertSpec, Certificate, Role};
+use tapstack_protocol::scenario::{PickupCredential, MAX_PARCEL, MAX_SITE};
+use tapstack_protocol::Codec;
+
+use crate::fsio::{self, Mode};
+use crate::store::{after_days, Identity, Pki};
+use crate::{Error, BACKDATE, CREDENTIAL_DAYS, LEAF_DAYS};
+
+/// Options of [`Pki::issue_terminal`] and [`Pki::issue_wallet`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeafOptions {
+    /// Validity in days; [`LEAF_DAYS`] if `None`. Never beyond the signing
+    /// CA's own `not_after`.
+    pub days: Option<u64>,
+    /// Base name of the output files; [`file_stem`] of the name if `None`.
+    pub file_stem: Option<String>,
+}
+
+/// A certificate issued into files.
+#[derive(Debug, Clone)]
+pub struct IssuedLeaf {
+    pub identity: Identity,
+    /// `<stem>.pem`
+    pub cert_path: PathBuf,
+    /// `<stem>.key`, PKCS#8 PEM, mode 0600.
+    pub key_path: PathBuf,
+}
+
+/// A wallet certificate and its cryptogram key, issued into files.
+#[derive(Debug, Clone)]
+pub struct IssuedWallet {
+    pub leaf: IssuedLeaf,
+    /// `issuer_master_key.diversify(cert.serial())`.
+    pub cryptogram_key: WalletCryptogramKey,
+    /// `<stem>.ck`, hex, mode 0600.
+    pub cryptogram_key_path: PathBuf,
+}
+
+/// What a pickup credential says.
+#[derive(Debug, Clone, Copy)]
+pub struct CredentialRequest<'a> {
+    /// The recipient; must be a wallet certificate valid under this PKI.
+    pub wallet: &'a Certificate,
+    pub site: &'a str,
+    pub slot: u16,
+    pub parcel: &'a str,
+    /// Validity in days; [`CREDENTIAL_DAYS`] if `None`.
+    pub days: Option<u64>,
+}
+
+/// A file-name-safe stem for `name`: ASCII letters and digits lowercased,
+/// every other run of characters one `-`, at most 64 bytes. `None` if
+/// nothing is left ("Tea House #12" → "tea-house-12").
+pub fn file_stem(name: &str) -> Option<String> {
+    let mut stem = String::new();
+    let mut gap = false;
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            if gap && !stem.is_empty() {
+                stem.push('-');
+            }
+            gap = false;
+            stem.push(c.to_ascii_lowercase());
+        } else {
+            gap = true;
+        }
+        if stem.len() >= 64 {
+            break;
+        }
+    }
+    (!stem.is_empty()).then_some(stem)
+}
+
+fn check_stem(stem: &str) -> Result<(), Error> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if stem.is_empty() || stem.len() > 64 || !stem.chars().all(ok_char) || stem.starts_with(['.', '-']) {
+        return Err(Error::Invalid {
+            field: "file name",
+            reason: "must be 1 to 64 of A-Z a-z 0-9 . _ - and not start with . or -",
+        });
+    }
+    Ok(())
+}
+
+fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(Error::Invalid { field, reason: "must not be empty" });
+    }
+    if value.len() > max {
+        return Err(Error::Invalid { field, reason: "too long" });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::Invalid { field, reason: "must not contain control characters" });
+    }
+    Ok(())
+}
+
+impl Pki {
+    /// Issue a terminal certificate: common name `merchant_name` (what phones
+    /// show), role terminal, signed by the acquirer. Writes `<stem>.pem` and
+    /// `<stem>.key` into `out_dir` (created if missing; existing files are
+    /// not overwritten).
+    pub fn issue_terminal(
+        &self,
+        merchant_name: &str,
+        out_dir: &Path,
+        opts: &LeafOptions,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<IssuedLeaf, Error> {
+        let (identity, files) = self.new_leaf(Role::Terminal, merchant_name, out_dir, opts, now, rng)?;
+        let key_pem = key_pem(&identity.key, &files.key)?;
+        let cert_pem = identity.cert.to_pem();
+        fsio::create_dir(out_dir)?;
+        fsio::write_all_new(&[
+            (files.cert.clone(), cert_pem.as_bytes(), Mode::Public),
+            (files.key.clone(), key_pem.as_bytes(), Mode::Secret),
+        ])?;
+        Ok(IssuedLeaf { identity, cert_path: files.cert, key_path: files.key })
+    }
+
+    /// Issue a wallet certificate (role wallet, signed by the issuer) and its
+    /// cryptogram key. Writes `<stem>.pem`, `<stem>.key` and `<stem>.ck`.
+    pub fn issue_wallet(
+        &self,
+        name: &str,
+        out_dir: &Path,
+        opts: &LeafOptions,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<IssuedWallet, Error> {
+        let (identity, files) = self.new_leaf(Role::Wallet, name, out_dir, opts, now, rng)?;
+        let key_pem = key_pem(&identity.key, &files.key)?;
+        let cert_pem = identity.cert.to_pem();
+        let cryptogram_key = self.issuer_master_key().diversify(identity.cert.serial());
+        let ck_hex = Zeroizing::new(format!("{}\n", hex::encode(cryptogram_key.0)));
+        let ck_path = files.cert.with_extension("ck");
+        fsio::create_dir(out_dir)?;
+        fsio::write_all_new(&[
+            (files.cert.clone(), cert_pem.as_bytes(), Mode::Public),
+            (files.key.clone(), key_pem.as_bytes(), Mode::Secret),
+            (ck_path.clone(), ck_hex.as_bytes(), Mode::Secret),
+        ])?;
+        Ok(IssuedWallet {
+            leaf: IssuedLeaf { identity, cert_path: files.cert, key_path: files.key },
+            cryptogram_key,
+            cryptogram_key_path: ck_path,
+        })
+    }
+
+    fn new_leaf(
+        &self,
+        role: Role,
+        name: &str,
+        out_dir: &Path,
+        opts: &LeafOptions,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(Identity, LeafFiles), Error> {
+        let stem = match &opts.file_stem {
+            Some(s) => s.clone(),
+            None => file_stem(name).ok_or(Error::Invalid {
+                field: "name",
+                reason: "has no letters or digits to name the files by; give a file name",
+            })?,
+        };
+        check_stem(&stem)?;
+        let files = LeafFiles { cert: out_dir.join(format!("{stem}.pem")), key: out_dir.join(format!("{stem}.key")) };
+
+        let ca = self.identity(role);
+        // Refuse to sign with a CA that is itself expired or revoked.
+        self.verify(&ca.cert, now)?;
+        let not_after = after_days(now, opts.days.unwrap_or(LEAF_DAYS))?.min(ca.cert.not_after());
+        let spec = CertSpec { role, common_name: name, not_before: now.saturating_sub(BACKDATE), not_after };
+        let key = SigningKey::random(&mut *rng);
+        let cert = pki::issue(&spec, key.verifying_key(), (&ca.cert, &ca.key), rng)
+            .map_err(|source| Error::Issue { role, source })?;
+        Ok((Identity { cert, key }, files))
+    }
+
+    /// Issue a pickup credential, signed by the operator, for the wallet
+    /// certificate in `req`, and write its TLV encoding to `out` (which must
+    /// not exist).
+    pub fn issue_credential(
+        &self,
+        req: &CredentialRequest<'_>,
+        out: &Path,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<PickupCredential, Error> {
+        check_text("site", req.site, MAX_SITE)?;
+        check_text("parcel id", req.parcel, MAX_PARCEL)?;
+        if req.wallet.role() != Role::Wallet {
+            return Err(Error::Invalid { field: "recipient", reason: "is not a wallet certificate" });
+        }
+        self.verify(req.wallet, now)?;
+        self.verify(&self.operator().cert, now)?;
+        let not_after = after_days(now, req.days.unwrap_or(CREDENTIAL_DAYS))?;
+
+        let mut id = [0u8; 16];
+        rng.fill_bytes(&mut id);
+        let mut cred = PickupCredential {
+            id,
+            parcel: req.parcel.to_owned(),
+            site: req.site.to_owned(),
+            slot: req.slot,
+            recipient: compress(&p256::PublicKey::from(req.wallet.public_key())),
+            not_after,
+            operator: [0; 32],
+            signature: [0; 64],
+        };
+        cred.sign(&self.operator().cert, &self.operator().key);
+        let bytes = cred.to_bytes();
+        // What we write must read back as the same credential.
+        match PickupCredential::decode(&bytes) {
+            Ok(back) if back == cred => {}
+            Ok(_) => return Err(Error::Invalid { field: "credential", reason: "does not round-trip" }),
+            Err(source) => return Err(Error::Decode { path: out.to_path_buf(), what: "pickup credential", source }),
+        }
+        if let Some(parent) = out.parent() {
+            fsio::create_dir(parent)?;
+        }
+        fsio::write_new(out, &bytes, Mode::Public)?;
+        Ok(cred)
+    }
+}
+
+#[derive(Debug)]
+struct LeafFiles {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn key_pem(key: &SigningKey, path: &Path) -> Result<Zeroizing<String>, Error> {
+    key.to_pkcs8_pem(LineEnding::LF).map_err(|_| Error::PrivateKey { path: path.to_path_buf() })
+}

@@ -29,6 +29,7 @@
 //! assert!(tap.outcome.is_some());
 //! ```
 
+pub mod airtime;
 pub mod apdu;
 pub mod cache;
 pub mod codec;

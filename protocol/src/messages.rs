@@ -107,17 +107,24 @@ fn read_auth_body(r: &mut Reader<'_>) -> Result<AuthBody, DecodeError> {
     let [version] = fixed::<1>("version", r.expect(0xD0)?)?;
     let key_share = fixed("terminal key share", r.expect(0xD1)?)?;
     let terminal_cert_hash = fixed("terminal certificate hash", r.expect(0xD2)?)?;
-    let st = r.any()?.ok_or(DecodeError::MissingTag { tag: 0xA1 })?;
-    let mut enc = Vec::with_capacity(st.value.len() + 4);
-    tlv::write(&mut enc, st.tag, st.value);
-    let scenario = Scenario::decode(&enc)?;
+    let scenario = read_scenario(r)?;
     let nonce = fixed("nonce", r.expect(0xD4)?)?;
     let time = u32_be("time", r.expect(0xD5)?)?;
     Ok(AuthBody { version, key_share, terminal_cert_hash, scenario, nonce, time })
 }
 
-/// AUTHORIZE's data field: body, optionally the terminal certificate, and the
-/// terminal's signature over TH1.
+fn read_scenario(r: &mut Reader<'_>) -> Result<Scenario, DecodeError> {
+    let st = r.any()?.ok_or(DecodeError::MissingTag { tag: 0xA1 })?;
+    let mut enc = Vec::with_capacity(st.value.len() + 4);
+    tlv::write(&mut enc, st.tag, st.value);
+    Scenario::decode(&enc)
+}
+
+/// AUTHORIZE's data field: the body with, in place of the terminal
+/// certificate hash, the certificate itself when it is sent (the receiver
+/// recomputes the hash), then the terminal's signature over TH1.
+///
+/// Wire order: `D0 D1 (D2 | D6) A1/A2/A3 D4 D5 D7`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizeRequest {
     pub body: AuthBody,
@@ -127,19 +134,33 @@ pub struct AuthorizeRequest {
 
 impl Codec for AuthorizeRequest {
     fn encode(&self, o: &mut Vec<u8>) {
-        self.body.encode(o);
-        if let Some(c) = &self.certificate {
-            tlv::write(o, 0xD6, c);
+        let b = &self.body;
+        tlv::write(o, 0xD0, &[b.version]);
+        tlv::write(o, 0xD1, &b.key_share);
+        match &self.certificate {
+            Some(c) => tlv::write(o, 0xD6, c),
+            None => tlv::write(o, 0xD2, &b.terminal_cert_hash),
         }
+        b.scenario.encode(o);
+        tlv::write(o, 0xD4, &b.nonce);
+        tlv::write(o, 0xD5, &b.time.to_be_bytes());
         tlv::write(o, 0xD7, &self.signature);
     }
 
     fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(input);
-        let body = read_auth_body(&mut r)?;
-        let certificate = r.optional(0xD6)?.map(|c| cap(c, MAX_CERT_LEN)).transpose()?;
+        let [version] = fixed::<1>("version", r.expect(0xD0)?)?;
+        let key_share = fixed("terminal key share", r.expect(0xD1)?)?;
+        let (terminal_cert_hash, certificate) = match r.optional(0xD6)? {
+            Some(c) => (sha256(&[c]), Some(cap(c, MAX_CERT_LEN)?)),
+            None => (fixed("terminal certificate hash", r.expect(0xD2)?)?, None),
+        };
+        let scenario = read_scenario(&mut r)?;
+        let nonce = fixed("nonce", r.expect(0xD4)?)?;
+        let time = u32_be("time", r.expect(0xD5)?)?;
         let signature = fixed("terminal signature", r.expect(0xD7)?)?;
         r.finish()?;
+        let body = AuthBody { version, key_share, terminal_cert_hash, scenario, nonce, time };
         Ok(AuthorizeRequest { body, certificate, signature })
     }
 }
@@ -189,26 +210,30 @@ pub struct WalletBody {
 impl Codec for WalletBody {
     fn encode(&self, o: &mut Vec<u8>) {
         tlv::write(o, 0xD8, &self.wallet_cert_hash);
-        tlv::write(o, 0xD9, &self.atc.to_be_bytes());
-        tlv::write(o, 0xDA, &[self.cvm as u8]);
-        if let Some(c) = &self.cryptogram {
-            tlv::write(o, 0xDB, c);
-        }
-        if let Some(c) = &self.credential {
-            c.encode(o);
-        }
+        write_wallet_fields(self, o);
     }
 
     fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(input);
-        let body = read_wallet_body(&mut r)?;
+        let hash = fixed("wallet certificate hash", r.expect(0xD8)?)?;
+        let body = read_wallet_fields(&mut r, hash)?;
         r.finish()?;
         Ok(body)
     }
 }
 
-fn read_wallet_body(r: &mut Reader<'_>) -> Result<WalletBody, DecodeError> {
-    let wallet_cert_hash = fixed("wallet certificate hash", r.expect(0xD8)?)?;
+fn write_wallet_fields(b: &WalletBody, o: &mut Vec<u8>) {
+    tlv::write(o, 0xD9, &b.atc.to_be_bytes());
+    tlv::write(o, 0xDA, &[b.cvm as u8]);
+    if let Some(c) = &b.cryptogram {
+        tlv::write(o, 0xDB, c);
+    }
+    if let Some(c) = &b.credential {
+        c.encode(o);
+    }
+}
+
+fn read_wallet_fields(r: &mut Reader<'_>, wallet_cert_hash: [u8; 32]) -> Result<WalletBody, DecodeError> {
     let atc = u32_be("ATC", r.expect(0xD9)?)?;
     let [cvm] = fixed::<1>("CVM", r.expect(0xDA)?)?;
     let cvm = Cvm::from_u8(cvm).ok_or(DecodeError::InvalidValue { field: "CVM" })?;
@@ -224,7 +249,11 @@ fn read_wallet_body(r: &mut Reader<'_>) -> Result<WalletBody, DecodeError> {
     Ok(WalletBody { wallet_cert_hash, atc, cvm, cryptogram, credential })
 }
 
-/// The wallet's answer to AUTHORIZE, before secure messaging.
+/// The wallet's answer to AUTHORIZE, before secure messaging: the body
+/// with, in place of the wallet certificate hash, the certificate itself when
+/// it is sent, then the wallet's signature over TH2.
+///
+/// Wire order: `(D8 | DD) D9 DA [DB] [E4] DE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalletResponse {
     pub body: WalletBody,
@@ -234,17 +263,21 @@ pub struct WalletResponse {
 
 impl Codec for WalletResponse {
     fn encode(&self, o: &mut Vec<u8>) {
-        self.body.encode(o);
-        if let Some(c) = &self.certificate {
-            tlv::write(o, 0xDD, c);
+        match &self.certificate {
+            Some(c) => tlv::write(o, 0xDD, c),
+            None => tlv::write(o, 0xD8, &self.body.wallet_cert_hash),
         }
+        write_wallet_fields(&self.body, o);
         tlv::write(o, 0xDE, &self.signature);
     }
 
     fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(input);
-        let body = read_wallet_body(&mut r)?;
-        let certificate = r.optional(0xDD)?.map(|c| cap(c, MAX_CERT_LEN)).transpose()?;
+        let (wallet_cert_hash, certificate) = match r.optional(0xDD)? {
+            Some(c) => (sha256(&[c]), Some(cap(c, MAX_CERT_LEN)?)),
+            None => (fixed("wallet certificate hash", r.expect(0xD8)?)?, None),
+        };
+        let body = read_wallet_fields(&mut r, wallet_cert_hash)?;
         let signature = fixed("wallet signature", r.expect(0xDE)?)?;
         r.finish()?;
         Ok(WalletResponse { body, certificate, signature })

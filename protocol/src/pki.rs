@@ -348,6 +348,9 @@ impl Certificate {
 pub struct TrustStore {
     roots: Vec<Certificate>,
     intermediates: Vec<Certificate>,
+    /// Intermediate hash → hash of the root whose signature on it was
+    /// verified when it was added.
+    verified_parent: std::collections::HashMap<[u8; 32], [u8; 32]>,
 }
 
 impl TrustStore {
@@ -376,7 +379,8 @@ impl TrustStore {
             return Err(CertError::Constraints { role: cert.role, what: "not be stored as an intermediate" });
         }
         cert.check_constraints()?;
-        self.parent_of(&cert)?;
+        let parent = *self.parent_of(&cert)?.hash();
+        self.verified_parent.insert(cert.hash, parent);
         if !self.intermediates.iter().any(|r| r.hash == cert.hash) {
             self.intermediates.push(cert);
         }
@@ -406,6 +410,18 @@ impl TrustStore {
         candidates.find(|p| cert.is_signed_by(p)).ok_or(CertError::BadSignature)
     }
 
+    /// The parent of a stored intermediate (its signature was verified on insertion).
+    fn stored_parent_of(&self, cert: &Certificate) -> Result<&Certificate, CertError> {
+        match self.verified_parent.get(&cert.hash) {
+            Some(parent) => self
+                .roots
+                .iter()
+                .find(|r| &r.hash == parent)
+                .ok_or(CertError::UnknownIssuer { role: cert.role, parent: Role::Root }),
+            None => self.parent_of(cert),
+        }
+    }
+
     /// Validate `cert` as a certificate of role `expected` at time `now`
     /// (Unix seconds): role, constraints, validity, signatures up to a trust
     /// anchor, and revocation of every certificate on the path.
@@ -413,6 +429,9 @@ impl TrustStore {
         if cert.role != expected {
             return Err(CertError::WrongRole { expected, got: cert.role });
         }
+        // The leaf's signature is checked here; intermediates and roots had
+        // theirs checked when they entered the store, so only their validity
+        // and revocation are re-checked per use.
         let mut current = cert;
         for _ in 0..3 {
             current.check_constraints()?;
@@ -427,7 +446,7 @@ impl TrustStore {
                     Err(CertError::UntrustedRoot)
                 };
             }
-            current = self.parent_of(current)?;
+            current = if core::ptr::eq(current, cert) { self.parent_of(current)? } else { self.stored_parent_of(current)? };
         }
         Err(CertError::UntrustedRoot)
     }

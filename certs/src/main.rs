@@ -1,0 +1,210 @@
+//! `tap-certs`: the tapstack development PKI on the command line. Thin: parse
+//! arguments, call `tapstack_certs`, print.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rand_core::OsRng;
+use tapstack_certs::{
+    init_with, inspect, read_certificate, CredentialRequest, InitOptions, LeafOptions, Pki, RevokeTarget, CA_DAYS,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "tap-certs", version, about = "The tapstack development PKI: root, CAs, terminals, wallets, pickup credentials, revocation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new PKI (root, issuer, acquirer, operator, issuer master key, revocation list) in DIR.
+    Init {
+        /// Directory to create the PKI in (must not hold one already).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity of the CA and operator certificates, in days.
+        #[arg(long, value_name = "N", default_value_t = CA_DAYS)]
+        ca_days: u64,
+    },
+    /// Issue a terminal certificate (signed by the acquirer); NAME is the merchant name phones show.
+    Terminal(LeafArgs),
+    /// Issue a wallet certificate (signed by the issuer) and its cryptogram key.
+    Wallet(LeafArgs),
+    /// Issue an operator-signed pickup credential for a wallet.
+    Credential {
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+        /// The recipient wallet's certificate.
+        #[arg(long, value_name = "CERT.pem")]
+        wallet: PathBuf,
+        /// Site (locker or kiosk) id.
+        #[arg(long)]
+        site: String,
+        /// Slot number at the site.
+        #[arg(long, value_name = "N")]
+        slot: u16,
+        /// Parcel id.
+        #[arg(long, value_name = "ID")]
+        parcel: String,
+        /// Output file (conventionally NAME.cred; must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Validity in days (default 7).
+        #[arg(long, value_name = "N")]
+        days: Option<u64>,
+    },
+    /// Add a certificate or a pickup credential to the signed revocation list.
+    Revoke {
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+        #[command(flatten)]
+        target: RevokeArgs,
+    },
+    /// Describe a certificate, private key, pickup credential, revocation list or hex key file.
+    Inspect {
+        file: PathBuf,
+        /// Check signatures and chains against this PKI.
+        #[arg(long, value_name = "DIR")]
+        pki: Option<PathBuf>,
+    },
+    /// Check a certificate against the PKI (role, chain, validity, revocation).
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+        #[arg(value_name = "CERT.pem")]
+        cert: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct LeafArgs {
+    #[arg(long, value_name = "DIR")]
+    pki: PathBuf,
+    /// Common name of the certificate.
+    #[arg(long)]
+    name: String,
+    /// Output directory for NAME.pem, NAME.key (and NAME.ck for wallets).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Validity in days (default 730).
+    #[arg(long, value_name = "N")]
+    days: Option<u64>,
+    /// Base name of the output files (default: NAME lowercased, other characters as '-').
+    #[arg(long, value_name = "STEM")]
+    file: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct RevokeArgs {
+    /// The certificate file to revoke.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// SHA-256 of the certificate's DER, in hex.
+    #[arg(long, value_name = "HEX")]
+    hash: Option<String>,
+    /// The pickup credential file to revoke.
+    #[arg(long, value_name = "FILE")]
+    credential: Option<PathBuf>,
+}
+
+fn now() -> Result<u64> {
+    Ok(SystemTime::now().duration_since(UNIX_EPOCH).context("system clock is before 1970")?.as_secs())
+}
+
+fn load(dir: &Path) -> Result<Pki> {
+    Pki::load(dir).with_context(|| format!("cannot load the PKI in {}", dir.display()))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let now = now()?;
+    let mut rng = OsRng;
+    match cli.command {
+        Command::Init { out, ca_days } => {
+            let pki = init_with(&out, &InitOptions { ca_days }, now, &mut rng)?;
+            println!("created a PKI in {}", out.display());
+            for id in [pki.root(), pki.issuer(), pki.acquirer(), pki.operator()] {
+                println!("  {:<9} {}  sha256 {}", id.cert.role().as_str(), id.cert.common_name(), hex::encode(id.cert.hash()));
+            }
+        }
+        Command::Terminal(a) => {
+            let pki = load(&a.pki)?;
+            let issued = pki.issue_terminal(&a.name, &a.out, &leaf_options(&a), now, &mut rng)?;
+            print_leaf(&issued.identity.cert, &issued.cert_path, &issued.key_path);
+        }
+        Command::Wallet(a) => {
+            let pki = load(&a.pki)?;
+            let issued = pki.issue_wallet(&a.name, &a.out, &leaf_options(&a), now, &mut rng)?;
+            print_leaf(&issued.leaf.identity.cert, &issued.leaf.cert_path, &issued.leaf.key_path);
+            println!("  cryptogram key: {}", issued.cryptogram_key_path.display());
+        }
+        Command::Credential { pki, wallet, site, slot, parcel, out, days } => {
+            let pki = load(&pki)?;
+            let wallet = read_certificate(&wallet)?;
+            let req = CredentialRequest { wallet: &wallet, site: &site, slot, parcel: &parcel, days };
+            let cred = pki.issue_credential(&req, &out, now, &mut rng)?;
+            println!("issued pickup credential {} -> {}", hex::encode(cred.id), out.display());
+            println!("  parcel {} at {} slot {} for wallet {:?}", cred.parcel, cred.site, cred.slot, wallet.common_name());
+        }
+        Command::Revoke { pki, target } => {
+            let target = match (target.cert, target.hash, target.credential) {
+                (Some(path), _, _) => RevokeTarget::certificate_file(&path)?,
+                (_, Some(hex), _) => RevokeTarget::certificate_hash_hex(&hex)?,
+                (_, _, Some(path)) => RevokeTarget::credential_file(&path)?,
+                (None, None, None) => anyhow::bail!("give --cert, --hash or --credential"),
+            };
+            let mut pki = load(&pki)?;
+            let outcome = pki.revoke(target, now)?;
+            if outcome.added {
+                println!("revoked {target}");
+            } else {
+                println!("{target} was already revoked; list unchanged");
+            }
+            println!(
+                "  {} number {}: {} certificate(s), {} credential(s)",
+                outcome.path.display(),
+                outcome.list.number,
+                outcome.list.certificates.len(),
+                outcome.list.credentials.len()
+            );
+        }
+        Command::Inspect { file, pki } => {
+            let pki = pki.as_deref().map(load).transpose()?;
+            print!("{}", inspect(&file, pki.as_ref(), now)?);
+        }
+        Command::Verify { pki, cert } => {
+            let pki = load(&pki)?;
+            let c = read_certificate(&cert)?;
+            pki.verify(&c, now).with_context(|| format!("{} is not valid", cert.display()))?;
+            println!("{}: OK ({} {:?}, chains to the root of {})", cert.display(), c.role(), c.common_name(), pki.dir().display());
+        }
+    }
+    Ok(())
+}
+
+fn leaf_options(a: &LeafArgs) -> LeafOptions {
+    LeafOptions { days: a.days, file_stem: a.file.clone() }
+}
+
+fn print_leaf(cert: &tapstack_protocol::pki::Certificate, cert_path: &Path, key_path: &Path) {
+    println!("issued {} certificate {:?}", cert.role(), cert.common_name());
+    println!("  certificate:    {}", cert_path.display());
+    println!("  private key:    {}", key_path.display());
+    println!("  serial:         {}", hex::encode(cert.serial()));
+    println!("  sha256:         {}", hex::encode(cert.hash()));
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tap-certs: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,33 @@
+# tapstack — two commands: `make demo` and `make test`.
+# Both install missing Debian packages when run as root.
+
+CARGO ?= cargo
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+
+.PHONY: demo test bench fuzz deps lint
+
+deps:
+	@scripts/ensure-deps.sh test
+
+demo:
+	@scripts/ensure-deps.sh demo
+	$(CARGO) run --release -q -p tapstack-protocol --example demo
+
+test: deps
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+	$(CARGO) test --workspace --doc
+
+bench: deps
+	$(CARGO) bench -p tapstack-protocol --bench tap
+
+fuzz:
+	@scripts/ensure-deps.sh fuzz
+	@scripts/fuzz.sh
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,12 @@
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use tapstack_protocol::pki::{Certificate, Role};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(c) = Certificate::from_der(data) {
+        assert_eq!(c.der(), data);
+        let pki = tapstack_fuzz::pki();
+        let _ = pki.host_trust().verify(&c, Role::Wallet, pki.now, None);
+        let _ = pki.host_trust().verify(&c, Role::Terminal, pki.now, None);
+    }
+});

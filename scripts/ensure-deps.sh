@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install the Debian packages tapstack's build, tests and demo need.
+# As root: installs what is missing (apt-get). Otherwise: lists the command.
+# Usage: scripts/ensure-deps.sh [test|demo|fuzz]
+set -euo pipefail
+
+purpose="${1:-test}"
+packages=(openssl pkg-config)
+case "$purpose" in
+  test|demo) ;;
+  fuzz) packages+=(g++) ;;
+  *) echo "unknown purpose: $purpose" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "missing Debian packages: ${missing[*]}" >&2
+  echo "run: sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi

@@ -29,9 +29,16 @@ impl Mode {
 
 pub(crate) fn io_error(path: &Path, source: io::Error) -> Error {
     match source.kind() {
-        io::ErrorKind::NotFound => Error::Missing { path: path.to_path_buf() },
-        io::ErrorKind::AlreadyExists => Error::Exists { path: path.to_path_buf() },
-        _ => Error::Io { path: path.to_path_buf(), source },
+        io::ErrorKind::NotFound => Error::Missing {
+            path: path.to_path_buf(),
+        },
+        io::ErrorKind::AlreadyExists => Error::Exists {
+            path: path.to_path_buf(),
+        },
+        _ => Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
     }
 }
 
@@ -42,7 +49,10 @@ const MAX_FILE: u64 = 16 << 20;
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, Error> {
     let len = fs::metadata(path).map_err(|e| io_error(path, e))?.len();
     if len > MAX_FILE {
-        return Err(Error::Invalid { field: "file", reason: "larger than 16 MiB" });
+        return Err(Error::Invalid {
+            field: "file",
+            reason: "larger than 16 MiB",
+        });
     }
     fs::read(path).map_err(|e| io_error(path, e))
 }
@@ -76,7 +86,9 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: Mode) -> Result<(), Err
     #[cfg(not(unix))]
     let _ = mode;
     let mut file = opts.open(path).map_err(|e| io_error(path, e))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(|e| io_error(path, e))
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error(path, e))
 }
 
 /// Write a group of new files: all of them or (as far as removal works) none.
@@ -103,19 +115,29 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: Mode) -> Result<(), 
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::Builder::new().prefix(".tap-certs-").suffix(".tmp").tempfile_in(dir).map_err(|e| io_error(dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tap-certs-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| io_error(dir, e))?;
     let tmp_path = tmp.path().to_path_buf();
-    tmp.write_all(bytes).and_then(|()| tmp.as_file().sync_all()).map_err(|e| io_error(&tmp_path, e))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| io_error(&tmp_path, e))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(fs::Permissions::from_mode(mode.bits())).map_err(|e| io_error(&tmp_path, e))?;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode.bits()))
+            .map_err(|e| io_error(&tmp_path, e))?;
     }
     #[cfg(not(unix))]
     let _ = mode;
     tmp.persist(path).map_err(|e| io_error(path, e.error))?;
     // Make the rename itself durable.
     #[cfg(unix)]
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_error(dir, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))?;
     Ok(())
 }

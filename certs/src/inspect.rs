@@ -37,7 +37,9 @@ impl fmt::Display for SignatureStatus {
             SignatureStatus::Valid => f.write_str("valid"),
             SignatureStatus::UnknownSigner => f.write_str("INVALID: signer is not in this PKI"),
             SignatureStatus::Invalid => f.write_str("INVALID: signature does not verify"),
-            SignatureStatus::SignerRejected(e) => write!(f, "verifies, but the signer is rejected: {e}"),
+            SignatureStatus::SignerRejected(e) => {
+                write!(f, "verifies, but the signer is rejected: {e}")
+            }
         }
     }
 }
@@ -102,11 +104,17 @@ pub enum Inspected {
 /// and chains are checked against it at `now`.
 pub fn inspect(path: &Path, pki: Option<&Pki>, now: u64) -> Result<Inspected, Error> {
     let bytes = fsio::read_secret(path)?;
-    let unknown = || Error::UnknownFormat { path: path.to_path_buf() };
+    let unknown = || Error::UnknownFormat {
+        path: path.to_path_buf(),
+    };
     let trimmed = bytes.trim_ascii();
     if trimmed.starts_with(b"-----BEGIN") {
         return match der::pem::decode_label(trimmed).map_err(|_| unknown())? {
-            "CERTIFICATE" => Ok(Inspected::Certificate(certificate_info(read_certificate(path)?, pki, now))),
+            "CERTIFICATE" => Ok(Inspected::Certificate(certificate_info(
+                read_certificate(path)?,
+                pki,
+                now,
+            ))),
             "PRIVATE KEY" | "EC PRIVATE KEY" => key_info(path, pki).map(Inspected::PrivateKey),
             _ => Err(unknown()),
         };
@@ -115,7 +123,11 @@ pub fn inspect(path: &Path, pki: Option<&Pki>, now: u64) -> Result<Inspected, Er
         return Ok(Inspected::SecretKey);
     }
     match bytes.first() {
-        Some(0x30) => Ok(Inspected::Certificate(certificate_info(read_certificate(path)?, pki, now))),
+        Some(0x30) => Ok(Inspected::Certificate(certificate_info(
+            read_certificate(path)?,
+            pki,
+            now,
+        ))),
         Some(0xE4) => {
             let credential = PickupCredential::decode(&bytes).map_err(|source| Error::Decode {
                 path: path.to_path_buf(),
@@ -134,22 +146,39 @@ pub fn inspect(path: &Path, pki: Option<&Pki>, now: u64) -> Result<Inspected, Er
                 None => SignatureStatus::NotChecked,
                 Some(p) => match list.verify(p.trust_store()) {
                     Ok(()) => SignatureStatus::Valid,
-                    Err(CertError::UnknownIssuer { .. }) => SignatureStatus::UnknownSigner,
+                    Err(CertError::UnknownSigner) => SignatureStatus::UnknownSigner,
                     Err(_) => SignatureStatus::Invalid,
                 },
             };
-            Ok(Inspected::RevocationList(RevocationInfo { list, signature, now }))
+            Ok(Inspected::RevocationList(RevocationInfo {
+                list,
+                signature,
+                now,
+            }))
         }
         _ => Err(unknown()),
     }
 }
 
 fn certificate_info(certificate: Certificate, pki: Option<&Pki>, now: u64) -> CertificateInfo {
-    let names = x509_cert::Certificate::from_der(certificate.der())
-        .map(|c| (c.tbs_certificate.subject.to_string(), c.tbs_certificate.issuer.to_string()));
+    let names = x509_cert::Certificate::from_der(certificate.der()).map(|c| {
+        (
+            c.tbs_certificate.subject.to_string(),
+            c.tbs_certificate.issuer.to_string(),
+        )
+    });
     let (subject, issuer) = names.unwrap_or_else(|_| ("?".to_owned(), "?".to_owned()));
-    let chain = pki.map(|p| p.trust_store().verify(&certificate, certificate.role(), now, Some(p.revocations())));
-    CertificateInfo { certificate, subject, issuer, chain, now }
+    let chain = pki.map(|p| {
+        p.trust_store()
+            .verify(&certificate, certificate.role(), now, Some(p.revocations()))
+    });
+    CertificateInfo {
+        certificate,
+        subject,
+        issuer,
+        chain,
+        now,
+    }
 }
 
 fn key_info(path: &Path, pki: Option<&Pki>) -> Result<KeyInfo, Error> {
@@ -161,9 +190,15 @@ fn key_info(path: &Path, pki: Option<&Pki>) -> Result<KeyInfo, Error> {
         .flatten()
         .map(|c| (sibling_path, c.public_key() == public));
     let pki_role = pki.and_then(|p| {
-        crate::store::CA_ROLES.into_iter().find(|&r| p.identity(r).cert.public_key() == public)
+        crate::store::CA_ROLES
+            .into_iter()
+            .find(|&r| p.identity(r).cert.public_key() == public)
     });
-    Ok(KeyInfo { public_key: compress(&p256::PublicKey::from(public)), sibling, pki_role })
+    Ok(KeyInfo {
+        public_key: compress(&p256::PublicKey::from(public)),
+        sibling,
+        pki_role,
+    })
 }
 
 fn credential_info(credential: PickupCredential, pki: Option<&Pki>, now: u64) -> CredentialInfo {
@@ -172,10 +207,19 @@ fn credential_info(credential: PickupCredential, pki: Option<&Pki>, now: u64) ->
         Some(p) => match p.trust_store().operator(&credential.operator) {
             None => SignatureStatus::UnknownSigner,
             Some(op) => {
-                if crypto::verify(op.public_key(), &credential.signed_bytes(), &credential.signature).is_err() {
+                if crypto::verify(
+                    op.public_key(),
+                    &credential.signed_bytes(),
+                    &credential.signature,
+                )
+                .is_err()
+                {
                     SignatureStatus::Invalid
                 } else {
-                    match p.trust_store().verify(op, Role::Operator, now, Some(p.revocations())) {
+                    match p
+                        .trust_store()
+                        .verify(op, Role::Operator, now, Some(p.revocations()))
+                    {
                         Ok(()) => SignatureStatus::Valid,
                         Err(e) => SignatureStatus::SignerRejected(e),
                     }
@@ -184,7 +228,12 @@ fn credential_info(credential: PickupCredential, pki: Option<&Pki>, now: u64) ->
         },
     };
     let revoked = pki.map(|p| p.revocations().is_credential_revoked(&credential.id));
-    CredentialInfo { credential, signature, revoked, now }
+    CredentialInfo {
+        credential,
+        signature,
+        revoked,
+        now,
+    }
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -227,15 +276,32 @@ impl fmt::Display for CertificateInfo {
         writeln!(f, "  role:         {}", c.role())?;
         writeln!(f, "  common name:  {}", c.common_name())?;
         writeln!(f, "  subject:      {}", self.subject)?;
-        writeln!(f, "  issuer:       {}{}", self.issuer, if c.is_self_signed() { " (self-signed)" } else { "" })?;
+        writeln!(
+            f,
+            "  issuer:       {}{}",
+            self.issuer,
+            if c.is_self_signed() {
+                " (self-signed)"
+            } else {
+                ""
+            }
+        )?;
         writeln!(f, "  serial:       {}", hex::encode(c.serial()))?;
         writeln!(f, "  not before:   {}", date(c.not_before()))?;
         writeln!(f, "  not after:    {}{when}", date(c.not_after()))?;
-        writeln!(f, "  CA:           {}", if c.is_ca() { "yes" } else { "no" })?;
+        writeln!(
+            f,
+            "  CA:           {}",
+            if c.is_ca() { "yes" } else { "no" }
+        )?;
         writeln!(f, "  SHA-256:      {}", hex::encode(c.hash()))?;
         match &self.chain {
             None => writeln!(f, "  chain:        not checked (no PKI given)"),
-            Some(Ok(())) => writeln!(f, "  chain:        valid ({} to this PKI's root)", c.role()),
+            Some(Ok(())) => writeln!(
+                f,
+                "  chain:        valid: a {} certificate of this PKI, not revoked",
+                c.role()
+            ),
             Some(Err(e)) => writeln!(f, "  chain:        REJECTED: {e}"),
         }
     }
@@ -247,7 +313,11 @@ impl fmt::Display for KeyInfo {
         writeln!(f, "  type:         ECDSA P-256")?;
         writeln!(f, "  public key:   {}", hex::encode(self.public_key))?;
         if let Some((path, matches)) = &self.sibling {
-            let verdict = if *matches { "matches" } else { "DOES NOT MATCH" };
+            let verdict = if *matches {
+                "matches"
+            } else {
+                "DOES NOT MATCH"
+            };
             writeln!(f, "  certificate:  {verdict} {}", path.display())?;
         }
         if let Some(role) = self.pki_role {
@@ -266,7 +336,11 @@ impl fmt::Display for CredentialInfo {
         writeln!(f, "  site:         {}", c.site)?;
         writeln!(f, "  slot:         {}", c.slot)?;
         writeln!(f, "  recipient:    {}", hex::encode(c.recipient))?;
-        let expired = if self.now > c.not_after { " (EXPIRED)" } else { "" };
+        let expired = if self.now > c.not_after {
+            " (EXPIRED)"
+        } else {
+            ""
+        };
         writeln!(f, "  expires:      {}{expired}", date(c.not_after))?;
         writeln!(f, "  operator:     {}", hex::encode(c.operator))?;
         writeln!(f, "  signature:    {}", self.signature)?;
@@ -283,18 +357,34 @@ impl fmt::Display for RevocationInfo {
         writeln!(f, "revocation list")?;
         writeln!(f, "  number:       {}", l.number)?;
         writeln!(f, "  this update:  {}", date(l.this_update))?;
-        let stale = if self.now > l.next_update { " (STALE)" } else { "" };
+        let stale = if self.now > l.next_update {
+            " (STALE)"
+        } else {
+            ""
+        };
         writeln!(f, "  next update:  {}{stale}", date(l.next_update))?;
         writeln!(f, "  signer:       {}", hex::encode(l.signer))?;
         writeln!(f, "  signature:    {}", self.signature)?;
         writeln!(f, "  certificates: {}", l.certificates.len())?;
-        entries(f, l.certificates.iter().map(hex::encode), l.certificates.len())?;
+        entries(
+            f,
+            l.certificates.iter().map(hex::encode),
+            l.certificates.len(),
+        )?;
         writeln!(f, "  credentials:  {}", l.credentials.len())?;
-        entries(f, l.credentials.iter().map(hex::encode), l.credentials.len())
+        entries(
+            f,
+            l.credentials.iter().map(hex::encode),
+            l.credentials.len(),
+        )
     }
 }
 
-fn entries(f: &mut fmt::Formatter<'_>, items: impl Iterator<Item = String>, len: usize) -> fmt::Result {
+fn entries(
+    f: &mut fmt::Formatter<'_>,
+    items: impl Iterator<Item = String>,
+    len: usize,
+) -> fmt::Result {
     for item in items.take(SHOW_ENTRIES) {
         writeln!(f, "    {item}")?;
     }

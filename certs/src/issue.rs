@@ -82,7 +82,11 @@ pub fn file_stem(name: &str) -> Option<String> {
 
 fn check_stem(stem: &str) -> Result<(), Error> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if stem.is_empty() || stem.len() > 64 || !stem.chars().all(ok_char) || stem.starts_with(['.', '-']) {
+    if stem.is_empty()
+        || stem.len() > 64
+        || !stem.chars().all(ok_char)
+        || stem.starts_with(['.', '-'])
+    {
         return Err(Error::Invalid {
             field: "file name",
             reason: "must be 1 to 64 of A-Z a-z 0-9 . _ - and not start with . or -",
@@ -93,13 +97,22 @@ fn check_stem(stem: &str) -> Result<(), Error> {
 
 fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), Error> {
     if value.is_empty() {
-        return Err(Error::Invalid { field, reason: "must not be empty" });
+        return Err(Error::Invalid {
+            field,
+            reason: "must not be empty",
+        });
     }
     if value.len() > max {
-        return Err(Error::Invalid { field, reason: "too long" });
+        return Err(Error::Invalid {
+            field,
+            reason: "too long",
+        });
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::Invalid { field, reason: "must not contain control characters" });
+        return Err(Error::Invalid {
+            field,
+            reason: "must not contain control characters",
+        });
     }
     Ok(())
 }
@@ -117,7 +130,8 @@ impl Pki {
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<IssuedLeaf, Error> {
-        let (identity, files) = self.new_leaf(Role::Terminal, merchant_name, out_dir, opts, now, rng)?;
+        let (identity, files) =
+            self.new_leaf(Role::Terminal, merchant_name, out_dir, opts, now, rng)?;
         let key_pem = key_pem(&identity.key, &files.key)?;
         let cert_pem = identity.cert.to_pem();
         fsio::create_dir(out_dir)?;
@@ -125,7 +139,11 @@ impl Pki {
             (files.cert.clone(), cert_pem.as_bytes(), Mode::Public),
             (files.key.clone(), key_pem.as_bytes(), Mode::Secret),
         ])?;
-        Ok(IssuedLeaf { identity, cert_path: files.cert, key_path: files.key })
+        Ok(IssuedLeaf {
+            identity,
+            cert_path: files.cert,
+            key_path: files.key,
+        })
     }
 
     /// Issue a wallet certificate (role wallet, signed by the issuer) and its
@@ -151,7 +169,11 @@ impl Pki {
             (ck_path.clone(), ck_hex.as_bytes(), Mode::Secret),
         ])?;
         Ok(IssuedWallet {
-            leaf: IssuedLeaf { identity, cert_path: files.cert, key_path: files.key },
+            leaf: IssuedLeaf {
+                identity,
+                cert_path: files.cert,
+                key_path: files.key,
+            },
             cryptogram_key,
             cryptogram_key_path: ck_path,
         })
@@ -174,13 +196,21 @@ impl Pki {
             })?,
         };
         check_stem(&stem)?;
-        let files = LeafFiles { cert: out_dir.join(format!("{stem}.pem")), key: out_dir.join(format!("{stem}.key")) };
+        let files = LeafFiles {
+            cert: out_dir.join(format!("{stem}.pem")),
+            key: out_dir.join(format!("{stem}.key")),
+        };
 
         let ca = self.identity(role);
         // Refuse to sign with a CA that is itself expired or revoked.
         self.verify(&ca.cert, now)?;
         let not_after = after_days(now, opts.days.unwrap_or(LEAF_DAYS))?.min(ca.cert.not_after());
-        let spec = CertSpec { role, common_name: name, not_before: now.saturating_sub(BACKDATE), not_after };
+        let spec = CertSpec {
+            role,
+            common_name: name,
+            not_before: now.saturating_sub(BACKDATE),
+            not_after,
+        };
         let key = SigningKey::random(&mut *rng);
         let cert = pki::issue(&spec, key.verifying_key(), (&ca.cert, &ca.key), rng)
             .map_err(|source| Error::Issue { role, source })?;
@@ -200,7 +230,10 @@ impl Pki {
         check_text("site", req.site, MAX_SITE)?;
         check_text("parcel id", req.parcel, MAX_PARCEL)?;
         if req.wallet.role() != Role::Wallet {
-            return Err(Error::Invalid { field: "recipient", reason: "is not a wallet certificate" });
+            return Err(Error::Invalid {
+                field: "recipient",
+                reason: "is not a wallet certificate",
+            });
         }
         self.verify(req.wallet, now)?;
         self.verify(&self.operator().cert, now)?;
@@ -223,8 +256,19 @@ impl Pki {
         // What we write must read back as the same credential.
         match PickupCredential::decode(&bytes) {
             Ok(back) if back == cred => {}
-            Ok(_) => return Err(Error::Invalid { field: "credential", reason: "does not round-trip" }),
-            Err(source) => return Err(Error::Decode { path: out.to_path_buf(), what: "pickup credential", source }),
+            Ok(_) => {
+                return Err(Error::Invalid {
+                    field: "credential",
+                    reason: "does not round-trip",
+                })
+            }
+            Err(source) => {
+                return Err(Error::Decode {
+                    path: out.to_path_buf(),
+                    what: "pickup credential",
+                    source,
+                })
+            }
         }
         if let Some(parent) = out.parent() {
             fsio::create_dir(parent)?;
@@ -241,5 +285,8 @@ struct LeafFiles {
 }
 
 fn key_pem(key: &SigningKey, path: &Path) -> Result<Zeroizing<String>, Error> {
-    key.to_pkcs8_pem(LineEnding::LF).map_err(|_| Error::PrivateKey { path: path.to_path_buf() })
+    key.to_pkcs8_pem(LineEnding::LF)
+        .map_err(|_| Error::PrivateKey {
+            path: path.to_path_buf(),
+        })
 }

@@ -48,12 +48,14 @@ mod issue;
 mod revoke;
 mod store;
 
-pub use inspect::{inspect, CertificateInfo, CredentialInfo, Inspected, KeyInfo, RevocationInfo, SignatureStatus};
+pub use inspect::{
+    inspect, CertificateInfo, CredentialInfo, Inspected, KeyInfo, RevocationInfo, SignatureStatus,
+};
 pub use issue::{file_stem, CredentialRequest, IssuedLeaf, IssuedWallet, LeafOptions};
 pub use revoke::{RevokeOutcome, RevokeTarget};
 pub use store::{
-    init, init_with, read_certificate, read_private_key, Identity, InitOptions, Pki, CA_ROLES, MASTER_KEY_FILE,
-    REVOCATIONS_FILE,
+    init, init_with, read_certificate, read_private_key, Identity, InitOptions, Pki, CA_ROLES,
+    MASTER_KEY_FILE, REVOCATIONS_FILE,
 };
 
 /// Seconds in a day.
@@ -80,7 +82,10 @@ pub enum Error {
     Missing { path: PathBuf },
     /// Any other I/O failure.
     #[error("cannot access {path}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// `init` found an existing PKI file in the target directory.
     #[error("a PKI already exists: {path} is present; refusing to overwrite it")]
     AlreadyInitialized { path: PathBuf },
@@ -92,9 +97,15 @@ pub enum Error {
     Certificate { path: PathBuf, source: CertError },
     /// A PKI certificate file holds a certificate of another role.
     #[error("{path}: expected a {expected} certificate, found a {got} certificate")]
-    WrongRole { path: PathBuf, expected: Role, got: Role },
+    WrongRole {
+        path: PathBuf,
+        expected: Role,
+        got: Role,
+    },
     /// A file is not a P-256 private key in PEM (PKCS#8 or SEC1).
-    #[error("{path}: not a PEM P-256 private key (PKCS#8 \"PRIVATE KEY\" or SEC1 \"EC PRIVATE KEY\")")]
+    #[error(
+        "{path}: not a PEM P-256 private key (PKCS#8 \"PRIVATE KEY\" or SEC1 \"EC PRIVATE KEY\")"
+    )]
     PrivateKey { path: PathBuf },
     /// A private key that does not belong to the certificate next to it.
     #[error("{key} does not hold the private key of {cert}")]
@@ -104,25 +115,38 @@ pub enum Error {
     SecretKey { path: PathBuf },
     /// A TLV file (credential, revocation list) that does not decode.
     #[error("{path}: malformed {what}")]
-    Decode { path: PathBuf, what: &'static str, source: DecodeError },
+    Decode {
+        path: PathBuf,
+        what: &'static str,
+        source: DecodeError,
+    },
     /// The revocation list is not signed by this PKI's root.
     #[error("{path}: revocation list signature rejected")]
     RevocationSignature { path: PathBuf, source: CertError },
     /// `inspect` does not recognise the file.
-    #[error("{path}: not a certificate, private key, pickup credential, revocation list or hex key")]
+    #[error(
+        "{path}: not a certificate, private key, pickup credential, revocation list or hex key"
+    )]
     UnknownFormat { path: PathBuf },
     /// A hex argument of the wrong form or length.
     #[error("{what} must be {bytes} bytes as {digits} hex digits", digits = 2 * bytes)]
     Hex { what: &'static str, bytes: usize },
     /// An argument out of its domain.
     #[error("invalid {field}: {reason}")]
-    Invalid { field: &'static str, reason: &'static str },
+    Invalid {
+        field: &'static str,
+        reason: &'static str,
+    },
     /// The protocol crate refused to build the certificate.
     #[error("cannot issue a {role} certificate")]
     Issue { role: Role, source: CertError },
     /// A certificate that does not validate against this PKI now.
     #[error("{role} certificate {common_name:?} rejected by this PKI")]
-    Rejected { role: Role, common_name: String, source: CertError },
+    Rejected {
+        role: Role,
+        common_name: String,
+        source: CertError,
+    },
     /// Revoking the root would leave nothing to sign the revocation list.
     #[error("the root certificate cannot be revoked (it signs the revocation list); create a new PKI instead")]
     RootNotRevocable,

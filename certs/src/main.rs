@@ -9,11 +9,16 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rand_core::OsRng;
 use tapstack_certs::{
-    init_with, inspect, read_certificate, CredentialRequest, InitOptions, LeafOptions, Pki, RevokeTarget, CA_DAYS,
+    init_with, inspect, read_certificate, CredentialRequest, InitOptions, LeafOptions, Pki,
+    RevokeTarget, CA_DAYS,
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "tap-certs", version, about = "The tapstack development PKI: root, CAs, terminals, wallets, pickup credentials, revocation")]
+#[command(
+    name = "tap-certs",
+    version,
+    about = "The tapstack development PKI: root, CAs, terminals, wallets, pickup credentials, revocation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -113,7 +118,10 @@ struct RevokeArgs {
 }
 
 fn now() -> Result<u64> {
-    Ok(SystemTime::now().duration_since(UNIX_EPOCH).context("system clock is before 1970")?.as_secs())
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("system clock is before 1970")?
+        .as_secs())
 }
 
 fn load(dir: &Path) -> Result<Pki> {
@@ -128,7 +136,12 @@ fn run(cli: Cli) -> Result<()> {
             let pki = init_with(&out, &InitOptions { ca_days }, now, &mut rng)?;
             println!("created a PKI in {}", out.display());
             for id in [pki.root(), pki.issuer(), pki.acquirer(), pki.operator()] {
-                println!("  {:<9} {}  sha256 {}", id.cert.role().as_str(), id.cert.common_name(), hex::encode(id.cert.hash()));
+                println!(
+                    "  {:<9} {}  sha256 {}",
+                    id.cert.role().as_str(),
+                    id.cert.common_name(),
+                    hex::encode(id.cert.hash())
+                );
             }
         }
         Command::Terminal(a) => {
@@ -139,16 +152,44 @@ fn run(cli: Cli) -> Result<()> {
         Command::Wallet(a) => {
             let pki = load(&a.pki)?;
             let issued = pki.issue_wallet(&a.name, &a.out, &leaf_options(&a), now, &mut rng)?;
-            print_leaf(&issued.leaf.identity.cert, &issued.leaf.cert_path, &issued.leaf.key_path);
+            print_leaf(
+                &issued.leaf.identity.cert,
+                &issued.leaf.cert_path,
+                &issued.leaf.key_path,
+            );
             println!("  cryptogram key: {}", issued.cryptogram_key_path.display());
         }
-        Command::Credential { pki, wallet, site, slot, parcel, out, days } => {
+        Command::Credential {
+            pki,
+            wallet,
+            site,
+            slot,
+            parcel,
+            out,
+            days,
+        } => {
             let pki = load(&pki)?;
             let wallet = read_certificate(&wallet)?;
-            let req = CredentialRequest { wallet: &wallet, site: &site, slot, parcel: &parcel, days };
+            let req = CredentialRequest {
+                wallet: &wallet,
+                site: &site,
+                slot,
+                parcel: &parcel,
+                days,
+            };
             let cred = pki.issue_credential(&req, &out, now, &mut rng)?;
-            println!("issued pickup credential {} -> {}", hex::encode(cred.id), out.display());
-            println!("  parcel {} at {} slot {} for wallet {:?}", cred.parcel, cred.site, cred.slot, wallet.common_name());
+            println!(
+                "issued pickup credential {} -> {}",
+                hex::encode(cred.id),
+                out.display()
+            );
+            println!(
+                "  parcel {} at {} slot {} for wallet {:?}",
+                cred.parcel,
+                cred.site,
+                cred.slot,
+                wallet.common_name()
+            );
         }
         Command::Revoke { pki, target } => {
             let target = match (target.cert, target.hash, target.credential) {
@@ -179,19 +220,33 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify { pki, cert } => {
             let pki = load(&pki)?;
             let c = read_certificate(&cert)?;
-            pki.verify(&c, now).with_context(|| format!("{} is not valid", cert.display()))?;
-            println!("{}: OK ({} {:?}, chains to the root of {})", cert.display(), c.role(), c.common_name(), pki.dir().display());
+            pki.verify(&c, now)
+                .with_context(|| format!("{} is not valid", cert.display()))?;
+            println!(
+                "{}: OK ({} {:?}, chains to the root of {})",
+                cert.display(),
+                c.role(),
+                c.common_name(),
+                pki.dir().display()
+            );
         }
     }
     Ok(())
 }
 
 fn leaf_options(a: &LeafArgs) -> LeafOptions {
-    LeafOptions { days: a.days, file_stem: a.file.clone() }
+    LeafOptions {
+        days: a.days,
+        file_stem: a.file.clone(),
+    }
 }
 
 fn print_leaf(cert: &tapstack_protocol::pki::Certificate, cert_path: &Path, key_path: &Path) {
-    println!("issued {} certificate {:?}", cert.role(), cert.common_name());
+    println!(
+        "issued {} certificate {:?}",
+        cert.role(),
+        cert.common_name()
+    );
     println!("  certificate:    {}", cert_path.display());
     println!("  private key:    {}", key_path.display());
     println!("  serial:         {}", hex::encode(cert.serial()));

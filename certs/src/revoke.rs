@@ -30,7 +30,10 @@ impl RevokeTarget {
     pub fn certificate_hash_hex(hex_hash: &str) -> Result<Self, Error> {
         let cleaned: String = hex_hash.trim().chars().filter(|&c| c != ':').collect();
         let mut hash = [0u8; 32];
-        hex::decode_to_slice(&cleaned, &mut hash).map_err(|_| Error::Hex { what: "certificate hash", bytes: 32 })?;
+        hex::decode_to_slice(&cleaned, &mut hash).map_err(|_| Error::Hex {
+            what: "certificate hash",
+            bytes: 32,
+        })?;
         Ok(RevokeTarget::Certificate(hash))
     }
 
@@ -87,10 +90,10 @@ impl Pki {
             RevokeTarget::Credential(id) => list.credentials.insert(id),
         };
         if added {
-            list.number = list
-                .number
-                .checked_add(1)
-                .ok_or(Error::Invalid { field: "revocation list number", reason: "at its maximum" })?;
+            list.number = list.number.checked_add(1).ok_or(Error::Invalid {
+                field: "revocation list number",
+                reason: "at its maximum",
+            })?;
             list.this_update = now;
             list.next_update = now.saturating_add(REVOCATION_LIFETIME);
             list.sign(&self.root().cert, &self.root().key);

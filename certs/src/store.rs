@@ -67,7 +67,10 @@ fn key_file(role: Role) -> String {
 
 /// Every file `init` writes, in the order it writes them.
 fn pki_files() -> Vec<String> {
-    let mut files: Vec<String> = CA_ROLES.iter().flat_map(|&r| [cert_file(r), key_file(r)]).collect();
+    let mut files: Vec<String> = CA_ROLES
+        .iter()
+        .flat_map(|&r| [cert_file(r), key_file(r)])
+        .collect();
     files.push(MASTER_KEY_FILE.to_owned());
     files.push(REVOCATIONS_FILE.to_owned());
     files
@@ -76,11 +79,17 @@ fn pki_files() -> Vec<String> {
 /// `now + days` in seconds, refusing zero and overflow.
 pub(crate) fn after_days(now: u64, days: u64) -> Result<u64, Error> {
     if days == 0 {
-        return Err(Error::Invalid { field: "days", reason: "must be at least 1" });
+        return Err(Error::Invalid {
+            field: "days",
+            reason: "must be at least 1",
+        });
     }
     days.checked_mul(DAY)
         .and_then(|s| now.checked_add(s))
-        .ok_or(Error::Invalid { field: "days", reason: "too large" })
+        .ok_or(Error::Invalid {
+            field: "days",
+            reason: "too large",
+        })
 }
 
 /// Create a new PKI in `dir` with default validity (CAs [`CA_DAYS`]).
@@ -91,22 +100,47 @@ pub fn init(dir: &Path, now: u64, rng: &mut impl CryptoRngCore) -> Result<Pki, E
 /// Create a new PKI in `dir` (created if missing): root, issuer, acquirer
 /// and operator certificates and keys, a random issuer master key and an
 /// empty revocation list number 1. Refuses if any PKI file is already there.
-pub fn init_with(dir: &Path, opts: &InitOptions, now: u64, rng: &mut impl CryptoRngCore) -> Result<Pki, Error> {
+pub fn init_with(
+    dir: &Path,
+    opts: &InitOptions,
+    now: u64,
+    rng: &mut impl CryptoRngCore,
+) -> Result<Pki, Error> {
     let not_after = after_days(now, opts.ca_days)?;
-    if let Some(path) = pki_files().into_iter().map(|f| dir.join(f)).find(|p| fsio::occupied(p)) {
+    if let Some(path) = pki_files()
+        .into_iter()
+        .map(|f| dir.join(f))
+        .find(|p| fsio::occupied(p))
+    {
         return Err(Error::AlreadyInitialized { path });
     }
     let not_before = now.saturating_sub(BACKDATE);
-    let spec = |role: Role, common_name| CertSpec { role, common_name, not_before, not_after };
+    let spec = |role: Role, common_name| CertSpec {
+        role,
+        common_name,
+        not_before,
+        not_after,
+    };
 
     let root_key = SigningKey::random(rng);
     let root_cert = pki::issue_root(&spec(Role::Root, "tapstack dev root"), &root_key, rng)
-        .map_err(|source| Error::Issue { role: Role::Root, source })?;
-    let root = Identity { cert: root_cert, key: root_key };
+        .map_err(|source| Error::Issue {
+            role: Role::Root,
+            source,
+        })?;
+    let root = Identity {
+        cert: root_cert,
+        key: root_key,
+    };
     let mut child = |role: Role, cn: &'static str| -> Result<Identity, Error> {
         let key = SigningKey::random(&mut *rng);
-        let cert = pki::issue(&spec(role, cn), key.verifying_key(), (&root.cert, &root.key), &mut *rng)
-            .map_err(|source| Error::Issue { role, source })?;
+        let cert = pki::issue(
+            &spec(role, cn),
+            key.verifying_key(),
+            (&root.cert, &root.key),
+            &mut *rng,
+        )
+        .map_err(|source| Error::Issue { role, source })?;
         Ok(Identity { cert, key })
     };
     let issuer = child(Role::Issuer, "tapstack dev issuer")?;
@@ -117,18 +151,40 @@ pub fn init_with(dir: &Path, opts: &InitOptions, now: u64, rng: &mut impl Crypto
     rng.fill_bytes(imk.as_mut());
     let issuer_master_key = IssuerMasterKey(*imk);
 
-    let mut revocations =
-        RevocationList { number: 1, this_update: now, next_update: now.saturating_add(REVOCATION_LIFETIME), ..Default::default() };
+    let mut revocations = RevocationList {
+        number: 1,
+        this_update: now,
+        next_update: now.saturating_add(REVOCATION_LIFETIME),
+        ..Default::default()
+    };
     revocations.sign(&root.cert, &root.key);
 
     let mut trust = TrustStore::new();
-    let trust_err = |role: Role| move |source| Error::Certificate { path: dir.join(cert_file(role)), source };
-    trust.add_root(root.cert.clone()).map_err(trust_err(Role::Root))?;
+    let trust_err = |role: Role| {
+        move |source| Error::Certificate {
+            path: dir.join(cert_file(role)),
+            source,
+        }
+    };
+    trust
+        .add_root(root.cert.clone())
+        .map_err(trust_err(Role::Root))?;
     for id in [&issuer, &acquirer, &operator] {
-        trust.add_intermediate(id.cert.clone()).map_err(trust_err(id.cert.role()))?;
+        trust
+            .add_intermediate(id.cert.clone())
+            .map_err(trust_err(id.cert.role()))?;
     }
 
-    let pki = Pki { dir: dir.to_path_buf(), root, issuer, acquirer, operator, issuer_master_key, revocations, trust };
+    let pki = Pki {
+        dir: dir.to_path_buf(),
+        root,
+        issuer,
+        acquirer,
+        operator,
+        issuer_master_key,
+        revocations,
+        trust,
+    };
     pki.write_new()?;
     Ok(pki)
 }
@@ -140,7 +196,10 @@ impl Pki {
         for role in CA_ROLES {
             let id = self.identity(role);
             let key_path = self.dir.join(key_file(role));
-            let key_pem = id.key.to_pkcs8_pem(LineEnding::LF).map_err(|_| Error::PrivateKey { path: key_path })?;
+            let key_pem = id
+                .key
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|_| Error::PrivateKey { path: key_path })?;
             pems.push((role, id.cert.to_pem(), key_pem));
         }
         let imk_hex = Zeroizing::new(format!("{}\n", hex::encode(self.issuer_master_key.0)));
@@ -148,10 +207,22 @@ impl Pki {
 
         let mut files: Vec<(PathBuf, &[u8], Mode)> = Vec::new();
         for (role, cert_pem, key_pem) in &pems {
-            files.push((self.dir.join(cert_file(*role)), cert_pem.as_bytes(), Mode::Public));
-            files.push((self.dir.join(key_file(*role)), key_pem.as_bytes(), Mode::Secret));
+            files.push((
+                self.dir.join(cert_file(*role)),
+                cert_pem.as_bytes(),
+                Mode::Public,
+            ));
+            files.push((
+                self.dir.join(key_file(*role)),
+                key_pem.as_bytes(),
+                Mode::Secret,
+            ));
         }
-        files.push((self.dir.join(MASTER_KEY_FILE), imk_hex.as_bytes(), Mode::Secret));
+        files.push((
+            self.dir.join(MASTER_KEY_FILE),
+            imk_hex.as_bytes(),
+            Mode::Secret,
+        ));
         files.push((self.dir.join(REVOCATIONS_FILE), &list, Mode::Public));
         fsio::write_all_new(&files).map_err(|e| match e {
             Error::Exists { path } => Error::AlreadyInitialized { path },
@@ -163,23 +234,26 @@ impl Pki {
     pub fn load(dir: &Path) -> Result<Pki, Error> {
         std::fs::metadata(dir).map_err(|e| fsio::io_error(dir, e))?;
         let mut trust = TrustStore::new();
-        let root = load_identity(dir, Role::Root)?;
-        trust.add_root(root.cert.clone()).map_err(|source| Error::Certificate { path: dir.join(cert_file(Role::Root)), source })?;
-        let mut load_ca = |role: Role| -> Result<Identity, Error> {
-            let id = load_identity(dir, role)?;
-            trust.add_intermediate(id.cert.clone()).map_err(|source| Error::Certificate { path: dir.join(cert_file(role)), source })?;
-            Ok(id)
-        };
-        let issuer = load_ca(Role::Issuer)?;
-        let acquirer = load_ca(Role::Acquirer)?;
-        let operator = load_ca(Role::Operator)?;
+        let root = load_identity(dir, Role::Root, |cert| trust.add_root(cert))?;
+        let issuer = load_identity(dir, Role::Issuer, |cert| trust.add_intermediate(cert))?;
+        let acquirer = load_identity(dir, Role::Acquirer, |cert| trust.add_intermediate(cert))?;
+        let operator = load_identity(dir, Role::Operator, |cert| trust.add_intermediate(cert))?;
 
         let imk_path = dir.join(MASTER_KEY_FILE);
         let issuer_master_key = read_hex_key(&imk_path)?;
 
         let list_path = dir.join(REVOCATIONS_FILE);
         let revocations = read_revocations(&list_path, &trust)?;
-        Ok(Pki { dir: dir.to_path_buf(), root, issuer, acquirer, operator, issuer_master_key, revocations, trust })
+        Ok(Pki {
+            dir: dir.to_path_buf(),
+            root,
+            issuer,
+            acquirer,
+            operator,
+            issuer_master_key,
+            revocations,
+            trust,
+        })
     }
 
     /// The directory the PKI lives in.
@@ -257,20 +331,29 @@ impl Pki {
     /// constraints, validity and signatures up to this PKI's root, and the
     /// current revocation list ([`TrustStore::verify`]).
     pub fn verify(&self, cert: &Certificate, now: u64) -> Result<(), Error> {
-        self.trust.verify(cert, cert.role(), now, Some(&self.revocations)).map_err(|source| Error::Rejected {
-            role: cert.role(),
-            common_name: cert.common_name().to_owned(),
-            source,
-        })
+        self.trust
+            .verify(cert, cert.role(), now, Some(&self.revocations))
+            .map_err(|source| Error::Rejected {
+                role: cert.role(),
+                common_name: cert.common_name().to_owned(),
+                source,
+            })
     }
 }
 
 /// Read a certificate file, PEM or DER.
 pub fn read_certificate(path: &Path) -> Result<Certificate, Error> {
     let bytes = fsio::read(path)?;
-    let err = |source| Error::Certificate { path: path.to_path_buf(), source };
+    let err = |source| Error::Certificate {
+        path: path.to_path_buf(),
+        source,
+    };
     if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
-        let text = std::str::from_utf8(&bytes).map_err(|_| err(pki::CertError::Malformed { what: "PEM is not text" }))?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            err(pki::CertError::Malformed {
+                what: "PEM is not text",
+            })
+        })?;
         Certificate::from_pem(text.trim_start()).map_err(err)
     } else {
         Certificate::from_der(&bytes).map_err(err)
@@ -280,24 +363,45 @@ pub fn read_certificate(path: &Path) -> Result<Certificate, Error> {
 /// Read a P-256 private key: PEM PKCS#8 (`PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`).
 pub fn read_private_key(path: &Path) -> Result<SigningKey, Error> {
     let bytes = fsio::read_secret(path)?;
-    let err = || Error::PrivateKey { path: path.to_path_buf() };
+    let err = || Error::PrivateKey {
+        path: path.to_path_buf(),
+    };
     let text = std::str::from_utf8(&bytes).map_err(|_| err())?.trim_start();
     if let Ok(key) = SigningKey::from_pkcs8_pem(text) {
         return Ok(key);
     }
-    p256::SecretKey::from_sec1_pem(text).map(SigningKey::from).map_err(|_| err())
+    p256::SecretKey::from_sec1_pem(text)
+        .map(SigningKey::from)
+        .map_err(|_| err())
 }
 
-fn load_identity(dir: &Path, role: Role) -> Result<Identity, Error> {
+/// Read `<role>.pem`, check its role, let `trust` check its chain, then read
+/// `<role>.key` and check it belongs to the certificate.
+fn load_identity(
+    dir: &Path,
+    role: Role,
+    trust: impl FnOnce(Certificate) -> Result<(), pki::CertError>,
+) -> Result<Identity, Error> {
     let cert_path = dir.join(cert_file(role));
     let key_path = dir.join(key_file(role));
     let cert = read_certificate(&cert_path)?;
     if cert.role() != role {
-        return Err(Error::WrongRole { path: cert_path, expected: role, got: cert.role() });
+        return Err(Error::WrongRole {
+            path: cert_path,
+            expected: role,
+            got: cert.role(),
+        });
     }
+    trust(cert.clone()).map_err(|source| Error::Certificate {
+        path: cert_path.clone(),
+        source,
+    })?;
     let key = read_private_key(&key_path)?;
     if key.verifying_key() != cert.public_key() {
-        return Err(Error::KeyMismatch { key: key_path, cert: cert_path });
+        return Err(Error::KeyMismatch {
+            key: key_path,
+            cert: cert_path,
+        });
     }
     Ok(Identity { cert, key })
 }
@@ -306,7 +410,9 @@ fn load_identity(dir: &Path, role: Role) -> Result<Identity, Error> {
 pub(crate) fn read_hex_key(path: &Path) -> Result<IssuerMasterKey, Error> {
     let bytes = fsio::read_secret(path)?;
     let mut key = Zeroizing::new([0u8; 16]);
-    hex::decode_to_slice(bytes.trim_ascii(), key.as_mut()).map_err(|_| Error::SecretKey { path: path.to_path_buf() })?;
+    hex::decode_to_slice(bytes.trim_ascii(), key.as_mut()).map_err(|_| Error::SecretKey {
+        path: path.to_path_buf(),
+    })?;
     Ok(IssuerMasterKey(*key))
 }
 
@@ -318,6 +424,10 @@ pub(crate) fn read_revocations(path: &Path, trust: &TrustStore) -> Result<Revoca
         what: "revocation list",
         source,
     })?;
-    list.verify(trust).map_err(|source| Error::RevocationSignature { path: path.to_path_buf(), source })?;
+    list.verify(trust)
+        .map_err(|source| Error::RevocationSignature {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(list)
 }

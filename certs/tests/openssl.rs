@@ -2,6 +2,10 @@
 //! openssl reads and verifies; what openssl makes outside the PKI, tapstack
 //! refuses.
 
+// Helpers outside #[test] functions unwrap too; clippy.toml's
+// allow-*-in-tests does not reach them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::Path;
@@ -22,15 +26,38 @@ fn openssl_verifies_every_chain_and_shows_role_as_ou() {
     let root = format!("{pki}/root.pem");
 
     let terminal = format!("{out}/terminal.pem");
-    let v = openssl_ok(s.tmp.path(), &["verify", "-CAfile", &root, "-untrusted", &format!("{pki}/acquirer.pem"), &terminal]);
+    let v = openssl_ok(
+        s.tmp.path(),
+        &[
+            "verify",
+            "-CAfile",
+            &root,
+            "-untrusted",
+            &format!("{pki}/acquirer.pem"),
+            &terminal,
+        ],
+    );
     assert!(v.trim_end().ends_with(": OK"), "{v}");
 
     let wallet = format!("{out}/wallet.pem");
-    let v = openssl_ok(s.tmp.path(), &["verify", "-CAfile", &root, "-untrusted", &format!("{pki}/issuer.pem"), &wallet]);
+    let v = openssl_ok(
+        s.tmp.path(),
+        &[
+            "verify",
+            "-CAfile",
+            &root,
+            "-untrusted",
+            &format!("{pki}/issuer.pem"),
+            &wallet,
+        ],
+    );
     assert!(v.trim_end().ends_with(": OK"), "{v}");
 
     for ca in ["issuer", "acquirer", "operator"] {
-        let v = openssl_ok(s.tmp.path(), &["verify", "-CAfile", &root, &format!("{pki}/{ca}.pem")]);
+        let v = openssl_ok(
+            s.tmp.path(),
+            &["verify", "-CAfile", &root, &format!("{pki}/{ca}.pem")],
+        );
         assert!(v.trim_end().ends_with(": OK"), "{ca}: {v}");
     }
     // The root verifies against itself.
@@ -42,22 +69,51 @@ fn openssl_verifies_every_chain_and_shows_role_as_ou() {
         (wallet, "wallet", "alice phone"),
         (root.clone(), "root", "tapstack dev root"),
         (format!("{pki}/issuer.pem"), "issuer", "tapstack dev issuer"),
-        (format!("{pki}/acquirer.pem"), "acquirer", "tapstack dev acquirer"),
-        (format!("{pki}/operator.pem"), "operator", "tapstack dev operator"),
+        (
+            format!("{pki}/acquirer.pem"),
+            "acquirer",
+            "tapstack dev acquirer",
+        ),
+        (
+            format!("{pki}/operator.pem"),
+            "operator",
+            "tapstack dev operator",
+        ),
     ];
     for (file, role, cn) in cases {
         let subject = openssl_ok(s.tmp.path(), &["x509", "-noout", "-subject", "-in", &file]);
         let subject = no_spaces(&subject);
         assert!(subject.contains(&format!("OU={role}")), "{file}: {subject}");
-        assert!(subject.contains(&format!("CN={}", no_spaces(cn))), "{file}: {subject}");
+        assert!(
+            subject.contains(&format!("CN={}", no_spaces(cn))),
+            "{file}: {subject}"
+        );
     }
 
     // openssl's view of the issuer, serial and fingerprint matches ours.
-    let text = openssl_ok(s.tmp.path(), &["x509", "-noout", "-issuer", "-serial", "-fingerprint", "-sha256", "-in", &terminal]);
+    let text = openssl_ok(
+        s.tmp.path(),
+        &[
+            "x509",
+            "-noout",
+            "-issuer",
+            "-serial",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+            &terminal,
+        ],
+    );
     let text = no_spaces(&text).to_ascii_lowercase();
     let cert = &s.terminal.identity.cert;
-    assert!(text.contains("issuer=ou=acquirer,cn=tapstackdevacquirer"), "{text}");
-    assert!(text.contains(&format!("serial={}", hex::encode(cert.serial()))), "{text}");
+    assert!(
+        text.contains("issuer=ou=acquirer,cn=tapstackdevacquirer"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("serial={}", hex::encode(cert.serial()))),
+        "{text}"
+    );
     let colons: Vec<String> = cert.hash().iter().map(|b| format!("{b:02x}")).collect();
     assert!(text.contains(&colons.join(":")), "{text}");
 }
@@ -69,11 +125,28 @@ fn terminal_under_the_wrong_intermediate_fails_in_openssl_and_trust_store() {
     let terminal = format!("{}/terminal.pem", s.out.to_str().unwrap());
     let out = openssl(
         s.tmp.path(),
-        &["verify", "-CAfile", &format!("{pki}/root.pem"), "-untrusted", &format!("{pki}/issuer.pem"), &terminal],
+        &[
+            "verify",
+            "-CAfile",
+            &format!("{pki}/root.pem"),
+            "-untrusted",
+            &format!("{pki}/issuer.pem"),
+            &terminal,
+        ],
     );
-    assert!(!out.status.success(), "openssl accepted a terminal under the issuer");
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(all.contains("unable to get local issuer certificate"), "{all}");
+    assert!(
+        !out.status.success(),
+        "openssl accepted a terminal under the issuer"
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("unable to get local issuer certificate"),
+        "{all}"
+    );
 
     // The same in tapstack: root + issuer cannot validate a terminal...
     let mut trust = TrustStore::new();
@@ -82,37 +155,72 @@ fn terminal_under_the_wrong_intermediate_fails_in_openssl_and_trust_store() {
     let cert = &s.terminal.identity.cert;
     assert_eq!(
         trust.verify(cert, Role::Terminal, real_now(), None),
-        Err(CertError::UnknownIssuer { role: Role::Terminal, parent: Role::Acquirer })
+        Err(CertError::UnknownIssuer {
+            role: Role::Terminal,
+            parent: Role::Acquirer
+        })
     );
     // ...the wallet-side store (root + acquirer) can...
-    s.pki.wallet_trust().verify(cert, Role::Terminal, real_now(), None).unwrap();
+    s.pki
+        .wallet_trust()
+        .verify(cert, Role::Terminal, real_now(), None)
+        .unwrap();
     // ...and the terminal-side store (root + issuer + operator) cannot.
-    assert!(s.pki.terminal_trust().verify(cert, Role::Terminal, real_now(), None).is_err());
+    assert!(s
+        .pki
+        .terminal_trust()
+        .verify(cert, Role::Terminal, real_now(), None)
+        .is_err());
     // A terminal certificate is not a wallet certificate, whatever the store.
     assert_eq!(
-        s.pki.trust_store().verify(cert, Role::Wallet, real_now(), None),
-        Err(CertError::WrongRole { expected: Role::Wallet, got: Role::Terminal })
+        s.pki
+            .trust_store()
+            .verify(cert, Role::Wallet, real_now(), None),
+        Err(CertError::WrongRole {
+            expected: Role::Wallet,
+            got: Role::Terminal
+        })
     );
 }
 
 #[test]
 fn openssl_accepts_the_key_files_and_they_match_the_certificates() {
     let s = setup(real_now());
-    let mut keys: Vec<(std::path::PathBuf, std::path::PathBuf)> = ["root", "issuer", "acquirer", "operator"]
-        .iter()
-        .map(|r| (s.pki_dir.join(format!("{r}.key")), s.pki_dir.join(format!("{r}.pem"))))
-        .collect();
+    let mut keys: Vec<(std::path::PathBuf, std::path::PathBuf)> =
+        ["root", "issuer", "acquirer", "operator"]
+            .iter()
+            .map(|r| {
+                (
+                    s.pki_dir.join(format!("{r}.key")),
+                    s.pki_dir.join(format!("{r}.pem")),
+                )
+            })
+            .collect();
     keys.push((s.terminal.key_path.clone(), s.terminal.cert_path.clone()));
-    keys.push((s.wallet.leaf.key_path.clone(), s.wallet.leaf.cert_path.clone()));
+    keys.push((
+        s.wallet.leaf.key_path.clone(),
+        s.wallet.leaf.cert_path.clone(),
+    ));
     for (key, cert) in &keys {
         let key_s = key.to_str().unwrap();
-        assert!(std::fs::read_to_string(key).unwrap().starts_with("-----BEGIN PRIVATE KEY-----\n"), "{key_s}");
+        assert!(
+            std::fs::read_to_string(key)
+                .unwrap()
+                .starts_with("-----BEGIN PRIVATE KEY-----\n"),
+            "{key_s}"
+        );
         openssl_ok(s.tmp.path(), &["pkey", "-in", key_s, "-noout"]);
         openssl_ok(s.tmp.path(), &["ec", "-in", key_s, "-noout", "-check"]);
         let text = openssl_ok(s.tmp.path(), &["pkey", "-in", key_s, "-noout", "-text"]);
-        assert!(text.contains("prime256v1") || text.contains("P-256"), "{key_s}: {text}");
+        assert!(
+            text.contains("prime256v1") || text.contains("P-256"),
+            "{key_s}: {text}"
+        );
         // The public key in the certificate is the key's public key.
-        let from_cert = openssl_ok(s.tmp.path(), &["x509", "-noout", "-pubkey", "-in", cert.to_str().unwrap()]);
+        let from_cert = openssl_ok(
+            s.tmp.path(),
+            &["x509", "-noout", "-pubkey", "-in", cert.to_str().unwrap()],
+        );
         let from_key = openssl_ok(s.tmp.path(), &["pkey", "-pubout", "-in", key_s]);
         assert_eq!(from_cert, from_key, "{key_s}");
         #[cfg(unix)]
@@ -123,16 +231,37 @@ fn openssl_accepts_the_key_files_and_they_match_the_certificates() {
         }
     }
     #[cfg(unix)]
-    for secret in [s.pki_dir.join("issuer-master.key"), s.wallet.cryptogram_key_path.clone()] {
+    for secret in [
+        s.pki_dir.join("issuer-master.key"),
+        s.wallet.cryptogram_key_path.clone(),
+    ] {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600, "{}", secret.display());
+        assert_eq!(
+            std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            secret.display()
+        );
     }
 
     // Keys openssl makes, in PKCS#8 and in SEC1, read back as the same key.
     let dir = s.tmp.path();
-    openssl_ok(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ossl.key"]);
+    openssl_ok(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "ossl.key",
+        ],
+    );
     openssl_ok(dir, &["ec", "-in", "ossl.key", "-out", "ossl-sec1.key"]);
-    assert!(std::fs::read_to_string(dir.join("ossl-sec1.key")).unwrap().contains("BEGIN EC PRIVATE KEY"));
+    assert!(std::fs::read_to_string(dir.join("ossl-sec1.key"))
+        .unwrap()
+        .contains("BEGIN EC PRIVATE KEY"));
     let a = read_private_key(&dir.join("ossl.key")).unwrap();
     let b = read_private_key(&dir.join("ossl-sec1.key")).unwrap();
     assert_eq!(a.verifying_key(), b.verifying_key());
@@ -144,14 +273,34 @@ fn p384_certificate_from_openssl_is_an_unsupported_key() {
     openssl_ok(
         tmp.path(),
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1", "-nodes", "-sha256", "-days", "30",
-            "-subj", "/OU=terminal/CN=x", "-keyout", "p384.key", "-out", "p384.pem",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:secp384r1",
+            "-nodes",
+            "-sha256",
+            "-days",
+            "30",
+            "-subj",
+            "/OU=terminal/CN=x",
+            "-keyout",
+            "p384.key",
+            "-out",
+            "p384.pem",
         ],
     );
     let pem = std::fs::read_to_string(tmp.path().join("p384.pem")).unwrap();
-    assert_eq!(Certificate::from_pem(&pem).unwrap_err(), CertError::UnsupportedKey);
+    assert_eq!(
+        Certificate::from_pem(&pem).unwrap_err(),
+        CertError::UnsupportedKey
+    );
     match read_certificate(&tmp.path().join("p384.pem")) {
-        Err(Error::Certificate { path, source: CertError::UnsupportedKey }) => assert!(path.ends_with("p384.pem")),
+        Err(Error::Certificate {
+            path,
+            source: CertError::UnsupportedKey,
+        }) => assert!(path.ends_with("p384.pem")),
         other => panic!("{other:?}"),
     }
     // Its key is not a P-256 key either.
@@ -188,13 +337,40 @@ fn openssl_chain(dir: &Path, key_alg: &[&str], root_name: &str, acquirer_name: &
     genkey("f-acq.key", p256);
     genkey("f-term.key", p256);
     let cnf = ["-config", "ossl.cnf"];
-    let mut args = vec!["req", "-x509", "-new", "-key", "f-root.key", "-sha256", "-days", "30", "-subj", root_name];
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "f-root.key",
+        "-sha256",
+        "-days",
+        "30",
+        "-subj",
+        root_name,
+    ];
     args.extend_from_slice(&cnf);
     args.extend_from_slice(&["-extensions", "ca_ext", "-out", "f-root.pem"]);
     openssl_ok(dir, &args);
     for (name, key, subj, ca, ca_key, ext, serial) in [
-        ("f-acq", "f-acq.key", acquirer_name, "f-root.pem", "f-root.key", "ca_ext", "2"),
-        ("f-term", "f-term.key", "/OU=terminal/CN=Evil Tea", "f-acq.pem", "f-acq.key", "leaf_ext", "3"),
+        (
+            "f-acq",
+            "f-acq.key",
+            acquirer_name,
+            "f-root.pem",
+            "f-root.key",
+            "ca_ext",
+            "2",
+        ),
+        (
+            "f-term",
+            "f-term.key",
+            "/OU=terminal/CN=Evil Tea",
+            "f-acq.pem",
+            "f-acq.key",
+            "leaf_ext",
+            "3",
+        ),
     ] {
         let csr = format!("{name}.csr");
         let pem = format!("{name}.pem");
@@ -204,13 +380,40 @@ fn openssl_chain(dir: &Path, key_alg: &[&str], root_name: &str, acquirer_name: &
         openssl_ok(
             dir,
             &[
-                "x509", "-req", "-in", &csr, "-CA", ca, "-CAkey", ca_key, "-set_serial", serial, "-days", "30",
-                "-sha256", "-extfile", "ossl.cnf", "-extensions", ext, "-out", &pem,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                ca,
+                "-CAkey",
+                ca_key,
+                "-set_serial",
+                serial,
+                "-days",
+                "30",
+                "-sha256",
+                "-extfile",
+                "ossl.cnf",
+                "-extensions",
+                ext,
+                "-out",
+                &pem,
             ],
         );
     }
     // The chain is valid in openssl's eyes, under its own root.
-    let v = openssl_ok(dir, &["verify", "-CAfile", "f-root.pem", "-untrusted", "f-acq.pem", "f-term.pem"]);
+    let v = openssl_ok(
+        dir,
+        &[
+            "verify",
+            "-CAfile",
+            "f-root.pem",
+            "-untrusted",
+            "f-acq.pem",
+            "f-term.pem",
+        ],
+    );
     assert!(v.trim_end().ends_with(": OK"), "{v}");
 }
 
@@ -226,35 +429,74 @@ fn foreign_p256_chain_from_openssl_is_rejected_by_the_trust_store() {
     // Look-alike names: every name lookup succeeds, the signatures do not.
     let dir = tempfile::tempdir().unwrap();
     let p256: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
-    openssl_chain(dir.path(), p256, "/OU=root/CN=tapstack dev root", "/OU=acquirer/CN=tapstack dev acquirer");
+    openssl_chain(
+        dir.path(),
+        p256,
+        "/OU=root/CN=tapstack dev root",
+        "/OU=acquirer/CN=tapstack dev acquirer",
+    );
     let f_root = load(dir.path(), "f-root.pem").unwrap();
     let f_acq = load(dir.path(), "f-acq.pem").unwrap();
     let f_term = load(dir.path(), "f-term.pem").unwrap();
     // openssl starts validity at the second it signs: take `now` after that.
     let now = real_now();
-    assert_eq!((f_root.role(), f_acq.role(), f_term.role()), (Role::Root, Role::Acquirer, Role::Terminal));
+    assert_eq!(
+        (f_root.role(), f_acq.role(), f_term.role()),
+        (Role::Root, Role::Acquirer, Role::Terminal)
+    );
     // Parsed fine (it is P-256/ECDSA-SHA256 with the right roles)...
-    assert_eq!(trust.verify(&f_term, Role::Terminal, now, None), Err(CertError::BadSignature));
+    assert_eq!(
+        trust.verify(&f_term, Role::Terminal, now, None),
+        Err(CertError::BadSignature)
+    );
     // ...but not signed by anything tapstack trusts.
     let mut t = trust.clone();
-    assert_eq!(t.add_intermediate(f_acq.clone()), Err(CertError::BadSignature));
-    assert_eq!(trust.verify(&f_root, Role::Root, now, None), Err(CertError::UntrustedRoot));
-    assert!(matches!(s.pki.verify(&f_term, now), Err(Error::Rejected { role: Role::Terminal, source: CertError::BadSignature, .. })));
+    assert_eq!(
+        t.add_intermediate(f_acq.clone()),
+        Err(CertError::BadSignature)
+    );
+    assert_eq!(
+        trust.verify(&f_root, Role::Root, now, None),
+        Err(CertError::UntrustedRoot)
+    );
+    assert!(matches!(
+        s.pki.verify(&f_term, now),
+        Err(Error::Rejected {
+            role: Role::Terminal,
+            source: CertError::BadSignature,
+            ..
+        })
+    ));
     // openssl agrees: the foreign terminal does not chain to our root.
     let pki = s.pki_dir.to_str().unwrap();
     let out = openssl(
         dir.path(),
-        &["verify", "-CAfile", &format!("{pki}/root.pem"), "-untrusted", &format!("{pki}/acquirer.pem"), "f-term.pem"],
+        &[
+            "verify",
+            "-CAfile",
+            &format!("{pki}/root.pem"),
+            "-untrusted",
+            &format!("{pki}/acquirer.pem"),
+            "f-term.pem",
+        ],
     );
     assert!(!out.status.success());
 
     // Foreign names: the issuer is simply unknown.
     let dir2 = tempfile::tempdir().unwrap();
-    openssl_chain(dir2.path(), p256, "/OU=root/CN=other root", "/OU=acquirer/CN=other acquirer");
+    openssl_chain(
+        dir2.path(),
+        p256,
+        "/OU=root/CN=other root",
+        "/OU=acquirer/CN=other acquirer",
+    );
     let other = load(dir2.path(), "f-term.pem").unwrap();
     assert_eq!(
         trust.verify(&other, Role::Terminal, real_now(), None),
-        Err(CertError::UnknownIssuer { role: Role::Terminal, parent: Role::Acquirer })
+        Err(CertError::UnknownIssuer {
+            role: Role::Terminal,
+            parent: Role::Acquirer
+        })
     );
 }
 
@@ -262,19 +504,38 @@ fn foreign_p256_chain_from_openssl_is_rejected_by_the_trust_store() {
 fn rsa_signed_certificates_from_openssl_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let rsa: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
-    openssl_chain(dir.path(), rsa, "/OU=root/CN=tapstack dev root", "/OU=acquirer/CN=tapstack dev acquirer");
+    openssl_chain(
+        dir.path(),
+        rsa,
+        "/OU=root/CN=tapstack dev root",
+        "/OU=acquirer/CN=tapstack dev acquirer",
+    );
     // The RSA root and the P-256 acquirer it signed (sha256WithRSAEncryption)
     // cannot even become tapstack certificates.
-    assert_eq!(load(dir.path(), "f-root.pem").unwrap_err(), CertError::UnsupportedSignatureAlgorithm);
-    assert_eq!(load(dir.path(), "f-acq.pem").unwrap_err(), CertError::UnsupportedSignatureAlgorithm);
+    assert_eq!(
+        load(dir.path(), "f-root.pem").unwrap_err(),
+        CertError::UnsupportedSignatureAlgorithm
+    );
+    assert_eq!(
+        load(dir.path(), "f-acq.pem").unwrap_err(),
+        CertError::UnsupportedSignatureAlgorithm
+    );
     // The P-256 terminal below them parses, but no tapstack store accepts it.
     let term = load(dir.path(), "f-term.pem").unwrap();
     let s = setup(real_now());
-    assert_eq!(s.pki.wallet_trust().verify(&term, Role::Terminal, real_now(), None), Err(CertError::BadSignature));
+    assert_eq!(
+        s.pki
+            .wallet_trust()
+            .verify(&term, Role::Terminal, real_now(), None),
+        Err(CertError::BadSignature)
+    );
     let mut empty_ish = TrustStore::new();
     empty_ish.add_root(s.pki.root().cert.clone()).unwrap();
     assert_eq!(
         empty_ish.verify(&term, Role::Terminal, real_now(), None),
-        Err(CertError::UnknownIssuer { role: Role::Terminal, parent: Role::Acquirer })
+        Err(CertError::UnknownIssuer {
+            role: Role::Terminal,
+            parent: Role::Acquirer
+        })
     );
 }

@@ -94,8 +94,8 @@ impl EphemeralKey {
 
 impl Drop for EphemeralKey {
     fn drop(&mut self) {
-        // NonZeroScalar has no Zeroize; overwrite with a fixed non-zero value.
-        self.secret = p256::NonZeroScalar::new(p256::Scalar::ONE).unwrap_or(self.secret);
+        // Overwrites the scalar (with one, as it must stay non-zero).
+        self.secret.zeroize();
     }
 }
 

@@ -131,6 +131,8 @@ pub enum CertError {
     Revoked,
     #[error("root certificate is not a trust anchor")]
     UntrustedRoot,
+    #[error("signed by no root in the trust store")]
+    UnknownSigner,
 }
 
 /// A parsed certificate: the DER it came from and the fields tapstack uses.

@@ -8,7 +8,7 @@ use p256::ecdsa::SigningKey;
 
 use crate::codec::{fixed, u64_be, Codec, DecodeError};
 use crate::crypto::{self, SIG_LEN};
-use crate::pki::{CertError, Certificate, Role, TrustStore};
+use crate::pki::{CertError, Certificate, TrustStore};
 use crate::tlv::{self, Reader};
 
 /// Most entries of each kind one list may hold.
@@ -16,7 +16,7 @@ pub const MAX_ENTRIES: usize = 200_000;
 /// Signature domain separation label.
 pub const LABEL_REVOCATION: &[u8] = b"tapstack/v1 revocation list";
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationList {
     /// Monotonic list number; a loader refuses to go back to a lower one.
     pub number: u64,
@@ -26,7 +26,21 @@ pub struct RevocationList {
     pub credentials: BTreeSet<[u8; 16]>,
     /// SHA-256 of the root certificate that signed the list.
     pub signer: [u8; 32],
-    pub signature: Vec<u8>,
+    pub signature: [u8; SIG_LEN],
+}
+
+impl Default for RevocationList {
+    fn default() -> Self {
+        RevocationList {
+            number: 0,
+            this_update: 0,
+            next_update: 0,
+            certificates: BTreeSet::new(),
+            credentials: BTreeSet::new(),
+            signer: [0; 32],
+            signature: [0; SIG_LEN],
+        }
+    }
 }
 
 impl RevocationList {
@@ -56,16 +70,18 @@ impl RevocationList {
     /// Sign with the root key.
     pub fn sign(&mut self, root: &Certificate, key: &SigningKey) {
         self.signer = *root.hash();
-        self.signature = crypto::sign(key, &self.signed_bytes()).to_vec();
+        self.signature = crypto::sign(key, &self.signed_bytes());
     }
 
-    /// Check the signature against a root in `trust`.
+    /// Check the signature against a root in `trust` and that the dates are
+    /// ordered. Whether the list is current (`next_update` not passed) and
+    /// newer than the one held is the loader's decision: it knows the time
+    /// and the previous number.
     pub fn verify(&self, trust: &TrustStore) -> Result<(), CertError> {
-        let root = trust
-            .roots()
-            .iter()
-            .find(|r| r.hash() == &self.signer)
-            .ok_or(CertError::UnknownIssuer { role: Role::Root, parent: Role::Root })?;
+        if self.this_update > self.next_update {
+            return Err(CertError::Malformed { what: "revocation list updates out of order" });
+        }
+        let root = trust.roots().iter().find(|r| r.hash() == &self.signer).ok_or(CertError::UnknownSigner)?;
         crypto::verify(root.public_key(), &self.signed_bytes(), &self.signature).map_err(|_| CertError::BadSignature)
     }
 }
@@ -104,7 +120,7 @@ impl Codec for RevocationList {
         let credentials = sorted_set::<16>("revoked credential", kr.repeated(0x84, MAX_ENTRIES)?)?;
         kr.finish()?;
         let signer = fixed("signer", r.expect(0x85)?)?;
-        let signature = fixed::<SIG_LEN>("signature", r.expect(0x86)?)?.to_vec();
+        let signature = fixed::<SIG_LEN>("signature", r.expect(0x86)?)?;
         r.finish()?;
         Ok(RevocationList { number, this_update, next_update, certificates, credentials, signer, signature })
     }

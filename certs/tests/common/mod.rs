@@ -12,7 +12,10 @@ pub const NOW: u64 = 1_780_000_000;
 
 /// The real time, for tests that run openssl (which uses the system clock).
 pub fn real_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A PKI in `<tmp>/pki` plus a terminal ("Tea House #12" as `terminal.*`)
@@ -33,15 +36,33 @@ pub fn setup(now: u64) -> Setup {
     let mut rng = rand_core::OsRng;
     init(&pki_dir, now, &mut rng).unwrap();
     let pki = Pki::load(&pki_dir).unwrap();
-    let opts = |stem: &str| LeafOptions { days: None, file_stem: Some(stem.to_owned()) };
-    let terminal = pki.issue_terminal("Tea House #12", &out, &opts("terminal"), now, &mut rng).unwrap();
-    let wallet = pki.issue_wallet("alice phone", &out, &opts("wallet"), now, &mut rng).unwrap();
-    Setup { tmp, pki_dir, out, pki, terminal, wallet }
+    let opts = |stem: &str| LeafOptions {
+        days: None,
+        file_stem: Some(stem.to_owned()),
+    };
+    let terminal = pki
+        .issue_terminal("Tea House #12", &out, &opts("terminal"), now, &mut rng)
+        .unwrap();
+    let wallet = pki
+        .issue_wallet("alice phone", &out, &opts("wallet"), now, &mut rng)
+        .unwrap();
+    Setup {
+        tmp,
+        pki_dir,
+        out,
+        pki,
+        terminal,
+        wallet,
+    }
 }
 
 /// Run openssl in `dir`.
 pub fn openssl(dir: &Path, args: &[&str]) -> Output {
-    Command::new("/usr/bin/openssl").args(args).current_dir(dir).output().expect("run /usr/bin/openssl")
+    Command::new("/usr/bin/openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run /usr/bin/openssl")
 }
 
 /// Run openssl in `dir` and require success.

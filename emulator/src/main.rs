@@ -1,0 +1,136 @@
+//! `tap-emu`: an emulated phone for tapstack terminals and any PC/SC or
+//! libnfc program.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tapstack_emulator::faults::{Fault, FaultScript};
+use tapstack_emulator::phone::{unix_now, Phone, PhoneQueue};
+use tapstack_emulator::{profile, vpcd};
+
+#[derive(Parser)]
+#[command(name = "tap-emu", version, about = "Emulated phone (wallet app) for tapstack terminals")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct PhoneArgs {
+    /// Wallet profile; repeat for several phones that tap in turn.
+    #[arg(long = "wallet", required = true)]
+    wallets: Vec<PathBuf>,
+    /// Fault rule ACTION@N[:ARG][/TAP]: remove@2, delay@1:600, corrupt@2, sw@2:6F00, garbage@1.
+    #[arg(long = "fault")]
+    faults: Vec<String>,
+    /// Each phone leaves the field this many milliseconds after arriving.
+    #[arg(long)]
+    present_ms: Option<u64>,
+    /// Stop after this many taps.
+    #[arg(long)]
+    taps: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage wallet profiles.
+    Wallet {
+        #[command(subcommand)]
+        command: WalletCommand,
+    },
+    /// Be a card in pcscd's virtual reader (vsmartcard vpcd).
+    Vpcd {
+        #[command(flatten)]
+        phones: PhoneArgs,
+        /// vpcd's address (host:port).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 35963)]
+        port: u16,
+        /// Leave the field after this many milliseconds without a command.
+        #[arg(long, default_value_t = 1500)]
+        idle_ms: u64,
+        /// Milliseconds between one phone leaving and the next arriving.
+        #[arg(long, default_value_t = 500)]
+        gap_ms: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalletCommand {
+    /// Issue a wallet from a tap-certs PKI and write its profile.
+    New {
+        #[arg(long)]
+        pki: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add a pickup credential (from `tap-certs credential`) to a profile.
+    AddCredential {
+        #[arg(long)]
+        wallet: PathBuf,
+        credential: PathBuf,
+    },
+    /// Print a profile's state: certificate, counter, credentials.
+    Show {
+        #[arg(long)]
+        wallet: PathBuf,
+    },
+}
+
+fn phones(args: &PhoneArgs) -> Result<PhoneQueue> {
+    let mut phones = Vec::new();
+    for w in &args.wallets {
+        let loaded = profile::load(w).with_context(|| format!("loading wallet {}", w.display()))?;
+        phones.push(Phone::from_wallet(loaded));
+    }
+    let faults = args.faults.iter().map(|f| Fault::parse(f)).collect::<Result<Vec<_>, _>>()?;
+    Ok(PhoneQueue::new(phones, FaultScript { faults, present: args.present_ms.map(Duration::from_millis) }))
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    match cli.command {
+        Command::Wallet { command: WalletCommand::New { pki, name, out } } => {
+            let path = profile::create(&pki, &name, &out, unix_now(), &mut rand_core::OsRng)?;
+            println!("{}", path.display());
+        }
+        Command::Wallet { command: WalletCommand::AddCredential { wallet, credential } } => {
+            profile::add_credential(&wallet, &credential)?;
+        }
+        Command::Wallet { command: WalletCommand::Show { wallet } } => {
+            let w = profile::load(&wallet)?;
+            let c = &w.context.certificate;
+            println!("name:        {}", w.profile.name);
+            println!("certificate: serial {} sha256 {}", hex::encode(c.serial()), hex::encode(c.hash()));
+            println!("counter:     {}", w.atc.value());
+            println!("cvm:         {:?} above {} minor units", w.profile.cvm.policy, w.profile.cvm.limit);
+            for cred in &w.context.credentials {
+                println!("credential:  parcel {} at {} slot {} until {}", cred.parcel, cred.site, cred.slot, cred.not_after);
+            }
+        }
+        Command::Vpcd { phones: args, host, port, idle_ms, gap_ms } => {
+            let mut queue = phones(&args)?;
+            let addr = format!("{host}:{port}")
+                .parse()
+                .with_context(|| format!("{host}:{port} is not an address"))?;
+            let opts = vpcd::VpcdOptions {
+                addr,
+                taps: args.taps,
+                idle: Duration::from_millis(idle_ms),
+                gap: Duration::from_millis(gap_ms),
+                ..Default::default()
+            };
+            vpcd::run(&mut queue, &opts, &stop)?;
+        }
+    }
+    Ok(())
+}

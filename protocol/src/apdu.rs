@@ -34,7 +34,7 @@ pub enum StatusWord {
     WrongLe(u8),
     /// `6700`
     WrongLength,
-    /// `6882`: secure messaging not supported / chaining out of order.
+    /// `6883`: the last command of a chain was expected (chain interrupted).
     ChainingError,
     /// `6982`: MAC or signature check failed.
     SecurityNotSatisfied,
@@ -78,7 +78,7 @@ impl StatusWord {
             (0x61, n) => Self::MoreData(n),
             (0x6C, n) => Self::WrongLe(n),
             (0x67, 0x00) => Self::WrongLength,
-            (0x68, 0x82) => Self::ChainingError,
+            (0x68, 0x83) => Self::ChainingError,
             (0x69, 0x82) => Self::SecurityNotSatisfied,
             (0x69, 0x85) => Self::ConditionsNotSatisfied,
             (0x6A, 0x80) => Self::WrongData,
@@ -104,7 +104,7 @@ impl StatusWord {
             Self::MoreData(n) => 0x6100 | u16::from(n),
             Self::WrongLe(n) => 0x6C00 | u16::from(n),
             Self::WrongLength => 0x6700,
-            Self::ChainingError => 0x6882,
+            Self::ChainingError => 0x6883,
             Self::SecurityNotSatisfied => 0x6982,
             Self::ConditionsNotSatisfied => 0x6985,
             Self::WrongData => 0x6A80,
@@ -661,7 +661,7 @@ mod tests {
         let first = Command::new(0x90, 0x50, 0, 0, vec![1; 10], None).to_bytes();
         assert_eq!(card.handle_command(&first), CardInput::Reply(vec![0x90, 0x00]));
         let other = Command::new(0x80, 0x52, 0, 0, vec![1; 10], None).to_bytes();
-        assert_eq!(card.handle_command(&other), CardInput::Reply(vec![0x68, 0x82]));
+        assert_eq!(card.handle_command(&other), CardInput::Reply(vec![0x68, 0x83]));
         let ext = Command::new(0x80, 0x50, 0, 0, vec![1; 300], None).to_bytes();
         assert_eq!(card.handle_command(&ext), CardInput::Reply(vec![0x67, 0x00]));
         let gr = [0x00, 0xC0, 0, 0, 0];

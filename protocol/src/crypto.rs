@@ -112,35 +112,55 @@ pub fn parse_public(bytes: &[u8]) -> Result<p256::PublicKey, CryptoError> {
     p256::PublicKey::from_sec1_bytes(bytes).map_err(|_| CryptoError::BadPublicKey)
 }
 
+/// Longest output [`kdf`] produces (255 blocks: the counter is one byte).
+pub const KDF_MAX_OUT: usize = 255 * 16;
+
 /// NIST SP 800-108 KDF in counter mode with AES-CMAC as the PRF:
 /// `K(i) = CMAC(key, [i]₁ ‖ label ‖ 0x00 ‖ context ‖ [L]₂)`, `L` in bits.
-/// `key` is 16 (AES-128) or 32 (AES-256) bytes.
-pub fn kdf(key: &[u8], label: &[u8], context: &[u8], out: &mut [u8]) {
-    let bits = u16::try_from(out.len().saturating_mul(8)).unwrap_or(u16::MAX).to_be_bytes();
-    for (i, chunk) in out.chunks_mut(16).enumerate() {
+/// The key is AES-128 (`[u8; 16]`) or AES-256 (`[u8; 32]`). Outputs longer
+/// than [`KDF_MAX_OUT`] are not defined; only the first bytes are filled.
+pub fn kdf<K: CmacKey + ?Sized>(key: &K, label: &[u8], context: &[u8], out: &mut [u8]) {
+    let len = out.len().min(KDF_MAX_OUT);
+    let bits = u16::try_from(len * 8).unwrap_or(u16::MAX).to_be_bytes();
+    for (i, chunk) in out.chunks_mut(16).take(255).enumerate() {
         let counter = [u8::try_from(i + 1).unwrap_or(u8::MAX)];
-        let parts: [&[u8]; 5] = [&counter, label, &[0], context, &bits];
-        let block = cmac(key, &parts);
+        let block = key.cmac(&[&counter, label, &[0], context, &bits]);
         chunk.copy_from_slice(block.get(..chunk.len()).unwrap_or(&block));
     }
 }
 
-/// AES-CMAC (128 or 256 by key length) over the concatenation of `parts`.
-pub fn cmac(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-    fn run<M: Mac + cmac::digest::KeyInit>(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-        let mut mac = <M as cmac::digest::KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+/// An AES-CMAC key: AES-128 or AES-256 by its type.
+pub trait CmacKey {
+    /// AES-CMAC over the concatenation of `parts`.
+    fn cmac(&self, parts: &[&[u8]]) -> [u8; 16];
+}
+
+fn run_cmac<M: Mac + cmac::digest::KeyInit>(key: &[u8], parts: &[&[u8]]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if let Ok(mut mac) = <M as cmac::digest::KeyInit>::new_from_slice(key) {
         for p in parts {
             mac.update(p);
         }
-        let tag = mac.finalize().into_bytes();
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&tag[..16]);
-        out
+        out.copy_from_slice(&mac.finalize().into_bytes()[..16]);
     }
-    match key.len() {
-        32 => run::<Cmac<Aes256>>(key, parts),
-        _ => run::<Cmac<Aes128>>(key.get(..16).unwrap_or(&[0; 16]), parts),
+    out
+}
+
+impl CmacKey for [u8; 16] {
+    fn cmac(&self, parts: &[&[u8]]) -> [u8; 16] {
+        run_cmac::<Cmac<Aes128>>(self, parts)
     }
+}
+
+impl CmacKey for [u8; 32] {
+    fn cmac(&self, parts: &[&[u8]]) -> [u8; 16] {
+        run_cmac::<Cmac<Aes256>>(self, parts)
+    }
+}
+
+/// AES-CMAC over the concatenation of `parts`.
+pub fn cmac<K: CmacKey + ?Sized>(key: &K, parts: &[&[u8]]) -> [u8; 16] {
+    key.cmac(parts)
 }
 
 /// Which side sent a secure-messaging frame; part of IV and MAC input.
@@ -275,7 +295,7 @@ impl WalletCryptogramKey {
     pub fn cryptogram(&self, atc: u32, th1: &[u8; 32], cvm: u8) -> [u8; CRYPTOGRAM_LEN] {
         let mut sk = Zeroizing::new([0u8; 16]);
         kdf(&self.0, LABEL_ATC_KEY, &atc.to_be_bytes(), sk.as_mut());
-        let full = cmac(sk.as_ref(), &[LABEL_CRYPTOGRAM, th1, &atc.to_be_bytes(), &[cvm]]);
+        let full = cmac(&*sk, &[LABEL_CRYPTOGRAM, th1, &atc.to_be_bytes(), &[cvm]]);
         let mut out = [0u8; CRYPTOGRAM_LEN];
         out.copy_from_slice(&full[..CRYPTOGRAM_LEN]);
         out
@@ -298,7 +318,7 @@ mod tests {
     /// RFC 4493 §4 / NIST SP 800-38B D.1 (AES-128) test vectors.
     #[test]
     fn aes128_cmac_rfc4493() {
-        let key = h("2b7e1516 28aed2a6 abf71588 09cf4f3c");
+        let key: [u8; 16] = h("2b7e1516 28aed2a6 abf71588 09cf4f3c").try_into().unwrap();
         let msg = h("6bc1bee2 2e409f96 e93d7e11 7393172a ae2d8a57 1e03ac9c 9eb76fac 45af8e51 30c81c46 a35ce411 e5fbc119 1a0a52ef f69f2445 df4f9b17 ad2b417b e66c3710");
         let cases = [
             (0, "bb1d6929 e9593728 7fa37d12 9b756746"),
@@ -316,7 +336,7 @@ mod tests {
     /// NIST SP 800-38B D.3 (AES-256) vectors.
     #[test]
     fn aes256_cmac_sp800_38b() {
-        let key = h("603deb10 15ca71be 2b73aef0 857d7781 1f352c07 3b6108d7 2d9810a3 0914dff4");
+        let key: [u8; 32] = h("603deb10 15ca71be 2b73aef0 857d7781 1f352c07 3b6108d7 2d9810a3 0914dff4").try_into().unwrap();
         let msg = h("6bc1bee2 2e409f96 e93d7e11 7393172a ae2d8a57 1e03ac9c 9eb76fac 45af8e51 30c81c46 a35ce411");
         assert_eq!(cmac(&key, &[]).to_vec(), h("028962f6 1b7bf89e fc6b551f 4667d983"));
         assert_eq!(cmac(&key, &[&msg[..16]]).to_vec(), h("28a7023f 452e8f82 bd4bf28d 8c37c35c"));

@@ -27,7 +27,6 @@ impl core::fmt::Display for Party {
 #[non_exhaustive]
 pub enum CredentialProblem {
     Missing,
-    Unexpected,
     UnknownOperator,
     BadSignature,
     WrongSite,
@@ -40,7 +39,6 @@ impl core::fmt::Display for CredentialProblem {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
             CredentialProblem::Missing => "missing",
-            CredentialProblem::Unexpected => "present outside a pickup",
             CredentialProblem::UnknownOperator => "signed by an unknown operator",
             CredentialProblem::BadSignature => "operator signature does not verify",
             CredentialProblem::WrongSite => "issued for another site",
@@ -83,16 +81,12 @@ pub enum Error {
     CvmRequired,
     #[error("transaction counter {got} is not above the last seen {last}")]
     AtcRegression { last: u32, got: u32 },
-    #[error("transaction counter exhausted")]
-    AtcExhausted,
-    #[error("nonce already used")]
-    ReplayedNonce,
-    #[error("terminal time {terminal} too far from {now}")]
-    TimeSkew { terminal: u64, now: u64 },
     #[error("pickup credential {0}")]
     Credential(CredentialProblem),
     #[error("no issuer cryptogram for a payment")]
     MissingCryptogram,
+    #[error("{field} present where the scenario has none")]
+    UnexpectedField { field: &'static str },
     #[error("receipt does not match the authorized scenario")]
     ReceiptMismatch,
     #[error("record chain broken: {what}")]

@@ -66,6 +66,10 @@ impl Codec for Fci {
         }
         let [scenarios] = fixed::<1>("scenarios", p.expect(0xC1)?)?;
         let max_command = u16::from_be_bytes(fixed("max command", p.expect(0xC2)?)?);
+        if max_command < 255 {
+            // Every ISO 7816 card takes a short APDU's 255 data bytes.
+            return Err(DecodeError::InvalidValue { field: "max command" });
+        }
         let [flags] = fixed::<1>("flags", p.expect(0xC3)?)?;
         let key_share = fixed("key share", p.expect(0xC4)?)?;
         p.finish()?;
@@ -294,4 +298,20 @@ pub fn th1(fci: &[u8], auth_body: &[u8]) -> [u8; 32] {
 /// what the wallet signs.
 pub fn th2(th1: &[u8; 32], terminal_sig: &[u8], wallet_body: &[u8]) -> [u8; 32] {
     sha256(&[LABEL_TH2, th1, terminal_sig, wallet_body])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fci_roundtrips_and_refuses_tiny_command_sizes() {
+        let fci = Fci { versions: vec![1], scenarios: 7, max_command: 255, flags: 0, key_share: [2; 33] };
+        let bytes = fci.to_bytes();
+        assert_eq!(Fci::decode(&bytes).unwrap(), fci);
+        let tiny = Fci { max_command: 1, ..fci.clone() };
+        assert_eq!(Fci::decode(&tiny.to_bytes()).unwrap_err(), DecodeError::InvalidValue { field: "max command" });
+        let none = Fci { versions: vec![], ..fci };
+        assert!(Fci::decode(&none.to_bytes()).is_err());
+    }
 }

@@ -220,7 +220,9 @@ impl Certificate {
         let signature = cert.signature.as_bytes().ok_or(CertError::Malformed { what: "signature bits" })?.to_vec();
 
         let role = name_text(&tbs_cert.subject, OID_OU).and_then(|s| Role::parse(&s)).ok_or(CertError::NoRole)?;
-        let common_name = name_text(&tbs_cert.subject, OID_CN).unwrap_or_default();
+        let common_name = name_text(&tbs_cert.subject, OID_CN)
+            .filter(|cn| !cn.is_empty() && !cn.chars().any(char::is_control))
+            .ok_or(CertError::Malformed { what: "subject has no common name" })?;
 
         let mut is_ca = false;
         let mut key_usage = None;
@@ -412,6 +414,16 @@ impl TrustStore {
         candidates.find(|p| cert.is_signed_by(p)).ok_or(CertError::BadSignature)
     }
 
+    /// The CA that issued `cert`, by name and role only (its signature on
+    /// `cert` was verified before).
+    fn named_parent_of(&self, cert: &Certificate) -> Result<&Certificate, CertError> {
+        let parent = cert.role.parent();
+        let pool = if parent == Role::Root { &self.roots } else { &self.intermediates };
+        pool.iter()
+            .find(|p| p.role == parent && p.subject == cert.issuer)
+            .ok_or(CertError::UnknownIssuer { role: cert.role, parent })
+    }
+
     /// The parent of a stored intermediate (its signature was verified on insertion).
     fn stored_parent_of(&self, cert: &Certificate) -> Result<&Certificate, CertError> {
         match self.verified_parent.get(&cert.hash) {
@@ -428,6 +440,24 @@ impl TrustStore {
     /// (Unix seconds): role, constraints, validity, signatures up to a trust
     /// anchor, and revocation of every certificate on the path.
     pub fn verify(&self, cert: &Certificate, expected: Role, now: u64, revoked: Option<&RevocationList>) -> Result<(), CertError> {
+        self.verify_path(cert, expected, now, revoked, false)
+    }
+
+    /// [`TrustStore::verify`] for a certificate that already passed it (a
+    /// cache of repeat customers): everything but its own signature is
+    /// checked again — role, constraints, validity, issuer known, revocation.
+    pub fn verify_known(&self, cert: &Certificate, expected: Role, now: u64, revoked: Option<&RevocationList>) -> Result<(), CertError> {
+        self.verify_path(cert, expected, now, revoked, true)
+    }
+
+    fn verify_path(
+        &self,
+        cert: &Certificate,
+        expected: Role,
+        now: u64,
+        revoked: Option<&RevocationList>,
+        leaf_signature_known: bool,
+    ) -> Result<(), CertError> {
         if cert.role != expected {
             return Err(CertError::WrongRole { expected, got: cert.role });
         }
@@ -448,7 +478,13 @@ impl TrustStore {
                     Err(CertError::UntrustedRoot)
                 };
             }
-            current = if core::ptr::eq(current, cert) { self.parent_of(current)? } else { self.stored_parent_of(current)? };
+            current = if !core::ptr::eq(current, cert) {
+                self.stored_parent_of(current)?
+            } else if leaf_signature_known {
+                self.named_parent_of(current)?
+            } else {
+                self.parent_of(current)?
+            };
         }
         Err(CertError::UntrustedRoot)
     }

@@ -15,7 +15,7 @@ use crate::revocation::RevocationList;
 use crate::scenario::{Cart, PickupCredential, Scenario, MAX_ORDER_NUMBER};
 use crate::terminal::{TapOutcome, Transcript};
 use crate::tlv::{self, Reader};
-use crate::verify::verify_wallet_half;
+use crate::verify::{verify_wallet_half, WalletHalf};
 
 /// Format version of the record encoding.
 pub const RECORD_VERSION: u8 = 1;
@@ -203,13 +203,9 @@ pub fn verify_record(
     crypto::verify(terminal.public_key(), &th1, &t.terminal_sig).map_err(|_| Error::BadSignature { party: Party::Terminal })?;
     let body = WalletBody::decode(&t.wallet_body)?;
     let wallet = Certificate::from_der(&record.wallet_certificate).map_err(Error::cert(Party::Wallet))?;
-    verify_wallet_half(&th1, &t.terminal_sig, &body, &t.wallet_body, &t.wallet_sig, &wallet, &auth.scenario, trust, revocations, time)?;
-    if let Scenario::Order { cart_hash, amount, .. } = &auth.scenario {
-        let ok = record.cart.as_ref().is_some_and(|c| c.hash() == *cart_hash && c.total() == Some(amount.minor));
-        if !ok {
-            return Err(Error::ReceiptMismatch);
-        }
-    } else if record.cart.is_some() {
+    let half = WalletHalf { th1: &th1, terminal_sig: &t.terminal_sig, body: &body, body_bytes: &t.wallet_body, wallet_sig: &t.wallet_sig };
+    verify_wallet_half(&half, &wallet, false, &auth.scenario, trust, revocations, time)?;
+    if !auth.scenario.matches_cart(record.cart.as_ref()) {
         return Err(Error::ReceiptMismatch);
     }
     Ok(VerifiedRecord {

@@ -222,6 +222,20 @@ impl Scenario {
         }
     }
 
+    /// Whether `cart` is exactly what this scenario signed: for an order the
+    /// same hash, total, currency and item count; for anything else no cart.
+    pub fn matches_cart(&self, cart: Option<&Cart>) -> bool {
+        match self {
+            Scenario::Order { amount, cart_hash, items } => cart.is_some_and(|c| {
+                c.hash() == *cart_hash
+                    && c.total() == Some(amount.minor)
+                    && c.currency == amount.currency
+                    && c.items.len() == usize::from(*items)
+            }),
+            _ => cart.is_none(),
+        }
+    }
+
     /// The order scenario for a cart.
     pub fn order(cart: &Cart) -> Result<Self, DecodeError> {
         let minor = cart.validate()?;
@@ -339,8 +353,8 @@ impl Codec for PickupCredential {
         let mut r = Reader::new(tlv::parse_expect(input, 0xE4)?);
         let c = PickupCredential {
             id: fixed("credential id", r.expect(0x81)?)?,
-            parcel: text("parcel", r.expect(0x82)?, MAX_PARCEL)?,
-            site: text("site", r.expect(0x83)?, MAX_SITE)?,
+            parcel: nonempty("parcel", text("parcel", r.expect(0x82)?, MAX_PARCEL)?)?,
+            site: nonempty("site", text("site", r.expect(0x83)?, MAX_SITE)?)?,
             slot: u16_be("slot", r.expect(0x84)?)?,
             recipient: fixed("recipient", r.expect(0x85)?)?,
             not_after: u64_be("not after", r.expect(0x86)?)?,
@@ -350,6 +364,13 @@ impl Codec for PickupCredential {
         r.finish()?;
         Ok(c)
     }
+}
+
+fn nonempty(field: &'static str, s: String) -> Result<String, DecodeError> {
+    if s.is_empty() {
+        return Err(DecodeError::InvalidValue { field });
+    }
+    Ok(s)
 }
 
 /// What the terminal tells the phone once the record is durably queued.
@@ -451,6 +472,22 @@ mod tests {
         assert!(Cart::decode(&overflow.to_bytes()).is_err());
         let empty = Cart { currency: cny(), items: vec![] };
         assert!(Cart::decode(&empty.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn cart_must_match_every_signed_field() {
+        let order = Scenario::order(&cart()).unwrap();
+        assert!(order.matches_cart(Some(&cart())));
+        assert!(!order.matches_cart(None));
+        let mut other_currency = cart();
+        other_currency.currency = Currency::new("USD").unwrap();
+        assert!(!order.matches_cart(Some(&other_currency)));
+        let mut more = cart();
+        more.items.push(CartItem { sku: "X".into(), name: "free".into(), qty: 1, unit_price: 0 });
+        assert!(!order.matches_cart(Some(&more)), "same total, different items");
+        let pay = Scenario::Pay { amount: Amount { minor: 2950, currency: cny() } };
+        assert!(pay.matches_cart(None));
+        assert!(!pay.matches_cart(Some(&cart())));
     }
 
     #[test]

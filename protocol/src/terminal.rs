@@ -30,7 +30,7 @@ use crate::messages::{
 use crate::pki::{Certificate, TrustStore};
 use crate::revocation::RevocationList;
 use crate::scenario::{PickupCredential, Receipt, Scenario};
-use crate::verify::verify_wallet_half;
+use crate::verify::{verify_wallet_half, WalletHalf};
 
 /// Long-lived terminal state the driver owns across taps.
 #[derive(Debug)]
@@ -336,11 +336,11 @@ impl TerminalSession {
         let wallet_resp = WalletResponse::decode(&plain)?;
         let body_bytes = wallet_resp.body.to_bytes();
         let cert = match &wallet_resp.certificate {
-            Some(der) => Some(Certificate::from_der(der).map_err(Error::cert(Party::Wallet))?),
-            None => ctx.wallet_certs.get(&wallet_resp.body.wallet_cert_hash).cloned(),
+            Some(der) => Some((Certificate::from_der(der).map_err(Error::cert(Party::Wallet))?, false)),
+            None => ctx.wallet_certs.get(&wallet_resp.body.wallet_cert_hash).cloned().map(|c| (c, true)),
         };
         match cert {
-            Some(cert) => self.finish(ctx, auth, keys, wallet_resp, body_bytes, cert, now),
+            Some((cert, known)) => self.finish(ctx, auth, keys, wallet_resp, body_bytes, cert, known, now),
             None => {
                 self.out = Some(Command::new(CLA_PROPRIETARY, INS_GET_CERTIFICATE, 0, 0, Vec::new(), Some(LE_MAX)));
                 Ok(State::AwaitCertificate(Box::new(AwaitingCert { auth, keys, resp: wallet_resp, body_bytes })))
@@ -354,7 +354,7 @@ impl TerminalSession {
         }
         let der = p.keys.open(Direction::WalletToTerminal, 1, &[INS_GET_CERTIFICATE], &resp.data).map_err(|_| Error::BadMac)?;
         let cert = Certificate::from_der(&der).map_err(Error::cert(Party::Wallet))?;
-        self.finish(ctx, p.auth, p.keys, p.resp, p.body_bytes, cert, now)
+        self.finish(ctx, p.auth, p.keys, p.resp, p.body_bytes, cert, false, now)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -366,21 +366,18 @@ impl TerminalSession {
         resp: WalletResponse,
         body_bytes: Vec<u8>,
         wallet: Certificate,
+        wallet_known: bool,
         now: u64,
     ) -> Result<State, Error> {
         let body: &WalletBody = &resp.body;
-        verify_wallet_half(
-            &auth.th1,
-            &auth.signature,
+        let half = WalletHalf {
+            th1: &auth.th1,
+            terminal_sig: &auth.signature,
             body,
-            &body_bytes,
-            &resp.signature,
-            &wallet,
-            &self.params.scenario,
-            &ctx.trust,
-            ctx.revocations.as_ref(),
-            now,
-        )?;
+            body_bytes: &body_bytes,
+            wallet_sig: &resp.signature,
+        };
+        verify_wallet_half(&half, &wallet, wallet_known, &self.params.scenario, &ctx.trust, ctx.revocations.as_ref(), now)?;
         if let Some(amount) = self.params.scenario.amount() {
             if amount.minor > self.params.cvm_limit && body.cvm == Cvm::None {
                 return Err(Error::CvmRequired);

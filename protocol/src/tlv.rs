@@ -76,7 +76,10 @@ pub fn parse_len(input: &[u8]) -> Result<(usize, &[u8]), DecodeError> {
         return Ok((usize::from(b0), rest));
     }
     let n = usize::from(b0 & 0x7F);
-    if n == 0 || n > 3 {
+    if n == 0 {
+        return Err(DecodeError::NonCanonical { what: "indefinite length" });
+    }
+    if n > 3 {
         return Err(DecodeError::TooLong { len: n, max: 3 });
     }
     let (bytes, rest) = take(rest, n)?;

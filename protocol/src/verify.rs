@@ -38,38 +38,56 @@ pub fn verify_credential(
     Ok(())
 }
 
+/// The wallet's signed answer, as received or as recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct WalletHalf<'a> {
+    pub th1: &'a [u8; 32],
+    pub terminal_sig: &'a [u8],
+    pub body: &'a WalletBody,
+    /// The body's canonical encoding (what TH2 covers).
+    pub body_bytes: &'a [u8],
+    pub wallet_sig: &'a [u8],
+}
+
 /// Everything about the wallet's half of a tap that can be checked without
 /// the issuer's keys: certificate chain, signature over TH2, and the fields
-/// the scenario requires.
-#[allow(clippy::too_many_arguments)]
+/// the scenario requires. `wallet_known` says the certificate passed this
+/// check before (a terminal's cache of repeat customers): its own signature
+/// is then not verified again, its validity and revocation still are.
 pub fn verify_wallet_half(
-    th1: &[u8; 32],
-    terminal_sig: &[u8],
-    body: &WalletBody,
-    body_bytes: &[u8],
-    wallet_sig: &[u8],
+    half: &WalletHalf<'_>,
     wallet: &Certificate,
+    wallet_known: bool,
     scenario: &Scenario,
     trust: &TrustStore,
     revocations: Option<&RevocationList>,
     now: u64,
 ) -> Result<(), Error> {
+    let body = half.body;
     if wallet.hash() != &body.wallet_cert_hash {
         return Err(Error::CertificateMismatch { party: Party::Wallet });
     }
-    trust.verify(wallet, Role::Wallet, now, revocations).map_err(Error::cert(Party::Wallet))?;
-    let th2 = messages::th2(th1, terminal_sig, body_bytes);
-    crypto::verify(wallet.public_key(), &th2, wallet_sig).map_err(|_| Error::BadSignature { party: Party::Wallet })?;
+    let chain = if wallet_known {
+        trust.verify_known(wallet, Role::Wallet, now, revocations)
+    } else {
+        trust.verify(wallet, Role::Wallet, now, revocations)
+    };
+    chain.map_err(Error::cert(Party::Wallet))?;
+    let th2 = messages::th2(half.th1, half.terminal_sig, half.body_bytes);
+    crypto::verify(wallet.public_key(), &th2, half.wallet_sig).map_err(|_| Error::BadSignature { party: Party::Wallet })?;
     match scenario {
         Scenario::Pay { .. } | Scenario::Order { .. } => {
             if body.cryptogram.is_none() {
                 return Err(Error::MissingCryptogram);
             }
             if body.credential.is_some() {
-                return Err(Error::Credential(CredentialProblem::Unexpected));
+                return Err(Error::UnexpectedField { field: "pickup credential" });
             }
         }
         Scenario::Pickup { site } => {
+            if body.cryptogram.is_some() {
+                return Err(Error::UnexpectedField { field: "cryptogram" });
+            }
             let cred = body.credential.as_ref().ok_or(Error::Credential(CredentialProblem::Missing))?;
             verify_credential(cred, site, wallet, trust, revocations, now)?;
         }

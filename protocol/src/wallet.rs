@@ -189,7 +189,7 @@ enum WalletCommand<'a> {
 
 fn parse_command(cmd: &Command) -> Result<WalletCommand<'_>, StatusWord> {
     match (cmd.cla, cmd.ins) {
-        (CLA_ISO, INS_SELECT) if cmd.p1 == 0x04 && (cmd.p2 == 0x00 || cmd.p2 == 0x0C) => Ok(WalletCommand::Select(&cmd.data)),
+        (CLA_ISO, INS_SELECT) if cmd.p1 == 0x04 && cmd.p2 == 0x00 => Ok(WalletCommand::Select(&cmd.data)),
         (CLA_ISO, INS_SELECT) => Err(StatusWord::WrongP1P2),
         (CLA_PROPRIETARY, INS_AUTHORIZE | INS_CONFIRM | INS_GET_CERTIFICATE) if (cmd.p1, cmd.p2) != (0, 0) => {
             Err(StatusWord::WrongP1P2)
@@ -286,6 +286,10 @@ impl WalletSession {
     }
 
     fn authorize(&mut self, ctx: &mut WalletContext, data: &[u8], now: u64) -> Result<Response, StatusWord> {
+        // Out of order: refuse without disturbing the session.
+        if !matches!(self.state, State::Selected(_)) {
+            return Err(StatusWord::ConditionsNotSatisfied);
+        }
         let State::Selected(sel) = core::mem::replace(&mut self.state, State::Idle) else {
             return Err(StatusWord::ConditionsNotSatisfied);
         };
@@ -324,8 +328,11 @@ impl WalletSession {
     }
 
     fn confirm(&mut self, data: &[u8]) -> Result<Response, StatusWord> {
+        if !matches!(self.state, State::Authorized(_)) {
+            return Err(StatusWord::ConditionsNotSatisfied);
+        }
+        // One attempt: whatever happens, the session is done afterwards.
         let State::Authorized(a) = core::mem::replace(&mut self.state, State::Done) else {
-            self.state = State::Idle;
             return Err(StatusWord::ConditionsNotSatisfied);
         };
         let plain = a
@@ -333,11 +340,8 @@ impl WalletSession {
             .open(Direction::TerminalToWallet, 0, &[INS_CONFIRM], data)
             .map_err(|_| StatusWord::SecurityNotSatisfied)?;
         let receipt = Receipt::decode(&plain).map_err(|_| StatusWord::WrongData)?;
-        if let Scenario::Order { cart_hash, amount, .. } = &a.scenario {
-            let ok = receipt.cart.as_ref().is_some_and(|c| c.hash() == *cart_hash && c.total() == Some(amount.minor));
-            if !ok {
-                return Err(StatusWord::WrongData);
-            }
+        if !a.scenario.matches_cart(receipt.cart.as_ref()) {
+            return Err(StatusWord::WrongData);
         }
         self.events.push_back(WalletEvent::Receipt { merchant: a.merchant.clone(), receipt });
         Ok(Response::ok(Vec::new()))
@@ -359,13 +363,8 @@ fn authorize_selected(
         return Err(StatusWord::ScenarioUnsupported);
     }
     let terminal = match &req.certificate {
-        Some(der) => {
-            let c = Certificate::from_der(der).map_err(|_| StatusWord::TerminalNotTrusted)?;
-            if c.hash() != &body.terminal_cert_hash {
-                return Err(StatusWord::TerminalNotTrusted);
-            }
-            c
-        }
+        // The decoder derived the body's hash from these very bytes.
+        Some(der) => Certificate::from_der(der).map_err(|_| StatusWord::TerminalNotTrusted)?,
         None => ctx.terminal_certs.get(&body.terminal_cert_hash).cloned().ok_or(StatusWord::CertificateNeeded)?,
     };
     ctx.trust

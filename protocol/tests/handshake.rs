@@ -542,6 +542,40 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
 }
 
 #[test]
+fn stray_commands_do_not_disturb_a_session() {
+    let pki = Pki::generate(&mut OsRng);
+    let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
+    let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
+    let mut session = TerminalSession::new(pay(100));
+    let select = session.poll_command().unwrap();
+    let fci = lb.exchange(&mut w, select, pki.now, &mut OsRng).unwrap();
+    session.handle_response(&mut t, fci, pki.now, &mut OsRng).unwrap();
+    // Between SELECT and AUTHORIZE: a CONFIRM, a GET CERTIFICATE and a
+    // garbage AUTHORIZE from somewhere else.
+    for stray in [
+        Command::new(0x80, 0x52, 0, 0, vec![1, 2, 3], None),
+        Command::new(0x80, 0x54, 0, 0, vec![], Some(256)),
+        Command::new(0x80, 0x50, 0, 0, vec![0xD0, 0x01, 0x01], Some(256)),
+    ] {
+        let r = lb.exchange(&mut w, stray, pki.now, &mut OsRng).unwrap();
+        assert!(!r.sw.is_ok());
+    }
+    let auth = session.poll_command().unwrap();
+    let resp = lb.exchange(&mut w, auth, pki.now, &mut OsRng).unwrap();
+    session.handle_response(&mut t, resp, pki.now, &mut OsRng).unwrap();
+    assert!(matches!(session.poll_event(), Some(TerminalEvent::Selected { .. })));
+    assert!(matches!(session.poll_event(), Some(TerminalEvent::Approved(_))));
+    // A second AUTHORIZE after success is refused and keeps the keys: the
+    // receipt still goes through.
+    let again = Command::new(0x80, 0x50, 0, 0, vec![0xD0, 0x01, 0x01], Some(256));
+    assert_eq!(lb.exchange(&mut w, again, pki.now, &mut OsRng).unwrap().sw, StatusWord::ConditionsNotSatisfied);
+    session.send_receipt(&Receipt { record_id: [0; 32], seq: 1, order_number: None, cart: None, slot: None }).unwrap();
+    let confirm = session.poll_command().unwrap();
+    assert!(lb.exchange(&mut w, confirm, pki.now, &mut OsRng).unwrap().sw.is_ok());
+    assert_eq!(w.atc, 1);
+}
+
+#[test]
 fn out_of_order_and_garbage_commands_get_status_words() {
     let pki = Pki::generate(&mut OsRng);
     let mut w = pki.wallet_context();
@@ -564,7 +598,7 @@ fn out_of_order_and_garbage_commands_get_status_words() {
     assert_eq!(send(&mut s, &[0x80, 0x50, 1, 0, 1, 0]), StatusWord::WrongP1P2);
     assert_eq!(send(&mut s, &[0x00, 0xA4, 4]), StatusWord::WrongLength);
     assert_eq!(send(&mut s, &[0x00, 0xA4, 4, 0, 9, 1]), StatusWord::WrongLength);
-    // After SELECT: garbage AUTHORIZE data, then a valid one is still possible.
+    // After SELECT: garbage AUTHORIZE data and a stray CONFIRM are refused.
     let mut sel = vec![0x00, 0xA4, 0x04, 0x00, 0x08];
     sel.extend_from_slice(&messages::AID);
     sel.push(0);

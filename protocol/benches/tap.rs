@@ -148,6 +148,22 @@ fn wallet_tap(pki: &Pki, t: &mut TerminalContext, w: &mut WalletContext, params:
     spent
 }
 
+fn primitives(c: &mut Criterion) {
+    use tapstack_protocol::crypto::{self, EphemeralKey};
+    let mut g = c.benchmark_group("P-256 primitives (RustCrypto p256)");
+    let key = p256::ecdsa::SigningKey::random(&mut OsRng);
+    let sig = crypto::sign(&key, b"transcript hash .................");
+    let peer = EphemeralKey::generate(&mut OsRng);
+    let mine = EphemeralKey::generate(&mut OsRng);
+    g.bench_function("ephemeral key generation", |b| b.iter(|| EphemeralKey::generate(&mut OsRng)));
+    g.bench_function("ECDSA sign", |b| b.iter(|| crypto::sign(&key, b"transcript hash .................")));
+    g.bench_function("ECDSA verify", |b| {
+        b.iter(|| crypto::verify(key.verifying_key(), b"transcript hash .................", &sig).unwrap())
+    });
+    g.bench_function("ECDH", |b| b.iter(|| mine.agree(peer.public()).unwrap()));
+    g.finish();
+}
+
 fn cpu(c: &mut Criterion) {
     let pki = Pki::generate(&mut OsRng);
     let mut g = c.benchmark_group("terminal CPU per tap");
@@ -192,7 +208,7 @@ fn cpu(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = cpu
+    targets = primitives, cpu
 }
 
 fn main() {

@@ -14,7 +14,7 @@
 use aes::{Aes128, Aes256};
 use cmac::{Cmac, Mac};
 use ctr::cipher::{KeyIvInit, StreamCipher};
-use p256::ecdsa::signature::{Signer, Verifier};
+use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rand_core::CryptoRngCore;
@@ -72,7 +72,8 @@ impl core::fmt::Debug for EphemeralKey {
 impl EphemeralKey {
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
         let secret = p256::NonZeroScalar::random(rng);
-        let public = compress(&p256::PublicKey::from_secret_scalar(&secret));
+        let point = crate::ecc::mul_base(secret.as_ref()).to_affine();
+        let public = p256::PublicKey::from_affine(point).map(|p| compress(&p)).unwrap_or([0; POINT_LEN]);
         EphemeralKey { secret, public }
     }
 
@@ -239,9 +240,11 @@ impl SessionKeys {
     }
 }
 
-/// ECDSA P-256/SHA-256 over `msg`, raw `r ‖ s`.
+/// ECDSA P-256/SHA-256 over `msg` (RFC 6979 nonce), raw `r ‖ s`.
 pub fn sign(key: &SigningKey, msg: &[u8]) -> [u8; SIG_LEN] {
-    let sig: Signature = key.sign(msg);
+    // The table-based signer gives the same bytes as `p256`'s; it can only
+    // fail for a nonce of zero, where `p256`'s own retry logic takes over.
+    let sig: Signature = crate::ecc::sign(key, msg).unwrap_or_else(|| key.sign(msg));
     let mut out = [0u8; SIG_LEN];
     out.copy_from_slice(&sig.to_bytes());
     out
@@ -250,7 +253,11 @@ pub fn sign(key: &SigningKey, msg: &[u8]) -> [u8; SIG_LEN] {
 /// Verify a raw `r ‖ s` ECDSA P-256/SHA-256 signature over `msg`.
 pub fn verify(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
     let sig = Signature::from_slice(sig).map_err(|_| CryptoError::BadSignature)?;
-    key.verify(msg, &sig).map_err(|_| CryptoError::SignatureMismatch)
+    if crate::ecc::verify(key.as_affine(), msg, &sig) {
+        Ok(())
+    } else {
+        Err(CryptoError::SignatureMismatch)
+    }
 }
 
 /// An issuer master key (AES-128), held by the host in the development setup.

@@ -34,6 +34,7 @@ pub mod apdu;
 pub mod cache;
 pub mod codec;
 pub mod crypto;
+mod ecc;
 pub mod error;
 pub mod messages;
 pub mod pki;

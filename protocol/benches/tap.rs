@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: fail loudly
 //! `make bench` part 1: the tap protocol's cost per scenario.
 //!
 //! Prints the modelled air budget table (round trips, APDU bytes, ISO-DEP
@@ -18,27 +19,57 @@ use tapstack_protocol::testkit::{Loopback, Pki, TapRun};
 use tapstack_protocol::wallet::WalletContext;
 
 fn cny(minor: u64) -> Amount {
-    Amount { minor, currency: Currency::new("CNY").unwrap() }
+    Amount {
+        minor,
+        currency: Currency::new("CNY").unwrap(),
+    }
 }
 
 fn pay(send_certificate: bool) -> TapParams {
-    TapParams { scenario: Scenario::Pay { amount: cny(1250) }, cvm_limit: 1_000_000, send_certificate }
+    TapParams {
+        scenario: Scenario::Pay { amount: cny(1250) },
+        cvm_limit: 1_000_000,
+        send_certificate,
+    }
 }
 
 fn cart() -> Cart {
     Cart {
         currency: Currency::new("CNY").unwrap(),
         items: vec![
-            CartItem { sku: "TEA-01".into(), name: "Jasmine tea".into(), qty: 2, unit_price: 800 },
-            CartItem { sku: "BUN-07".into(), name: "Pork bun".into(), qty: 3, unit_price: 450 },
+            CartItem {
+                sku: "TEA-01".into(),
+                name: "Jasmine tea".into(),
+                qty: 2,
+                unit_price: 800,
+            },
+            CartItem {
+                sku: "BUN-07".into(),
+                name: "Pork bun".into(),
+                qty: 3,
+                unit_price: 450,
+            },
         ],
     }
 }
 
 fn row(name: &str, run: &TapRun) {
-    let lens: Vec<(usize, usize)> = run.wire.iter().map(|w| (w.command.len(), w.response.len())).collect();
-    print_row(name, run.round_trips(), run.apdu_bytes(), airtime::exchanges(&lens));
-    assert!(run.outcome.is_some() || run.terminal_events.contains(&TerminalEvent::ConfirmOnPhone), "{name}: {:?}", run.error);
+    let lens: Vec<(usize, usize)> = run
+        .wire
+        .iter()
+        .map(|w| (w.command.len(), w.response.len()))
+        .collect();
+    print_row(
+        name,
+        run.round_trips(),
+        run.apdu_bytes(),
+        airtime::exchanges(&lens),
+    );
+    assert!(
+        run.outcome.is_some() || run.terminal_events.contains(&TerminalEvent::ConfirmOnPhone),
+        "{name}: {:?}",
+        run.error
+    );
 }
 
 fn print_row(name: &str, trips: usize, apdu: usize, air: AirCost) {
@@ -59,16 +90,32 @@ fn air_table() {
     println!("|----------------------------------------|----|-------|-------|--------|--------|--------|");
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    row("pay, first encounter", &pki.run_tap(&mut t, &mut w, pay(true), &mut rng));
-    row("pay, repeat customer (hashes only)", &pki.run_tap(&mut t, &mut w, pay(false), &mut rng));
+    row(
+        "pay, first encounter",
+        &pki.run_tap(&mut t, &mut w, pay(true), &mut rng),
+    );
+    row(
+        "pay, repeat customer (hashes only)",
+        &pki.run_tap(&mut t, &mut w, pay(false), &mut rng),
+    );
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     w.extended = false;
-    row("pay, first encounter, short APDUs only", &pki.run_tap(&mut t, &mut w, pay(true), &mut rng));
-    row("pay, repeat customer, short APDUs only", &pki.run_tap(&mut t, &mut w, pay(false), &mut rng));
+    row(
+        "pay, first encounter, short APDUs only",
+        &pki.run_tap(&mut t, &mut w, pay(true), &mut rng),
+    );
+    row(
+        "pay, repeat customer, short APDUs only",
+        &pki.run_tap(&mut t, &mut w, pay(false), &mut rng),
+    );
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    let order = TapParams { scenario: Scenario::order(&cart()).unwrap(), cvm_limit: 1_000_000, send_certificate: true };
+    let order = TapParams {
+        scenario: Scenario::order(&cart()).unwrap(),
+        cvm_limit: 1_000_000,
+        send_certificate: true,
+    };
     let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
     let mut run = lb.run(&mut t, &mut w, order, pki.now, &mut rng);
     let receipt = tapstack_protocol::scenario::Receipt {
@@ -78,29 +125,68 @@ fn air_table() {
         cart: Some(cart()),
         slot: None,
     };
-    lb.deliver_receipt(&mut run, &mut t, &mut w, &receipt, pki.now, &mut rng).unwrap();
+    lb.deliver_receipt(&mut run, &mut t, &mut w, &receipt, pki.now, &mut rng)
+        .unwrap();
     row("order (2 items) + receipt, first", &run);
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    w.credentials.push(pki.credential(&pki.wallet.cert, "LOCKER-7", 12, "SF1234567890", &mut rng));
-    let pickup = TapParams { scenario: Scenario::Pickup { site: "LOCKER-7".into() }, cvm_limit: 0, send_certificate: true };
-    row("pickup, first encounter", &pki.run_tap(&mut t, &mut w, pickup, &mut rng));
+    w.credentials
+        .push(pki.credential(&pki.wallet.cert, "LOCKER-7", 12, "SF1234567890", &mut rng));
+    let pickup = TapParams {
+        scenario: Scenario::Pickup {
+            site: "LOCKER-7".into(),
+        },
+        cvm_limit: 0,
+        send_certificate: true,
+    };
+    row(
+        "pickup, first encounter",
+        &pki.run_tap(&mut t, &mut w, pickup, &mut rng),
+    );
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    let big = TapParams { scenario: Scenario::Pay { amount: cny(50_000) }, cvm_limit: 20_000, send_certificate: true };
+    let big = TapParams {
+        scenario: Scenario::Pay {
+            amount: cny(50_000),
+        },
+        cvm_limit: 20_000,
+        send_certificate: true,
+    };
     let first = pki.run_tap(&mut t, &mut w, big.clone(), &mut rng);
     row("pay 500.00, two-tap: first tap (9101)", &first);
     w.confirm_pending(pki.now);
-    row("pay 500.00, two-tap: second tap", &pki.run_tap(&mut t, &mut w, TapParams { send_certificate: false, ..big }, &mut rng));
+    row(
+        "pay 500.00, two-tap: second tap",
+        &pki.run_tap(
+            &mut t,
+            &mut w,
+            TapParams {
+                send_certificate: false,
+                ..big
+            },
+            &mut rng,
+        ),
+    );
 
     let emv = airtime::exchanges(&airtime::EMV_TYPICAL);
     let emv_apdu: usize = airtime::EMV_TYPICAL.iter().map(|(c, r)| c + r).sum();
-    print_row("EMV contactless (PPSE..GENERATE AC)", airtime::EMV_TYPICAL.len(), emv_apdu, emv);
+    print_row(
+        "EMV contactless (PPSE..GENERATE AC)",
+        airtime::EMV_TYPICAL.len(),
+        emv_apdu,
+        emv,
+    );
     println!();
 }
 
 /// Run one tap, timing only the terminal's work (session + record).
-fn terminal_tap(pki: &Pki, t: &mut TerminalContext, w: &mut WalletContext, params: &TapParams, seq: u64) -> Duration {
+fn terminal_tap(
+    pki: &Pki,
+    t: &mut TerminalContext,
+    w: &mut WalletContext,
+    params: &TapParams,
+    seq: u64,
+) -> Duration {
     let mut rng = OsRng;
     let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
     let start = Instant::now();
@@ -116,7 +202,16 @@ fn terminal_tap(pki: &Pki, t: &mut TerminalContext, w: &mut WalletContext, param
         session.handle_response(t, resp, pki.now, &mut rng).unwrap();
         while let Some(ev) = session.poll_event() {
             if let TerminalEvent::Approved(o) = ev {
-                let rec = TransactionRecord::new(&o, &t.certificate, t.signing_key(), seq, [0; 32], pki.now, None, None);
+                let rec = TransactionRecord::new(
+                    &o,
+                    &t.certificate,
+                    t.signing_key(),
+                    seq,
+                    [0; 32],
+                    pki.now,
+                    None,
+                    None,
+                );
                 criterion::black_box(rec.to_bytes());
             }
         }
@@ -126,7 +221,12 @@ fn terminal_tap(pki: &Pki, t: &mut TerminalContext, w: &mut WalletContext, param
 }
 
 /// Run one tap, timing only the wallet's work.
-fn wallet_tap(pki: &Pki, t: &mut TerminalContext, w: &mut WalletContext, params: &TapParams) -> Duration {
+fn wallet_tap(
+    pki: &Pki,
+    t: &mut TerminalContext,
+    w: &mut WalletContext,
+    params: &TapParams,
+) -> Duration {
     let mut rng = OsRng;
     let mut card = tapstack_protocol::apdu::CardLink::new(true);
     let mut wallet = tapstack_protocol::wallet::WalletSession::new();
@@ -155,10 +255,21 @@ fn primitives(c: &mut Criterion) {
     let sig = crypto::sign(&key, b"transcript hash .................");
     let peer = EphemeralKey::generate(&mut OsRng);
     let mine = EphemeralKey::generate(&mut OsRng);
-    g.bench_function("ephemeral key generation", |b| b.iter(|| EphemeralKey::generate(&mut OsRng)));
-    g.bench_function("ECDSA sign", |b| b.iter(|| crypto::sign(&key, b"transcript hash .................")));
+    g.bench_function("ephemeral key generation", |b| {
+        b.iter(|| EphemeralKey::generate(&mut OsRng))
+    });
+    g.bench_function("ECDSA sign", |b| {
+        b.iter(|| crypto::sign(&key, b"transcript hash ................."))
+    });
     g.bench_function("ECDSA verify", |b| {
-        b.iter(|| crypto::verify(key.verifying_key(), b"transcript hash .................", &sig).unwrap())
+        b.iter(|| {
+            crypto::verify(
+                key.verifying_key(),
+                b"transcript hash .................",
+                &sig,
+            )
+            .unwrap()
+        })
     });
     g.bench_function("ECDH", |b| b.iter(|| mine.agree(peer.public()).unwrap()));
     g.finish();
@@ -167,7 +278,10 @@ fn primitives(c: &mut Criterion) {
 fn cpu(c: &mut Criterion) {
     let pki = Pki::generate(&mut OsRng);
     let mut g = c.benchmark_group("terminal CPU per tap");
-    for (name, send_cert, forget) in [("pay first encounter", true, true), ("pay repeat customer", false, false)] {
+    for (name, send_cert, forget) in [
+        ("pay first encounter", true, true),
+        ("pay repeat customer", false, false),
+    ] {
         let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
         // Prime the caches for the repeat case.
         pki.run_tap(&mut t, &mut w, pay(true), &mut OsRng);

@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used)] // a demo: fixed valid inputs
 //! `make demo` (until the terminal application lands): a pay, an order, a
 //! pickup and a two-tap payment run in memory between the terminal and the
 //! wallet state machines, each queued as a signed, chained record and then
@@ -15,50 +16,131 @@ fn main() {
     let mut rng = OsRng;
     let pki = Pki::generate(&mut rng);
     let cny = Currency::new("CNY").expect("valid code");
-    println!("tapstack demo: terminal \"{}\" and one phone wallet, in memory", pki.terminal.cert.common_name());
+    println!(
+        "tapstack demo: terminal \"{}\" and one phone wallet, in memory",
+        pki.terminal.cert.common_name()
+    );
     println!("(the emulator and reader drivers bring the same taps to PC/SC and libnfc)\n");
 
     let (mut terminal, mut wallet) = (pki.terminal_context(), pki.wallet_context());
-    wallet.credentials.push(pki.credential(&pki.wallet.cert, "LOCKER-7", 12, "SF1234567890", &mut rng));
+    wallet.credentials.push(pki.credential(
+        &pki.wallet.cert,
+        "LOCKER-7",
+        12,
+        "SF1234567890",
+        &mut rng,
+    ));
     let cart = Cart {
         currency: cny,
         items: vec![
-            CartItem { sku: "TEA-01".into(), name: "Jasmine tea".into(), qty: 2, unit_price: 800 },
-            CartItem { sku: "BUN-07".into(), name: "Pork bun".into(), qty: 3, unit_price: 450 },
+            CartItem {
+                sku: "TEA-01".into(),
+                name: "Jasmine tea".into(),
+                qty: 2,
+                unit_price: 800,
+            },
+            CartItem {
+                sku: "BUN-07".into(),
+                name: "Pork bun".into(),
+                qty: 3,
+                unit_price: 450,
+            },
         ],
     };
     let amount = |s: &str| Amount::parse(s, cny).expect("valid amount");
     let taps: Vec<(String, Scenario, Option<Cart>)> = vec![
-        ("pay 12.50 CNY".into(), Scenario::Pay { amount: amount("12.50") }, None),
-        ("order 2 items".into(), Scenario::order(&cart).expect("valid cart"), Some(cart.clone())),
-        ("pickup at LOCKER-7".into(), Scenario::Pickup { site: "LOCKER-7".into() }, None),
-        ("pay 500.00 CNY".into(), Scenario::Pay { amount: amount("500.00") }, None),
+        (
+            "pay 12.50 CNY".into(),
+            Scenario::Pay {
+                amount: amount("12.50"),
+            },
+            None,
+        ),
+        (
+            "order 2 items".into(),
+            Scenario::order(&cart).expect("valid cart"),
+            Some(cart.clone()),
+        ),
+        (
+            "pickup at LOCKER-7".into(),
+            Scenario::Pickup {
+                site: "LOCKER-7".into(),
+            },
+            None,
+        ),
+        (
+            "pay 500.00 CNY".into(),
+            Scenario::Pay {
+                amount: amount("500.00"),
+            },
+            None,
+        ),
     ];
 
     let mut queue: Vec<TransactionRecord> = Vec::new();
     for (label, scenario, cart) in taps {
-        let params = TapParams { scenario, cvm_limit: 20_000, send_certificate: true };
+        let params = TapParams {
+            scenario,
+            cvm_limit: 20_000,
+            send_certificate: true,
+        };
         let mut tries = 0;
         loop {
             tries += 1;
             let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
-            let mut run = lb.run(&mut terminal, &mut wallet, params.clone(), pki.now, &mut rng);
+            let mut run = lb.run(
+                &mut terminal,
+                &mut wallet,
+                params.clone(),
+                pki.now,
+                &mut rng,
+            );
             if run.terminal_events.contains(&TerminalEvent::ConfirmOnPhone) {
-                println!("{label:<22} tap {tries}: confirm on your phone, then tap again  [{}]", air(&run));
+                println!(
+                    "{label:<22} tap {tries}: confirm on your phone, then tap again  [{}]",
+                    air(&run)
+                );
                 wallet.confirm_pending(pki.now);
                 continue;
             }
             let Some(outcome) = run.outcome.clone() else {
-                println!("{label:<22} declined: {}", run.error.map(|e| e.to_string()).unwrap_or_default());
+                println!(
+                    "{label:<22} declined: {}",
+                    run.error.map(|e| e.to_string()).unwrap_or_default()
+                );
                 break;
             };
             let prev = queue.last().map(|r| r.hash()).unwrap_or([0; 32]);
             let seq = queue.len() as u64 + 1;
             let order_number = cart.as_ref().map(|_| format!("A{}", 16 + seq));
-            let record = TransactionRecord::new(&outcome, &terminal.certificate, terminal.signing_key(), seq, prev, pki.now, cart.clone(), order_number.clone());
-            let receipt = Receipt { record_id: record.hash(), seq, order_number, cart: cart.clone(), slot: outcome.credential.as_ref().map(|c| c.slot) };
+            let record = TransactionRecord::new(
+                &outcome,
+                &terminal.certificate,
+                terminal.signing_key(),
+                seq,
+                prev,
+                pki.now,
+                cart.clone(),
+                order_number.clone(),
+            );
+            let receipt = Receipt {
+                record_id: record.hash(),
+                seq,
+                order_number,
+                cart: cart.clone(),
+                slot: outcome.credential.as_ref().map(|c| c.slot),
+            };
             queue.push(record);
-            let delivered = lb.deliver_receipt(&mut run, &mut terminal, &mut wallet, &receipt, pki.now, &mut rng).unwrap_or(false);
+            let delivered = lb
+                .deliver_receipt(
+                    &mut run,
+                    &mut terminal,
+                    &mut wallet,
+                    &receipt,
+                    pki.now,
+                    &mut rng,
+                )
+                .unwrap_or(false);
             let detail = match (&outcome.credential, &receipt.order_number) {
                 (Some(c), _) => format!("open slot {} for parcel {}", c.slot, c.parcel),
                 (None, Some(n)) => format!("order {n}"),
@@ -83,7 +165,8 @@ fn main() {
         let v = verify_record(r, &pki.terminal.cert, &trust, None);
         let cryptogram = v.as_ref().ok().and_then(|v| {
             let key = pki.issuer_master_key.diversify(v.wallet.serial());
-            v.cryptogram.map(|c| key.check(v.atc, &v.th1, v.cvm as u8, &c))
+            v.cryptogram
+                .map(|c| key.check(v.atc, &v.th1, v.cvm as u8, &c))
         });
         println!(
             "  #{} {:<7} chain {} signatures {} cryptogram {}",
@@ -102,7 +185,16 @@ fn main() {
 }
 
 fn air(run: &TapRun) -> String {
-    let lens: Vec<(usize, usize)> = run.wire.iter().map(|w| (w.command.len(), w.response.len())).collect();
+    let lens: Vec<(usize, usize)> = run
+        .wire
+        .iter()
+        .map(|w| (w.command.len(), w.response.len()))
+        .collect();
     let cost = airtime::exchanges(&lens);
-    format!("{} round trips, {} bytes on air, {:.0} ms at 106 kbit/s", run.round_trips(), cost.bytes, airtime::millis(cost, 106))
+    format!(
+        "{} round trips, {} bytes on air, {:.0} ms at 106 kbit/s",
+        run.round_trips(),
+        cost.bytes,
+        airtime::millis(cost, 106)
+    )
 }

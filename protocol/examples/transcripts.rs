@@ -26,8 +26,12 @@ use rand_core::{CryptoRng, OsRng, RngCore};
 use tapstack_protocol::airtime;
 use tapstack_protocol::apdu::{Command, CommandView, LinkLimits, Response, StatusWord};
 use tapstack_protocol::codec::Codec;
-use tapstack_protocol::crypto::{self, Direction, SessionKeys, LABEL_ATC_KEY, LABEL_CRYPTOGRAM, LABEL_SESSION, MAC_LEN};
-use tapstack_protocol::messages::{self, AuthorizeRequest, Fci, WalletResponse, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE};
+use tapstack_protocol::crypto::{
+    self, Direction, SessionKeys, LABEL_ATC_KEY, LABEL_CRYPTOGRAM, LABEL_SESSION, MAC_LEN,
+};
+use tapstack_protocol::messages::{
+    self, AuthorizeRequest, Fci, WalletResponse, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE,
+};
 use tapstack_protocol::record::TransactionRecord;
 use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Receipt, Scenario};
@@ -66,8 +70,17 @@ impl RecordingRng {
         self.draws
             .iter()
             .filter(|d| d.len() == 32)
-            .filter_map(|d| Option::<p256::NonZeroScalar>::from(p256::NonZeroScalar::from_repr(p256::FieldBytes::clone_from_slice(d))))
-            .find(|s| p256::PublicKey::from_secret_scalar(s).to_encoded_point(true).as_bytes() == share)
+            .filter_map(|d| {
+                Option::<p256::NonZeroScalar>::from(p256::NonZeroScalar::from_repr(
+                    p256::FieldBytes::clone_from_slice(d),
+                ))
+            })
+            .find(|s| {
+                p256::PublicKey::from_secret_scalar(s)
+                    .to_encoded_point(true)
+                    .as_bytes()
+                    == share
+            })
             .expect("ephemeral scalar among the recorded draws")
     }
 }
@@ -121,7 +134,12 @@ fn iso(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Where a TLV sequence sits, which decides what its tags mean.
@@ -155,15 +173,22 @@ fn describe(ctx: Ctx, parent: Option<u32>, tag: u32) -> (&'static str, Render) {
         (Ctx::Fci, Some(0x6F), 0x84) => ("DF name = AID", Hex),
         (Ctx::Fci, Some(0x6F), 0xA5) => ("FCI proprietary template", Nested(Ctx::Fci)),
         (Ctx::Fci, Some(0xA5), 0xC0) => ("supported protocol versions", Hex),
-        (Ctx::Fci, Some(0xA5), 0xC1) => ("scenario capabilities: 01 pay | 02 order | 04 pickup", Hex),
+        (Ctx::Fci, Some(0xA5), 0xC1) => {
+            ("scenario capabilities: 01 pay | 02 order | 04 pickup", Hex)
+        }
         (Ctx::Fci, Some(0xA5), 0xC2) => ("max command data per APDU", Uint),
         (Ctx::Fci, Some(0xA5), 0xC3) => ("flags: 01 = extended length accepted", Hex),
         (Ctx::Fci, Some(0xA5), 0xC4) => ("wallet ephemeral key share Q_W (compressed P-256)", Hex),
 
         (Ctx::Authorize, None, 0xD0) => ("protocol version", Uint),
-        (Ctx::Authorize, None, 0xD1) => ("terminal ephemeral key share Q_T (compressed P-256)", Hex),
+        (Ctx::Authorize, None, 0xD1) => {
+            ("terminal ephemeral key share Q_T (compressed P-256)", Hex)
+        }
         (Ctx::Authorize, None, 0xD2) => ("SHA-256 of the terminal certificate", Hex),
-        (Ctx::Authorize, None, 0xD6) => ("terminal certificate (DER); hash recomputed by the wallet", Cert),
+        (Ctx::Authorize, None, 0xD6) => (
+            "terminal certificate (DER); hash recomputed by the wallet",
+            Cert,
+        ),
         (Ctx::Authorize, None, 0xA1) => ("scenario: pay", Nested(Ctx::Authorize)),
         (Ctx::Authorize, None, 0xA2) => ("scenario: order", Nested(Ctx::Authorize)),
         (Ctx::Authorize, None, 0xA3) => ("scenario: pickup", Nested(Ctx::Authorize)),
@@ -177,7 +202,10 @@ fn describe(ctx: Ctx, parent: Option<u32>, tag: u32) -> (&'static str, Render) {
         (Ctx::Authorize, None, 0xD7) => ("terminal signature over TH1, r || s", Hex),
 
         (Ctx::Wallet, None, 0xD8) => ("SHA-256 of the wallet certificate", Hex),
-        (Ctx::Wallet, None, 0xDD) => ("wallet certificate (DER); hash recomputed by the terminal", Cert),
+        (Ctx::Wallet, None, 0xDD) => (
+            "wallet certificate (DER); hash recomputed by the terminal",
+            Cert,
+        ),
         (Ctx::Wallet, None, 0xD9) => ("ATC (application transaction counter)", Uint),
         (Ctx::Wallet, None, 0xDA) => ("CVM: 00 none | 01 armed | 02 confirmed on device", Hex),
         (Ctx::Wallet, None, 0xDB) => ("issuer cryptogram", Hex),
@@ -189,7 +217,9 @@ fn describe(ctx: Ctx, parent: Option<u32>, tag: u32) -> (&'static str, Render) {
         (Ctx::Credential, Some(0xE4), 0x82) => ("parcel", Text),
         (Ctx::Credential, Some(0xE4), 0x83) => ("site", Text),
         (Ctx::Credential, Some(0xE4), 0x84) => ("slot", Uint),
-        (Ctx::Credential, Some(0xE4), 0x85) => ("recipient: wallet certificate key (compressed)", Hex),
+        (Ctx::Credential, Some(0xE4), 0x85) => {
+            ("recipient: wallet certificate key (compressed)", Hex)
+        }
         (Ctx::Credential, Some(0xE4), 0x86) => ("not after, Unix seconds", Time),
         (Ctx::Credential, Some(0xE4), 0x87) => ("SHA-256 of the operator certificate", Hex),
         (Ctx::Credential, Some(0xE4), 0x88) => ("operator signature, r || s", Hex),
@@ -210,13 +240,19 @@ fn describe(ctx: Ctx, parent: Option<u32>, tag: u32) -> (&'static str, Render) {
         (Ctx::Record, None, 0xE6) => ("transaction record", Nested(Ctx::Record)),
         (Ctx::Record, Some(0xE6), 0x80) => ("record format version", Uint),
         (Ctx::Record, Some(0xE6), 0x81) => ("sequence number", Uint),
-        (Ctx::Record, Some(0xE6), 0x82) => ("SHA-256 of the previous record (zeros for seq 1)", Hex),
+        (Ctx::Record, Some(0xE6), 0x82) => {
+            ("SHA-256 of the previous record (zeros for seq 1)", Hex)
+        }
         (Ctx::Record, Some(0xE6), 0x83) => ("recorded at, Unix seconds", Time),
         (Ctx::Record, Some(0xE6), 0x84) => ("SHA-256 of the terminal certificate", Hex),
         (Ctx::Record, Some(0xE6), 0x85) => ("FCI bytes as received", Nested(Ctx::Fci)),
-        (Ctx::Record, Some(0xE6), 0x86) => ("AuthBody bytes (what TH1 hashes)", Nested(Ctx::Authorize)),
+        (Ctx::Record, Some(0xE6), 0x86) => {
+            ("AuthBody bytes (what TH1 hashes)", Nested(Ctx::Authorize))
+        }
         (Ctx::Record, Some(0xE6), 0x87) => ("terminal signature over TH1", Hex),
-        (Ctx::Record, Some(0xE6), 0x88) => ("WalletBody bytes (what TH2 hashes)", Nested(Ctx::Wallet)),
+        (Ctx::Record, Some(0xE6), 0x88) => {
+            ("WalletBody bytes (what TH2 hashes)", Nested(Ctx::Wallet))
+        }
         (Ctx::Record, Some(0xE6), 0x89) => ("wallet signature over TH2", Hex),
         (Ctx::Record, Some(0xE6), 0x8A) => ("wallet certificate (DER)", Cert),
         (Ctx::Record, Some(0xE6), 0x8B) => ("order number", Text),
@@ -228,7 +264,9 @@ fn describe(ctx: Ctx, parent: Option<u32>, tag: u32) -> (&'static str, Render) {
         (Ctx::Revocation, Some(0xE5), 0x82) => ("next update", Time),
         (Ctx::Revocation, Some(0xE5), 0xA0) => ("revoked certificates", Nested(Ctx::Revocation)),
         (Ctx::Revocation, Some(0xA0), 0x83) => ("SHA-256 of a revoked certificate", Hex),
-        (Ctx::Revocation, Some(0xE5), 0xA1) => ("revoked pickup credentials", Nested(Ctx::Revocation)),
+        (Ctx::Revocation, Some(0xE5), 0xA1) => {
+            ("revoked pickup credentials", Nested(Ctx::Revocation))
+        }
         (Ctx::Revocation, Some(0xA1), 0x84) => ("id of a revoked credential", Hex),
         (Ctx::Revocation, Some(0xE5), 0x85) => ("SHA-256 of the signing root certificate", Hex),
         (Ctx::Revocation, Some(0xE5), 0x86) => ("root signature, r || s", Hex),
@@ -245,7 +283,14 @@ struct Certs {
 }
 
 /// Print a TLV sequence, one element a line, nested elements indented.
-fn dump(out: &mut String, certs: &mut Certs, ctx: Ctx, parent: Option<u32>, mut bytes: &[u8], indent: usize) {
+fn dump(
+    out: &mut String,
+    certs: &mut Certs,
+    ctx: Ctx,
+    parent: Option<u32>,
+    mut bytes: &[u8],
+    indent: usize,
+) {
     while !bytes.is_empty() {
         let (t, rest) = tlv::parse_one(bytes).expect("well-formed TLV");
         let head = tag_len_hex(t.tag, t.value.len());
@@ -253,17 +298,45 @@ fn dump(out: &mut String, certs: &mut Certs, ctx: Ctx, parent: Option<u32>, mut 
         let n = t.value.len();
         match render {
             Render::Nested(inner) => {
-                line(out, indent, &hex_spaced(&head), &format!("{name} ({n} bytes)"));
-                let inner_parent = if matches!(t.tag, 0x85 | 0x86 | 0x88) && ctx == Ctx::Record { None } else { Some(t.tag) };
+                line(
+                    out,
+                    indent,
+                    &hex_spaced(&head),
+                    &format!("{name} ({n} bytes)"),
+                );
+                let inner_parent = if matches!(t.tag, 0x85 | 0x86 | 0x88) && ctx == Ctx::Record {
+                    None
+                } else {
+                    Some(t.tag)
+                };
                 dump(out, certs, inner, inner_parent, t.value, indent + 2);
             }
             Render::Cert => {
-                let label = certs.names.get(t.value).cloned().unwrap_or_else(|| "certificate".into());
+                let label = certs
+                    .names
+                    .get(t.value)
+                    .cloned()
+                    .unwrap_or_else(|| "certificate".into());
                 if let Some(first) = certs.seen.get(t.value) {
-                    line(out, indent, &hex_spaced(&head), &format!("{name}: {n} bytes, the {label} shown {first}"));
-                    line(out, indent + 2, &format!("{} ...", hex_spaced(&t.value[..8])), "(elided)");
+                    line(
+                        out,
+                        indent,
+                        &hex_spaced(&head),
+                        &format!("{name}: {n} bytes, the {label} shown {first}"),
+                    );
+                    line(
+                        out,
+                        indent + 2,
+                        &format!("{} ...", hex_spaced(&t.value[..8])),
+                        "(elided)",
+                    );
                 } else {
-                    line(out, indent, &hex_spaced(&head), &format!("{name}: the {label}, {n} bytes"));
+                    line(
+                        out,
+                        indent,
+                        &hex_spaced(&head),
+                        &format!("{name}: the {label}, {n} bytes"),
+                    );
                     hex_lines(out, indent + 2, t.value);
                     certs.seen.insert(t.value.to_vec(), "above".into());
                 }
@@ -304,7 +377,10 @@ fn ins_name(ins: u8) -> &'static str {
 fn sw_note(sw: StatusWord) -> String {
     let what = match sw {
         StatusWord::Ok => "9000 OK".to_owned(),
-        StatusWord::MoreData(n) => format!("61{n:02X}: {} more bytes, send GET RESPONSE", if n == 0 { 256 } else { usize::from(n) }),
+        StatusWord::MoreData(n) => format!(
+            "61{n:02X}: {} more bytes, send GET RESPONSE",
+            if n == 0 { 256 } else { usize::from(n) }
+        ),
         other => format!("{other}: {other:?}"),
     };
     format!("SW {what}")
@@ -313,16 +389,31 @@ fn sw_note(sw: StatusWord) -> String {
 /// Print a command APDU's header, Lc and Le fields, and hand its data back.
 fn command_header(out: &mut String, bytes: &[u8]) -> Vec<u8> {
     let v = CommandView::parse(bytes).expect("well-formed command");
-    let chained = if v.is_chained() { ", chaining bit: more follows" } else { "" };
+    let chained = if v.is_chained() {
+        ", chaining bit: more follows"
+    } else {
+        ""
+    };
     line(
         out,
         0,
         &hex_spaced(&bytes[..4]),
-        &format!("CLA {:02X}{chained}, INS {:02X} {}, P1 {:02X}, P2 {:02X}", v.cla, v.ins, ins_name(v.ins), v.p1, v.p2),
+        &format!(
+            "CLA {:02X}{chained}, INS {:02X} {}, P1 {:02X}, P2 {:02X}",
+            v.cla,
+            v.ins,
+            ins_name(v.ins),
+            v.p1,
+            v.p2
+        ),
     );
     let n = v.data.len();
     if n > 0 {
-        let lc = if v.extended { &bytes[4..7] } else { &bytes[4..5] };
+        let lc = if v.extended {
+            &bytes[4..7]
+        } else {
+            &bytes[4..5]
+        };
         let form = if v.extended { "extended" } else { "short" };
         line(out, 0, &hex_spaced(lc), &format!("Lc = {n} ({form})"));
     }
@@ -332,9 +423,22 @@ fn command_header(out: &mut String, bytes: &[u8]) -> Vec<u8> {
 fn command_trailer(out: &mut String, bytes: &[u8]) {
     let v = CommandView::parse(bytes).expect("well-formed command");
     if let Some(le) = v.le {
-        let le_len = if v.extended { if v.data.is_empty() { 3 } else { 2 } } else { 1 };
+        let le_len = if v.extended {
+            if v.data.is_empty() {
+                3
+            } else {
+                2
+            }
+        } else {
+            1
+        };
         let form = if v.extended { "extended" } else { "short" };
-        line(out, 0, &hex_spaced(&bytes[bytes.len() - le_len..]), &format!("Le = {le} ({form}: as much as there is)"));
+        line(
+            out,
+            0,
+            &hex_spaced(&bytes[bytes.len() - le_len..]),
+            &format!("Le = {le} ({form}: as much as there is)"),
+        );
     }
 }
 
@@ -350,7 +454,15 @@ fn hexs(b: &[u8]) -> String {
 }
 
 /// Recompute everything from the two ephemeral scalars; print it when `show`.
-fn key_schedule(out: &mut String, rng: &RecordingRng, pki: &Pki, fci: &[u8], auth: &[u8], resp: Option<&[u8]>, show: bool) -> Session {
+fn key_schedule(
+    out: &mut String,
+    rng: &RecordingRng,
+    pki: &Pki,
+    fci: &[u8],
+    auth: &[u8],
+    resp: Option<&[u8]>,
+    show: bool,
+) -> Session {
     let fci_msg = Fci::decode(fci).expect("FCI");
     let req = AuthorizeRequest::decode(auth).expect("AUTHORIZE");
     let d_w = rng.secret_of(&fci_msg.key_share);
@@ -359,7 +471,11 @@ fn key_schedule(out: &mut String, rng: &RecordingRng, pki: &Pki, fci: &[u8], aut
     let q_w = p256::PublicKey::from_sec1_bytes(&fci_msg.key_share).expect("point");
     let z_w = p256::ecdh::diffie_hellman(d_w, q_t.as_affine());
     let z_t = p256::ecdh::diffie_hellman(d_t, q_w.as_affine());
-    assert_eq!(z_w.raw_secret_bytes(), z_t.raw_secret_bytes(), "ECDH agrees");
+    assert_eq!(
+        z_w.raw_secret_bytes(),
+        z_t.raw_secret_bytes(),
+        "ECDH agrees"
+    );
     let mut z = [0u8; 32];
     z.copy_from_slice(z_w.raw_secret_bytes());
     let body = req.body.to_bytes();
@@ -368,17 +484,33 @@ fn key_schedule(out: &mut String, rng: &RecordingRng, pki: &Pki, fci: &[u8], aut
     crypto::kdf(&z, LABEL_SESSION, &th1, &mut okm);
     let keys = SessionKeys::derive(&z, &th1);
     let terminal_cert = &pki.terminal.cert;
-    crypto::verify(terminal_cert.public_key(), &th1, &req.signature).expect("terminal signature over TH1");
+    crypto::verify(terminal_cert.public_key(), &th1, &req.signature)
+        .expect("terminal signature over TH1");
     if show {
         let w = |out: &mut String, k: &str, v: String| {
             let _ = writeln!(out, "{k:<34}{v}");
         };
-        w(out, "d_W (wallet eph. private)", hexs(&p256::FieldBytes::from(d_w)));
-        w(out, "d_T (terminal eph. private)", hexs(&p256::FieldBytes::from(d_t)));
+        w(
+            out,
+            "d_W (wallet eph. private)",
+            hexs(&p256::FieldBytes::from(d_w)),
+        );
+        w(
+            out,
+            "d_T (terminal eph. private)",
+            hexs(&p256::FieldBytes::from(d_t)),
+        );
         w(out, "Q_W (C4)", hexs(&fci_msg.key_share));
         w(out, "Q_T (D1)", hexs(&req.body.key_share));
         w(out, "Z = x(d_W·Q_T) = x(d_T·Q_W)", hexs(&z));
-        w(out, "AuthBody (TH1 input)", format!("{} bytes: D0 D1 D2 A1 D4 D5, D2 = SHA-256(D6 value)", body.len()));
+        w(
+            out,
+            "AuthBody (TH1 input)",
+            format!(
+                "{} bytes: D0 D1 D2 A1 D4 D5, D2 = SHA-256(D6 value)",
+                body.len()
+            ),
+        );
         w(out, "TH1", hexs(&th1));
         let mut block1 = vec![0x01];
         block1.extend_from_slice(LABEL_SESSION);
@@ -391,17 +523,27 @@ fn key_schedule(out: &mut String, rng: &RecordingRng, pki: &Pki, fci: &[u8], aut
         let mut iv = [0u8; 16];
         iv[0] = Direction::WalletToTerminal as u8;
         w(out, "IV, AUTHORIZE response", hexs(&iv));
-        w(out, "terminal sig (D7) over TH1", "verifies with the terminal certificate key".into());
+        w(
+            out,
+            "terminal sig (D7) over TH1",
+            "verifies with the terminal certificate key".into(),
+        );
     }
     if let Some(sealed) = resp {
-        let plain = keys.open(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], sealed).expect("MAC verifies");
+        let plain = keys
+            .open(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], sealed)
+            .expect("MAC verifies");
         let wr = WalletResponse::decode(&plain).expect("wallet response");
         let wb = wr.body.to_bytes();
         let th2 = messages::th2(&th1, &req.signature, &wb);
-        crypto::verify(pki.wallet.cert.public_key(), &th2, &wr.signature).expect("wallet signature over TH2");
+        crypto::verify(pki.wallet.cert.public_key(), &th2, &wr.signature)
+            .expect("wallet signature over TH2");
         let ck = pki.issuer_master_key.diversify(pki.wallet.cert.serial());
         if let Some(ac) = wr.body.cryptogram {
-            assert!(ck.check(wr.body.atc, &th1, wr.body.cvm as u8, &ac), "cryptogram recomputes");
+            assert!(
+                ck.check(wr.body.atc, &th1, wr.body.cvm as u8, &ac),
+                "cryptogram recomputes"
+            );
         }
         if show {
             let w = |out: &mut String, k: &str, v: String| {
@@ -410,16 +552,44 @@ fn key_schedule(out: &mut String, rng: &RecordingRng, pki: &Pki, fci: &[u8], aut
             let (ct, mac) = sealed.split_at(sealed.len() - MAC_LEN);
             let mut mac_in = vec![Direction::WalletToTerminal as u8, 0, 0, 0, 0, INS_AUTHORIZE];
             mac_in.extend_from_slice(&ct[..ct.len().min(8)]);
-            w(out, "MAC input (first bytes)", format!("{} ... ({} bytes in all)", hexs(&mac_in), 6 + ct.len()));
-            let full = crypto::cmac(&<[u8; 16]>::try_from(&okm[16..]).expect("16 bytes"), &[&[Direction::WalletToTerminal as u8], &0u32.to_be_bytes(), &[INS_AUTHORIZE], ct]);
+            w(
+                out,
+                "MAC input (first bytes)",
+                format!("{} ... ({} bytes in all)", hexs(&mac_in), 6 + ct.len()),
+            );
+            let full = crypto::cmac(
+                &<[u8; 16]>::try_from(&okm[16..]).expect("16 bytes"),
+                &[
+                    &[Direction::WalletToTerminal as u8],
+                    &0u32.to_be_bytes(),
+                    &[INS_AUTHORIZE],
+                    ct,
+                ],
+            );
             w(out, "AES-128-CMAC(K_mac, ...)", hexs(&full));
             w(out, "MAC = first 8 bytes", hexs(mac));
             assert_eq!(&full[..8], mac);
-            w(out, "WalletBody (TH2 input)", format!("{} bytes: D8 D9 DA DB, D8 = SHA-256(DD value)", wb.len()));
+            w(
+                out,
+                "WalletBody (TH2 input)",
+                format!("{} bytes: D8 D9 DA DB, D8 = SHA-256(DD value)", wb.len()),
+            );
             w(out, "TH2", hexs(&th2));
-            w(out, "wallet sig (DE) over TH2", "verifies with the wallet certificate key".into());
-            w(out, "IMK (issuer master key)", hexs(&pki.issuer_master_key.0));
-            w(out, "wallet id = cert serial", hexs(pki.wallet.cert.serial()));
+            w(
+                out,
+                "wallet sig (DE) over TH2",
+                "verifies with the wallet certificate key".into(),
+            );
+            w(
+                out,
+                "IMK (issuer master key)",
+                hexs(&pki.issuer_master_key.0),
+            );
+            w(
+                out,
+                "wallet id = cert serial",
+                hexs(pki.wallet.cert.serial()),
+            );
             w(out, "K_w = KDF(IMK, ..wallet key)", hexs(&ck.0));
             let atc = wr.body.atc.to_be_bytes();
             let mut sk = [0u8; 16];
@@ -427,7 +597,11 @@ fn key_schedule(out: &mut String, rng: &RecordingRng, pki: &Pki, fci: &[u8], aut
             w(out, "SK = KDF(K_w, ..atc key, ATC)", hexs(&sk));
             let ac = crypto::cmac(&sk, &[LABEL_CRYPTOGRAM, &th1, &atc, &[wr.body.cvm as u8]]);
             w(out, "CMAC(SK, label||TH1||ATC||CVM)", hexs(&ac));
-            w(out, "AC = first 8 bytes (DB)", hexs(&wr.body.cryptogram.expect("pay has a cryptogram")));
+            w(
+                out,
+                "AC = first 8 bytes (DB)",
+                hexs(&wr.body.cryptogram.expect("pay has a cryptogram")),
+            );
         }
     }
     Session { keys }
@@ -453,19 +627,40 @@ fn logical(wire: &[WireExchange]) -> Vec<(Command, Response)> {
             continue;
         } else {
             data.extend_from_slice(v.data);
-            current = Some(Command::new(v.cla, v.ins, v.p1, v.p2, std::mem::take(&mut data), v.le));
+            current = Some(Command::new(
+                v.cla,
+                v.ins,
+                v.p1,
+                v.p2,
+                std::mem::take(&mut data),
+                v.le,
+            ));
             resp_data = r.data.clone();
         }
         if !matches!(r.sw, StatusWord::MoreData(_)) {
             let cmd = current.take().expect("a command");
-            out.push((cmd, Response { data: std::mem::take(&mut resp_data), sw: r.sw }));
+            out.push((
+                cmd,
+                Response {
+                    data: std::mem::take(&mut resp_data),
+                    sw: r.sw,
+                },
+            ));
         }
     }
     out
 }
 
 /// Print every exchange of a tap in full, decrypting with the recomputed keys.
-fn print_tap(out: &mut String, certs: &mut Certs, title: &str, run: &TapRun, rng: &RecordingRng, pki: &Pki, show_keys: bool) {
+fn print_tap(
+    out: &mut String,
+    certs: &mut Certs,
+    title: &str,
+    run: &TapRun,
+    rng: &RecordingRng,
+    pki: &Pki,
+    show_keys: bool,
+) {
     let _ = writeln!(out, "=== {title}\n");
     let logical = logical(&run.wire);
     let mut fci = Vec::new();
@@ -485,7 +680,12 @@ fn print_tap(out: &mut String, certs: &mut Certs, title: &str, run: &TapRun, rng
         let _ = writeln!(out, "C-APDU");
         let data = command_header(out, &ex.command);
         match cmd.ins {
-            0xA4 => line(out, 0, &hex_spaced(&data), "AID: F0 (proprietary) \"TAPSTK\" 01"),
+            0xA4 => line(
+                out,
+                0,
+                &hex_spaced(&data),
+                "AID: F0 (proprietary) \"TAPSTK\" 01",
+            ),
             0x50 => {
                 auth_data = data.clone();
                 dump(out, certs, Ctx::Authorize, None, &data, 0);
@@ -495,9 +695,21 @@ fn print_tap(out: &mut String, certs: &mut Certs, title: &str, run: &TapRun, rng
                 let (ct, mac) = data.split_at(data.len() - MAC_LEN);
                 line(out, 0, "", &format!("AES-128-CTR ciphertext, {} bytes, IV = 01 00*7 00000000 00*4 (T->W, counter 0)", ct.len()));
                 hex_lines(out, 0, ct);
-                line(out, 0, &hex_spaced(mac), "MAC: CMAC(K_mac, 01 || 00000000 || 52 || ciphertext)[0..8]");
-                let plain = keys.open(Direction::TerminalToWallet, 0, &[INS_CONFIRM], &data).expect("CONFIRM MAC");
-                line(out, 0, "", "plaintext (decrypted with the recomputed K_enc):");
+                line(
+                    out,
+                    0,
+                    &hex_spaced(mac),
+                    "MAC: CMAC(K_mac, 01 || 00000000 || 52 || ciphertext)[0..8]",
+                );
+                let plain = keys
+                    .open(Direction::TerminalToWallet, 0, &[INS_CONFIRM], &data)
+                    .expect("CONFIRM MAC");
+                line(
+                    out,
+                    0,
+                    "",
+                    "plaintext (decrypted with the recomputed K_enc):",
+                );
                 dump(out, certs, Ctx::Receipt, None, &plain, 2);
             }
             _ => {}
@@ -510,13 +722,34 @@ fn print_tap(out: &mut String, certs: &mut Certs, title: &str, run: &TapRun, rng
                 dump(out, certs, Ctx::Fci, None, &resp.data, 0);
             }
             (0x50, StatusWord::Ok) => {
-                let sess = key_schedule(&mut String::new(), rng, pki, &fci, &auth_data, Some(&resp.data), false);
+                let sess = key_schedule(
+                    &mut String::new(),
+                    rng,
+                    pki,
+                    &fci,
+                    &auth_data,
+                    Some(&resp.data),
+                    false,
+                );
                 let (ct, mac) = resp.data.split_at(resp.data.len() - MAC_LEN);
                 line(out, 0, "", &format!("AES-128-CTR ciphertext, {} bytes, IV = 02 00*7 00000000 00*4 (W->T, counter 0)", ct.len()));
                 hex_lines(out, 0, ct);
-                line(out, 0, &hex_spaced(mac), "MAC: CMAC(K_mac, 02 || 00000000 || 50 || ciphertext)[0..8]");
-                let plain = sess.keys.open(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.data).expect("MAC");
-                line(out, 0, "", "plaintext (decrypted with the recomputed K_enc):");
+                line(
+                    out,
+                    0,
+                    &hex_spaced(mac),
+                    "MAC: CMAC(K_mac, 02 || 00000000 || 50 || ciphertext)[0..8]",
+                );
+                let plain = sess
+                    .keys
+                    .open(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.data)
+                    .expect("MAC");
+                line(
+                    out,
+                    0,
+                    "",
+                    "plaintext (decrypted with the recomputed K_enc):",
+                );
                 dump(out, certs, Ctx::Wallet, None, &plain, 2);
                 session = Some(sess);
             }
@@ -525,10 +758,34 @@ fn print_tap(out: &mut String, certs: &mut Certs, title: &str, run: &TapRun, rng
                 let (ct, mac) = resp.data.split_at(resp.data.len() - MAC_LEN);
                 line(out, 0, "", &format!("AES-128-CTR ciphertext, {} bytes, IV = 02 00*7 00000001 00*4 (W->T, counter 1)", ct.len()));
                 hex_lines(out, 0, ct);
-                line(out, 0, &hex_spaced(mac), "MAC: CMAC(K_mac, 02 || 00000001 || 54 || ciphertext)[0..8]");
-                let plain = keys.open(Direction::WalletToTerminal, 1, &[INS_GET_CERTIFICATE], &resp.data).expect("MAC");
-                let label = certs.names.get(plain.as_slice()).cloned().unwrap_or_default();
-                line(out, 0, "", &format!("plaintext: the {label} (DER, {} bytes), not a TLV sequence of ours", plain.len()));
+                line(
+                    out,
+                    0,
+                    &hex_spaced(mac),
+                    "MAC: CMAC(K_mac, 02 || 00000001 || 54 || ciphertext)[0..8]",
+                );
+                let plain = keys
+                    .open(
+                        Direction::WalletToTerminal,
+                        1,
+                        &[INS_GET_CERTIFICATE],
+                        &resp.data,
+                    )
+                    .expect("MAC");
+                let label = certs
+                    .names
+                    .get(plain.as_slice())
+                    .cloned()
+                    .unwrap_or_default();
+                line(
+                    out,
+                    0,
+                    "",
+                    &format!(
+                        "plaintext: the {label} (DER, {} bytes), not a TLV sequence of ours",
+                        plain.len()
+                    ),
+                );
             }
             _ => {
                 if !resp.data.is_empty() {
@@ -536,7 +793,12 @@ fn print_tap(out: &mut String, certs: &mut Certs, title: &str, run: &TapRun, rng
                 }
             }
         }
-        line(out, 0, &hex_spaced(&ex.response[ex.response.len() - 2..]), &sw_note(resp.sw));
+        line(
+            out,
+            0,
+            &hex_spaced(&ex.response[ex.response.len() - 2..]),
+            &sw_note(resp.sw),
+        );
         let _ = writeln!(out);
     }
     let _ = writeln!(
@@ -547,8 +809,14 @@ fn print_tap(out: &mut String, certs: &mut Certs, title: &str, run: &TapRun, rng
         run.apdu_bytes()
     );
     if show_keys {
-        let _ = writeln!(out, "--- key schedule of this tap, recomputed from the recorded ephemeral scalars\n");
-        let auth = logical.iter().find(|(c, r)| c.ins == 0x50 && r.sw.is_ok()).expect("approved AUTHORIZE");
+        let _ = writeln!(
+            out,
+            "--- key schedule of this tap, recomputed from the recorded ephemeral scalars\n"
+        );
+        let auth = logical
+            .iter()
+            .find(|(c, r)| c.ins == 0x50 && r.sw.is_ok())
+            .expect("approved AUTHORIZE");
         key_schedule(out, rng, pki, &fci, &auth.0.data, Some(&auth.1.data), true);
         let _ = writeln!(out);
     }
@@ -569,8 +837,12 @@ fn print_summary(out: &mut String, title: &str, run: &TapRun) {
             format!(" {}", hex_spaced(&ex.command[4..5]))
         };
         let le = match v.le {
-            Some(_) if v.extended && v.data.is_empty() => format!(" | Le {}", hex_spaced(&ex.command[ex.command.len() - 3..])),
-            Some(_) if v.extended => format!(" | Le {}", hex_spaced(&ex.command[ex.command.len() - 2..])),
+            Some(_) if v.extended && v.data.is_empty() => {
+                format!(" | Le {}", hex_spaced(&ex.command[ex.command.len() - 3..]))
+            }
+            Some(_) if v.extended => {
+                format!(" | Le {}", hex_spaced(&ex.command[ex.command.len() - 2..]))
+            }
             Some(_) => format!(" | Le {}", hex_spaced(&ex.command[ex.command.len() - 1..])),
             None => String::new(),
         };
@@ -591,7 +863,11 @@ fn print_summary(out: &mut String, title: &str, run: &TapRun) {
     } else {
         format!("{:?}", run.error)
     };
-    let lens: Vec<(usize, usize)> = run.wire.iter().map(|w| (w.command.len(), w.response.len())).collect();
+    let lens: Vec<(usize, usize)> = run
+        .wire
+        .iter()
+        .map(|w| (w.command.len(), w.response.len()))
+        .collect();
     let air = airtime::exchanges(&lens);
     let _ = writeln!(
         out,
@@ -607,8 +883,18 @@ fn cart() -> Cart {
     Cart {
         currency: Currency::new("CNY").expect("code"),
         items: vec![
-            CartItem { sku: "TEA-01".into(), name: "Jasmine tea".into(), qty: 2, unit_price: 800 },
-            CartItem { sku: "BUN-07".into(), name: "Pork bun".into(), qty: 3, unit_price: 450 },
+            CartItem {
+                sku: "TEA-01".into(),
+                name: "Jasmine tea".into(),
+                qty: 2,
+                unit_price: 800,
+            },
+            CartItem {
+                sku: "BUN-07".into(),
+                name: "Pork bun".into(),
+                qty: 3,
+                unit_price: 450,
+            },
         ],
     }
 }
@@ -618,8 +904,16 @@ fn main() {
     let cny = Currency::new("CNY").expect("code");
     let mut out = String::new();
     let mut certs = Certs::default();
-    certs.names.insert(pki.terminal.cert.der().to_vec(), format!("terminal certificate (CN={})", pki.terminal.cert.common_name()));
-    certs.names.insert(pki.wallet.cert.der().to_vec(), "wallet certificate".into());
+    certs.names.insert(
+        pki.terminal.cert.der().to_vec(),
+        format!(
+            "terminal certificate (CN={})",
+            pki.terminal.cert.common_name()
+        ),
+    );
+    certs
+        .names
+        .insert(pki.wallet.cert.der().to_vec(), "wallet certificate".into());
 
     let _ = writeln!(out, "tapstack tap protocol v1: wire transcripts from one run (random keys: bytes differ per run)");
     let _ = writeln!(out, "time of every tap: {} ({})\n", pki.now, iso(pki.now));
@@ -627,16 +921,46 @@ fn main() {
     // 1. Pay, first encounter, extended length.
     let mut rng = RecordingRng::default();
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    let pay = |minor| TapParams { scenario: Scenario::Pay { amount: Amount { minor, currency: cny } }, cvm_limit: 20_000, send_certificate: true };
+    let pay = |minor| TapParams {
+        scenario: Scenario::Pay {
+            amount: Amount {
+                minor,
+                currency: cny,
+            },
+        },
+        cvm_limit: 20_000,
+        send_certificate: true,
+    };
     let run = pki.run_tap(&mut t, &mut w, pay(1250), &mut rng);
     assert!(run.outcome.is_some(), "{:?}", run.error);
-    print_tap(&mut out, &mut certs, "PAY 12.50 CNY, first encounter, one tap, extended-length APDUs", &run, &rng, &pki, true);
-    let pay_record = TransactionRecord::new(run.outcome.as_ref().expect("approved"), &pki.terminal.cert, &pki.terminal.key, 1, [0; 32], pki.now, None, None);
+    print_tap(
+        &mut out,
+        &mut certs,
+        "PAY 12.50 CNY, first encounter, one tap, extended-length APDUs",
+        &run,
+        &rng,
+        &pki,
+        true,
+    );
+    let pay_record = TransactionRecord::new(
+        run.outcome.as_ref().expect("approved"),
+        &pki.terminal.cert,
+        &pki.terminal.key,
+        1,
+        [0; 32],
+        pki.now,
+        None,
+        None,
+    );
 
     // 2. Order with receipt.
     let mut rng = RecordingRng::default();
     let (mut t2, mut w2) = (pki.terminal_context(), pki.wallet_context());
-    let params = TapParams { scenario: Scenario::order(&cart()).expect("cart"), cvm_limit: 20_000, send_certificate: true };
+    let params = TapParams {
+        scenario: Scenario::order(&cart()).expect("cart"),
+        cvm_limit: 20_000,
+        send_certificate: true,
+    };
     let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
     let mut run = lb.run(&mut t2, &mut w2, params, pki.now, &mut rng);
     assert!(run.outcome.is_some(), "{:?}", run.error);
@@ -650,39 +974,130 @@ fn main() {
         Some(cart()),
         Some("A17".into()),
     );
-    let receipt = Receipt { record_id: order_record.hash(), seq: 2, order_number: Some("A17".into()), cart: Some(cart()), slot: None };
-    assert!(lb.deliver_receipt(&mut run, &mut t2, &mut w2, &receipt, pki.now, &mut rng).expect("receipt"));
-    print_tap(&mut out, &mut certs, "ORDER 2 items (29.50 CNY), first encounter, then CONFIRM with the receipt", &run, &rng, &pki, false);
+    let receipt = Receipt {
+        record_id: order_record.hash(),
+        seq: 2,
+        order_number: Some("A17".into()),
+        cart: Some(cart()),
+        slot: None,
+    };
+    assert!(lb
+        .deliver_receipt(&mut run, &mut t2, &mut w2, &receipt, pki.now, &mut rng)
+        .expect("receipt"));
+    print_tap(
+        &mut out,
+        &mut certs,
+        "ORDER 2 items (29.50 CNY), first encounter, then CONFIRM with the receipt",
+        &run,
+        &rng,
+        &pki,
+        false,
+    );
 
     // 3. Pickup with receipt.
     let mut rng = RecordingRng::default();
     let (mut t3, mut w3) = (pki.terminal_context(), pki.wallet_context());
-    w3.credentials.push(pki.credential(&pki.wallet.cert, "LOCKER-7", 12, "SF1234567890", &mut OsRng));
-    let params = TapParams { scenario: Scenario::Pickup { site: "LOCKER-7".into() }, cvm_limit: 0, send_certificate: true };
+    w3.credentials.push(pki.credential(
+        &pki.wallet.cert,
+        "LOCKER-7",
+        12,
+        "SF1234567890",
+        &mut OsRng,
+    ));
+    let params = TapParams {
+        scenario: Scenario::Pickup {
+            site: "LOCKER-7".into(),
+        },
+        cvm_limit: 0,
+        send_certificate: true,
+    };
     let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
     let mut run = lb.run(&mut t3, &mut w3, params, pki.now, &mut rng);
     assert!(run.outcome.is_some(), "{:?}", run.error);
-    let slot = run.outcome.as_ref().and_then(|o| o.credential.as_ref()).map(|c| c.slot);
-    let pickup_record =
-        TransactionRecord::new(run.outcome.as_ref().expect("approved"), &pki.terminal.cert, &pki.terminal.key, 3, order_record.hash(), pki.now, None, None);
-    let receipt = Receipt { record_id: pickup_record.hash(), seq: 3, order_number: None, cart: None, slot };
-    assert!(lb.deliver_receipt(&mut run, &mut t3, &mut w3, &receipt, pki.now, &mut rng).expect("receipt"));
-    print_tap(&mut out, &mut certs, "PICKUP at LOCKER-7, first encounter, then CONFIRM with the receipt", &run, &rng, &pki, false);
+    let slot = run
+        .outcome
+        .as_ref()
+        .and_then(|o| o.credential.as_ref())
+        .map(|c| c.slot);
+    let pickup_record = TransactionRecord::new(
+        run.outcome.as_ref().expect("approved"),
+        &pki.terminal.cert,
+        &pki.terminal.key,
+        3,
+        order_record.hash(),
+        pki.now,
+        None,
+        None,
+    );
+    let receipt = Receipt {
+        record_id: pickup_record.hash(),
+        seq: 3,
+        order_number: None,
+        cart: None,
+        slot,
+    };
+    assert!(lb
+        .deliver_receipt(&mut run, &mut t3, &mut w3, &receipt, pki.now, &mut rng)
+        .expect("receipt"));
+    print_tap(
+        &mut out,
+        &mut certs,
+        "PICKUP at LOCKER-7, first encounter, then CONFIRM with the receipt",
+        &run,
+        &rng,
+        &pki,
+        false,
+    );
 
     // 4. The order tap's record, as queued and uploaded.
-    let _ = writeln!(out, "=== TRANSACTION RECORD of the order tap (seq 2), {} bytes\n", order_record.to_bytes().len());
-    dump(&mut out, &mut certs, Ctx::Record, None, &order_record.to_bytes(), 0);
-    let _ = writeln!(out, "\nrecord id (SHA-256 of the E6 encoding) = {}", hexs(&order_record.hash()));
-    let _ = writeln!(out, "signed bytes = \"tapstack/v1 record\" || the E6 value up to, not including, 8C\n");
+    let _ = writeln!(
+        out,
+        "=== TRANSACTION RECORD of the order tap (seq 2), {} bytes\n",
+        order_record.to_bytes().len()
+    );
+    dump(
+        &mut out,
+        &mut certs,
+        Ctx::Record,
+        None,
+        &order_record.to_bytes(),
+        0,
+    );
+    let _ = writeln!(
+        out,
+        "\nrecord id (SHA-256 of the E6 encoding) = {}",
+        hexs(&order_record.hash())
+    );
+    let _ = writeln!(
+        out,
+        "signed bytes = \"tapstack/v1 record\" || the E6 value up to, not including, 8C\n"
+    );
 
     // 5. A revocation list.
-    let mut list = RevocationList { number: 7, this_update: pki.now, next_update: pki.now + 7 * 86_400, ..Default::default() };
-    list.certificates.insert(*pki.new_wallet(&mut OsRng).cert.hash());
+    let mut list = RevocationList {
+        number: 7,
+        this_update: pki.now,
+        next_update: pki.now + 7 * 86_400,
+        ..Default::default()
+    };
+    list.certificates
+        .insert(*pki.new_wallet(&mut OsRng).cert.hash());
     list.credentials.insert([0x5A; 16]);
     list.sign(&pki.root.cert, &pki.root.key);
     list.verify(&pki.terminal_trust()).expect("list verifies");
-    let _ = writeln!(out, "=== REVOCATION LIST (one certificate, one credential), {} bytes\n", list.to_bytes().len());
-    dump(&mut out, &mut certs, Ctx::Revocation, None, &list.to_bytes(), 0);
+    let _ = writeln!(
+        out,
+        "=== REVOCATION LIST (one certificate, one credential), {} bytes\n",
+        list.to_bytes().len()
+    );
+    dump(
+        &mut out,
+        &mut certs,
+        Ctx::Revocation,
+        None,
+        &list.to_bytes(),
+        0,
+    );
     let _ = writeln!(out);
 
     // 6. The shorter flows, one line per exchange.
@@ -690,29 +1105,87 @@ fn main() {
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     let first = pki.run_tap(&mut t, &mut w, pay(1250), &mut rng);
     print_summary(&mut out, "pay, first encounter (extended)", &first);
-    let repeat = pki.run_tap(&mut t, &mut w, TapParams { send_certificate: false, ..pay(1250) }, &mut rng);
-    print_summary(&mut out, "pay, repeat customer: hashes only (D2 in AUTHORIZE, D8 in the response)", &repeat);
-    print_tap(&mut out, &mut certs, "PAY, repeat customer (hashes only), in full", &repeat, &rng, &pki, false);
+    let repeat = pki.run_tap(
+        &mut t,
+        &mut w,
+        TapParams {
+            send_certificate: false,
+            ..pay(1250)
+        },
+        &mut rng,
+    );
+    print_summary(
+        &mut out,
+        "pay, repeat customer: hashes only (D2 in AUTHORIZE, D8 in the response)",
+        &repeat,
+    );
+    print_tap(
+        &mut out,
+        &mut certs,
+        "PAY, repeat customer (hashes only), in full",
+        &repeat,
+        &rng,
+        &pki,
+        false,
+    );
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    let run = pki.run_tap(&mut t, &mut w, TapParams { send_certificate: false, ..pay(1250) }, &mut rng);
-    print_summary(&mut out, "terminal sends only its hash, wallet does not know it: 9102, AUTHORIZE again with D6", &run);
+    let run = pki.run_tap(
+        &mut t,
+        &mut w,
+        TapParams {
+            send_certificate: false,
+            ..pay(1250)
+        },
+        &mut rng,
+    );
+    print_summary(
+        &mut out,
+        "terminal sends only its hash, wallet does not know it: 9102, AUTHORIZE again with D6",
+        &run,
+    );
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    assert!(pki.run_tap(&mut t, &mut w, pay(1250), &mut rng).outcome.is_some());
+    assert!(pki
+        .run_tap(&mut t, &mut w, pay(1250), &mut rng)
+        .outcome
+        .is_some());
     t.forget_wallet_certificates();
     let run = pki.run_tap(&mut t, &mut w, pay(1250), &mut rng);
-    print_summary(&mut out, "terminal lost the wallet certificate: wallet sends D8 only, terminal asks GET CERTIFICATE", &run);
-    print_tap(&mut out, &mut certs, "GET CERTIFICATE flow, in full", &run, &rng, &pki, false);
+    print_summary(
+        &mut out,
+        "terminal lost the wallet certificate: wallet sends D8 only, terminal asks GET CERTIFICATE",
+        &run,
+    );
+    print_tap(
+        &mut out,
+        &mut certs,
+        "GET CERTIFICATE flow, in full",
+        &run,
+        &rng,
+        &pki,
+        false,
+    );
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     let big = pay(50_000);
     let run = pki.run_tap(&mut t, &mut w, big.clone(), &mut rng);
-    print_summary(&mut out, "pay 500.00 CNY above the wallet's CVM limit: first tap answers 9101", &run);
+    print_summary(
+        &mut out,
+        "pay 500.00 CNY above the wallet's CVM limit: first tap answers 9101",
+        &run,
+    );
     w.confirm_pending(pki.now);
     let run = pki.run_tap(&mut t, &mut w, big, &mut rng);
-    assert_eq!(run.outcome.as_ref().map(|o| o.cvm), Some(messages::Cvm::ConfirmedOnDevice));
-    print_summary(&mut out, "second tap after the user confirmed on the phone: approved with CVM 02", &run);
+    assert_eq!(
+        run.outcome.as_ref().map(|o| o.cvm),
+        Some(messages::Cvm::ConfirmedOnDevice)
+    );
+    print_summary(
+        &mut out,
+        "second tap after the user confirmed on the phone: approved with CVM 02",
+        &run,
+    );
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     w.extended = false;
@@ -721,8 +1194,19 @@ fn main() {
     print_summary(&mut out, "pay, first encounter, wallet without extended length: chaining (CLA 90) and 61xx/GET RESPONSE", &run);
 
     // 7. The certificates of this run, for `openssl x509 -text` / `asn1parse`.
-    for (name, cert) in [("terminal", &pki.terminal.cert), ("wallet", &pki.wallet.cert), ("acquirer", &pki.acquirer.cert), ("root", &pki.root.cert)] {
-        let _ = writeln!(out, "=== {name} certificate, {} bytes, SHA-256 {}\n{}", cert.der().len(), hexs(cert.hash()), cert.to_pem());
+    for (name, cert) in [
+        ("terminal", &pki.terminal.cert),
+        ("wallet", &pki.wallet.cert),
+        ("acquirer", &pki.acquirer.cert),
+        ("root", &pki.root.cert),
+    ] {
+        let _ = writeln!(
+            out,
+            "=== {name} certificate, {} bytes, SHA-256 {}\n{}",
+            cert.der().len(),
+            hexs(cert.hash()),
+            cert.to_pem()
+        );
     }
     print!("{out}");
 }

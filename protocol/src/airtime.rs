@@ -27,7 +27,10 @@ pub struct AirCost {
 impl core::ops::Add for AirCost {
     type Output = AirCost;
     fn add(self, o: AirCost) -> AirCost {
-        AirCost { bytes: self.bytes + o.bytes, frames: self.frames + o.frames }
+        AirCost {
+            bytes: self.bytes + o.bytes,
+            frames: self.frames + o.frames,
+        }
     }
 }
 
@@ -36,12 +39,17 @@ pub fn message(apdu_len: usize) -> AirCost {
     let max_inf = FRAME_SIZE - FRAME_OVERHEAD;
     let blocks = apdu_len.div_ceil(max_inf).max(1);
     let acks = blocks - 1;
-    AirCost { bytes: apdu_len + blocks * FRAME_OVERHEAD + acks * FRAME_OVERHEAD, frames: blocks + acks }
+    AirCost {
+        bytes: apdu_len + blocks * FRAME_OVERHEAD + acks * FRAME_OVERHEAD,
+        frames: blocks + acks,
+    }
 }
 
 /// Cost of a list of (command length, response length) exchanges.
 pub fn exchanges(lens: &[(usize, usize)]) -> AirCost {
-    lens.iter().fold(AirCost::default(), |acc, (c, r)| acc + message(*c) + message(*r))
+    lens.iter().fold(AirCost::default(), |acc, (c, r)| {
+        acc + message(*c) + message(*r)
+    })
 }
 
 /// Modelled milliseconds on air at `kbps` (106, 212, 424, 848).
@@ -77,16 +85,48 @@ mod tests {
 
     #[test]
     fn chaining_costs_acks() {
-        assert_eq!(message(10), AirCost { bytes: 13, frames: 1 });
-        assert_eq!(message(253), AirCost { bytes: 256, frames: 1 });
-        assert_eq!(message(254), AirCost { bytes: 254 + 6 + 3, frames: 3 });
+        assert_eq!(
+            message(10),
+            AirCost {
+                bytes: 13,
+                frames: 1
+            }
+        );
+        assert_eq!(
+            message(253),
+            AirCost {
+                bytes: 256,
+                frames: 1
+            }
+        );
+        assert_eq!(
+            message(254),
+            AirCost {
+                bytes: 254 + 6 + 3,
+                frames: 3
+            }
+        );
     }
 
     #[test]
     fn about_85_microseconds_per_byte_at_106() {
-        let one_kb = millis(AirCost { bytes: 1000, frames: 0 }, 106);
+        let one_kb = millis(
+            AirCost {
+                bytes: 1000,
+                frames: 0,
+            },
+            106,
+        );
         assert!((84.0..86.0).contains(&one_kb), "{one_kb}");
-        assert!(millis(AirCost { bytes: 1000, frames: 4 }, 424) < one_kb / 3.0);
+        assert!(
+            millis(
+                AirCost {
+                    bytes: 1000,
+                    frames: 4
+                },
+                424
+            ) < one_kb / 3.0
+        );
         let emv = exchanges(&EMV_TYPICAL);
         assert!((1200..1400).contains(&emv.bytes), "{}", emv.bytes);
     }

@@ -155,14 +155,30 @@ impl<'a> CommandView<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         let (header, body) = match bytes.split_first_chunk::<4>() {
             Some(x) => x,
-            None => return Err(DecodeError::Truncated { needed: 4 - bytes.len() }),
+            None => {
+                return Err(DecodeError::Truncated {
+                    needed: 4 - bytes.len(),
+                })
+            }
         };
         let [cla, ins, p1, p2] = *header;
-        let mk = |data, le, extended| CommandView { cla, ins, p1, p2, data, le, extended };
+        let mk = |data, le, extended| CommandView {
+            cla,
+            ins,
+            p1,
+            p2,
+            data,
+            le,
+            extended,
+        };
         let short_le = |b: u8| if b == 0 { 256 } else { usize::from(b) };
         let ext_le = |hi: u8, lo: u8| {
             let v = usize::from(u16::from_be_bytes([hi, lo]));
-            if v == 0 { 65536 } else { v }
+            if v == 0 {
+                65536
+            } else {
+                v
+            }
         };
         match body {
             [] => Ok(mk(&[], None, false)),
@@ -175,7 +191,9 @@ impl<'a> CommandView<'a> {
                     return Ok(mk(&[], Some(ext_le(lc_bytes[0], lc_bytes[1])), true));
                 }
                 if lc == 0 {
-                    return Err(DecodeError::InvalidValue { field: "extended Lc" });
+                    return Err(DecodeError::InvalidValue {
+                        field: "extended Lc",
+                    });
                 }
                 match after.len().checked_sub(lc) {
                     Some(0) => Ok(mk(after, None, true)),
@@ -184,7 +202,9 @@ impl<'a> CommandView<'a> {
                         Ok(mk(data, Some(ext_le(le[0], le[1])), true))
                     }
                     Some(n) => Err(DecodeError::TrailingBytes { count: n }),
-                    None => Err(DecodeError::Truncated { needed: lc - after.len() }),
+                    None => Err(DecodeError::Truncated {
+                        needed: lc - after.len(),
+                    }),
                 }
             }
             [lc, rest @ ..] => {
@@ -199,7 +219,9 @@ impl<'a> CommandView<'a> {
                         Ok(mk(data, Some(short_le(le[0])), false))
                     }
                     Some(n) => Err(DecodeError::TrailingBytes { count: n - 1 }),
-                    None => Err(DecodeError::Truncated { needed: lc - rest.len() }),
+                    None => Err(DecodeError::Truncated {
+                        needed: lc - rest.len(),
+                    }),
                 }
             }
         }
@@ -235,7 +257,14 @@ pub struct Command {
 
 impl Command {
     pub fn new(cla: u8, ins: u8, p1: u8, p2: u8, data: Vec<u8>, le: Option<usize>) -> Self {
-        Command { cla, ins, p1, p2, data, le }
+        Command {
+            cla,
+            ins,
+            p1,
+            p2,
+            data,
+            le,
+        }
     }
 
     /// Whether this command needs the extended-length form.
@@ -285,19 +314,30 @@ pub struct Response {
 
 impl Response {
     pub fn ok(data: Vec<u8>) -> Self {
-        Response { data, sw: StatusWord::Ok }
+        Response {
+            data,
+            sw: StatusWord::Ok,
+        }
     }
 
     pub fn status(sw: StatusWord) -> Self {
-        Response { data: Vec::new(), sw }
+        Response {
+            data: Vec::new(),
+            sw,
+        }
     }
 
     /// Split received bytes into data and status word.
     pub fn parse(bytes: &[u8]) -> Result<Self, DecodeError> {
         let Some((data, sw)) = bytes.split_last_chunk::<2>() else {
-            return Err(DecodeError::Truncated { needed: 2 - bytes.len() });
+            return Err(DecodeError::Truncated {
+                needed: 2 - bytes.len(),
+            });
         };
-        Ok(Response { data: data.to_vec(), sw: StatusWord::from_u16(u16::from_be_bytes(*sw)) })
+        Ok(Response {
+            data: data.to_vec(),
+            sw: StatusWord::from_u16(u16::from_be_bytes(*sw)),
+        })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -321,7 +361,11 @@ pub fn chain(cmd: &Command, max_data: usize) -> Vec<Command> {
         .into_iter()
         .enumerate()
         .map(|(i, c)| Command {
-            cla: if i == last { cmd.cla } else { cmd.cla | CLA_CHAINING },
+            cla: if i == last {
+                cmd.cla
+            } else {
+                cmd.cla | CLA_CHAINING
+            },
             ins: cmd.ins,
             p1: cmd.p1,
             p2: cmd.p2,
@@ -341,8 +385,14 @@ pub struct LinkLimits {
 }
 
 impl LinkLimits {
-    pub const SHORT: LinkLimits = LinkLimits { extended: false, max_command_data: 255 };
-    pub const EXTENDED: LinkLimits = LinkLimits { extended: true, max_command_data: 4096 };
+    pub const SHORT: LinkLimits = LinkLimits {
+        extended: false,
+        max_command_data: 255,
+    };
+    pub const EXTENDED: LinkLimits = LinkLimits {
+        extended: true,
+        max_command_data: 4096,
+    };
 }
 
 /// Error in the APDU transport layer (not a status word from the application).
@@ -370,7 +420,13 @@ pub struct TerminalLink {
 
 impl TerminalLink {
     pub fn new(limits: LinkLimits) -> Self {
-        TerminalLink { limits, queue: VecDeque::new(), last: None, collected: Vec::new(), in_flight: false }
+        TerminalLink {
+            limits,
+            queue: VecDeque::new(),
+            last: None,
+            collected: Vec::new(),
+            in_flight: false,
+        }
     }
 
     pub fn set_limits(&mut self, limits: LinkLimits) {
@@ -382,7 +438,11 @@ impl TerminalLink {
         if !self.limits.extended {
             cmd.le = cmd.le.map(|le| le.min(256));
         }
-        let max = if self.limits.extended { self.limits.max_command_data } else { 255 };
+        let max = if self.limits.extended {
+            self.limits.max_command_data
+        } else {
+            255
+        };
         self.queue = chain(&cmd, max.min(self.limits.max_command_data.max(1))).into();
         self.collected.clear();
         self.in_flight = true;
@@ -403,7 +463,10 @@ impl TerminalLink {
             return Err(LinkError::Idle);
         }
         let resp = Response::parse(bytes).map_err(LinkError::Malformed)?;
-        let chained = self.last.as_ref().is_some_and(|c| c.cla & CLA_CHAINING != 0);
+        let chained = self
+            .last
+            .as_ref()
+            .is_some_and(|c| c.cla & CLA_CHAINING != 0);
         if chained && !self.queue.is_empty() {
             if resp.sw.is_ok() && resp.data.is_empty() {
                 return Ok(None);
@@ -422,8 +485,18 @@ impl TerminalLink {
         match resp.sw {
             StatusWord::MoreData(n) => {
                 let le = if n == 0 { 256 } else { usize::from(n) };
-                let cla = self.last.as_ref().map_or(0, |c| c.cla & !CLA_CHAINING & 0x03);
-                self.queue.push_back(Command::new(cla, INS_GET_RESPONSE, 0, 0, Vec::new(), Some(le)));
+                let cla = self
+                    .last
+                    .as_ref()
+                    .map_or(0, |c| c.cla & !CLA_CHAINING & 0x03);
+                self.queue.push_back(Command::new(
+                    cla,
+                    INS_GET_RESPONSE,
+                    0,
+                    0,
+                    Vec::new(),
+                    Some(le),
+                ));
                 Ok(None)
             }
             StatusWord::WrongLe(n) if self.collected.is_empty() => {
@@ -435,7 +508,10 @@ impl TerminalLink {
             }
             sw => {
                 self.in_flight = false;
-                Ok(Some(Response { data: std::mem::take(&mut self.collected), sw }))
+                Ok(Some(Response {
+                    data: std::mem::take(&mut self.collected),
+                    sw,
+                }))
             }
         }
     }
@@ -464,7 +540,10 @@ pub struct CardLink {
 
 impl CardLink {
     pub fn new(extended: bool) -> Self {
-        CardLink { extended, ..Default::default() }
+        CardLink {
+            extended,
+            ..Default::default()
+        }
     }
 
     /// Forget any partial chain or unread response (new card session).
@@ -496,7 +575,9 @@ impl CardLink {
         let chained = view.cla & CLA_CHAINING != 0;
         let base_cla = view.cla & !CLA_CHAINING;
         if let Some(partial) = self.chain.as_mut() {
-            if (partial.cla, partial.ins, partial.p1, partial.p2) != (base_cla, view.ins, view.p1, view.p2) {
+            if (partial.cla, partial.ins, partial.p1, partial.p2)
+                != (base_cla, view.ins, view.p1, view.p2)
+            {
                 self.chain = None;
                 return reply(StatusWord::ChainingError);
             }
@@ -536,7 +617,12 @@ impl CardLink {
 
     fn get_response(&mut self, le: usize) -> CardInput {
         if self.pending_pos >= self.pending.len() {
-            return CardInput::Reply(StatusWord::ConditionsNotSatisfied.to_u16().to_be_bytes().to_vec());
+            return CardInput::Reply(
+                StatusWord::ConditionsNotSatisfied
+                    .to_u16()
+                    .to_be_bytes()
+                    .to_vec(),
+            );
         }
         CardInput::Reply(self.serve(le))
     }
@@ -593,7 +679,15 @@ mod tests {
 
     #[test]
     fn encode_roundtrip_short_and_extended() {
-        for (n, le) in [(0, None), (0, Some(256)), (3, None), (3, Some(5)), (300, None), (300, Some(256)), (10, Some(1000))] {
+        for (n, le) in [
+            (0, None),
+            (0, Some(256)),
+            (3, None),
+            (3, Some(5)),
+            (300, None),
+            (300, Some(256)),
+            (10, Some(1000)),
+        ] {
             let cmd = Command::new(0x80, 0x50, 1, 2, vec![7; n], le);
             let bytes = cmd.to_bytes();
             let view = CommandView::parse(&bytes).unwrap();
@@ -604,12 +698,19 @@ mod tests {
 
     #[test]
     fn status_words_roundtrip() {
-        for v in [0x9000u16, 0x6110, 0x6C05, 0x6700, 0x6982, 0x9101, 0x9107, 0x1234, 0x6A82] {
+        for v in [
+            0x9000u16, 0x6110, 0x6C05, 0x6700, 0x6982, 0x9101, 0x9107, 0x1234, 0x6A82,
+        ] {
             assert_eq!(StatusWord::from_u16(v).to_u16(), v);
         }
     }
 
-    fn run(link: &mut TerminalLink, card: &mut CardLink, cmd: Command, data: Vec<u8>) -> (Response, Command, usize) {
+    fn run(
+        link: &mut TerminalLink,
+        card: &mut CardLink,
+        cmd: Command,
+        data: Vec<u8>,
+    ) -> (Response, Command, usize) {
         link.send(cmd);
         let mut exchanges = 0;
         let mut app_cmd = None;
@@ -659,11 +760,20 @@ mod tests {
     fn card_rejects_interleaved_chain_and_extended_when_unsupported() {
         let mut card = CardLink::new(false);
         let first = Command::new(0x90, 0x50, 0, 0, vec![1; 10], None).to_bytes();
-        assert_eq!(card.handle_command(&first), CardInput::Reply(vec![0x90, 0x00]));
+        assert_eq!(
+            card.handle_command(&first),
+            CardInput::Reply(vec![0x90, 0x00])
+        );
         let other = Command::new(0x80, 0x52, 0, 0, vec![1; 10], None).to_bytes();
-        assert_eq!(card.handle_command(&other), CardInput::Reply(vec![0x68, 0x83]));
+        assert_eq!(
+            card.handle_command(&other),
+            CardInput::Reply(vec![0x68, 0x83])
+        );
         let ext = Command::new(0x80, 0x50, 0, 0, vec![1; 300], None).to_bytes();
-        assert_eq!(card.handle_command(&ext), CardInput::Reply(vec![0x67, 0x00]));
+        assert_eq!(
+            card.handle_command(&ext),
+            CardInput::Reply(vec![0x67, 0x00])
+        );
         let gr = [0x00, 0xC0, 0, 0, 0];
         assert_eq!(card.handle_command(&gr), CardInput::Reply(vec![0x69, 0x85]));
     }

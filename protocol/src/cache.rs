@@ -13,7 +13,11 @@ pub struct Bounded<K, V> {
 
 impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
     pub fn new(capacity: usize) -> Self {
-        Bounded { map: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1) }
+        Bounded {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
     }
 
     pub fn get(&self, k: &K) -> Option<&V> {
@@ -49,6 +53,8 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.order.iter().filter_map(|k| self.map.get(k).map(|v| (k, v)))
+        self.order
+            .iter()
+            .filter_map(|k| self.map.get(k).map(|v| (k, v)))
     }
 }

@@ -27,7 +27,11 @@ pub enum DecodeError {
     TooLong { len: usize, max: usize },
     /// A fixed-size field of the wrong size.
     #[error("field {field}: length {len}, expected {expected}")]
-    BadLength { field: &'static str, len: usize, expected: usize },
+    BadLength {
+        field: &'static str,
+        len: usize,
+        expected: usize,
+    },
     /// A form BER allows but this protocol's canonical encoding does not
     /// (long-form length for a short value, tag in long form needlessly, ...).
     #[error("non-canonical encoding: {what}")]
@@ -55,7 +59,11 @@ pub trait Codec: Sized {
 
 /// Read a fixed-size array from a slice, naming the field in the error.
 pub(crate) fn fixed<const N: usize>(field: &'static str, v: &[u8]) -> Result<[u8; N], DecodeError> {
-    v.try_into().map_err(|_| DecodeError::BadLength { field, len: v.len(), expected: N })
+    v.try_into().map_err(|_| DecodeError::BadLength {
+        field,
+        len: v.len(),
+        expected: N,
+    })
 }
 
 pub(crate) fn u32_be(field: &'static str, v: &[u8]) -> Result<u32, DecodeError> {

@@ -65,7 +65,9 @@ pub struct EphemeralKey {
 
 impl core::fmt::Debug for EphemeralKey {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("EphemeralKey").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("EphemeralKey")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,7 +75,9 @@ impl EphemeralKey {
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
         let secret = p256::NonZeroScalar::random(rng);
         let point = crate::ecc::mul_base(secret.as_ref()).to_affine();
-        let public = p256::PublicKey::from_affine(point).map(|p| compress(&p)).unwrap_or([0; POINT_LEN]);
+        let public = p256::PublicKey::from_affine(point)
+            .map(|p| compress(&p))
+            .unwrap_or([0; POINT_LEN]);
         EphemeralKey { secret, public }
     }
 
@@ -194,7 +198,10 @@ impl SessionKeys {
     pub fn derive(shared: &[u8; 32], th1: &[u8; 32]) -> Self {
         let mut okm = Zeroizing::new([0u8; 32]);
         kdf(shared, LABEL_SESSION, th1, okm.as_mut());
-        let mut keys = SessionKeys { enc: [0; 16], mac: [0; 16] };
+        let mut keys = SessionKeys {
+            enc: [0; 16],
+            mac: [0; 16],
+        };
         keys.enc.copy_from_slice(&okm[..16]);
         keys.mac.copy_from_slice(&okm[16..]);
         keys
@@ -208,7 +215,10 @@ impl SessionKeys {
     }
 
     fn mac_of(&self, dir: Direction, counter: u32, header: &[u8], ct: &[u8]) -> [u8; MAC_LEN] {
-        let full = cmac(&self.mac, &[&[dir as u8], &counter.to_be_bytes(), header, ct]);
+        let full = cmac(
+            &self.mac,
+            &[&[dir as u8], &counter.to_be_bytes(), header, ct],
+        );
         let mut out = [0u8; MAC_LEN];
         out.copy_from_slice(&full[..MAC_LEN]);
         out
@@ -218,7 +228,8 @@ impl SessionKeys {
     /// authenticated, not encrypted.
     pub fn seal(&self, dir: Direction, counter: u32, header: &[u8], plaintext: &[u8]) -> Vec<u8> {
         let mut buf = plaintext.to_vec();
-        let mut cipher = ctr::Ctr128BE::<Aes128>::new(&self.enc.into(), &Self::iv(dir, counter).into());
+        let mut cipher =
+            ctr::Ctr128BE::<Aes128>::new(&self.enc.into(), &Self::iv(dir, counter).into());
         cipher.apply_keystream(&mut buf);
         let mac = self.mac_of(dir, counter, header, &buf);
         buf.extend_from_slice(&mac);
@@ -226,15 +237,25 @@ impl SessionKeys {
     }
 
     /// Check the MAC in constant time, then decrypt.
-    pub fn open(&self, dir: Direction, counter: u32, header: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        let split = sealed.len().checked_sub(MAC_LEN).ok_or(CryptoError::ShortCiphertext)?;
+    pub fn open(
+        &self,
+        dir: Direction,
+        counter: u32,
+        header: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let split = sealed
+            .len()
+            .checked_sub(MAC_LEN)
+            .ok_or(CryptoError::ShortCiphertext)?;
         let (ct, mac) = sealed.split_at(split);
         let expect = self.mac_of(dir, counter, header, ct);
         if !bool::from(expect.ct_eq(mac)) {
             return Err(CryptoError::MacMismatch);
         }
         let mut buf = Zeroizing::new(ct.to_vec());
-        let mut cipher = ctr::Ctr128BE::<Aes128>::new(&self.enc.into(), &Self::iv(dir, counter).into());
+        let mut cipher =
+            ctr::Ctr128BE::<Aes128>::new(&self.enc.into(), &Self::iv(dir, counter).into());
         cipher.apply_keystream(buf.as_mut_slice());
         Ok(buf)
     }
@@ -337,17 +358,32 @@ mod tests {
             assert_eq!(cmac(&key, &[&msg[..n]]).to_vec(), h(tag), "len {n}");
         }
         // Split input gives the same tag.
-        assert_eq!(cmac(&key, &[&msg[..7], &msg[7..40]]).to_vec(), h(cases[2].1));
+        assert_eq!(
+            cmac(&key, &[&msg[..7], &msg[7..40]]).to_vec(),
+            h(cases[2].1)
+        );
     }
 
     /// NIST SP 800-38B D.3 (AES-256) vectors.
     #[test]
     fn aes256_cmac_sp800_38b() {
-        let key: [u8; 32] = h("603deb10 15ca71be 2b73aef0 857d7781 1f352c07 3b6108d7 2d9810a3 0914dff4").try_into().unwrap();
+        let key: [u8; 32] =
+            h("603deb10 15ca71be 2b73aef0 857d7781 1f352c07 3b6108d7 2d9810a3 0914dff4")
+                .try_into()
+                .unwrap();
         let msg = h("6bc1bee2 2e409f96 e93d7e11 7393172a ae2d8a57 1e03ac9c 9eb76fac 45af8e51 30c81c46 a35ce411");
-        assert_eq!(cmac(&key, &[]).to_vec(), h("028962f6 1b7bf89e fc6b551f 4667d983"));
-        assert_eq!(cmac(&key, &[&msg[..16]]).to_vec(), h("28a7023f 452e8f82 bd4bf28d 8c37c35c"));
-        assert_eq!(cmac(&key, &[&msg[..40]]).to_vec(), h("aaf3d8f1 de5640c2 32f5b169 b9c911e6"));
+        assert_eq!(
+            cmac(&key, &[]).to_vec(),
+            h("028962f6 1b7bf89e fc6b551f 4667d983")
+        );
+        assert_eq!(
+            cmac(&key, &[&msg[..16]]).to_vec(),
+            h("28a7023f 452e8f82 bd4bf28d 8c37c35c")
+        );
+        assert_eq!(
+            cmac(&key, &[&msg[..40]]).to_vec(),
+            h("aaf3d8f1 de5640c2 32f5b169 b9c911e6")
+        );
     }
 
     #[test]
@@ -376,17 +412,36 @@ mod tests {
         let ka = SessionKeys::derive(&za, &th);
         let kb = SessionKeys::derive(&zb, &th);
         let sealed = ka.seal(Direction::WalletToTerminal, 0, &[0x50], b"hello wallet");
-        assert_eq!(kb.open(Direction::WalletToTerminal, 0, &[0x50], &sealed).unwrap().as_slice(), b"hello wallet");
+        assert_eq!(
+            kb.open(Direction::WalletToTerminal, 0, &[0x50], &sealed)
+                .unwrap()
+                .as_slice(),
+            b"hello wallet"
+        );
         // wrong counter, direction, header, or any flipped bit fails
-        assert!(kb.open(Direction::WalletToTerminal, 1, &[0x50], &sealed).is_err());
-        assert!(kb.open(Direction::TerminalToWallet, 0, &[0x50], &sealed).is_err());
-        assert!(kb.open(Direction::WalletToTerminal, 0, &[0x52], &sealed).is_err());
+        assert!(kb
+            .open(Direction::WalletToTerminal, 1, &[0x50], &sealed)
+            .is_err());
+        assert!(kb
+            .open(Direction::TerminalToWallet, 0, &[0x50], &sealed)
+            .is_err());
+        assert!(kb
+            .open(Direction::WalletToTerminal, 0, &[0x52], &sealed)
+            .is_err());
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert_eq!(kb.open(Direction::WalletToTerminal, 0, &[0x50], &bad).unwrap_err(), CryptoError::MacMismatch);
+            assert_eq!(
+                kb.open(Direction::WalletToTerminal, 0, &[0x50], &bad)
+                    .unwrap_err(),
+                CryptoError::MacMismatch
+            );
         }
-        assert_eq!(kb.open(Direction::WalletToTerminal, 0, &[], &[1, 2]).unwrap_err(), CryptoError::ShortCiphertext);
+        assert_eq!(
+            kb.open(Direction::WalletToTerminal, 0, &[], &[1, 2])
+                .unwrap_err(),
+            CryptoError::ShortCiphertext
+        );
         assert_eq!(a.agree(&[0x07; 33]).unwrap_err(), CryptoError::BadPublicKey);
         let mut beyond_p = [0xFF; 33];
         beyond_p[0] = 0x02;
@@ -399,8 +454,14 @@ mod tests {
         let key = SigningKey::random(&mut rand_core::OsRng);
         let sig = sign(&key, b"transcript");
         verify(key.verifying_key(), b"transcript", &sig).unwrap();
-        assert_eq!(verify(key.verifying_key(), b"transcripT", &sig).unwrap_err(), CryptoError::SignatureMismatch);
-        assert_eq!(verify(key.verifying_key(), b"transcript", &sig[..63]).unwrap_err(), CryptoError::BadSignature);
+        assert_eq!(
+            verify(key.verifying_key(), b"transcripT", &sig).unwrap_err(),
+            CryptoError::SignatureMismatch
+        );
+        assert_eq!(
+            verify(key.verifying_key(), b"transcript", &sig[..63]).unwrap_err(),
+            CryptoError::BadSignature
+        );
     }
 
     #[test]

@@ -97,7 +97,9 @@ pub(crate) fn sign(key: &SigningKey, msg: &[u8]) -> Option<Signature> {
 /// Check an ECDSA P-256/SHA-256 signature.
 pub(crate) fn verify(q: &AffinePoint, msg: &[u8], sig: &Signature) -> bool {
     let (r, s) = sig.split_scalars();
-    let Some(s_inv) = Option::<Scalar>::from(s.as_ref().invert()) else { return false };
+    let Some(s_inv) = Option::<Scalar>::from(s.as_ref().invert()) else {
+        return false;
+    };
     let z = reduce(&Sha256::digest(msg));
     let u1 = z * s_inv;
     let u2 = *r.as_ref() * s_inv;
@@ -116,10 +118,19 @@ mod tests {
 
     #[test]
     fn mul_base_matches_generic_multiplication() {
-        let mut edge = vec![Scalar::ZERO, Scalar::ONE, -Scalar::ONE, Scalar::from(16u64), Scalar::from(255u64)];
+        let mut edge = vec![
+            Scalar::ZERO,
+            Scalar::ONE,
+            -Scalar::ONE,
+            Scalar::from(16u64),
+            Scalar::from(255u64),
+        ];
         edge.extend((0..64).map(|_| Scalar::random(&mut OsRng)));
         for k in edge {
-            assert_eq!(mul_base(&k).to_affine(), (ProjectivePoint::GENERATOR * k).to_affine());
+            assert_eq!(
+                mul_base(&k).to_affine(),
+                (ProjectivePoint::GENERATOR * k).to_affine()
+            );
         }
     }
 
@@ -139,7 +150,11 @@ mod tests {
             msg.push(1);
             assert!(!verify(q, &msg, &ours));
             let other = SigningKey::random(&mut OsRng);
-            assert!(!verify(other.verifying_key().as_affine(), &msg[..msg.len() - 1], &ours));
+            assert!(!verify(
+                other.verifying_key().as_affine(),
+                &msg[..msg.len() - 1],
+                &ours
+            ));
             let mut bytes = ours.to_bytes();
             bytes[5] ^= 0x10;
             if let Ok(bad) = Signature::from_slice(&bytes) {

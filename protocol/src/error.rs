@@ -60,7 +60,10 @@ pub enum Error {
     #[error("{party} certificate rejected: {source}")]
     Certificate { party: Party, source: CertError },
     #[error("unexpected {got} while {state}")]
-    UnexpectedMessage { state: &'static str, got: &'static str },
+    UnexpectedMessage {
+        state: &'static str,
+        got: &'static str,
+    },
     #[error("no tapstack wallet on this phone (SELECT answered {sw})")]
     NotAWallet { sw: StatusWord },
     #[error("wallet refused: {sw}")]

@@ -68,12 +68,20 @@ impl Codec for Fci {
         let max_command = u16::from_be_bytes(fixed("max command", p.expect(0xC2)?)?);
         if max_command < 255 {
             // Every ISO 7816 card takes a short APDU's 255 data bytes.
-            return Err(DecodeError::InvalidValue { field: "max command" });
+            return Err(DecodeError::InvalidValue {
+                field: "max command",
+            });
         }
         let [flags] = fixed::<1>("flags", p.expect(0xC3)?)?;
         let key_share = fixed("key share", p.expect(0xC4)?)?;
         p.finish()?;
-        Ok(Fci { versions, scenarios, max_command, flags, key_share })
+        Ok(Fci {
+            versions,
+            scenarios,
+            max_command,
+            flags,
+            key_share,
+        })
     }
 }
 
@@ -114,7 +122,14 @@ fn read_auth_body(r: &mut Reader<'_>) -> Result<AuthBody, DecodeError> {
     let scenario = read_scenario(r)?;
     let nonce = fixed("nonce", r.expect(0xD4)?)?;
     let time = u32_be("time", r.expect(0xD5)?)?;
-    Ok(AuthBody { version, key_share, terminal_cert_hash, scenario, nonce, time })
+    Ok(AuthBody {
+        version,
+        key_share,
+        terminal_cert_hash,
+        scenario,
+        nonce,
+        time,
+    })
 }
 
 fn read_scenario(r: &mut Reader<'_>) -> Result<Scenario, DecodeError> {
@@ -164,8 +179,19 @@ impl Codec for AuthorizeRequest {
         let time = u32_be("time", r.expect(0xD5)?)?;
         let signature = fixed("terminal signature", r.expect(0xD7)?)?;
         r.finish()?;
-        let body = AuthBody { version, key_share, terminal_cert_hash, scenario, nonce, time };
-        Ok(AuthorizeRequest { body, certificate, signature })
+        let body = AuthBody {
+            version,
+            key_share,
+            terminal_cert_hash,
+            scenario,
+            nonce,
+            time,
+        };
+        Ok(AuthorizeRequest {
+            body,
+            certificate,
+            signature,
+        })
     }
 }
 
@@ -237,11 +263,17 @@ fn write_wallet_fields(b: &WalletBody, o: &mut Vec<u8>) {
     }
 }
 
-fn read_wallet_fields(r: &mut Reader<'_>, wallet_cert_hash: [u8; 32]) -> Result<WalletBody, DecodeError> {
+fn read_wallet_fields(
+    r: &mut Reader<'_>,
+    wallet_cert_hash: [u8; 32],
+) -> Result<WalletBody, DecodeError> {
     let atc = u32_be("ATC", r.expect(0xD9)?)?;
     let [cvm] = fixed::<1>("CVM", r.expect(0xDA)?)?;
     let cvm = Cvm::from_u8(cvm).ok_or(DecodeError::InvalidValue { field: "CVM" })?;
-    let cryptogram = r.optional(0xDB)?.map(|v| fixed("cryptogram", v)).transpose()?;
+    let cryptogram = r
+        .optional(0xDB)?
+        .map(|v| fixed("cryptogram", v))
+        .transpose()?;
     let credential = match r.optional(0xE4)? {
         Some(v) => {
             let mut enc = Vec::with_capacity(v.len() + 4);
@@ -250,7 +282,13 @@ fn read_wallet_fields(r: &mut Reader<'_>, wallet_cert_hash: [u8; 32]) -> Result<
         }
         None => None,
     };
-    Ok(WalletBody { wallet_cert_hash, atc, cvm, cryptogram, credential })
+    Ok(WalletBody {
+        wallet_cert_hash,
+        atc,
+        cvm,
+        cryptogram,
+        credential,
+    })
 }
 
 /// The wallet's answer to AUTHORIZE, before secure messaging: the body
@@ -284,7 +322,11 @@ impl Codec for WalletResponse {
         let body = read_wallet_fields(&mut r, wallet_cert_hash)?;
         let signature = fixed("wallet signature", r.expect(0xDE)?)?;
         r.finish()?;
-        Ok(WalletResponse { body, certificate, signature })
+        Ok(WalletResponse {
+            body,
+            certificate,
+            signature,
+        })
     }
 }
 
@@ -306,12 +348,29 @@ mod tests {
 
     #[test]
     fn fci_roundtrips_and_refuses_tiny_command_sizes() {
-        let fci = Fci { versions: vec![1], scenarios: 7, max_command: 255, flags: 0, key_share: [2; 33] };
+        let fci = Fci {
+            versions: vec![1],
+            scenarios: 7,
+            max_command: 255,
+            flags: 0,
+            key_share: [2; 33],
+        };
         let bytes = fci.to_bytes();
         assert_eq!(Fci::decode(&bytes).unwrap(), fci);
-        let tiny = Fci { max_command: 1, ..fci.clone() };
-        assert_eq!(Fci::decode(&tiny.to_bytes()).unwrap_err(), DecodeError::InvalidValue { field: "max command" });
-        let none = Fci { versions: vec![], ..fci };
+        let tiny = Fci {
+            max_command: 1,
+            ..fci.clone()
+        };
+        assert_eq!(
+            Fci::decode(&tiny.to_bytes()).unwrap_err(),
+            DecodeError::InvalidValue {
+                field: "max command"
+            }
+        );
+        let none = Fci {
+            versions: vec![],
+            ..fci
+        };
         assert!(Fci::decode(&none.to_bytes()).is_err());
     }
 }

@@ -16,7 +16,9 @@
 //! cross the air at 106 kbit/s: a one-attribute-plus-role name, an 8-byte
 //! serial, no key identifiers, key usage, and basic constraints on CAs only.
 
-use der::asn1::{Any, BitString, GeneralizedTime, ObjectIdentifier, OctetString, SetOfVec, UtcTime};
+use der::asn1::{
+    Any, BitString, GeneralizedTime, ObjectIdentifier, OctetString, SetOfVec, UtcTime,
+};
 use der::{Decode, Encode, Tag, Tagged};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::EncodePublicKey;
@@ -59,8 +61,14 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 6] =
-        [Role::Root, Role::Issuer, Role::Acquirer, Role::Operator, Role::Terminal, Role::Wallet];
+    pub const ALL: [Role; 6] = [
+        Role::Root,
+        Role::Issuer,
+        Role::Acquirer,
+        Role::Operator,
+        Role::Terminal,
+        Role::Wallet,
+    ];
 
     /// The `OU` value naming this role.
     pub fn as_str(self) -> &'static str {
@@ -180,56 +188,86 @@ fn unix(t: &Time) -> u64 {
 }
 
 fn name_text(name: &Name, oid: ObjectIdentifier) -> Option<String> {
-    name.0.iter().flat_map(|rdn| rdn.0.iter()).find(|atv| atv.oid == oid).and_then(|atv| {
-        match atv.value.tag() {
+    name.0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .find(|atv| atv.oid == oid)
+        .and_then(|atv| match atv.value.tag() {
             Tag::Utf8String | Tag::PrintableString | Tag::Ia5String => {
-                core::str::from_utf8(atv.value.value()).ok().map(str::to_owned)
+                core::str::from_utf8(atv.value.value())
+                    .ok()
+                    .map(str::to_owned)
             }
             _ => None,
-        }
-    })
+        })
 }
 
 impl Certificate {
     /// Parse DER; checks algorithms and extracts the role, but not the chain.
     pub fn from_der(der: &[u8]) -> Result<Self, CertError> {
         if der.len() > MAX_CERT_LEN {
-            return Err(CertError::TooLong { len: der.len(), max: MAX_CERT_LEN });
+            return Err(CertError::TooLong {
+                len: der.len(),
+                max: MAX_CERT_LEN,
+            });
         }
         let cert = x509_cert::Certificate::from_der(der).map_err(malformed("certificate"))?;
         // The signed bytes exactly as received, not a re-encoding.
-        let outer = crate::tlv::parse_expect(der, 0x30).map_err(|_| CertError::Malformed { what: "outer sequence" })?;
-        let (_, after_tbs) = crate::tlv::parse_one(outer).map_err(|_| CertError::Malformed { what: "tbs" })?;
+        let outer = crate::tlv::parse_expect(der, 0x30).map_err(|_| CertError::Malformed {
+            what: "outer sequence",
+        })?;
+        let (_, after_tbs) =
+            crate::tlv::parse_one(outer).map_err(|_| CertError::Malformed { what: "tbs" })?;
         let start = der.len() - outer.len();
         let tbs = start..(der.len() - outer.len() + (outer.len() - after_tbs.len()));
 
         let tbs_cert = &cert.tbs_certificate;
         if tbs_cert.version != Version::V3 {
-            return Err(CertError::Malformed { what: "not version 3" });
+            return Err(CertError::Malformed {
+                what: "not version 3",
+            });
         }
-        if cert.signature_algorithm.oid != OID_ECDSA_SHA256 || tbs_cert.signature.oid != OID_ECDSA_SHA256 {
+        if cert.signature_algorithm.oid != OID_ECDSA_SHA256
+            || tbs_cert.signature.oid != OID_ECDSA_SHA256
+        {
             return Err(CertError::UnsupportedSignatureAlgorithm);
         }
         let spki = &tbs_cert.subject_public_key_info;
-        let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
         if spki.algorithm.oid != OID_EC_PUBLIC_KEY || curve != Some(OID_P256) {
             return Err(CertError::UnsupportedKey);
         }
         let key = VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())
             .map_err(|_| CertError::UnsupportedKey)?;
-        let signature = cert.signature.as_bytes().ok_or(CertError::Malformed { what: "signature bits" })?.to_vec();
+        let signature = cert
+            .signature
+            .as_bytes()
+            .ok_or(CertError::Malformed {
+                what: "signature bits",
+            })?
+            .to_vec();
 
-        let role = name_text(&tbs_cert.subject, OID_OU).and_then(|s| Role::parse(&s)).ok_or(CertError::NoRole)?;
+        let role = name_text(&tbs_cert.subject, OID_OU)
+            .and_then(|s| Role::parse(&s))
+            .ok_or(CertError::NoRole)?;
         let common_name = name_text(&tbs_cert.subject, OID_CN)
             .filter(|cn| !cn.is_empty() && !cn.chars().any(char::is_control))
-            .ok_or(CertError::Malformed { what: "subject has no common name" })?;
+            .ok_or(CertError::Malformed {
+                what: "subject has no common name",
+            })?;
 
         let mut is_ca = false;
         let mut key_usage = None;
         for ext in tbs_cert.extensions.iter().flatten() {
             let value = ext.extn_value.as_bytes();
             if ext.extn_id == OID_BASIC_CONSTRAINTS {
-                is_ca = BasicConstraints::from_der(value).map_err(malformed("basic constraints"))?.ca;
+                is_ca = BasicConstraints::from_der(value)
+                    .map_err(malformed("basic constraints"))?
+                    .ca;
             } else if ext.extn_id == OID_KEY_USAGE {
                 let ku = KeyUsage::from_der(value).map_err(malformed("key usage"))?;
                 key_usage = Some(ku);
@@ -258,15 +296,19 @@ impl Certificate {
 
     /// Parse one PEM `CERTIFICATE` block.
     pub fn from_pem(pem: &str) -> Result<Self, CertError> {
-        let (label, der) = der::pem::decode_vec(pem.as_bytes()).map_err(|_| CertError::Malformed { what: "PEM" })?;
+        let (label, der) = der::pem::decode_vec(pem.as_bytes())
+            .map_err(|_| CertError::Malformed { what: "PEM" })?;
         if label != "CERTIFICATE" {
-            return Err(CertError::Malformed { what: "PEM label is not CERTIFICATE" });
+            return Err(CertError::Malformed {
+                what: "PEM label is not CERTIFICATE",
+            });
         }
         Self::from_der(&der)
     }
 
     pub fn to_pem(&self) -> String {
-        der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &self.der).unwrap_or_default()
+        der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, &self.der)
+            .unwrap_or_default()
     }
 
     pub fn der(&self) -> &[u8] {
@@ -306,17 +348,25 @@ impl Certificate {
         if self.issuer != issuer.subject {
             return false;
         }
-        let Ok(sig) = Signature::from_der(&self.signature) else { return false };
+        let Ok(sig) = Signature::from_der(&self.signature) else {
+            return false;
+        };
         let tbs = self.der.get(self.tbs.clone()).unwrap_or_default();
         crate::ecc::verify(issuer.key.as_affine(), tbs, &sig)
     }
 
     fn check_time(&self, now: u64) -> Result<(), CertError> {
         if now < self.not_before {
-            return Err(CertError::NotYetValid { not_before: self.not_before, now });
+            return Err(CertError::NotYetValid {
+                not_before: self.not_before,
+                now,
+            });
         }
         if now > self.not_after {
-            return Err(CertError::Expired { not_after: self.not_after, now });
+            return Err(CertError::Expired {
+                not_after: self.not_after,
+                now,
+            });
         }
         Ok(())
     }
@@ -325,17 +375,29 @@ impl Certificate {
         let has = |bit: KeyUsages| self.key_usage.is_some_and(|ku| ku.0.contains(bit));
         if self.role.is_ca() {
             if !self.is_ca {
-                return Err(CertError::Constraints { role: self.role, what: "be a CA (basic constraints)" });
+                return Err(CertError::Constraints {
+                    role: self.role,
+                    what: "be a CA (basic constraints)",
+                });
             }
             if !has(KeyUsages::KeyCertSign) {
-                return Err(CertError::Constraints { role: self.role, what: "allow keyCertSign" });
+                return Err(CertError::Constraints {
+                    role: self.role,
+                    what: "allow keyCertSign",
+                });
             }
         } else {
             if self.is_ca {
-                return Err(CertError::Constraints { role: self.role, what: "not be a CA" });
+                return Err(CertError::Constraints {
+                    role: self.role,
+                    what: "not be a CA",
+                });
             }
             if !has(KeyUsages::DigitalSignature) {
-                return Err(CertError::Constraints { role: self.role, what: "allow digitalSignature" });
+                return Err(CertError::Constraints {
+                    role: self.role,
+                    what: "allow digitalSignature",
+                });
             }
         }
         Ok(())
@@ -364,7 +426,10 @@ impl TrustStore {
     /// Add a self-signed root with role `root`.
     pub fn add_root(&mut self, cert: Certificate) -> Result<(), CertError> {
         if cert.role != Role::Root {
-            return Err(CertError::WrongRole { expected: Role::Root, got: cert.role });
+            return Err(CertError::WrongRole {
+                expected: Role::Root,
+                got: cert.role,
+            });
         }
         cert.check_constraints()?;
         if !cert.is_self_signed() || !cert.is_signed_by(&cert) {
@@ -379,7 +444,10 @@ impl TrustStore {
     /// Add an issuer, acquirer or operator certificate signed by a root.
     pub fn add_intermediate(&mut self, cert: Certificate) -> Result<(), CertError> {
         if !matches!(cert.role, Role::Issuer | Role::Acquirer | Role::Operator) {
-            return Err(CertError::Constraints { role: cert.role, what: "not be stored as an intermediate" });
+            return Err(CertError::Constraints {
+                role: cert.role,
+                what: "not be stored as an intermediate",
+            });
         }
         cert.check_constraints()?;
         let parent = *self.parent_of(&cert)?.hash();
@@ -400,37 +468,62 @@ impl TrustStore {
 
     /// A known operator certificate by its hash.
     pub fn operator(&self, hash: &[u8; 32]) -> Option<&Certificate> {
-        self.intermediates.iter().find(|c| c.role == Role::Operator && &c.hash == hash)
+        self.intermediates
+            .iter()
+            .find(|c| c.role == Role::Operator && &c.hash == hash)
     }
 
     fn parent_of(&self, cert: &Certificate) -> Result<&Certificate, CertError> {
         let parent = cert.role.parent();
-        let pool = if parent == Role::Root { &self.roots } else { &self.intermediates };
-        let mut candidates = pool.iter().filter(|p| p.role == parent && p.subject == cert.issuer).peekable();
+        let pool = if parent == Role::Root {
+            &self.roots
+        } else {
+            &self.intermediates
+        };
+        let mut candidates = pool
+            .iter()
+            .filter(|p| p.role == parent && p.subject == cert.issuer)
+            .peekable();
         if candidates.peek().is_none() {
-            return Err(CertError::UnknownIssuer { role: cert.role, parent });
+            return Err(CertError::UnknownIssuer {
+                role: cert.role,
+                parent,
+            });
         }
-        candidates.find(|p| cert.is_signed_by(p)).ok_or(CertError::BadSignature)
+        candidates
+            .find(|p| cert.is_signed_by(p))
+            .ok_or(CertError::BadSignature)
     }
 
     /// The CA that issued `cert`, by name and role only (its signature on
     /// `cert` was verified before).
     fn named_parent_of(&self, cert: &Certificate) -> Result<&Certificate, CertError> {
         let parent = cert.role.parent();
-        let pool = if parent == Role::Root { &self.roots } else { &self.intermediates };
+        let pool = if parent == Role::Root {
+            &self.roots
+        } else {
+            &self.intermediates
+        };
         pool.iter()
             .find(|p| p.role == parent && p.subject == cert.issuer)
-            .ok_or(CertError::UnknownIssuer { role: cert.role, parent })
+            .ok_or(CertError::UnknownIssuer {
+                role: cert.role,
+                parent,
+            })
     }
 
     /// The parent of a stored intermediate (its signature was verified on insertion).
     fn stored_parent_of(&self, cert: &Certificate) -> Result<&Certificate, CertError> {
         match self.verified_parent.get(&cert.hash) {
-            Some(parent) => self
-                .roots
-                .iter()
-                .find(|r| &r.hash == parent)
-                .ok_or(CertError::UnknownIssuer { role: cert.role, parent: Role::Root }),
+            Some(parent) => {
+                self.roots
+                    .iter()
+                    .find(|r| &r.hash == parent)
+                    .ok_or(CertError::UnknownIssuer {
+                        role: cert.role,
+                        parent: Role::Root,
+                    })
+            }
             None => self.parent_of(cert),
         }
     }
@@ -438,14 +531,26 @@ impl TrustStore {
     /// Validate `cert` as a certificate of role `expected` at time `now`
     /// (Unix seconds): role, constraints, validity, signatures up to a trust
     /// anchor, and revocation of every certificate on the path.
-    pub fn verify(&self, cert: &Certificate, expected: Role, now: u64, revoked: Option<&RevocationList>) -> Result<(), CertError> {
+    pub fn verify(
+        &self,
+        cert: &Certificate,
+        expected: Role,
+        now: u64,
+        revoked: Option<&RevocationList>,
+    ) -> Result<(), CertError> {
         self.verify_path(cert, expected, now, revoked, false)
     }
 
     /// [`TrustStore::verify`] for a certificate that already passed it (a
     /// cache of repeat customers): everything but its own signature is
     /// checked again — role, constraints, validity, issuer known, revocation.
-    pub fn verify_known(&self, cert: &Certificate, expected: Role, now: u64, revoked: Option<&RevocationList>) -> Result<(), CertError> {
+    pub fn verify_known(
+        &self,
+        cert: &Certificate,
+        expected: Role,
+        now: u64,
+        revoked: Option<&RevocationList>,
+    ) -> Result<(), CertError> {
         self.verify_path(cert, expected, now, revoked, true)
     }
 
@@ -458,7 +563,10 @@ impl TrustStore {
         leaf_signature_known: bool,
     ) -> Result<(), CertError> {
         if cert.role != expected {
-            return Err(CertError::WrongRole { expected, got: cert.role });
+            return Err(CertError::WrongRole {
+                expected,
+                got: cert.role,
+            });
         }
         // The leaf's signature is checked here; intermediates and roots had
         // theirs checked when they entered the store, so only their validity
@@ -502,19 +610,27 @@ fn time(secs: u64) -> Result<Time, CertError> {
     let d = core::time::Duration::from_secs(secs);
     // RFC 5280: UTCTime through 2049, GeneralizedTime from 2050.
     if secs < 2_524_608_000 {
-        UtcTime::from_unix_duration(d).map(Time::UtcTime).map_err(malformed("time"))
+        UtcTime::from_unix_duration(d)
+            .map(Time::UtcTime)
+            .map_err(malformed("time"))
     } else {
-        GeneralizedTime::from_unix_duration(d).map(Time::GeneralTime).map_err(malformed("time"))
+        GeneralizedTime::from_unix_duration(d)
+            .map(Time::GeneralTime)
+            .map_err(malformed("time"))
     }
 }
 
 fn build_name(role: Role, cn: &str) -> Result<Name, CertError> {
     let atv = |oid, v: &str| -> Result<RelativeDistinguishedName, CertError> {
         let value = Any::new(Tag::Utf8String, v.as_bytes()).map_err(malformed("name"))?;
-        let set = SetOfVec::try_from(vec![AttributeTypeAndValue { oid, value }]).map_err(malformed("name"))?;
+        let set = SetOfVec::try_from(vec![AttributeTypeAndValue { oid, value }])
+            .map_err(malformed("name"))?;
         Ok(RelativeDistinguishedName(set))
     };
-    Ok(RdnSequence(vec![atv(OID_OU, role.as_str())?, atv(OID_CN, cn)?]))
+    Ok(RdnSequence(vec![
+        atv(OID_OU, role.as_str())?,
+        atv(OID_CN, cn)?,
+    ]))
 }
 
 /// Issue a certificate for `subject_key` signed by `issuer`.
@@ -525,23 +641,37 @@ pub fn issue(
     rng: &mut impl CryptoRngCore,
 ) -> Result<Certificate, CertError> {
     if spec.role == Role::Root {
-        return Err(CertError::Constraints { role: Role::Root, what: "be issued with issue_root" });
+        return Err(CertError::Constraints {
+            role: Role::Root,
+            what: "be issued with issue_root",
+        });
     }
     let issuer_name = Name::from_der(&issuer.0.subject).map_err(malformed("issuer"))?;
     build(spec, subject_key, Some(issuer_name), issuer.1, rng)
 }
 
 /// Issue a self-signed root certificate.
-pub fn issue_root(spec: &CertSpec<'_>, key: &SigningKey, rng: &mut impl CryptoRngCore) -> Result<Certificate, CertError> {
+pub fn issue_root(
+    spec: &CertSpec<'_>,
+    key: &SigningKey,
+    rng: &mut impl CryptoRngCore,
+) -> Result<Certificate, CertError> {
     if spec.role != Role::Root {
-        return Err(CertError::WrongRole { expected: Role::Root, got: spec.role });
+        return Err(CertError::WrongRole {
+            expected: Role::Root,
+            got: spec.role,
+        });
     }
     build(spec, key.verifying_key(), None, key, rng)
 }
 
 fn der_ext(oid: ObjectIdentifier, value: &impl Encode) -> Result<Extension, CertError> {
     let bytes = value.to_der().map_err(malformed("extension"))?;
-    Ok(Extension { extn_id: oid, critical: true, extn_value: OctetString::new(bytes).map_err(malformed("extension"))? })
+    Ok(Extension {
+        extn_id: oid,
+        critical: true,
+        extn_value: OctetString::new(bytes).map_err(malformed("extension"))?,
+    })
 }
 
 fn build(
@@ -551,32 +681,58 @@ fn build(
     signer: &SigningKey,
     rng: &mut impl CryptoRngCore,
 ) -> Result<Certificate, CertError> {
-    if spec.common_name.is_empty() || spec.common_name.len() > 64 || spec.common_name.chars().any(char::is_control) {
-        return Err(CertError::Malformed { what: "common name must be 1 to 64 bytes of text" });
+    if spec.common_name.is_empty()
+        || spec.common_name.len() > 64
+        || spec.common_name.chars().any(char::is_control)
+    {
+        return Err(CertError::Malformed {
+            what: "common name must be 1 to 64 bytes of text",
+        });
     }
     let mut serial = [0u8; 8];
     rng.fill_bytes(&mut serial);
     serial[0] = (serial[0] & 0x7F) | 0x40; // positive, minimal
     let subject = build_name(spec.role, spec.common_name)?;
-    let spki_der = subject_key.to_public_key_der().map_err(|_| CertError::UnsupportedKey)?;
-    let spki = SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes()).map_err(malformed("spki"))?;
+    let spki_der = subject_key
+        .to_public_key_der()
+        .map_err(|_| CertError::UnsupportedKey)?;
+    let spki =
+        SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes()).map_err(malformed("spki"))?;
 
     let mut extensions = Vec::new();
     if spec.role.is_ca() {
         let path_len_constraint = (spec.role != Role::Root).then_some(0);
-        extensions.push(der_ext(OID_BASIC_CONSTRAINTS, &BasicConstraints { ca: true, path_len_constraint })?);
-        extensions.push(der_ext(OID_KEY_USAGE, &KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign))?);
+        extensions.push(der_ext(
+            OID_BASIC_CONSTRAINTS,
+            &BasicConstraints {
+                ca: true,
+                path_len_constraint,
+            },
+        )?);
+        extensions.push(der_ext(
+            OID_KEY_USAGE,
+            &KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
+        )?);
     } else {
-        extensions.push(der_ext(OID_KEY_USAGE, &KeyUsage(KeyUsages::DigitalSignature.into()))?);
+        extensions.push(der_ext(
+            OID_KEY_USAGE,
+            &KeyUsage(KeyUsages::DigitalSignature.into()),
+        )?);
     }
 
-    let alg = AlgorithmIdentifierOwned { oid: OID_ECDSA_SHA256, parameters: None };
+    let alg = AlgorithmIdentifierOwned {
+        oid: OID_ECDSA_SHA256,
+        parameters: None,
+    };
     let tbs = TbsCertificate {
         version: Version::V3,
         serial_number: SerialNumber::new(&serial).map_err(malformed("serial"))?,
         signature: alg.clone(),
         issuer: issuer_name.unwrap_or_else(|| subject.clone()),
-        validity: Validity { not_before: time(spec.not_before)?, not_after: time(spec.not_after)? },
+        validity: Validity {
+            not_before: time(spec.not_before)?,
+            not_after: time(spec.not_after)?,
+        },
         subject,
         subject_public_key_info: spki,
         issuer_unique_id: None,
@@ -589,7 +745,8 @@ fn build(
     let cert = x509_cert::Certificate {
         tbs_certificate: tbs,
         signature_algorithm: alg,
-        signature: BitString::from_bytes(sig.to_der().as_bytes()).map_err(malformed("signature"))?,
+        signature: BitString::from_bytes(sig.to_der().as_bytes())
+            .map_err(malformed("signature"))?,
     };
     Certificate::from_der(&cert.to_der().map_err(malformed("certificate"))?)
 }

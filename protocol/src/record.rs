@@ -46,6 +46,7 @@ pub struct TransactionRecord {
 
 impl TransactionRecord {
     /// Build and sign the record of an approved tap.
+    #[allow(clippy::too_many_arguments)] // each is a distinct record field
     pub fn new(
         outcome: &TapOutcome,
         terminal: &Certificate,
@@ -116,12 +117,17 @@ impl Codec for TransactionRecord {
 
     fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         if input.len() > MAX_RECORD_LEN {
-            return Err(DecodeError::TooLong { len: input.len(), max: MAX_RECORD_LEN });
+            return Err(DecodeError::TooLong {
+                len: input.len(),
+                max: MAX_RECORD_LEN,
+            });
         }
         let mut r = Reader::new(tlv::parse_expect(input, 0xE6)?);
         let [version] = fixed::<1>("record version", r.expect(0x80)?)?;
         if version != RECORD_VERSION {
-            return Err(DecodeError::InvalidValue { field: "record version" });
+            return Err(DecodeError::InvalidValue {
+                field: "record version",
+            });
         }
         let seq = u64_be("seq", r.expect(0x81)?)?;
         let prev_hash = fixed("previous hash", r.expect(0x82)?)?;
@@ -136,7 +142,10 @@ impl Codec for TransactionRecord {
         };
         let wallet_certificate = r.expect(0x8A)?.to_vec();
         if wallet_certificate.len() > MAX_CERT_LEN {
-            return Err(DecodeError::TooLong { len: wallet_certificate.len(), max: MAX_CERT_LEN });
+            return Err(DecodeError::TooLong {
+                len: wallet_certificate.len(),
+                max: MAX_CERT_LEN,
+            });
         }
         let cart = match r.optional(0xE7)? {
             Some(v) => {
@@ -146,10 +155,23 @@ impl Codec for TransactionRecord {
             }
             None => None,
         };
-        let order_number = r.optional(0x8B)?.map(|v| text("order number", v, MAX_ORDER_NUMBER)).transpose()?;
+        let order_number = r
+            .optional(0x8B)?
+            .map(|v| text("order number", v, MAX_ORDER_NUMBER))
+            .transpose()?;
         let signature = fixed("record signature", r.expect(0x8C)?)?;
         r.finish()?;
-        Ok(TransactionRecord { seq, prev_hash, recorded_at, terminal, transcript, wallet_certificate, cart, order_number, signature })
+        Ok(TransactionRecord {
+            seq,
+            prev_hash,
+            recorded_at,
+            terminal,
+            transcript,
+            wallet_certificate,
+            cart,
+            order_number,
+            signature,
+        })
     }
 }
 
@@ -184,27 +206,60 @@ pub fn verify_record(
     revocations: Option<&RevocationList>,
 ) -> Result<VerifiedRecord, Error> {
     if terminal.hash() != &record.terminal {
-        return Err(Error::CertificateMismatch { party: Party::Terminal });
+        return Err(Error::CertificateMismatch {
+            party: Party::Terminal,
+        });
     }
-    crypto::verify(terminal.public_key(), &record.signed_bytes(), &record.signature)
-        .map_err(|_| Error::BadSignature { party: Party::Terminal })?;
+    crypto::verify(
+        terminal.public_key(),
+        &record.signed_bytes(),
+        &record.signature,
+    )
+    .map_err(|_| Error::BadSignature {
+        party: Party::Terminal,
+    })?;
     let t = &record.transcript;
     let fci = Fci::decode(&t.fci)?;
     let auth = AuthBody::decode(&t.auth_body)?;
     let time = u64::from(auth.time);
-    trust.verify(terminal, Role::Terminal, time, revocations).map_err(Error::cert(Party::Terminal))?;
+    trust
+        .verify(terminal, Role::Terminal, time, revocations)
+        .map_err(Error::cert(Party::Terminal))?;
     if auth.terminal_cert_hash != record.terminal {
-        return Err(Error::CertificateMismatch { party: Party::Terminal });
+        return Err(Error::CertificateMismatch {
+            party: Party::Terminal,
+        });
     }
     if fci.scenarios & auth.scenario.capability() == 0 || !fci.versions.contains(&auth.version) {
-        return Err(Error::ScenarioUnsupported { scenario: auth.scenario.kind() });
+        return Err(Error::ScenarioUnsupported {
+            scenario: auth.scenario.kind(),
+        });
     }
     let th1 = messages::th1(&t.fci, &t.auth_body);
-    crypto::verify(terminal.public_key(), &th1, &t.terminal_sig).map_err(|_| Error::BadSignature { party: Party::Terminal })?;
+    crypto::verify(terminal.public_key(), &th1, &t.terminal_sig).map_err(|_| {
+        Error::BadSignature {
+            party: Party::Terminal,
+        }
+    })?;
     let body = WalletBody::decode(&t.wallet_body)?;
-    let wallet = Certificate::from_der(&record.wallet_certificate).map_err(Error::cert(Party::Wallet))?;
-    let half = WalletHalf { th1: &th1, terminal_sig: &t.terminal_sig, body: &body, body_bytes: &t.wallet_body, wallet_sig: &t.wallet_sig };
-    verify_wallet_half(&half, &wallet, false, &auth.scenario, trust, revocations, time)?;
+    let wallet =
+        Certificate::from_der(&record.wallet_certificate).map_err(Error::cert(Party::Wallet))?;
+    let half = WalletHalf {
+        th1: &th1,
+        terminal_sig: &t.terminal_sig,
+        body: &body,
+        body_bytes: &t.wallet_body,
+        wallet_sig: &t.wallet_sig,
+    };
+    verify_wallet_half(
+        &half,
+        &wallet,
+        false,
+        &auth.scenario,
+        trust,
+        revocations,
+        time,
+    )?;
     if !auth.scenario.matches_cart(record.cart.as_ref()) {
         return Err(Error::ReceiptMismatch);
     }
@@ -227,14 +282,27 @@ pub fn verify_record(
 /// record, seq 1 with a zero previous hash).
 pub fn check_chain(prev: Option<(u64, [u8; 32])>, record: &TransactionRecord) -> Result<(), Error> {
     let (want_seq, want_hash) = match prev {
-        Some((seq, hash)) => (seq.checked_add(1).ok_or(Error::Chain { what: "sequence exhausted" })?, hash),
+        Some((seq, hash)) => (
+            seq.checked_add(1).ok_or(Error::Chain {
+                what: "sequence exhausted",
+            })?,
+            hash,
+        ),
         None => (1, [0; 32]),
     };
     if record.seq != want_seq {
-        return Err(Error::Chain { what: if record.seq < want_seq { "sequence number reused" } else { "gap in sequence numbers" } });
+        return Err(Error::Chain {
+            what: if record.seq < want_seq {
+                "sequence number reused"
+            } else {
+                "gap in sequence numbers"
+            },
+        });
     }
     if record.prev_hash != want_hash {
-        return Err(Error::Chain { what: "previous-record hash does not match" });
+        return Err(Error::Chain {
+            what: "previous-record hash does not match",
+        });
     }
     Ok(())
 }

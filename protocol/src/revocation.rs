@@ -56,8 +56,14 @@ impl RevocationList {
         tlv::write(o, 0x80, &self.number.to_be_bytes());
         tlv::write(o, 0x81, &self.this_update.to_be_bytes());
         tlv::write(o, 0x82, &self.next_update.to_be_bytes());
-        tlv::write_nested(o, 0xA0, |o| self.certificates.iter().for_each(|h| tlv::write(o, 0x83, h)));
-        tlv::write_nested(o, 0xA1, |o| self.credentials.iter().for_each(|h| tlv::write(o, 0x84, h)));
+        tlv::write_nested(o, 0xA0, |o| {
+            self.certificates
+                .iter()
+                .for_each(|h| tlv::write(o, 0x83, h))
+        });
+        tlv::write_nested(o, 0xA1, |o| {
+            self.credentials.iter().for_each(|h| tlv::write(o, 0x84, h))
+        });
         tlv::write(o, 0x85, &self.signer);
     }
 
@@ -79,20 +85,32 @@ impl RevocationList {
     /// and the previous number.
     pub fn verify(&self, trust: &TrustStore) -> Result<(), CertError> {
         if self.this_update > self.next_update {
-            return Err(CertError::Malformed { what: "revocation list updates out of order" });
+            return Err(CertError::Malformed {
+                what: "revocation list updates out of order",
+            });
         }
-        let root = trust.roots().iter().find(|r| r.hash() == &self.signer).ok_or(CertError::UnknownSigner)?;
-        crypto::verify(root.public_key(), &self.signed_bytes(), &self.signature).map_err(|_| CertError::BadSignature)
+        let root = trust
+            .roots()
+            .iter()
+            .find(|r| r.hash() == &self.signer)
+            .ok_or(CertError::UnknownSigner)?;
+        crypto::verify(root.public_key(), &self.signed_bytes(), &self.signature)
+            .map_err(|_| CertError::BadSignature)
     }
 }
 
-fn sorted_set<const N: usize>(field: &'static str, raw: Vec<&[u8]>) -> Result<BTreeSet<[u8; N]>, DecodeError> {
+fn sorted_set<const N: usize>(
+    field: &'static str,
+    raw: Vec<&[u8]>,
+) -> Result<BTreeSet<[u8; N]>, DecodeError> {
     let mut set = BTreeSet::new();
     let mut last: Option<[u8; N]> = None;
     for v in raw {
         let e = fixed::<N>(field, v)?;
         if last.is_some_and(|l| l >= e) {
-            return Err(DecodeError::NonCanonical { what: "revocation entries not strictly ascending" });
+            return Err(DecodeError::NonCanonical {
+                what: "revocation entries not strictly ascending",
+            });
         }
         last = Some(e);
         set.insert(e);
@@ -114,7 +132,8 @@ impl Codec for RevocationList {
         let this_update = u64_be("this update", r.expect(0x81)?)?;
         let next_update = u64_be("next update", r.expect(0x82)?)?;
         let mut cr = Reader::new(r.expect(0xA0)?);
-        let certificates = sorted_set::<32>("revoked certificate", cr.repeated(0x83, MAX_ENTRIES)?)?;
+        let certificates =
+            sorted_set::<32>("revoked certificate", cr.repeated(0x83, MAX_ENTRIES)?)?;
         cr.finish()?;
         let mut kr = Reader::new(r.expect(0xA1)?);
         let credentials = sorted_set::<16>("revoked credential", kr.repeated(0x84, MAX_ENTRIES)?)?;
@@ -122,6 +141,14 @@ impl Codec for RevocationList {
         let signer = fixed("signer", r.expect(0x85)?)?;
         let signature = fixed::<SIG_LEN>("signature", r.expect(0x86)?)?;
         r.finish()?;
-        Ok(RevocationList { number, this_update, next_update, certificates, credentials, signer, signature })
+        Ok(RevocationList {
+            number,
+            this_update,
+            next_update,
+            certificates,
+            credentials,
+            signer,
+            signature,
+        })
     }
 }

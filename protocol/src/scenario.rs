@@ -17,7 +17,10 @@ impl Currency {
 
     pub fn from_bytes(b: &[u8]) -> Result<Self, DecodeError> {
         let arr = fixed::<3>("currency", b)?;
-        arr.iter().all(u8::is_ascii_uppercase).then_some(Currency(arr)).ok_or(DecodeError::InvalidValue { field: "currency" })
+        arr.iter()
+            .all(u8::is_ascii_uppercase)
+            .then_some(Currency(arr))
+            .ok_or(DecodeError::InvalidValue { field: "currency" })
     }
 
     pub fn as_bytes(&self) -> &[u8; 3] {
@@ -63,18 +66,27 @@ impl Amount {
         if int.is_empty() || int.len() > 15 || frac.len() > exp as usize {
             return None;
         }
-        if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) || (s.contains('.') && frac.is_empty()) {
+        if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+            || (s.contains('.') && frac.is_empty())
+        {
             return None;
         }
         let mut minor: u64 = int.parse().ok()?;
         for _ in 0..exp {
             minor = minor.checked_mul(10)?;
         }
-        let mut f: u64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+        let mut f: u64 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().ok()?
+        };
         for _ in frac.len()..exp as usize {
             f = f.checked_mul(10)?;
         }
-        Some(Amount { minor: minor.checked_add(f)?, currency })
+        Some(Amount {
+            minor: minor.checked_add(f)?,
+            currency,
+        })
     }
 }
 
@@ -85,7 +97,14 @@ impl core::fmt::Display for Amount {
         if exp == 0 {
             write!(f, "{} {}", self.minor, self.currency)
         } else {
-            write!(f, "{}.{:0width$} {}", self.minor / div, self.minor % div, self.currency, width = exp as usize)
+            write!(
+                f,
+                "{}.{:0width$} {}",
+                self.minor / div,
+                self.minor % div,
+                self.currency,
+                width = exp as usize
+            )
         }
     }
 }
@@ -119,7 +138,9 @@ pub struct Cart {
 impl Cart {
     /// Sum of `qty × unit_price`; `None` on overflow.
     pub fn total(&self) -> Option<u64> {
-        self.items.iter().try_fold(0u64, |acc, i| acc.checked_add(u64::from(i.qty).checked_mul(i.unit_price)?))
+        self.items.iter().try_fold(0u64, |acc, i| {
+            acc.checked_add(u64::from(i.qty).checked_mul(i.unit_price)?)
+        })
     }
 
     /// SHA-256 of the canonical encoding: what the tap binds.
@@ -130,17 +151,26 @@ impl Cart {
     /// Check the cart is well-formed (used before encoding local input).
     pub fn validate(&self) -> Result<u64, DecodeError> {
         if self.items.is_empty() || self.items.len() > MAX_CART_ITEMS {
-            return Err(DecodeError::InvalidValue { field: "cart items" });
+            return Err(DecodeError::InvalidValue {
+                field: "cart items",
+            });
         }
         for i in &self.items {
-            if i.sku.is_empty() || i.sku.len() > MAX_SKU || i.name.len() > MAX_ITEM_NAME || i.qty == 0 || i.qty > MAX_QTY {
+            if i.sku.is_empty()
+                || i.sku.len() > MAX_SKU
+                || i.name.len() > MAX_ITEM_NAME
+                || i.qty == 0
+                || i.qty > MAX_QTY
+            {
                 return Err(DecodeError::InvalidValue { field: "cart item" });
             }
             if i.sku.chars().chain(i.name.chars()).any(char::is_control) {
                 return Err(DecodeError::InvalidValue { field: "cart item" });
             }
         }
-        self.total().ok_or(DecodeError::InvalidValue { field: "cart total" })
+        self.total().ok_or(DecodeError::InvalidValue {
+            field: "cart total",
+        })
     }
 }
 
@@ -193,7 +223,11 @@ pub enum Scenario {
     Pay { amount: Amount },
     /// Pay for an itemized cart: the tap binds the cart's hash and total; the
     /// items follow in the receipt.
-    Order { amount: Amount, cart_hash: [u8; 32], items: u16 },
+    Order {
+        amount: Amount,
+        cart_hash: [u8; 32],
+        items: u16,
+    },
     /// Collect a parcel at `site` with a pickup credential.
     Pickup { site: String },
 }
@@ -226,7 +260,11 @@ impl Scenario {
     /// same hash, total, currency and item count; for anything else no cart.
     pub fn matches_cart(&self, cart: Option<&Cart>) -> bool {
         match self {
-            Scenario::Order { amount, cart_hash, items } => cart.is_some_and(|c| {
+            Scenario::Order {
+                amount,
+                cart_hash,
+                items,
+            } => cart.is_some_and(|c| {
                 c.hash() == *cart_hash
                     && c.total() == Some(amount.minor)
                     && c.currency == amount.currency
@@ -240,7 +278,10 @@ impl Scenario {
     pub fn order(cart: &Cart) -> Result<Self, DecodeError> {
         let minor = cart.validate()?;
         Ok(Scenario::Order {
-            amount: Amount { minor, currency: cart.currency },
+            amount: Amount {
+                minor,
+                currency: cart.currency,
+            },
             cart_hash: cart.hash(),
             items: u16::try_from(cart.items.len()).unwrap_or(u16::MAX),
         })
@@ -254,13 +295,19 @@ impl Codec for Scenario {
                 tlv::write(o, 0x80, &amount.minor.to_be_bytes());
                 tlv::write(o, 0x81, amount.currency.as_bytes());
             }),
-            Scenario::Order { amount, cart_hash, items } => tlv::write_nested(out, 0xA2, |o| {
+            Scenario::Order {
+                amount,
+                cart_hash,
+                items,
+            } => tlv::write_nested(out, 0xA2, |o| {
                 tlv::write(o, 0x80, &amount.minor.to_be_bytes());
                 tlv::write(o, 0x81, amount.currency.as_bytes());
                 tlv::write(o, 0x82, cart_hash);
                 tlv::write(o, 0x83, &items.to_be_bytes());
             }),
-            Scenario::Pickup { site } => tlv::write_nested(out, 0xA3, |o| tlv::write(o, 0x84, site.as_bytes())),
+            Scenario::Pickup { site } => {
+                tlv::write_nested(out, 0xA3, |o| tlv::write(o, 0x84, site.as_bytes()))
+            }
         }
     }
 
@@ -273,15 +320,23 @@ impl Codec for Scenario {
             Ok(Amount { minor, currency })
         };
         let s = match t.tag {
-            0xA1 => Scenario::Pay { amount: amount(&mut r)? },
+            0xA1 => Scenario::Pay {
+                amount: amount(&mut r)?,
+            },
             0xA2 => {
                 let amount = amount(&mut r)?;
                 let cart_hash = fixed::<32>("cart hash", r.expect(0x82)?)?;
                 let items = u16_be("item count", r.expect(0x83)?)?;
                 if items == 0 || usize::from(items) > MAX_CART_ITEMS {
-                    return Err(DecodeError::InvalidValue { field: "item count" });
+                    return Err(DecodeError::InvalidValue {
+                        field: "item count",
+                    });
                 }
-                Scenario::Order { amount, cart_hash, items }
+                Scenario::Order {
+                    amount,
+                    cart_hash,
+                    items,
+                }
             }
             0xA3 => {
                 let site = text("site", r.expect(0x84)?, MAX_SITE)?;
@@ -290,7 +345,12 @@ impl Codec for Scenario {
                 }
                 Scenario::Pickup { site }
             }
-            got => return Err(DecodeError::UnexpectedTag { expected: 0xA1, got }),
+            got => {
+                return Err(DecodeError::UnexpectedTag {
+                    expected: 0xA1,
+                    got,
+                })
+            }
         };
         r.finish()?;
         Ok(s)
@@ -409,7 +469,10 @@ impl Codec for Receipt {
         let mut r = Reader::new(tlv::parse_expect(input, 0xE3)?);
         let record_id = fixed("record id", r.expect(0x80)?)?;
         let seq = u64_be("seq", r.expect(0x81)?)?;
-        let order_number = r.optional(0x82)?.map(|v| text("order number", v, MAX_ORDER_NUMBER)).transpose()?;
+        let order_number = r
+            .optional(0x82)?
+            .map(|v| text("order number", v, MAX_ORDER_NUMBER))
+            .transpose()?;
         let cart = match r.optional(0xE7)? {
             Some(v) => {
                 let mut enc = Vec::with_capacity(v.len() + 4);
@@ -420,7 +483,13 @@ impl Codec for Receipt {
         };
         let slot = r.optional(0x84)?.map(|v| u16_be("slot", v)).transpose()?;
         r.finish()?;
-        Ok(Receipt { record_id, seq, order_number, cart, slot })
+        Ok(Receipt {
+            record_id,
+            seq,
+            order_number,
+            cart,
+            slot,
+        })
     }
 }
 
@@ -438,13 +507,42 @@ mod tests {
         assert_eq!(Amount::parse("12.5", cny()).unwrap().minor, 1250);
         assert_eq!(Amount::parse("12", cny()).unwrap().minor, 1200);
         assert_eq!(Amount::parse("0.01", cny()).unwrap().minor, 1);
-        assert_eq!(Amount::parse("500", Currency::new("JPY").unwrap()).unwrap().minor, 500);
-        for bad in ["", "12.", ".5", "1.234", "-1", "1e3", "12,50", "999999999999999999", " 1"] {
+        assert_eq!(
+            Amount::parse("500", Currency::new("JPY").unwrap())
+                .unwrap()
+                .minor,
+            500
+        );
+        for bad in [
+            "",
+            "12.",
+            ".5",
+            "1.234",
+            "-1",
+            "1e3",
+            "12,50",
+            "999999999999999999",
+            " 1",
+        ] {
             assert!(Amount::parse(bad, cny()).is_none(), "{bad}");
         }
         assert!(Amount::parse("1.5", Currency::new("JPY").unwrap()).is_none());
-        assert_eq!(Amount { minor: 1250, currency: cny() }.to_string(), "12.50 CNY");
-        assert_eq!(Amount { minor: 7, currency: cny() }.to_string(), "0.07 CNY");
+        assert_eq!(
+            Amount {
+                minor: 1250,
+                currency: cny()
+            }
+            .to_string(),
+            "12.50 CNY"
+        );
+        assert_eq!(
+            Amount {
+                minor: 7,
+                currency: cny()
+            }
+            .to_string(),
+            "0.07 CNY"
+        );
         assert!(Currency::new("cny").is_none() && Currency::new("CN").is_none());
     }
 
@@ -452,8 +550,18 @@ mod tests {
         Cart {
             currency: cny(),
             items: vec![
-                CartItem { sku: "TEA-01".into(), name: "Jasmine tea".into(), qty: 2, unit_price: 800 },
-                CartItem { sku: "BUN-07".into(), name: "Pork bun".into(), qty: 3, unit_price: 450 },
+                CartItem {
+                    sku: "TEA-01".into(),
+                    name: "Jasmine tea".into(),
+                    qty: 2,
+                    unit_price: 800,
+                },
+                CartItem {
+                    sku: "BUN-07".into(),
+                    name: "Pork bun".into(),
+                    qty: 3,
+                    unit_price: 450,
+                },
             ],
         }
     }
@@ -467,10 +575,21 @@ mod tests {
         let mut other = c.clone();
         other.items[0].qty = 3;
         assert_ne!(other.hash(), c.hash());
-        let overflow = Cart { currency: cny(), items: vec![CartItem { sku: "X".into(), name: String::new(), qty: 2, unit_price: u64::MAX }] };
+        let overflow = Cart {
+            currency: cny(),
+            items: vec![CartItem {
+                sku: "X".into(),
+                name: String::new(),
+                qty: 2,
+                unit_price: u64::MAX,
+            }],
+        };
         assert!(overflow.total().is_none());
         assert!(Cart::decode(&overflow.to_bytes()).is_err());
-        let empty = Cart { currency: cny(), items: vec![] };
+        let empty = Cart {
+            currency: cny(),
+            items: vec![],
+        };
         assert!(Cart::decode(&empty.to_bytes()).is_err());
     }
 
@@ -483,18 +602,38 @@ mod tests {
         other_currency.currency = Currency::new("USD").unwrap();
         assert!(!order.matches_cart(Some(&other_currency)));
         let mut more = cart();
-        more.items.push(CartItem { sku: "X".into(), name: "free".into(), qty: 1, unit_price: 0 });
-        assert!(!order.matches_cart(Some(&more)), "same total, different items");
-        let pay = Scenario::Pay { amount: Amount { minor: 2950, currency: cny() } };
+        more.items.push(CartItem {
+            sku: "X".into(),
+            name: "free".into(),
+            qty: 1,
+            unit_price: 0,
+        });
+        assert!(
+            !order.matches_cart(Some(&more)),
+            "same total, different items"
+        );
+        let pay = Scenario::Pay {
+            amount: Amount {
+                minor: 2950,
+                currency: cny(),
+            },
+        };
         assert!(pay.matches_cart(None));
         assert!(!pay.matches_cart(Some(&cart())));
     }
 
     #[test]
     fn scenarios_roundtrip_and_reject() {
-        let pay = Scenario::Pay { amount: Amount { minor: 1250, currency: cny() } };
+        let pay = Scenario::Pay {
+            amount: Amount {
+                minor: 1250,
+                currency: cny(),
+            },
+        };
         let order = Scenario::order(&cart()).unwrap();
-        let pickup = Scenario::Pickup { site: "LOCKER-7".into() };
+        let pickup = Scenario::Pickup {
+            site: "LOCKER-7".into(),
+        };
         for s in [pay, order, pickup] {
             let b = s.to_bytes();
             assert_eq!(Scenario::decode(&b).unwrap(), s);

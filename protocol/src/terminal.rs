@@ -24,8 +24,9 @@ use crate::codec::Codec;
 use crate::crypto::{self, Direction, EphemeralKey, SessionKeys};
 use crate::error::{Error, Party};
 use crate::messages::{
-    self, AuthBody, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, AID, CLA_ISO, CLA_PROPRIETARY,
-    FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE, INS_SELECT, VERSION_1,
+    self, AuthBody, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, AID, CLA_ISO,
+    CLA_PROPRIETARY, FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE,
+    INS_SELECT, VERSION_1,
 };
 use crate::pki::{Certificate, TrustStore};
 use crate::revocation::RevocationList;
@@ -178,7 +179,9 @@ pub struct TerminalSession {
 
 impl core::fmt::Debug for TerminalSession {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("TerminalSession").field("state", &self.state.name()).finish_non_exhaustive()
+        f.debug_struct("TerminalSession")
+            .field("state", &self.state.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,7 +192,12 @@ impl TerminalSession {
     /// Start a tap; the first command is SELECT.
     pub fn new(params: TapParams) -> Self {
         let select = Command::new(CLA_ISO, INS_SELECT, 0x04, 0x00, AID.to_vec(), Some(256));
-        TerminalSession { params, state: State::AwaitFci, out: Some(select), events: VecDeque::new() }
+        TerminalSession {
+            params,
+            state: State::AwaitFci,
+            out: Some(select),
+            events: VecDeque::new(),
+        }
     }
 
     pub fn params(&self) -> &TapParams {
@@ -208,7 +216,10 @@ impl TerminalSession {
 
     /// Whether the session has nothing more to do.
     pub fn is_done(&self) -> bool {
-        matches!(self.state, State::Finished | State::Failed | State::Approved(_)) && self.out.is_none()
+        matches!(
+            self.state,
+            State::Finished | State::Failed | State::Approved(_)
+        ) && self.out.is_none()
     }
 
     /// Feed the logical response to the last command. `now` is Unix seconds.
@@ -235,10 +246,25 @@ impl TerminalSession {
     /// Send the receipt once the record is durable.
     pub fn send_receipt(&mut self, receipt: &Receipt) -> Result<(), Error> {
         let State::Approved(keys) = core::mem::replace(&mut self.state, State::Failed) else {
-            return Err(Error::UnexpectedMessage { state: "not approved", got: "send_receipt" });
+            return Err(Error::UnexpectedMessage {
+                state: "not approved",
+                got: "send_receipt",
+            });
         };
-        let sealed = keys.seal(Direction::TerminalToWallet, 0, &[INS_CONFIRM], &receipt.to_bytes());
-        self.out = Some(Command::new(CLA_PROPRIETARY, INS_CONFIRM, 0, 0, sealed, None));
+        let sealed = keys.seal(
+            Direction::TerminalToWallet,
+            0,
+            &[INS_CONFIRM],
+            &receipt.to_bytes(),
+        );
+        self.out = Some(Command::new(
+            CLA_PROPRIETARY,
+            INS_CONFIRM,
+            0,
+            0,
+            sealed,
+            None,
+        ));
         self.state = State::AwaitReceiptAck;
         Ok(())
     }
@@ -262,7 +288,10 @@ impl TerminalSession {
                 // Losing the receipt loses nothing: the record is queued.
                 Ok(State::Finished)
             }
-            other => Err(Error::UnexpectedMessage { state: other.name(), got: "response" }),
+            other => Err(Error::UnexpectedMessage {
+                state: other.name(),
+                got: "response",
+            }),
         }
     }
 
@@ -282,7 +311,9 @@ impl TerminalSession {
             return Err(Error::NoCommonVersion);
         }
         if fci.scenarios & self.params.scenario.capability() == 0 {
-            return Err(Error::ScenarioUnsupported { scenario: self.params.scenario.kind() });
+            return Err(Error::ScenarioUnsupported {
+                scenario: self.params.scenario.kind(),
+            });
         }
         self.events.push_back(TerminalEvent::Selected {
             extended: fci.flags & FLAG_EXTENDED_LENGTH != 0,
@@ -316,11 +347,20 @@ impl TerminalSession {
         Ok(State::AwaitAuthorize(Box::new(auth)))
     }
 
-    fn on_authorize(&mut self, ctx: &mut TerminalContext, auth: Authorizing, resp: Response, now: u64) -> Result<State, Error> {
+    fn on_authorize(
+        &mut self,
+        ctx: &mut TerminalContext,
+        auth: Authorizing,
+        resp: Response,
+        now: u64,
+    ) -> Result<State, Error> {
         match resp.sw {
             StatusWord::Ok => {}
             StatusWord::CertificateNeeded if !auth.cert_sent => {
-                let auth = Authorizing { cert_sent: true, ..auth };
+                let auth = Authorizing {
+                    cert_sent: true,
+                    ..auth
+                };
                 self.out = Some(authorize_command(ctx, &auth));
                 return Ok(State::AwaitAuthorize(Box::new(auth)));
             }
@@ -330,29 +370,69 @@ impl TerminalSession {
             }
             sw => return Err(Error::WalletRefused { sw }),
         }
-        let shared = auth.eph.agree(&auth.wallet_key_share).map_err(|_| Error::BadKeyShare)?;
+        let shared = auth
+            .eph
+            .agree(&auth.wallet_key_share)
+            .map_err(|_| Error::BadKeyShare)?;
         let keys = SessionKeys::derive(&shared, &auth.th1);
-        let plain = keys.open(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.data).map_err(|_| Error::BadMac)?;
+        let plain = keys
+            .open(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.data)
+            .map_err(|_| Error::BadMac)?;
         let wallet_resp = WalletResponse::decode(&plain)?;
         let body_bytes = wallet_resp.body.to_bytes();
         let cert = match &wallet_resp.certificate {
-            Some(der) => Some((Certificate::from_der(der).map_err(Error::cert(Party::Wallet))?, false)),
-            None => ctx.wallet_certs.get(&wallet_resp.body.wallet_cert_hash).cloned().map(|c| (c, true)),
+            Some(der) => Some((
+                Certificate::from_der(der).map_err(Error::cert(Party::Wallet))?,
+                false,
+            )),
+            None => ctx
+                .wallet_certs
+                .get(&wallet_resp.body.wallet_cert_hash)
+                .cloned()
+                .map(|c| (c, true)),
         };
         match cert {
-            Some((cert, known)) => self.finish(ctx, auth, keys, wallet_resp, body_bytes, cert, known, now),
+            Some((cert, known)) => {
+                self.finish(ctx, auth, keys, wallet_resp, body_bytes, cert, known, now)
+            }
             None => {
-                self.out = Some(Command::new(CLA_PROPRIETARY, INS_GET_CERTIFICATE, 0, 0, Vec::new(), Some(LE_MAX)));
-                Ok(State::AwaitCertificate(Box::new(AwaitingCert { auth, keys, resp: wallet_resp, body_bytes })))
+                self.out = Some(Command::new(
+                    CLA_PROPRIETARY,
+                    INS_GET_CERTIFICATE,
+                    0,
+                    0,
+                    Vec::new(),
+                    Some(LE_MAX),
+                ));
+                Ok(State::AwaitCertificate(Box::new(AwaitingCert {
+                    auth,
+                    keys,
+                    resp: wallet_resp,
+                    body_bytes,
+                })))
             }
         }
     }
 
-    fn on_certificate(&mut self, ctx: &mut TerminalContext, p: AwaitingCert, resp: Response, now: u64) -> Result<State, Error> {
+    fn on_certificate(
+        &mut self,
+        ctx: &mut TerminalContext,
+        p: AwaitingCert,
+        resp: Response,
+        now: u64,
+    ) -> Result<State, Error> {
         if !resp.sw.is_ok() {
             return Err(Error::WalletRefused { sw: resp.sw });
         }
-        let der = p.keys.open(Direction::WalletToTerminal, 1, &[INS_GET_CERTIFICATE], &resp.data).map_err(|_| Error::BadMac)?;
+        let der = p
+            .keys
+            .open(
+                Direction::WalletToTerminal,
+                1,
+                &[INS_GET_CERTIFICATE],
+                &resp.data,
+            )
+            .map_err(|_| Error::BadMac)?;
         let cert = Certificate::from_der(&der).map_err(Error::cert(Party::Wallet))?;
         self.finish(ctx, p.auth, p.keys, p.resp, p.body_bytes, cert, false, now)
     }
@@ -377,7 +457,15 @@ impl TerminalSession {
             body_bytes: &body_bytes,
             wallet_sig: &resp.signature,
         };
-        verify_wallet_half(&half, &wallet, wallet_known, &self.params.scenario, &ctx.trust, ctx.revocations.as_ref(), now)?;
+        verify_wallet_half(
+            &half,
+            &wallet,
+            wallet_known,
+            &self.params.scenario,
+            &ctx.trust,
+            ctx.revocations.as_ref(),
+            now,
+        )?;
         if let Some(amount) = self.params.scenario.amount() {
             if amount.minor > self.params.cvm_limit && body.cvm == Cvm::None {
                 return Err(Error::CvmRequired);
@@ -385,7 +473,10 @@ impl TerminalSession {
         }
         if let Some(last) = ctx.last_atc(wallet.hash()) {
             if body.atc <= last {
-                return Err(Error::AtcRegression { last, got: body.atc });
+                return Err(Error::AtcRegression {
+                    last,
+                    got: body.atc,
+                });
             }
         }
         ctx.note_atc(*wallet.hash(), body.atc);
@@ -406,7 +497,8 @@ impl TerminalSession {
                 wallet_sig: resp.signature,
             },
         };
-        self.events.push_back(TerminalEvent::Approved(Box::new(outcome)));
+        self.events
+            .push_back(TerminalEvent::Approved(Box::new(outcome)));
         Ok(State::Approved(keys))
     }
 }
@@ -417,5 +509,12 @@ fn authorize_command(ctx: &TerminalContext, auth: &Authorizing) -> Command {
         certificate: auth.cert_sent.then(|| ctx.certificate.der().to_vec()),
         signature: auth.signature,
     };
-    Command::new(CLA_PROPRIETARY, INS_AUTHORIZE, 0, 0, req.to_bytes(), Some(LE_MAX))
+    Command::new(
+        CLA_PROPRIETARY,
+        INS_AUTHORIZE,
+        0,
+        0,
+        req.to_bytes(),
+        Some(LE_MAX),
+    )
 }

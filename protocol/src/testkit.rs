@@ -1,6 +1,10 @@
 //! An in-memory PKI and loopback tap driver, for tests, benchmarks, fuzzing,
 //! docs and the emulator's self-tests. Pure: no IO, time and randomness are
 //! passed in.
+//!
+//! Building certificates from the fixed, valid specifications here cannot
+//! fail; if it does, the kit itself is broken, so it panics.
+#![allow(clippy::panic)]
 
 use p256::ecdsa::SigningKey;
 use rand_core::CryptoRngCore;
@@ -38,20 +42,35 @@ pub struct Pki {
 }
 
 fn spec(role: Role, cn: &str, now: u64) -> CertSpec<'_> {
-    CertSpec { role, common_name: cn, not_before: now - DAY, not_after: now + 5 * 365 * DAY }
+    CertSpec {
+        role,
+        common_name: cn,
+        not_before: now - DAY,
+        not_after: now + 5 * 365 * DAY,
+    }
 }
 
 impl Pki {
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
         let now = NOW;
         let root_key = SigningKey::random(rng);
-        let root_cert = pki::issue_root(&spec(Role::Root, "tapstack dev root", now), &root_key, rng).unwrap_or_else(|e| panic!("{e}"));
-        let root = Identity { cert: root_cert, key: root_key };
+        let root_cert =
+            pki::issue_root(&spec(Role::Root, "tapstack dev root", now), &root_key, rng)
+                .unwrap_or_else(|e| panic!("{e}"));
+        let root = Identity {
+            cert: root_cert,
+            key: root_key,
+        };
         let child = |role, cn: &str, parent: &Identity, rng: &mut dyn rand_core::CryptoRngCore| {
             let mut rng = RngRef(rng);
             let key = SigningKey::random(&mut rng);
-            let cert = pki::issue(&spec(role, cn, now), key.verifying_key(), (&parent.cert, &parent.key), &mut rng)
-                .unwrap_or_else(|e| panic!("{e}"));
+            let cert = pki::issue(
+                &spec(role, cn, now),
+                key.verifying_key(),
+                (&parent.cert, &parent.key),
+                &mut rng,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
             Identity { cert, key }
         };
         let issuer = child(Role::Issuer, "tapstack dev issuer", &root, rng);
@@ -61,46 +80,71 @@ impl Pki {
         let wallet = child(Role::Wallet, "wallet", &issuer, rng);
         let mut imk = [0u8; 16];
         rng.fill_bytes(&mut imk);
-        Pki { root, issuer, acquirer, operator, terminal, wallet, issuer_master_key: IssuerMasterKey(imk), now }
+        Pki {
+            root,
+            issuer,
+            acquirer,
+            operator,
+            terminal,
+            wallet,
+            issuer_master_key: IssuerMasterKey(imk),
+            now,
+        }
     }
 
     /// Another terminal certificate under the same acquirer.
     pub fn new_terminal(&self, cn: &str, rng: &mut impl CryptoRngCore) -> Identity {
         let key = SigningKey::random(rng);
-        let cert = pki::issue(&spec(Role::Terminal, cn, self.now), key.verifying_key(), (&self.acquirer.cert, &self.acquirer.key), rng)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cert = pki::issue(
+            &spec(Role::Terminal, cn, self.now),
+            key.verifying_key(),
+            (&self.acquirer.cert, &self.acquirer.key),
+            rng,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         Identity { cert, key }
     }
 
     /// Another wallet certificate under the same issuer.
     pub fn new_wallet(&self, rng: &mut impl CryptoRngCore) -> Identity {
         let key = SigningKey::random(rng);
-        let cert = pki::issue(&spec(Role::Wallet, "wallet", self.now), key.verifying_key(), (&self.issuer.cert, &self.issuer.key), rng)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cert = pki::issue(
+            &spec(Role::Wallet, "wallet", self.now),
+            key.verifying_key(),
+            (&self.issuer.cert, &self.issuer.key),
+            rng,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         Identity { cert, key }
     }
 
     /// What a terminal trusts: root, issuer (wallets), operator (credentials).
     pub fn terminal_trust(&self) -> TrustStore {
         let mut t = TrustStore::new();
-        t.add_root(self.root.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
-        t.add_intermediate(self.issuer.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
-        t.add_intermediate(self.operator.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
+        t.add_root(self.root.cert.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
+        t.add_intermediate(self.issuer.cert.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
+        t.add_intermediate(self.operator.cert.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
         t
     }
 
     /// What a wallet trusts: root and acquirer (terminals).
     pub fn wallet_trust(&self) -> TrustStore {
         let mut t = TrustStore::new();
-        t.add_root(self.root.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
-        t.add_intermediate(self.acquirer.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
+        t.add_root(self.root.cert.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
+        t.add_intermediate(self.acquirer.cert.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
         t
     }
 
     /// What the host trusts: root and every intermediate.
     pub fn host_trust(&self) -> TrustStore {
         let mut t = self.terminal_trust();
-        t.add_intermediate(self.acquirer.cert.clone()).unwrap_or_else(|e| panic!("{e}"));
+        t.add_intermediate(self.acquirer.cert.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
         t
     }
 
@@ -124,7 +168,14 @@ impl Pki {
     }
 
     /// A pickup credential for `wallet` at `site`, signed by the operator.
-    pub fn credential(&self, wallet: &Certificate, site: &str, slot: u16, parcel: &str, rng: &mut impl CryptoRngCore) -> PickupCredential {
+    pub fn credential(
+        &self,
+        wallet: &Certificate,
+        site: &str,
+        slot: u16,
+        parcel: &str,
+        rng: &mut impl CryptoRngCore,
+    ) -> PickupCredential {
         let mut id = [0u8; 16];
         rng.fill_bytes(&mut id);
         let mut c = PickupCredential {
@@ -197,7 +248,10 @@ impl TapRun {
 
     /// APDU bytes in both directions.
     pub fn apdu_bytes(&self) -> usize {
-        self.wire.iter().map(|w| w.command.len() + w.response.len()).sum()
+        self.wire
+            .iter()
+            .map(|w| w.command.len() + w.response.len())
+            .sum()
     }
 }
 
@@ -219,13 +273,20 @@ pub struct Loopback {
 
 impl core::fmt::Debug for Loopback {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Loopback").field("wallet", &self.wallet).field("exchanges", &self.wire.len()).finish_non_exhaustive()
+        f.debug_struct("Loopback")
+            .field("wallet", &self.wallet)
+            .field("exchanges", &self.wire.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl Loopback {
     pub fn new(reader: LinkLimits, card_extended: bool) -> Self {
-        let limits = if card_extended { reader } else { LinkLimits::SHORT };
+        let limits = if card_extended {
+            reader
+        } else {
+            LinkLimits::SHORT
+        };
         Loopback {
             terminal_link: TerminalLink::new(limits),
             card_link: CardLink::new(card_extended),
@@ -264,12 +325,18 @@ impl Loopback {
             if let Some(f) = self.tamper_response.as_mut() {
                 f(self.wire.len(), &mut reply);
             }
-            self.wire.push(WireExchange { command: bytes, response: reply.clone() });
+            self.wire.push(WireExchange {
+                command: bytes,
+                response: reply.clone(),
+            });
             if let Some(resp) = self.terminal_link.handle_response(&reply)? {
                 return Ok(resp);
             }
         }
-        Err(Error::UnexpectedMessage { state: "loopback", got: "no response" })
+        Err(Error::UnexpectedMessage {
+            state: "loopback",
+            got: "no response",
+        })
     }
 
     /// Run a whole tap: SELECT, AUTHORIZE (and what follows) until the
@@ -299,11 +366,18 @@ impl Loopback {
                 break;
             }
             while let Some(ev) = session.poll_event() {
-                if let TerminalEvent::Selected { extended, max_command } = &ev {
+                if let TerminalEvent::Selected {
+                    extended,
+                    max_command,
+                } = &ev
+                {
                     if !extended {
                         self.terminal_link.set_limits(LinkLimits::SHORT);
                     } else {
-                        self.terminal_link.set_limits(LinkLimits { extended: true, max_command_data: usize::from(*max_command) });
+                        self.terminal_link.set_limits(LinkLimits {
+                            extended: true,
+                            max_command_data: usize::from(*max_command),
+                        });
                     }
                 }
                 if let TerminalEvent::Approved(o) = &ev {
@@ -316,7 +390,14 @@ impl Loopback {
         while let Some(ev) = self.wallet.poll_event() {
             wallet_events.push(ev);
         }
-        TapRun { outcome, error, terminal_events, wallet_events, wire: core::mem::take(&mut self.wire), session }
+        TapRun {
+            outcome,
+            error,
+            terminal_events,
+            wallet_events,
+            wire: core::mem::take(&mut self.wire),
+            session,
+        }
     }
 
     /// Deliver a receipt after an approved tap; returns whether the wallet
@@ -359,4 +440,3 @@ pub fn hex_spaced(bytes: &[u8]) -> String {
     }
     s
 }
-

@@ -23,7 +23,7 @@ pub struct Tlv<'a> {
     pub value: &'a [u8],
 }
 
-impl<'a> Tlv<'a> {
+impl Tlv<'_> {
     /// Whether bit 6 of the first tag byte marks a constructed element.
     pub fn is_constructed(&self) -> bool {
         first_tag_byte(self.tag) & 0x20 != 0
@@ -36,30 +36,40 @@ fn first_tag_byte(tag: u32) -> u8 {
     bytes.get(first).copied().unwrap_or(0)
 }
 
-fn take<'a>(input: &'a [u8], n: usize) -> Result<(&'a [u8], &'a [u8]), DecodeError> {
+fn take(input: &[u8], n: usize) -> Result<(&[u8], &[u8]), DecodeError> {
     if input.len() < n {
-        return Err(DecodeError::Truncated { needed: n - input.len() });
+        return Err(DecodeError::Truncated {
+            needed: n - input.len(),
+        });
     }
     Ok(input.split_at(n))
 }
 
 /// Parse a tag; returns it and the rest.
 pub fn parse_tag(input: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
-    let (&b0, mut rest) = input.split_first().ok_or(DecodeError::Truncated { needed: 1 })?;
+    let (&b0, mut rest) = input
+        .split_first()
+        .ok_or(DecodeError::Truncated { needed: 1 })?;
     if b0 == 0x00 || b0 == 0xFF {
         // Padding bytes between elements are legal in ISO 7816 but never in
         // this protocol's canonical encodings.
-        return Err(DecodeError::NonCanonical { what: "padding byte where a tag belongs" });
+        return Err(DecodeError::NonCanonical {
+            what: "padding byte where a tag belongs",
+        });
     }
     let mut tag = u32::from(b0);
     if b0 & 0x1F != 0x1F {
         return Ok((tag, rest));
     }
     for i in 0..2 {
-        let (&b, r) = rest.split_first().ok_or(DecodeError::Truncated { needed: 1 })?;
+        let (&b, r) = rest
+            .split_first()
+            .ok_or(DecodeError::Truncated { needed: 1 })?;
         rest = r;
         if i == 0 && b == 0x80 {
-            return Err(DecodeError::NonCanonical { what: "tag number with leading zero" });
+            return Err(DecodeError::NonCanonical {
+                what: "tag number with leading zero",
+            });
         }
         tag = (tag << 8) | u32::from(b);
         if b & 0x80 == 0 {
@@ -71,26 +81,34 @@ pub fn parse_tag(input: &[u8]) -> Result<(u32, &[u8]), DecodeError> {
 
 /// Parse a length; returns it and the rest.
 pub fn parse_len(input: &[u8]) -> Result<(usize, &[u8]), DecodeError> {
-    let (&b0, rest) = input.split_first().ok_or(DecodeError::Truncated { needed: 1 })?;
+    let (&b0, rest) = input
+        .split_first()
+        .ok_or(DecodeError::Truncated { needed: 1 })?;
     if b0 < 0x80 {
         return Ok((usize::from(b0), rest));
     }
     let n = usize::from(b0 & 0x7F);
     if n == 0 {
-        return Err(DecodeError::NonCanonical { what: "indefinite length" });
+        return Err(DecodeError::NonCanonical {
+            what: "indefinite length",
+        });
     }
     if n > 3 {
         return Err(DecodeError::TooLong { len: n, max: 3 });
     }
     let (bytes, rest) = take(rest, n)?;
-    let len = bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+    let len = bytes
+        .iter()
+        .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
     let min = match n {
         1 => 0x80,
         2 => 0x100,
         _ => 0x1_0000,
     };
     if len < min {
-        return Err(DecodeError::NonCanonical { what: "length not in its shortest form" });
+        return Err(DecodeError::NonCanonical {
+            what: "length not in its shortest form",
+        });
     }
     Ok((len, rest))
 }
@@ -119,7 +137,10 @@ pub fn parse_exact(input: &[u8]) -> Result<Tlv<'_>, DecodeError> {
 pub fn parse_expect(input: &[u8], tag: u32) -> Result<&[u8], DecodeError> {
     let tlv = parse_exact(input)?;
     if tlv.tag != tag {
-        return Err(DecodeError::UnexpectedTag { expected: tag, got: tlv.tag });
+        return Err(DecodeError::UnexpectedTag {
+            expected: tag,
+            got: tlv.tag,
+        });
     }
     Ok(tlv.value)
 }
@@ -166,7 +187,10 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub fn new(input: &'a [u8]) -> Self {
-        Reader { rest: input, peeked: None }
+        Reader {
+            rest: input,
+            peeked: None,
+        }
     }
 
     fn peek(&mut self) -> Result<Option<Tlv<'a>>, DecodeError> {
@@ -189,7 +213,10 @@ impl<'a> Reader<'a> {
                 self.advance();
                 Ok(t.value)
             }
-            Some(t) => Err(DecodeError::UnexpectedTag { expected: tag, got: t.tag }),
+            Some(t) => Err(DecodeError::UnexpectedTag {
+                expected: tag,
+                got: t.tag,
+            }),
             None => Err(DecodeError::MissingTag { tag }),
         }
     }
@@ -217,7 +244,10 @@ impl<'a> Reader<'a> {
         let mut out = Vec::new();
         while let Some(v) = self.optional(tag)? {
             if out.len() == max {
-                return Err(DecodeError::TooLong { len: max.saturating_add(1), max });
+                return Err(DecodeError::TooLong {
+                    len: max.saturating_add(1),
+                    max,
+                });
             }
             out.push(v);
         }
@@ -228,7 +258,9 @@ impl<'a> Reader<'a> {
     pub fn finish(mut self) -> Result<(), DecodeError> {
         match self.peek()? {
             None => Ok(()),
-            Some(_) => Err(DecodeError::TrailingBytes { count: self.rest.len() }),
+            Some(_) => Err(DecodeError::TrailingBytes {
+                count: self.rest.len(),
+            }),
         }
     }
 }
@@ -255,15 +287,38 @@ mod tests {
     fn rejects_non_canonical_and_truncated() {
         assert_eq!(
             parse_one(&[0x5A, 0x81, 0x05, 1, 2, 3, 4, 5]).unwrap_err(),
-            DecodeError::NonCanonical { what: "length not in its shortest form" }
+            DecodeError::NonCanonical {
+                what: "length not in its shortest form"
+            }
         );
-        assert!(matches!(parse_one(&[0x5A, 0x05, 1, 2]), Err(DecodeError::Truncated { needed: 3 })));
-        assert!(matches!(parse_one(&[0x5A, 0x84, 0, 0, 0, 1]), Err(DecodeError::TooLong { .. })));
-        assert!(matches!(parse_one(&[0x9F]), Err(DecodeError::Truncated { .. })));
-        assert!(matches!(parse_one(&[0x9F, 0x81, 0x81, 0x81, 0, 0]), Err(DecodeError::TooLong { .. })));
-        assert!(matches!(parse_one(&[0x1F, 0x80, 0x05, 0x00]), Err(DecodeError::NonCanonical { .. })));
-        assert!(matches!(parse_one(&[0x00, 0x00]), Err(DecodeError::NonCanonical { .. })));
-        assert!(matches!(parse_exact(&[0x5A, 0x00, 0x01]), Err(DecodeError::TrailingBytes { count: 1 })));
+        assert!(matches!(
+            parse_one(&[0x5A, 0x05, 1, 2]),
+            Err(DecodeError::Truncated { needed: 3 })
+        ));
+        assert!(matches!(
+            parse_one(&[0x5A, 0x84, 0, 0, 0, 1]),
+            Err(DecodeError::TooLong { .. })
+        ));
+        assert!(matches!(
+            parse_one(&[0x9F]),
+            Err(DecodeError::Truncated { .. })
+        ));
+        assert!(matches!(
+            parse_one(&[0x9F, 0x81, 0x81, 0x81, 0, 0]),
+            Err(DecodeError::TooLong { .. })
+        ));
+        assert!(matches!(
+            parse_one(&[0x1F, 0x80, 0x05, 0x00]),
+            Err(DecodeError::NonCanonical { .. })
+        ));
+        assert!(matches!(
+            parse_one(&[0x00, 0x00]),
+            Err(DecodeError::NonCanonical { .. })
+        ));
+        assert!(matches!(
+            parse_exact(&[0x5A, 0x00, 0x01]),
+            Err(DecodeError::TrailingBytes { count: 1 })
+        ));
     }
 
     #[test]
@@ -274,19 +329,43 @@ mod tests {
         let mut r = Reader::new(&buf);
         assert_eq!(r.optional(0xC0).unwrap(), None);
         assert_eq!(r.expect(0xC1).unwrap(), &[1]);
-        assert_eq!(r.clone().finish().unwrap_err(), DecodeError::TrailingBytes { count: 4 });
+        assert_eq!(
+            r.clone().finish().unwrap_err(),
+            DecodeError::TrailingBytes { count: 4 }
+        );
         assert_eq!(r.expect(0xC2).unwrap(), &[2, 2]);
-        assert_eq!(r.expect(0xC3).unwrap_err(), DecodeError::MissingTag { tag: 0xC3 });
+        assert_eq!(
+            r.expect(0xC3).unwrap_err(),
+            DecodeError::MissingTag { tag: 0xC3 }
+        );
         r.finish().unwrap();
 
         let mut r = Reader::new(&buf);
-        assert_eq!(r.expect(0xC2).unwrap_err(), DecodeError::UnexpectedTag { expected: 0xC2, got: 0xC1 });
+        assert_eq!(
+            r.expect(0xC2).unwrap_err(),
+            DecodeError::UnexpectedTag {
+                expected: 0xC2,
+                got: 0xC1
+            }
+        );
     }
 
     #[test]
     fn constructed_bit() {
-        assert!(Tlv { tag: 0x6F, value: &[] }.is_constructed());
-        assert!(Tlv { tag: 0xBF0C, value: &[] }.is_constructed());
-        assert!(!Tlv { tag: 0x9F02, value: &[] }.is_constructed());
+        assert!(Tlv {
+            tag: 0x6F,
+            value: &[]
+        }
+        .is_constructed());
+        assert!(Tlv {
+            tag: 0xBF0C,
+            value: &[]
+        }
+        .is_constructed());
+        assert!(!Tlv {
+            tag: 0x9F02,
+            value: &[]
+        }
+        .is_constructed());
     }
 }

@@ -18,8 +18,12 @@ pub fn verify_credential(
     revocations: Option<&RevocationList>,
     now: u64,
 ) -> Result<(), Error> {
-    let operator = trust.operator(&cred.operator).ok_or(Error::Credential(CredentialProblem::UnknownOperator))?;
-    trust.verify(operator, Role::Operator, now, revocations).map_err(Error::cert(Party::Operator))?;
+    let operator = trust
+        .operator(&cred.operator)
+        .ok_or(Error::Credential(CredentialProblem::UnknownOperator))?;
+    trust
+        .verify(operator, Role::Operator, now, revocations)
+        .map_err(Error::cert(Party::Operator))?;
     crypto::verify(operator.public_key(), &cred.signed_bytes(), &cred.signature)
         .map_err(|_| Error::Credential(CredentialProblem::BadSignature))?;
     if cred.site != site {
@@ -65,7 +69,9 @@ pub fn verify_wallet_half(
 ) -> Result<(), Error> {
     let body = half.body;
     if wallet.hash() != &body.wallet_cert_hash {
-        return Err(Error::CertificateMismatch { party: Party::Wallet });
+        return Err(Error::CertificateMismatch {
+            party: Party::Wallet,
+        });
     }
     let chain = if wallet_known {
         trust.verify_known(wallet, Role::Wallet, now, revocations)
@@ -74,21 +80,32 @@ pub fn verify_wallet_half(
     };
     chain.map_err(Error::cert(Party::Wallet))?;
     let th2 = messages::th2(half.th1, half.terminal_sig, half.body_bytes);
-    crypto::verify(wallet.public_key(), &th2, half.wallet_sig).map_err(|_| Error::BadSignature { party: Party::Wallet })?;
+    crypto::verify(wallet.public_key(), &th2, half.wallet_sig).map_err(|_| {
+        Error::BadSignature {
+            party: Party::Wallet,
+        }
+    })?;
     match scenario {
         Scenario::Pay { .. } | Scenario::Order { .. } => {
             if body.cryptogram.is_none() {
                 return Err(Error::MissingCryptogram);
             }
             if body.credential.is_some() {
-                return Err(Error::UnexpectedField { field: "pickup credential" });
+                return Err(Error::UnexpectedField {
+                    field: "pickup credential",
+                });
             }
         }
         Scenario::Pickup { site } => {
             if body.cryptogram.is_some() {
-                return Err(Error::UnexpectedField { field: "cryptogram" });
+                return Err(Error::UnexpectedField {
+                    field: "cryptogram",
+                });
             }
-            let cred = body.credential.as_ref().ok_or(Error::Credential(CredentialProblem::Missing))?;
+            let cred = body
+                .credential
+                .as_ref()
+                .ok_or(Error::Credential(CredentialProblem::Missing))?;
             verify_credential(cred, site, wallet, trust, revocations, now)?;
         }
     }

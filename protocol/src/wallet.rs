@@ -73,7 +73,12 @@ pub struct WalletContext {
 }
 
 impl WalletContext {
-    pub fn new(certificate: Certificate, key: SigningKey, cryptogram_key: WalletCryptogramKey, trust: TrustStore) -> Self {
+    pub fn new(
+        certificate: Certificate,
+        key: SigningKey,
+        cryptogram_key: WalletCryptogramKey,
+        trust: TrustStore,
+    ) -> Self {
         WalletContext {
             certificate,
             key,
@@ -117,11 +122,18 @@ impl WalletContext {
         self.given_to.clear();
     }
 
-    fn decide_cvm(&mut self, scenario: &Scenario, terminal: &Certificate, now: u64) -> Result<Cvm, StatusWord> {
+    fn decide_cvm(
+        &mut self,
+        scenario: &Scenario,
+        terminal: &Certificate,
+        now: u64,
+    ) -> Result<Cvm, StatusWord> {
         if self.decline_all {
             return Err(StatusWord::Declined);
         }
-        let Some(amount) = scenario.amount() else { return Ok(Cvm::None) };
+        let Some(amount) = scenario.amount() else {
+            return Ok(Cvm::None);
+        };
         if amount.minor <= self.cvm_limit {
             return Ok(Cvm::None);
         }
@@ -130,7 +142,10 @@ impl WalletContext {
             return Ok(Cvm::Armed);
         }
         if let Some(p) = &self.pending {
-            if p.terminal == *terminal.hash() && p.scenario == *scenario && p.confirmed_until.is_some_and(|t| now <= t) {
+            if p.terminal == *terminal.hash()
+                && p.scenario == *scenario
+                && p.confirmed_until.is_some_and(|t| now <= t)
+            {
                 self.pending = None;
                 return Ok(Cvm::ConfirmedOnDevice);
             }
@@ -152,13 +167,26 @@ pub enum WalletEvent {
     Selected,
     /// Show "confirm <scenario> at <merchant>?"; then call
     /// [`WalletContext::confirm_pending`] and ask for a second tap.
-    ConfirmationRequested { merchant: String, scenario: Scenario },
+    ConfirmationRequested {
+        merchant: String,
+        scenario: Scenario,
+    },
     /// Authorized; `atc` is the value to persist before answering.
-    Authorized { merchant: String, scenario: Scenario, atc: u32, cvm: Cvm },
+    Authorized {
+        merchant: String,
+        scenario: Scenario,
+        atc: u32,
+        cvm: Cvm,
+    },
     /// The terminal's receipt: show "paid, order A17".
-    Receipt { merchant: String, receipt: Receipt },
+    Receipt {
+        merchant: String,
+        receipt: Receipt,
+    },
     /// A command was refused with this status word.
-    Refused { sw: StatusWord },
+    Refused {
+        sw: StatusWord,
+    },
 }
 
 struct Selected {
@@ -189,14 +217,20 @@ enum WalletCommand<'a> {
 
 fn parse_command(cmd: &Command) -> Result<WalletCommand<'_>, StatusWord> {
     match (cmd.cla, cmd.ins) {
-        (CLA_ISO, INS_SELECT) if cmd.p1 == 0x04 && cmd.p2 == 0x00 => Ok(WalletCommand::Select(&cmd.data)),
+        (CLA_ISO, INS_SELECT) if cmd.p1 == 0x04 && cmd.p2 == 0x00 => {
+            Ok(WalletCommand::Select(&cmd.data))
+        }
         (CLA_ISO, INS_SELECT) => Err(StatusWord::WrongP1P2),
-        (CLA_PROPRIETARY, INS_AUTHORIZE | INS_CONFIRM | INS_GET_CERTIFICATE) if (cmd.p1, cmd.p2) != (0, 0) => {
+        (CLA_PROPRIETARY, INS_AUTHORIZE | INS_CONFIRM | INS_GET_CERTIFICATE)
+            if (cmd.p1, cmd.p2) != (0, 0) =>
+        {
             Err(StatusWord::WrongP1P2)
         }
         (CLA_PROPRIETARY, INS_AUTHORIZE) => Ok(WalletCommand::Authorize(&cmd.data)),
         (CLA_PROPRIETARY, INS_CONFIRM) => Ok(WalletCommand::Confirm(&cmd.data)),
-        (CLA_PROPRIETARY, INS_GET_CERTIFICATE) if cmd.data.is_empty() => Ok(WalletCommand::GetCertificate),
+        (CLA_PROPRIETARY, INS_GET_CERTIFICATE) if cmd.data.is_empty() => {
+            Ok(WalletCommand::GetCertificate)
+        }
         (CLA_PROPRIETARY, INS_GET_CERTIFICATE) => Err(StatusWord::WrongLength),
         (CLA_ISO | CLA_PROPRIETARY, _) => Err(StatusWord::InsNotSupported),
         _ => Err(StatusWord::ClaNotSupported),
@@ -217,7 +251,9 @@ impl core::fmt::Debug for WalletSession {
             State::Authorized(_) => "authorized",
             State::Done => "done",
         };
-        f.debug_struct("WalletSession").field("state", &s).finish_non_exhaustive()
+        f.debug_struct("WalletSession")
+            .field("state", &s)
+            .finish_non_exhaustive()
     }
 }
 
@@ -229,7 +265,10 @@ impl Default for WalletSession {
 
 impl WalletSession {
     pub fn new() -> Self {
-        WalletSession { state: State::Idle, events: VecDeque::new() }
+        WalletSession {
+            state: State::Idle,
+            events: VecDeque::new(),
+        }
     }
 
     pub fn poll_event(&mut self) -> Option<WalletEvent> {
@@ -266,7 +305,12 @@ impl WalletSession {
         }
     }
 
-    fn select(&mut self, ctx: &WalletContext, aid: &[u8], rng: &mut impl CryptoRngCore) -> Result<Response, StatusWord> {
+    fn select(
+        &mut self,
+        ctx: &WalletContext,
+        aid: &[u8],
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Response, StatusWord> {
         if aid != AID {
             self.state = State::Idle;
             return Err(StatusWord::FileNotFound);
@@ -276,16 +320,28 @@ impl WalletSession {
             versions: vec![VERSION_1],
             scenarios: ctx.scenarios,
             max_command: if ctx.extended { 4096 } else { 255 },
-            flags: if ctx.extended { FLAG_EXTENDED_LENGTH } else { 0 },
+            flags: if ctx.extended {
+                FLAG_EXTENDED_LENGTH
+            } else {
+                0
+            },
             key_share: *eph.public(),
         }
         .to_bytes();
-        self.state = State::Selected(Box::new(Selected { eph, fci: fci.clone() }));
+        self.state = State::Selected(Box::new(Selected {
+            eph,
+            fci: fci.clone(),
+        }));
         self.events.push_back(WalletEvent::Selected);
         Ok(Response::ok(fci))
     }
 
-    fn authorize(&mut self, ctx: &mut WalletContext, data: &[u8], now: u64) -> Result<Response, StatusWord> {
+    fn authorize(
+        &mut self,
+        ctx: &mut WalletContext,
+        data: &[u8],
+        now: u64,
+    ) -> Result<Response, StatusWord> {
         // Out of order: refuse without disturbing the session.
         if !matches!(self.state, State::Selected(_)) {
             return Err(StatusWord::ConditionsNotSatisfied);
@@ -322,8 +378,15 @@ impl WalletSession {
     }
 
     fn get_certificate(&mut self, ctx: &WalletContext) -> Result<Response, StatusWord> {
-        let State::Authorized(a) = &self.state else { return Err(StatusWord::ConditionsNotSatisfied) };
-        let sealed = a.keys.seal(Direction::WalletToTerminal, 1, &[INS_GET_CERTIFICATE], ctx.certificate.der());
+        let State::Authorized(a) = &self.state else {
+            return Err(StatusWord::ConditionsNotSatisfied);
+        };
+        let sealed = a.keys.seal(
+            Direction::WalletToTerminal,
+            1,
+            &[INS_GET_CERTIFICATE],
+            ctx.certificate.der(),
+        );
         Ok(Response::ok(sealed))
     }
 
@@ -343,7 +406,10 @@ impl WalletSession {
         if !a.scenario.matches_cart(receipt.cart.as_ref()) {
             return Err(StatusWord::WrongData);
         }
-        self.events.push_back(WalletEvent::Receipt { merchant: a.merchant.clone(), receipt });
+        self.events.push_back(WalletEvent::Receipt {
+            merchant: a.merchant.clone(),
+            receipt,
+        });
         Ok(Response::ok(Vec::new()))
     }
 }
@@ -365,7 +431,11 @@ fn authorize_selected(
     let terminal = match &req.certificate {
         // The decoder derived the body's hash from these very bytes.
         Some(der) => Certificate::from_der(der).map_err(|_| StatusWord::TerminalNotTrusted)?,
-        None => ctx.terminal_certs.get(&body.terminal_cert_hash).cloned().ok_or(StatusWord::CertificateNeeded)?,
+        None => ctx
+            .terminal_certs
+            .get(&body.terminal_cert_hash)
+            .cloned()
+            .ok_or(StatusWord::CertificateNeeded)?,
     };
     ctx.trust
         .verify(&terminal, Role::Terminal, now, ctx.revocations.as_ref())
@@ -375,11 +445,13 @@ fn authorize_selected(
     }
     let body_bytes = body.to_bytes();
     let th1 = messages::th1(&sel.fci, &body_bytes);
-    crypto::verify(terminal.public_key(), &th1, &req.signature).map_err(|_| StatusWord::TerminalNotTrusted)?;
+    crypto::verify(terminal.public_key(), &th1, &req.signature)
+        .map_err(|_| StatusWord::TerminalNotTrusted)?;
     if ctx.recent_nonces.contains(&body.nonce) {
         return Err(StatusWord::TerminalNotTrusted);
     }
-    ctx.terminal_certs.insert(*terminal.hash(), terminal.clone());
+    ctx.terminal_certs
+        .insert(*terminal.hash(), terminal.clone());
 
     let cvm = ctx.decide_cvm(&body.scenario, &terminal, now);
     if cvm == Err(StatusWord::ConfirmOnPhone) {
@@ -396,11 +468,25 @@ fn authorize_selected(
         ),
         _ => None,
     };
-    let atc = ctx.atc.checked_add(1).ok_or(StatusWord::ConditionsNotSatisfied)?;
-    let shared = sel.eph.agree(&body.key_share).map_err(|_| StatusWord::WrongData)?;
+    let atc = ctx
+        .atc
+        .checked_add(1)
+        .ok_or(StatusWord::ConditionsNotSatisfied)?;
+    let shared = sel
+        .eph
+        .agree(&body.key_share)
+        .map_err(|_| StatusWord::WrongData)?;
     let keys = SessionKeys::derive(&shared, &th1);
-    let cryptogram = credential.is_none().then(|| ctx.cryptogram_key.cryptogram(atc, &th1, cvm as u8));
-    let wallet_body = WalletBody { wallet_cert_hash: *ctx.certificate.hash(), atc, cvm, cryptogram, credential };
+    let cryptogram = credential
+        .is_none()
+        .then(|| ctx.cryptogram_key.cryptogram(atc, &th1, cvm as u8));
+    let wallet_body = WalletBody {
+        wallet_cert_hash: *ctx.certificate.hash(),
+        atc,
+        cvm,
+        cryptogram,
+        credential,
+    };
     let wallet_body_bytes = wallet_body.to_bytes();
     let th2 = messages::th2(&th1, &req.signature, &wallet_body_bytes);
     let signature = crypto::sign(&ctx.key, &th2);
@@ -410,11 +496,24 @@ fn authorize_selected(
         certificate: send_cert.then(|| ctx.certificate.der().to_vec()),
         signature,
     };
-    let sealed = keys.seal(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.to_bytes());
+    let sealed = keys.seal(
+        Direction::WalletToTerminal,
+        0,
+        &[INS_AUTHORIZE],
+        &resp.to_bytes(),
+    );
 
     ctx.atc = atc;
     ctx.given_to.insert(*terminal.hash(), ());
     ctx.recent_nonces.insert(body.nonce, ());
     let merchant = terminal.common_name().to_owned();
-    Ok((Response::ok(sealed), Authorized { keys, merchant, scenario: body.scenario.clone() }, cvm))
+    Ok((
+        Response::ok(sealed),
+        Authorized {
+            keys,
+            merchant,
+            scenario: body.scenario.clone(),
+        },
+        cvm,
+    ))
 }

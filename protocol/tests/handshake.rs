@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! In-memory end-to-end taps: terminal state machine ↔ wallet state machine
 //! over the loopback links, no IO.
 
@@ -6,7 +7,10 @@ use tapstack_protocol::apdu::{Command, LinkLimits, Response, StatusWord};
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::crypto::{self, Direction, EphemeralKey, SessionKeys};
 use tapstack_protocol::error::{CredentialProblem, Error, Party};
-use tapstack_protocol::messages::{self, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, VERSION_1};
+use tapstack_protocol::messages::{
+    self, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, FLAG_EXTENDED_LENGTH,
+    INS_AUTHORIZE, VERSION_1,
+};
 use tapstack_protocol::pki::{self, CertError, CertSpec, Role};
 use tapstack_protocol::record::{check_chain, verify_record, TransactionRecord};
 use tapstack_protocol::revocation::RevocationList;
@@ -16,24 +20,48 @@ use tapstack_protocol::testkit::{Loopback, Pki, TapRun};
 use tapstack_protocol::wallet::{WalletEvent, WalletSession};
 
 fn cny(minor: u64) -> Amount {
-    Amount { minor, currency: Currency::new("CNY").unwrap() }
+    Amount {
+        minor,
+        currency: Currency::new("CNY").unwrap(),
+    }
 }
 
 fn pay(minor: u64) -> TapParams {
-    TapParams { scenario: Scenario::Pay { amount: cny(minor) }, cvm_limit: 1_000_000, send_certificate: true }
+    TapParams {
+        scenario: Scenario::Pay { amount: cny(minor) },
+        cvm_limit: 1_000_000,
+        send_certificate: true,
+    }
 }
 
 fn cart() -> Cart {
     Cart {
         currency: Currency::new("CNY").unwrap(),
         items: vec![
-            CartItem { sku: "TEA-01".into(), name: "Jasmine tea".into(), qty: 2, unit_price: 800 },
-            CartItem { sku: "BUN-07".into(), name: "Pork bun".into(), qty: 3, unit_price: 450 },
+            CartItem {
+                sku: "TEA-01".into(),
+                name: "Jasmine tea".into(),
+                qty: 2,
+                unit_price: 800,
+            },
+            CartItem {
+                sku: "BUN-07".into(),
+                name: "Pork bun".into(),
+                qty: 3,
+                unit_price: 450,
+            },
         ],
     }
 }
 
-fn record_of(pki: &Pki, run: &TapRun, seq: u64, prev: [u8; 32], cart: Option<Cart>, order: Option<&str>) -> TransactionRecord {
+fn record_of(
+    pki: &Pki,
+    run: &TapRun,
+    seq: u64,
+    prev: [u8; 32],
+    cart: Option<Cart>,
+    order: Option<&str>,
+) -> TransactionRecord {
     TransactionRecord::new(
         run.outcome.as_ref().expect("approved"),
         &pki.terminal.cert,
@@ -69,7 +97,8 @@ fn pay_tap_one_tap_two_round_trips_and_verifiable_record() {
     assert_eq!(v.scenario, Scenario::Pay { amount: cny(1250) });
     let ck = pki.issuer_master_key.diversify(v.wallet.serial());
     assert!(ck.check(v.atc, &v.th1, v.cvm as u8, &v.cryptogram.unwrap()));
-    let other_issuer_key = tapstack_protocol::crypto::IssuerMasterKey([9; 16]).diversify(v.wallet.serial());
+    let other_issuer_key =
+        tapstack_protocol::crypto::IssuerMasterKey([9; 16]).diversify(v.wallet.serial());
     assert!(!other_issuer_key.check(v.atc, &v.th1, v.cvm as u8, &v.cryptogram.unwrap()));
 }
 
@@ -79,15 +108,27 @@ fn order_tap_binds_cart_and_delivers_receipt() {
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     let scenario = Scenario::order(&cart()).unwrap();
     assert_eq!(scenario.amount(), Some(cny(2950)));
-    let params = TapParams { scenario, cvm_limit: 1_000_000, send_certificate: true };
+    let params = TapParams {
+        scenario,
+        cvm_limit: 1_000_000,
+        send_certificate: true,
+    };
     let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
     let mut run = lb.run(&mut t, &mut w, params, pki.now, &mut OsRng);
     assert!(run.outcome.is_some(), "{:?}", run.error);
     let rec = record_of(&pki, &run, 1, [0; 32], Some(cart()), Some("A17"));
     verify_record(&rec, &pki.terminal.cert, &pki.host_trust(), None).unwrap();
 
-    let receipt = Receipt { record_id: rec.hash(), seq: 1, order_number: Some("A17".into()), cart: Some(cart()), slot: None };
-    assert!(lb.deliver_receipt(&mut run, &mut t, &mut w, &receipt, pki.now, &mut OsRng).unwrap());
+    let receipt = Receipt {
+        record_id: rec.hash(),
+        seq: 1,
+        order_number: Some("A17".into()),
+        cart: Some(cart()),
+        slot: None,
+    };
+    assert!(lb
+        .deliver_receipt(&mut run, &mut t, &mut w, &receipt, pki.now, &mut OsRng)
+        .unwrap());
     assert!(run.wallet_events.iter().any(|e| matches!(e, WalletEvent::Receipt { receipt: r, .. } if r.order_number.as_deref() == Some("A17"))));
     assert_eq!(run.round_trips(), 3);
 
@@ -95,33 +136,71 @@ fn order_tap_binds_cart_and_delivers_receipt() {
     let mut other = cart();
     other.items[1].qty = 1;
     let bad = record_of(&pki, &run, 1, [0; 32], Some(other), Some("A17"));
-    assert_eq!(verify_record(&bad, &pki.terminal.cert, &pki.host_trust(), None).unwrap_err(), Error::ReceiptMismatch);
+    assert_eq!(
+        verify_record(&bad, &pki.terminal.cert, &pki.host_trust(), None).unwrap_err(),
+        Error::ReceiptMismatch
+    );
     let none = record_of(&pki, &run, 1, [0; 32], None, None);
-    assert_eq!(verify_record(&none, &pki.terminal.cert, &pki.host_trust(), None).unwrap_err(), Error::ReceiptMismatch);
+    assert_eq!(
+        verify_record(&none, &pki.terminal.cert, &pki.host_trust(), None).unwrap_err(),
+        Error::ReceiptMismatch
+    );
 }
 
 #[test]
 fn order_receipt_with_wrong_cart_is_refused_by_wallet() {
     let pki = Pki::generate(&mut OsRng);
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    let params = TapParams { scenario: Scenario::order(&cart()).unwrap(), cvm_limit: 1_000_000, send_certificate: true };
+    let params = TapParams {
+        scenario: Scenario::order(&cart()).unwrap(),
+        cvm_limit: 1_000_000,
+        send_certificate: true,
+    };
     let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
     let mut run = lb.run(&mut t, &mut w, params, pki.now, &mut OsRng);
     let mut other = cart();
     other.items.pop();
-    let receipt = Receipt { record_id: [1; 32], seq: 1, order_number: Some("A18".into()), cart: Some(other), slot: None };
-    assert!(!lb.deliver_receipt(&mut run, &mut t, &mut w, &receipt, pki.now, &mut OsRng).unwrap());
-    assert!(run.wallet_events.iter().any(|e| matches!(e, WalletEvent::Refused { sw: StatusWord::WrongData })));
+    let receipt = Receipt {
+        record_id: [1; 32],
+        seq: 1,
+        order_number: Some("A18".into()),
+        cart: Some(other),
+        slot: None,
+    };
+    assert!(!lb
+        .deliver_receipt(&mut run, &mut t, &mut w, &receipt, pki.now, &mut OsRng)
+        .unwrap());
+    assert!(run.wallet_events.iter().any(|e| matches!(
+        e,
+        WalletEvent::Refused {
+            sw: StatusWord::WrongData
+        }
+    )));
 }
 
 #[test]
 fn pickup_tap_checks_credential_offline() {
     let pki = Pki::generate(&mut OsRng);
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    w.credentials.push(pki.credential(&pki.wallet.cert, "LOCKER-7", 12, "SF1234567890", &mut OsRng));
-    let params = TapParams { scenario: Scenario::Pickup { site: "LOCKER-7".into() }, cvm_limit: 0, send_certificate: true };
+    w.credentials.push(pki.credential(
+        &pki.wallet.cert,
+        "LOCKER-7",
+        12,
+        "SF1234567890",
+        &mut OsRng,
+    ));
+    let params = TapParams {
+        scenario: Scenario::Pickup {
+            site: "LOCKER-7".into(),
+        },
+        cvm_limit: 0,
+        send_certificate: true,
+    };
     let run = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
-    let outcome = run.outcome.as_ref().unwrap_or_else(|| panic!("{:?}", run.error));
+    let outcome = run
+        .outcome
+        .as_ref()
+        .unwrap_or_else(|| panic!("{:?}", run.error));
     let cred = outcome.credential.as_ref().unwrap();
     assert_eq!((cred.slot, cred.parcel.as_str()), (12, "SF1234567890"));
     assert_eq!(outcome.cryptogram, None);
@@ -130,25 +209,50 @@ fn pickup_tap_checks_credential_offline() {
     assert_eq!(v.credential.unwrap().id, cred.id);
 
     // Revoked credential: refused offline by the kiosk.
-    let mut list = RevocationList { number: 2, ..Default::default() };
+    let mut list = RevocationList {
+        number: 2,
+        ..Default::default()
+    };
     list.credentials.insert(cred.id);
     list.sign(&pki.root.cert, &pki.root.key);
     list.verify(&pki.terminal_trust()).unwrap();
     t.revocations = Some(list);
     let run = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
-    assert_eq!(run.error, Some(Error::Credential(CredentialProblem::Revoked)));
+    assert_eq!(
+        run.error,
+        Some(Error::Credential(CredentialProblem::Revoked))
+    );
     t.revocations = None;
 
     // A wallet without a credential for this site answers 9106.
-    let run = pki.run_tap(&mut t, &mut w, TapParams { scenario: Scenario::Pickup { site: "LOCKER-8".into() }, ..params.clone() }, &mut OsRng);
-    assert_eq!(run.error, Some(Error::WalletRefused { sw: StatusWord::NoCredential }));
+    let run = pki.run_tap(
+        &mut t,
+        &mut w,
+        TapParams {
+            scenario: Scenario::Pickup {
+                site: "LOCKER-8".into(),
+            },
+            ..params.clone()
+        },
+        &mut OsRng,
+    );
+    assert_eq!(
+        run.error,
+        Some(Error::WalletRefused {
+            sw: StatusWord::NoCredential
+        })
+    );
 
     // A credential issued to another wallet is refused by the kiosk.
     let other = pki.new_wallet(&mut OsRng);
     let mut w2 = pki.wallet_context_for(&other);
-    w2.credentials.push(pki.credential(&pki.wallet.cert, "LOCKER-7", 3, "SF1", &mut OsRng));
+    w2.credentials
+        .push(pki.credential(&pki.wallet.cert, "LOCKER-7", 3, "SF1", &mut OsRng));
     let run = pki.run_tap(&mut t, &mut w2, params.clone(), &mut OsRng);
-    assert_eq!(run.error, Some(Error::Credential(CredentialProblem::WrongRecipient)));
+    assert_eq!(
+        run.error,
+        Some(Error::Credential(CredentialProblem::WrongRecipient))
+    );
 
     // A credential signed by a key that is not the operator's.
     let mut w3 = pki.wallet_context();
@@ -156,32 +260,62 @@ fn pickup_tap_checks_credential_offline() {
     forged.signature = crypto::sign(&pki.acquirer.key, &forged.signed_bytes());
     w3.credentials.push(forged);
     let run = pki.run_tap(&mut t, &mut w3, params, &mut OsRng);
-    assert_eq!(run.error, Some(Error::Credential(CredentialProblem::BadSignature)));
+    assert_eq!(
+        run.error,
+        Some(Error::Credential(CredentialProblem::BadSignature))
+    );
 }
 
 #[test]
 fn two_tap_confirm_on_phone_flow() {
     let pki = Pki::generate(&mut OsRng);
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    let params = TapParams { scenario: Scenario::Pay { amount: cny(50_000) }, cvm_limit: 20_000, send_certificate: true };
+    let params = TapParams {
+        scenario: Scenario::Pay {
+            amount: cny(50_000),
+        },
+        cvm_limit: 20_000,
+        send_certificate: true,
+    };
 
     let first = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
     assert!(first.outcome.is_none());
     assert_eq!(first.error, None);
-    assert!(first.terminal_events.contains(&TerminalEvent::ConfirmOnPhone));
+    assert!(first
+        .terminal_events
+        .contains(&TerminalEvent::ConfirmOnPhone));
     assert!(first.wallet_events.iter().any(|e| matches!(e, WalletEvent::ConfirmationRequested { merchant, .. } if merchant == "Tea House #12")));
-    assert_eq!(w.atc, 0, "a tap that asks for confirmation consumes no counter value");
+    assert_eq!(
+        w.atc, 0,
+        "a tap that asks for confirmation consumes no counter value"
+    );
 
     // Tapping again without confirming asks again.
     let again = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
-    assert!(again.terminal_events.contains(&TerminalEvent::ConfirmOnPhone));
+    assert!(again
+        .terminal_events
+        .contains(&TerminalEvent::ConfirmOnPhone));
 
     assert!(w.confirm_pending(pki.now));
     // A different amount does not ride on the confirmation.
-    let other = pki.run_tap(&mut t, &mut w, TapParams { scenario: Scenario::Pay { amount: cny(50_001) }, ..params.clone() }, &mut OsRng);
-    assert!(other.terminal_events.contains(&TerminalEvent::ConfirmOnPhone));
+    let other = pki.run_tap(
+        &mut t,
+        &mut w,
+        TapParams {
+            scenario: Scenario::Pay {
+                amount: cny(50_001),
+            },
+            ..params.clone()
+        },
+        &mut OsRng,
+    );
+    assert!(other
+        .terminal_events
+        .contains(&TerminalEvent::ConfirmOnPhone));
     let again = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
-    assert!(again.terminal_events.contains(&TerminalEvent::ConfirmOnPhone));
+    assert!(again
+        .terminal_events
+        .contains(&TerminalEvent::ConfirmOnPhone));
     assert!(w.confirm_pending(pki.now));
 
     let second = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
@@ -191,24 +325,35 @@ fn two_tap_confirm_on_phone_flow() {
 
     // The confirmation is used up.
     let third = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
-    assert!(third.terminal_events.contains(&TerminalEvent::ConfirmOnPhone));
+    assert!(third
+        .terminal_events
+        .contains(&TerminalEvent::ConfirmOnPhone));
 
     // Armed (biometric) wallets pay in one tap, once.
     w.arm(pki.now, 30);
     let armed = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
     assert_eq!(armed.outcome.unwrap().cvm, Cvm::Armed);
     let after = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
-    assert!(after.terminal_events.contains(&TerminalEvent::ConfirmOnPhone));
+    assert!(after
+        .terminal_events
+        .contains(&TerminalEvent::ConfirmOnPhone));
 
     // An expired confirmation does not count.
     assert!(w.confirm_pending(pki.now - 1000));
     let late = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
-    assert!(late.terminal_events.contains(&TerminalEvent::ConfirmOnPhone));
+    assert!(late
+        .terminal_events
+        .contains(&TerminalEvent::ConfirmOnPhone));
 
     // A declining user.
     w.decline_all = true;
     let declined = pki.run_tap(&mut t, &mut w, params, &mut OsRng);
-    assert_eq!(declined.error, Some(Error::WalletRefused { sw: StatusWord::Declined }));
+    assert_eq!(
+        declined.error,
+        Some(Error::WalletRefused {
+            sw: StatusWord::Declined
+        })
+    );
 }
 
 #[test]
@@ -216,7 +361,13 @@ fn wallet_that_skips_cvm_above_terminal_limit_is_refused() {
     let pki = Pki::generate(&mut OsRng);
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     w.cvm_limit = u64::MAX; // a lax (or lying) wallet
-    let params = TapParams { scenario: Scenario::Pay { amount: cny(50_000) }, cvm_limit: 20_000, send_certificate: true };
+    let params = TapParams {
+        scenario: Scenario::Pay {
+            amount: cny(50_000),
+        },
+        cvm_limit: 20_000,
+        send_certificate: true,
+    };
     let run = pki.run_tap(&mut t, &mut w, params, &mut OsRng);
     assert_eq!(run.error, Some(Error::CvmRequired));
 }
@@ -227,16 +378,33 @@ fn repeat_customer_sends_hashes_not_certificates() {
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     let first = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
     assert!(first.outcome.is_some());
-    let repeat = pki.run_tap(&mut t, &mut w, TapParams { send_certificate: false, ..pay(100) }, &mut OsRng);
+    let repeat = pki.run_tap(
+        &mut t,
+        &mut w,
+        TapParams {
+            send_certificate: false,
+            ..pay(100)
+        },
+        &mut OsRng,
+    );
     assert!(repeat.outcome.is_some(), "{:?}", repeat.error);
     assert_eq!(repeat.round_trips(), 2);
     let saved = first.apdu_bytes() - repeat.apdu_bytes();
     // Each certificate is replaced by its 34-byte hash TLV.
     let certs = pki.terminal.cert.der().len() + pki.wallet.cert.der().len() - 2 * 34;
-    assert!(saved >= certs, "saved {saved} bytes, certificates minus hashes are {certs}");
+    assert!(
+        saved >= certs,
+        "saved {saved} bytes, certificates minus hashes are {certs}"
+    );
     let der = pki.terminal.cert.der();
-    assert!(!repeat.wire.iter().any(|x| x.command.windows(der.len()).any(|w| w == der)));
-    assert!(first.wire.iter().any(|x| x.command.windows(der.len()).any(|w| w == der)));
+    assert!(!repeat
+        .wire
+        .iter()
+        .any(|x| x.command.windows(der.len()).any(|w| w == der)));
+    assert!(first
+        .wire
+        .iter()
+        .any(|x| x.command.windows(der.len()).any(|w| w == der)));
     let rec = record_of(&pki, &repeat, 1, [0; 32], None, None);
     verify_record(&rec, &pki.terminal.cert, &pki.host_trust(), None).unwrap();
 }
@@ -245,7 +413,10 @@ fn repeat_customer_sends_hashes_not_certificates() {
 fn terminal_that_lost_the_wallet_certificate_asks_for_it() {
     let pki = Pki::generate(&mut OsRng);
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    assert!(pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng).outcome.is_some());
+    assert!(pki
+        .run_tap(&mut t, &mut w, pay(100), &mut OsRng)
+        .outcome
+        .is_some());
     t.forget_wallet_certificates();
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
     assert!(run.outcome.is_some(), "{:?}", run.error);
@@ -256,10 +427,28 @@ fn terminal_that_lost_the_wallet_certificate_asks_for_it() {
 fn wallet_without_terminal_certificate_answers_certificate_needed() {
     let pki = Pki::generate(&mut OsRng);
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    let run = pki.run_tap(&mut t, &mut w, TapParams { send_certificate: false, ..pay(100) }, &mut OsRng);
+    let run = pki.run_tap(
+        &mut t,
+        &mut w,
+        TapParams {
+            send_certificate: false,
+            ..pay(100)
+        },
+        &mut OsRng,
+    );
     assert!(run.outcome.is_some(), "{:?}", run.error);
-    assert_eq!(run.round_trips(), 3, "SELECT, AUTHORIZE (hash), AUTHORIZE (certificate)");
-    assert_eq!(StatusWord::from_u16(u16::from_be_bytes([run.wire[1].response[0], run.wire[1].response[1]])), StatusWord::CertificateNeeded);
+    assert_eq!(
+        run.round_trips(),
+        3,
+        "SELECT, AUTHORIZE (hash), AUTHORIZE (certificate)"
+    );
+    assert_eq!(
+        StatusWord::from_u16(u16::from_be_bytes([
+            run.wire[1].response[0],
+            run.wire[1].response[1]
+        ])),
+        StatusWord::CertificateNeeded
+    );
 }
 
 #[test]
@@ -270,9 +459,18 @@ fn short_apdus_use_chaining_and_get_response() {
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
     assert!(run.outcome.is_some(), "{:?}", run.error);
     assert!(run.round_trips() > 2);
-    assert!(run.wire.iter().all(|x| x.command.len() <= 5 + 255 + 1 && x.response.len() <= 258));
-    assert!(run.wire.iter().any(|x| x.command[0] & 0x10 != 0), "chained command expected");
-    assert!(run.wire.iter().any(|x| x.command[1] == 0xC0), "GET RESPONSE expected");
+    assert!(run
+        .wire
+        .iter()
+        .all(|x| x.command.len() <= 5 + 255 + 1 && x.response.len() <= 258));
+    assert!(
+        run.wire.iter().any(|x| x.command[0] & 0x10 != 0),
+        "chained command expected"
+    );
+    assert!(
+        run.wire.iter().any(|x| x.command[1] == 0xC0),
+        "GET RESPONSE expected"
+    );
 }
 
 #[test]
@@ -304,8 +502,14 @@ fn flipping_any_signed_or_maced_byte_is_rejected() {
                 }
             }));
             let run = lb.run(&mut t, &mut w, pay(1250), pki.now, &mut OsRng);
-            assert!(run.outcome.is_none(), "flip of byte {pos} in exchange {ex} was accepted");
-            assert!(run.error.is_some(), "flip of byte {pos} in exchange {ex}: no error");
+            assert!(
+                run.outcome.is_none(),
+                "flip of byte {pos} in exchange {ex} was accepted"
+            );
+            assert!(
+                run.error.is_some(),
+                "flip of byte {pos} in exchange {ex}: no error"
+            );
             rejected += 1;
         }
     }
@@ -323,16 +527,20 @@ fn record_tampering_is_detected() {
     for i in 0..bytes.len() {
         let mut bad = bytes.clone();
         bad[i] ^= 0x01;
-        let accepted = TransactionRecord::decode(&bad)
-            .ok()
-            .and_then(|r| verify_record(&r, &pki.terminal.cert, &trust, None).ok().map(|_| r));
+        let accepted = TransactionRecord::decode(&bad).ok().and_then(|r| {
+            verify_record(&r, &pki.terminal.cert, &trust, None)
+                .ok()
+                .map(|_| r)
+        });
         assert!(accepted.is_none(), "flip at {i} accepted");
     }
     // Another terminal cannot claim the record.
     let other = pki.new_terminal("Other", &mut OsRng);
     assert_eq!(
         verify_record(&rec, &other.cert, &trust, None).unwrap_err(),
-        Error::CertificateMismatch { party: Party::Terminal }
+        Error::CertificateMismatch {
+            party: Party::Terminal
+        }
     );
 }
 
@@ -344,17 +552,39 @@ fn record_chain_continuity() {
     let mut records = Vec::new();
     for seq in 1..=3 {
         let run = pki.run_tap(&mut t, &mut w, pay(100 * seq), &mut OsRng);
-        let rec = record_of(&pki, &run, seq, prev.map(|(_, h)| h).unwrap_or([0; 32]), None, None);
+        let rec = record_of(
+            &pki,
+            &run,
+            seq,
+            prev.map(|(_, h)| h).unwrap_or([0; 32]),
+            None,
+            None,
+        );
         check_chain(prev, &rec).unwrap();
         prev = Some((seq, rec.hash()));
         records.push(rec);
     }
     let p1 = Some((1, records[0].hash()));
-    assert_eq!(check_chain(p1, &records[2]).unwrap_err(), Error::Chain { what: "gap in sequence numbers" });
-    assert_eq!(check_chain(Some((2, records[1].hash())), &records[1]).unwrap_err(), Error::Chain { what: "sequence number reused" });
+    assert_eq!(
+        check_chain(p1, &records[2]).unwrap_err(),
+        Error::Chain {
+            what: "gap in sequence numbers"
+        }
+    );
+    assert_eq!(
+        check_chain(Some((2, records[1].hash())), &records[1]).unwrap_err(),
+        Error::Chain {
+            what: "sequence number reused"
+        }
+    );
     let mut forged = records[1].clone();
     forged.prev_hash = [7; 32];
-    assert_eq!(check_chain(p1, &forged).unwrap_err(), Error::Chain { what: "previous-record hash does not match" });
+    assert_eq!(
+        check_chain(p1, &forged).unwrap_err(),
+        Error::Chain {
+            what: "previous-record hash does not match"
+        }
+    );
     assert!(check_chain(None, &records[1]).is_err());
 }
 
@@ -367,7 +597,12 @@ fn foreign_expired_and_revoked_certificates() {
     let mut t = foreign.terminal_context();
     let mut w = pki.wallet_context();
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
-    assert_eq!(run.error, Some(Error::WalletRefused { sw: StatusWord::TerminalNotTrusted }));
+    assert_eq!(
+        run.error,
+        Some(Error::WalletRefused {
+            sw: StatusWord::TerminalNotTrusted
+        })
+    );
     assert_eq!(w.atc, 0);
 
     // Wallet from another PKI: the terminal refuses the tap.
@@ -375,63 +610,155 @@ fn foreign_expired_and_revoked_certificates() {
     let mut w = foreign.wallet_context();
     w.trust = pki.wallet_trust();
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
-    assert!(matches!(run.error, Some(Error::Certificate { party: Party::Wallet, source: CertError::UnknownIssuer { .. } | CertError::BadSignature })), "{:?}", run.error);
+    assert!(
+        matches!(
+            run.error,
+            Some(Error::Certificate {
+                party: Party::Wallet,
+                source: CertError::UnknownIssuer { .. } | CertError::BadSignature
+            })
+        ),
+        "{:?}",
+        run.error
+    );
 
     // Expired wallet certificate.
     let key = p256::ecdsa::SigningKey::random(&mut OsRng);
-    let spec = CertSpec { role: Role::Wallet, common_name: "old", not_before: pki.now - 1000, not_after: pki.now - 10 };
-    let cert = pki::issue(&spec, key.verifying_key(), (&pki.issuer.cert, &pki.issuer.key), &mut OsRng).unwrap();
+    let spec = CertSpec {
+        role: Role::Wallet,
+        common_name: "old",
+        not_before: pki.now - 1000,
+        not_after: pki.now - 10,
+    };
+    let cert = pki::issue(
+        &spec,
+        key.verifying_key(),
+        (&pki.issuer.cert, &pki.issuer.key),
+        &mut OsRng,
+    )
+    .unwrap();
     let mut w = pki.wallet_context_for(&tapstack_protocol::testkit::Identity { cert, key });
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
-    assert!(matches!(run.error, Some(Error::Certificate { party: Party::Wallet, source: CertError::Expired { .. } })), "{:?}", run.error);
+    assert!(
+        matches!(
+            run.error,
+            Some(Error::Certificate {
+                party: Party::Wallet,
+                source: CertError::Expired { .. }
+            })
+        ),
+        "{:?}",
+        run.error
+    );
 
     // A wallet certificate issued by the acquirer (wrong branch).
     let key = p256::ecdsa::SigningKey::random(&mut OsRng);
-    let spec = CertSpec { role: Role::Wallet, common_name: "w", not_before: pki.now - 1000, not_after: pki.now + 1000 };
-    let cert = pki::issue(&spec, key.verifying_key(), (&pki.acquirer.cert, &pki.acquirer.key), &mut OsRng).unwrap();
+    let spec = CertSpec {
+        role: Role::Wallet,
+        common_name: "w",
+        not_before: pki.now - 1000,
+        not_after: pki.now + 1000,
+    };
+    let cert = pki::issue(
+        &spec,
+        key.verifying_key(),
+        (&pki.acquirer.cert, &pki.acquirer.key),
+        &mut OsRng,
+    )
+    .unwrap();
     let mut w = pki.wallet_context_for(&tapstack_protocol::testkit::Identity { cert, key });
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
-    assert!(matches!(run.error, Some(Error::Certificate { party: Party::Wallet, source: CertError::UnknownIssuer { .. } })), "{:?}", run.error);
+    assert!(
+        matches!(
+            run.error,
+            Some(Error::Certificate {
+                party: Party::Wallet,
+                source: CertError::UnknownIssuer { .. }
+            })
+        ),
+        "{:?}",
+        run.error
+    );
 
     // Revoked wallet, then revoked terminal.
-    let mut list = RevocationList { number: 3, ..Default::default() };
+    let mut list = RevocationList {
+        number: 3,
+        ..Default::default()
+    };
     list.certificates.insert(*pki.wallet.cert.hash());
     list.sign(&pki.root.cert, &pki.root.key);
     t.revocations = Some(list.clone());
     let mut w = pki.wallet_context();
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
-    assert_eq!(run.error, Some(Error::Certificate { party: Party::Wallet, source: CertError::Revoked }));
-    let mut list = RevocationList { number: 4, ..Default::default() };
+    assert_eq!(
+        run.error,
+        Some(Error::Certificate {
+            party: Party::Wallet,
+            source: CertError::Revoked
+        })
+    );
+    let mut list = RevocationList {
+        number: 4,
+        ..Default::default()
+    };
     list.certificates.insert(*pki.terminal.cert.hash());
     list.sign(&pki.root.cert, &pki.root.key);
     let mut t = pki.terminal_context();
     w.revocations = Some(list);
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
-    assert_eq!(run.error, Some(Error::WalletRefused { sw: StatusWord::TerminalNotTrusted }));
+    assert_eq!(
+        run.error,
+        Some(Error::WalletRefused {
+            sw: StatusWord::TerminalNotTrusted
+        })
+    );
 
     // A revocation list signed by someone else does not verify.
-    let mut fake = RevocationList { number: 5, ..Default::default() };
+    let mut fake = RevocationList {
+        number: 5,
+        ..Default::default()
+    };
     fake.sign(&foreign.root.cert, &foreign.root.key);
     assert!(fake.verify(&pki.terminal_trust()).is_err());
-    let mut resigned = RevocationList { number: 5, ..Default::default() };
+    let mut resigned = RevocationList {
+        number: 5,
+        ..Default::default()
+    };
     resigned.sign(&pki.root.cert, &pki.root.key);
     resigned.number = 6;
-    assert_eq!(resigned.verify(&pki.terminal_trust()).unwrap_err(), CertError::BadSignature);
-    assert_eq!(RevocationList::decode(&resigned.to_bytes()).unwrap(), resigned);
+    assert_eq!(
+        resigned.verify(&pki.terminal_trust()).unwrap_err(),
+        CertError::BadSignature
+    );
+    assert_eq!(
+        RevocationList::decode(&resigned.to_bytes()).unwrap(),
+        resigned
+    );
 }
 
 #[test]
 fn atc_regression_is_detected() {
     let pki = Pki::generate(&mut OsRng);
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    assert!(pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng).outcome.is_some());
-    assert!(pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng).outcome.is_some());
+    assert!(pki
+        .run_tap(&mut t, &mut w, pay(100), &mut OsRng)
+        .outcome
+        .is_some());
+    assert!(pki
+        .run_tap(&mut t, &mut w, pay(100), &mut OsRng)
+        .outcome
+        .is_some());
     w.atc = 1; // a cloned or rolled-back wallet
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
     assert_eq!(run.error, Some(Error::AtcRegression { last: 2, got: 2 }));
     w.atc = u32::MAX;
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
-    assert_eq!(run.error, Some(Error::WalletRefused { sw: StatusWord::ConditionsNotSatisfied }));
+    assert_eq!(
+        run.error,
+        Some(Error::WalletRefused {
+            sw: StatusWord::ConditionsNotSatisfied
+        })
+    );
 }
 
 /// A deterministic RNG, to make a terminal reuse its nonce.
@@ -462,9 +789,16 @@ fn replayed_nonce_and_replayed_authorize_are_rejected() {
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
     let captured = run.wire[1].command.clone();
     let mut session = WalletSession::new();
-    let select = tapstack_protocol::apdu::CommandView::parse(&run.wire[0].command).unwrap().to_owned();
-    assert!(session.handle_command(&mut w, &select, pki.now, &mut OsRng).sw.is_ok());
-    let replay = tapstack_protocol::apdu::CommandView::parse(&captured).unwrap().to_owned();
+    let select = tapstack_protocol::apdu::CommandView::parse(&run.wire[0].command)
+        .unwrap()
+        .to_owned();
+    assert!(session
+        .handle_command(&mut w, &select, pki.now, &mut OsRng)
+        .sw
+        .is_ok());
+    let replay = tapstack_protocol::apdu::CommandView::parse(&captured)
+        .unwrap()
+        .to_owned();
     let resp = session.handle_command(&mut w, &replay, pki.now, &mut OsRng);
     assert_eq!(resp.sw, StatusWord::TerminalNotTrusted);
     assert_eq!(w.atc, 1);
@@ -482,7 +816,12 @@ fn replayed_nonce_and_replayed_authorize_are_rejected() {
     };
     run_with(&mut lb, &mut session).unwrap();
     let mut session = TerminalSession::new(pay(100));
-    assert_eq!(run_with(&mut lb, &mut session).unwrap_err(), Error::WalletRefused { sw: StatusWord::TerminalNotTrusted });
+    assert_eq!(
+        run_with(&mut lb, &mut session).unwrap_err(),
+        Error::WalletRefused {
+            sw: StatusWord::TerminalNotTrusted
+        }
+    );
 }
 
 #[test]
@@ -493,7 +832,9 @@ fn terminal_time_far_from_phone_time_is_refused() {
     let mut session = TerminalSession::new(pay(100));
     let cmd = session.poll_command().unwrap();
     let resp = lb.exchange(&mut w, cmd, pki.now, &mut OsRng).unwrap();
-    session.handle_response(&mut t, resp, pki.now + 3600, &mut OsRng).unwrap();
+    session
+        .handle_response(&mut t, resp, pki.now + 3600, &mut OsRng)
+        .unwrap();
     let cmd = session.poll_command().unwrap();
     let resp = lb.exchange(&mut w, cmd, pki.now, &mut OsRng).unwrap();
     assert_eq!(resp.sw, StatusWord::TimeSkew);
@@ -505,40 +846,116 @@ fn terminal_time_far_from_phone_time_is_refused() {
 fn relaxed_cvm_outside_the_signature_is_rejected() {
     let pki = Pki::generate(&mut OsRng);
     let mut t = pki.terminal_context();
-    let params = TapParams { scenario: Scenario::Pay { amount: cny(50_000) }, cvm_limit: 20_000, send_certificate: true };
+    let params = TapParams {
+        scenario: Scenario::Pay {
+            amount: cny(50_000),
+        },
+        cvm_limit: 20_000,
+        send_certificate: true,
+    };
     let mut session = TerminalSession::new(params);
     let _select = session.poll_command().unwrap();
     let eph = EphemeralKey::generate(&mut OsRng);
-    let fci = Fci { versions: vec![VERSION_1], scenarios: 7, max_command: 4096, flags: FLAG_EXTENDED_LENGTH, key_share: *eph.public() }.to_bytes();
-    session.handle_response(&mut t, Response::ok(fci.clone()), pki.now, &mut OsRng).unwrap();
+    let fci = Fci {
+        versions: vec![VERSION_1],
+        scenarios: 7,
+        max_command: 4096,
+        flags: FLAG_EXTENDED_LENGTH,
+        key_share: *eph.public(),
+    }
+    .to_bytes();
+    session
+        .handle_response(&mut t, Response::ok(fci.clone()), pki.now, &mut OsRng)
+        .unwrap();
     let auth_cmd: Command = session.poll_command().unwrap();
     let req = AuthorizeRequest::decode(&auth_cmd.data).unwrap();
     let th1 = messages::th1(&fci, &req.body.to_bytes());
     let keys = SessionKeys::derive(&eph.agree(&req.body.key_share).unwrap(), &th1);
     let ck = pki.issuer_master_key.diversify(pki.wallet.cert.serial());
-    let signed = WalletBody { wallet_cert_hash: *pki.wallet.cert.hash(), atc: 1, cvm: Cvm::None, cryptogram: Some(ck.cryptogram(1, &th1, 0)), credential: None };
+    let signed = WalletBody {
+        wallet_cert_hash: *pki.wallet.cert.hash(),
+        atc: 1,
+        cvm: Cvm::None,
+        cryptogram: Some(ck.cryptogram(1, &th1, 0)),
+        credential: None,
+    };
     let th2 = messages::th2(&th1, &req.signature, &signed.to_bytes());
     let signature = crypto::sign(&pki.wallet.key, &th2);
-    let claimed = WalletBody { cvm: Cvm::ConfirmedOnDevice, ..signed.clone() };
-    let resp = WalletResponse { body: claimed, certificate: Some(pki.wallet.cert.der().to_vec()), signature };
-    let sealed = keys.seal(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.to_bytes());
-    let err = session.handle_response(&mut t, Response::ok(sealed), pki.now, &mut OsRng).unwrap_err();
-    assert_eq!(err, Error::BadSignature { party: Party::Wallet });
+    let claimed = WalletBody {
+        cvm: Cvm::ConfirmedOnDevice,
+        ..signed.clone()
+    };
+    let resp = WalletResponse {
+        body: claimed,
+        certificate: Some(pki.wallet.cert.der().to_vec()),
+        signature,
+    };
+    let sealed = keys.seal(
+        Direction::WalletToTerminal,
+        0,
+        &[INS_AUTHORIZE],
+        &resp.to_bytes(),
+    );
+    let err = session
+        .handle_response(&mut t, Response::ok(sealed), pki.now, &mut OsRng)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Error::BadSignature {
+            party: Party::Wallet
+        }
+    );
 
     // And the honest "none" is refused for being above the limit.
-    let mut session = TerminalSession::new(TapParams { scenario: Scenario::Pay { amount: cny(50_000) }, cvm_limit: 20_000, send_certificate: true });
+    let mut session = TerminalSession::new(TapParams {
+        scenario: Scenario::Pay {
+            amount: cny(50_000),
+        },
+        cvm_limit: 20_000,
+        send_certificate: true,
+    });
     let _ = session.poll_command();
     let eph = EphemeralKey::generate(&mut OsRng);
-    let fci = Fci { versions: vec![VERSION_1], scenarios: 7, max_command: 4096, flags: FLAG_EXTENDED_LENGTH, key_share: *eph.public() }.to_bytes();
-    session.handle_response(&mut t, Response::ok(fci.clone()), pki.now, &mut OsRng).unwrap();
+    let fci = Fci {
+        versions: vec![VERSION_1],
+        scenarios: 7,
+        max_command: 4096,
+        flags: FLAG_EXTENDED_LENGTH,
+        key_share: *eph.public(),
+    }
+    .to_bytes();
+    session
+        .handle_response(&mut t, Response::ok(fci.clone()), pki.now, &mut OsRng)
+        .unwrap();
     let req = AuthorizeRequest::decode(&session.poll_command().unwrap().data).unwrap();
     let th1 = messages::th1(&fci, &req.body.to_bytes());
     let keys = SessionKeys::derive(&eph.agree(&req.body.key_share).unwrap(), &th1);
-    let body = WalletBody { cryptogram: Some(ck.cryptogram(2, &th1, 0)), atc: 2, ..signed };
-    let signature = crypto::sign(&pki.wallet.key, &messages::th2(&th1, &req.signature, &body.to_bytes()));
-    let resp = WalletResponse { body, certificate: Some(pki.wallet.cert.der().to_vec()), signature };
-    let sealed = keys.seal(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.to_bytes());
-    assert_eq!(session.handle_response(&mut t, Response::ok(sealed), pki.now, &mut OsRng).unwrap_err(), Error::CvmRequired);
+    let body = WalletBody {
+        cryptogram: Some(ck.cryptogram(2, &th1, 0)),
+        atc: 2,
+        ..signed
+    };
+    let signature = crypto::sign(
+        &pki.wallet.key,
+        &messages::th2(&th1, &req.signature, &body.to_bytes()),
+    );
+    let resp = WalletResponse {
+        body,
+        certificate: Some(pki.wallet.cert.der().to_vec()),
+        signature,
+    };
+    let sealed = keys.seal(
+        Direction::WalletToTerminal,
+        0,
+        &[INS_AUTHORIZE],
+        &resp.to_bytes(),
+    );
+    assert_eq!(
+        session
+            .handle_response(&mut t, Response::ok(sealed), pki.now, &mut OsRng)
+            .unwrap_err(),
+        Error::CvmRequired
+    );
 }
 
 #[test]
@@ -549,7 +966,9 @@ fn stray_commands_do_not_disturb_a_session() {
     let mut session = TerminalSession::new(pay(100));
     let select = session.poll_command().unwrap();
     let fci = lb.exchange(&mut w, select, pki.now, &mut OsRng).unwrap();
-    session.handle_response(&mut t, fci, pki.now, &mut OsRng).unwrap();
+    session
+        .handle_response(&mut t, fci, pki.now, &mut OsRng)
+        .unwrap();
     // Between SELECT and AUTHORIZE: a CONFIRM, a GET CERTIFICATE and a
     // garbage AUTHORIZE from somewhere else.
     for stray in [
@@ -562,16 +981,39 @@ fn stray_commands_do_not_disturb_a_session() {
     }
     let auth = session.poll_command().unwrap();
     let resp = lb.exchange(&mut w, auth, pki.now, &mut OsRng).unwrap();
-    session.handle_response(&mut t, resp, pki.now, &mut OsRng).unwrap();
-    assert!(matches!(session.poll_event(), Some(TerminalEvent::Selected { .. })));
-    assert!(matches!(session.poll_event(), Some(TerminalEvent::Approved(_))));
+    session
+        .handle_response(&mut t, resp, pki.now, &mut OsRng)
+        .unwrap();
+    assert!(matches!(
+        session.poll_event(),
+        Some(TerminalEvent::Selected { .. })
+    ));
+    assert!(matches!(
+        session.poll_event(),
+        Some(TerminalEvent::Approved(_))
+    ));
     // A second AUTHORIZE after success is refused and keeps the keys: the
     // receipt still goes through.
     let again = Command::new(0x80, 0x50, 0, 0, vec![0xD0, 0x01, 0x01], Some(256));
-    assert_eq!(lb.exchange(&mut w, again, pki.now, &mut OsRng).unwrap().sw, StatusWord::ConditionsNotSatisfied);
-    session.send_receipt(&Receipt { record_id: [0; 32], seq: 1, order_number: None, cart: None, slot: None }).unwrap();
+    assert_eq!(
+        lb.exchange(&mut w, again, pki.now, &mut OsRng).unwrap().sw,
+        StatusWord::ConditionsNotSatisfied
+    );
+    session
+        .send_receipt(&Receipt {
+            record_id: [0; 32],
+            seq: 1,
+            order_number: None,
+            cart: None,
+            slot: None,
+        })
+        .unwrap();
     let confirm = session.poll_command().unwrap();
-    assert!(lb.exchange(&mut w, confirm, pki.now, &mut OsRng).unwrap().sw.is_ok());
+    assert!(lb
+        .exchange(&mut w, confirm, pki.now, &mut OsRng)
+        .unwrap()
+        .sw
+        .is_ok());
     assert_eq!(w.atc, 1);
 }
 
@@ -583,43 +1025,96 @@ fn out_of_order_and_garbage_commands_get_status_words() {
     let mut send = |s: &mut WalletSession, bytes: &[u8]| {
         let mut card = tapstack_protocol::apdu::CardLink::new(true);
         match card.handle_command(bytes) {
-            tapstack_protocol::apdu::CardInput::Reply(r) => StatusWord::from_u16(u16::from_be_bytes([r[r.len() - 2], r[r.len() - 1]])),
-            tapstack_protocol::apdu::CardInput::Command(c) => s.handle_command(&mut w, &c, pki.now, &mut OsRng).sw,
+            tapstack_protocol::apdu::CardInput::Reply(r) => {
+                StatusWord::from_u16(u16::from_be_bytes([r[r.len() - 2], r[r.len() - 1]]))
+            }
+            tapstack_protocol::apdu::CardInput::Command(c) => {
+                s.handle_command(&mut w, &c, pki.now, &mut OsRng).sw
+            }
         }
     };
     // Before SELECT.
-    assert_eq!(send(&mut s, &[0x80, 0x50, 0, 0, 1, 0xD0]), StatusWord::ConditionsNotSatisfied);
-    assert_eq!(send(&mut s, &[0x80, 0x52, 0, 0, 1, 0x00]), StatusWord::ConditionsNotSatisfied);
-    assert_eq!(send(&mut s, &[0x80, 0x54, 0, 0, 0]), StatusWord::ConditionsNotSatisfied);
+    assert_eq!(
+        send(&mut s, &[0x80, 0x50, 0, 0, 1, 0xD0]),
+        StatusWord::ConditionsNotSatisfied
+    );
+    assert_eq!(
+        send(&mut s, &[0x80, 0x52, 0, 0, 1, 0x00]),
+        StatusWord::ConditionsNotSatisfied
+    );
+    assert_eq!(
+        send(&mut s, &[0x80, 0x54, 0, 0, 0]),
+        StatusWord::ConditionsNotSatisfied
+    );
     // Unknown AID, class, instruction, parameters, malformed lengths.
-    assert_eq!(send(&mut s, &[0x00, 0xA4, 4, 0, 3, 1, 2, 3, 0]), StatusWord::FileNotFound);
-    assert_eq!(send(&mut s, &[0x40, 0xA4, 4, 0, 0]), StatusWord::ClaNotSupported);
-    assert_eq!(send(&mut s, &[0x80, 0x99, 0, 0]), StatusWord::InsNotSupported);
-    assert_eq!(send(&mut s, &[0x80, 0x50, 1, 0, 1, 0]), StatusWord::WrongP1P2);
+    assert_eq!(
+        send(&mut s, &[0x00, 0xA4, 4, 0, 3, 1, 2, 3, 0]),
+        StatusWord::FileNotFound
+    );
+    assert_eq!(
+        send(&mut s, &[0x40, 0xA4, 4, 0, 0]),
+        StatusWord::ClaNotSupported
+    );
+    assert_eq!(
+        send(&mut s, &[0x80, 0x99, 0, 0]),
+        StatusWord::InsNotSupported
+    );
+    assert_eq!(
+        send(&mut s, &[0x80, 0x50, 1, 0, 1, 0]),
+        StatusWord::WrongP1P2
+    );
     assert_eq!(send(&mut s, &[0x00, 0xA4, 4]), StatusWord::WrongLength);
-    assert_eq!(send(&mut s, &[0x00, 0xA4, 4, 0, 9, 1]), StatusWord::WrongLength);
+    assert_eq!(
+        send(&mut s, &[0x00, 0xA4, 4, 0, 9, 1]),
+        StatusWord::WrongLength
+    );
     // After SELECT: garbage AUTHORIZE data and a stray CONFIRM are refused.
     let mut sel = vec![0x00, 0xA4, 0x04, 0x00, 0x08];
     sel.extend_from_slice(&messages::AID);
     sel.push(0);
     assert_eq!(send(&mut s, &sel), StatusWord::Ok);
-    assert_eq!(send(&mut s, &[0x80, 0x50, 0, 0, 3, 0xD0, 0x05, 0x01]), StatusWord::WrongData);
-    assert_eq!(send(&mut s, &[0x80, 0x52, 0, 0, 1, 0x00]), StatusWord::ConditionsNotSatisfied);
+    assert_eq!(
+        send(&mut s, &[0x80, 0x50, 0, 0, 3, 0xD0, 0x05, 0x01]),
+        StatusWord::WrongData
+    );
+    assert_eq!(
+        send(&mut s, &[0x80, 0x52, 0, 0, 1, 0x00]),
+        StatusWord::ConditionsNotSatisfied
+    );
     assert_eq!(w.atc, 0);
 
     // The terminal: garbage, truncated and unexpected responses are typed errors.
     let mut t = pki.terminal_context();
     let mut session = TerminalSession::new(pay(100));
     let _ = session.poll_command();
-    assert!(matches!(session.handle_response(&mut t, Response::ok(vec![0x6F, 0x05, 1]), pki.now, &mut OsRng), Err(Error::Decode(_))));
+    assert!(matches!(
+        session.handle_response(
+            &mut t,
+            Response::ok(vec![0x6F, 0x05, 1]),
+            pki.now,
+            &mut OsRng
+        ),
+        Err(Error::Decode(_))
+    ));
     let mut session = TerminalSession::new(pay(100));
     let _ = session.poll_command();
     assert_eq!(
-        session.handle_response(&mut t, Response::status(StatusWord::FileNotFound), pki.now, &mut OsRng).unwrap_err(),
-        Error::NotAWallet { sw: StatusWord::FileNotFound }
+        session
+            .handle_response(
+                &mut t,
+                Response::status(StatusWord::FileNotFound),
+                pki.now,
+                &mut OsRng
+            )
+            .unwrap_err(),
+        Error::NotAWallet {
+            sw: StatusWord::FileNotFound
+        }
     );
     assert!(matches!(
-        session.handle_response(&mut t, Response::ok(vec![]), pki.now, &mut OsRng).unwrap_err(),
+        session
+            .handle_response(&mut t, Response::ok(vec![]), pki.now, &mut OsRng)
+            .unwrap_err(),
         Error::UnexpectedMessage { .. }
     ));
     assert!(session.poll_command().is_none());

@@ -5,9 +5,14 @@
 set -euo pipefail
 
 purpose="${1:-test}"
-packages=(openssl pkg-config)
+# pcscd + vsmartcard-vpcd: the real PC/SC daemon and virtual reader the
+# emulator plugs into; libpcsclite-dev: what the pcsc crate links.
+packages=(openssl pkg-config pcscd vsmartcard-vpcd libpcsclite-dev)
 case "$purpose" in
-  test|demo) ;;
+  # pcsc-tools: scriptor, the independent PC/SC client of the tests;
+  # libnfc-bin: nfc-list, the independent libnfc client of the PN532 emulator tests.
+  test) packages+=(pcsc-tools libnfc-bin) ;;
+  demo) ;;
   fuzz) packages+=(g++) ;;
   *) echo "unknown purpose: $purpose" >&2; exit 2 ;;
 esac

@@ -19,6 +19,7 @@ else
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
+cargo "${toolchain[@]}" fuzz build
 summary=()
 for target in $(cargo "${toolchain[@]}" fuzz list); do
   mkdir -p "fuzz/corpus/$target"

@@ -20,6 +20,7 @@
 
 pub mod faults;
 pub mod phone;
+pub mod pn532;
 pub mod profile;
 pub mod state;
 pub mod vpcd;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tapstack_emulator::faults::{Fault, FaultScript};
 use tapstack_emulator::phone::{unix_now, Phone, PhoneQueue};
-use tapstack_emulator::{profile, vpcd};
+use tapstack_emulator::{pn532, profile, vpcd};
 
 #[derive(Parser)]
 #[command(name = "tap-emu", version, about = "Emulated phone (wallet app) for tapstack terminals")]
@@ -55,7 +55,21 @@ enum Command {
         #[arg(long, default_value_t = 1500)]
         idle_ms: u64,
         /// Milliseconds between one phone leaving and the next arriving.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 1000)]
+        gap_ms: u64,
+    },
+    /// Be a PN532 NFC chip behind a pseudo-terminal (libnfc pn532_uart, native drivers).
+    Pn532 {
+        #[command(flatten)]
+        phones: PhoneArgs,
+        /// Symbolic link to create to the PTY (the serial port: pn532_uart:PATH).
+        #[arg(long)]
+        link: PathBuf,
+        /// Leave the field after this many milliseconds without an APDU.
+        #[arg(long, default_value_t = 1500)]
+        idle_ms: u64,
+        /// Milliseconds between one phone leaving and the next arriving.
+        #[arg(long, default_value_t = 1000)]
         gap_ms: u64,
     },
 }
@@ -130,6 +144,16 @@ fn main() -> Result<()> {
                 ..Default::default()
             };
             vpcd::run(&mut queue, &opts, &stop)?;
+        }
+        Command::Pn532 { phones: args, link, idle_ms, gap_ms } => {
+            let mut queue = phones(&args)?;
+            let opts = pn532::Pn532Options {
+                taps: args.taps,
+                idle: Duration::from_millis(idle_ms),
+                gap: Duration::from_millis(gap_ms),
+                ..pn532::Pn532Options::new(link)
+            };
+            pn532::run(&mut queue, &opts, &stop)?;
         }
     }
     Ok(())

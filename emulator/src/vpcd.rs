@@ -33,7 +33,8 @@ pub struct VpcdOptions {
     /// Leave the field after this long without a command, once the phone
     /// has answered at least one.
     pub idle: Duration,
-    /// Time between one phone leaving and the next one arriving.
+    /// Time between one phone leaving and the next one arriving. pcscd
+    /// polls card presence about every 400 ms; a shorter gap can go unseen.
     pub gap: Duration,
     /// How long to keep trying to reach vpcd.
     pub connect_timeout: Duration,
@@ -45,7 +46,7 @@ impl Default for VpcdOptions {
             addr: SocketAddr::from(([127, 0, 0, 1], 35963)),
             taps: None,
             idle: Duration::from_millis(1500),
-            gap: Duration::from_millis(500),
+            gap: Duration::from_millis(1000),
             connect_timeout: Duration::from_secs(30),
         }
     }
@@ -132,7 +133,8 @@ fn serve(stream: &mut TcpStream, queue: &mut PhoneQueue, opts: &VpcdOptions, sto
         let mut msg = vec![0u8; n];
         stream.read_exact(&mut msg).map_err(net)?;
         let _ = SockRef::from(&*stream).set_quickack(true);
-        last = Instant::now();
+        // vpcd polls presence with control messages (about every 400 ms):
+        // only APDUs count as activity for the idle timer.
         let reply = match msg.as_slice() {
             [0x00] | [0x01] | [0x02] => {
                 if let Some(p) = queue.current() {
@@ -146,6 +148,7 @@ fn serve(stream: &mut TcpStream, queue: &mut PhoneQueue, opts: &VpcdOptions, sto
             apdu => match queue.transmit(apdu) {
                 Reply::Data(d) => {
                     answered += 1;
+                    last = Instant::now();
                     d
                 }
                 Reply::Removed => return Ok(Ending::Left),

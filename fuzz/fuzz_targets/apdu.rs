@@ -5,7 +5,8 @@ use tapstack_protocol::apdu::{CommandView, Response};
 fuzz_target!(|data: &[u8]| {
     if let Ok(view) = CommandView::parse(data) {
         let cmd = view.to_owned();
-        let again = CommandView::parse(&cmd.to_bytes()).expect("re-encoded command parses");
+        let bytes = cmd.to_bytes();
+        let again = CommandView::parse(&bytes).expect("re-encoded command parses");
         assert_eq!(again.to_owned(), cmd);
     }
     if let Ok(r) = Response::parse(data) {

@@ -1,0 +1,126 @@
+//! Shared by the emulator's end-to-end tests: a PKI, wallet profiles, a
+//! terminal, and a tap driven over any APDU transport.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use rand_core::OsRng;
+use tapstack_certs::{LeafOptions, Pki};
+use tapstack_protocol::apdu::{LinkLimits, Response, TerminalLink};
+use tapstack_protocol::error::Error;
+use tapstack_protocol::scenario::Receipt;
+use tapstack_protocol::terminal::{TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession};
+
+pub fn now() -> u64 {
+    tapstack_emulator::phone::unix_now()
+}
+
+/// A PKI directory, a terminal context and a directory for wallets.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub terminal: TerminalContext,
+}
+
+impl World {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki_dir = dir.path().join("pki");
+        tapstack_certs::init(&pki_dir, now(), &mut OsRng).unwrap();
+        let pki = Pki::load(&pki_dir).unwrap();
+        let t = pki.issue_terminal("Tea House #12", &dir.path().join("terminal"), &LeafOptions::default(), now(), &mut OsRng).unwrap();
+        let terminal = TerminalContext::new(t.identity.cert, t.identity.key, pki.terminal_trust());
+        World { dir, pki, terminal }
+    }
+
+    /// A wallet profile named `name`, optionally with a pickup credential.
+    pub fn wallet(&self, name: &str, edit: impl FnOnce(&mut String)) -> PathBuf {
+        let out = self.dir.path().join("wallets");
+        let profile = tapstack_emulator::profile::create(self.pki.dir(), name, &out, now(), &mut OsRng).unwrap();
+        let mut text = std::fs::read_to_string(&profile).unwrap();
+        edit(&mut text);
+        std::fs::write(&profile, text).unwrap();
+        profile
+    }
+
+    /// Issue a pickup credential for the wallet of `profile` and add it.
+    pub fn give_credential(&self, profile: &Path, site: &str, slot: u16) {
+        let w = tapstack_emulator::profile::load(profile).unwrap();
+        let path = self.dir.path().join(format!("{site}-{slot}.cred"));
+        let req = tapstack_certs::CredentialRequest { wallet: &w.context.certificate, site, slot, parcel: "SF1234567890", days: None };
+        self.pki.issue_credential(&req, &path, now(), &mut OsRng).unwrap();
+        tapstack_emulator::profile::add_credential(profile, &path).unwrap();
+    }
+}
+
+/// What one tap through a real transport did.
+#[derive(Debug)]
+pub struct Tap {
+    pub outcome: Option<TapOutcome>,
+    pub confirm_on_phone: bool,
+    pub receipt_delivered: bool,
+    pub error: Option<String>,
+    pub exchanges: usize,
+}
+
+/// Drive a whole tap (and its receipt) over `transmit`.
+pub fn run_tap<E: std::fmt::Display>(
+    terminal: &mut TerminalContext,
+    params: TapParams,
+    limits: LinkLimits,
+    mut transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, E>,
+) -> Tap {
+    let mut link = TerminalLink::new(limits);
+    let mut session = TerminalSession::new(params);
+    let mut tap = Tap { outcome: None, confirm_on_phone: false, receipt_delivered: false, error: None, exchanges: 0 };
+    let mut receipt_sent = false;
+    loop {
+        let Some(cmd) = session.poll_command() else {
+            match (&tap.outcome, receipt_sent) {
+                (Some(o), false) => {
+                    receipt_sent = true;
+                    let r = Receipt { record_id: [0x11; 32], seq: u64::from(o.atc), order_number: None, cart: None, slot: o.credential.as_ref().map(|c| c.slot) };
+                    session.send_receipt(&r).unwrap();
+                    continue;
+                }
+                _ => return tap,
+            }
+        };
+        link.send(cmd);
+        let resp: Response = loop {
+            let Some(wire) = link.poll_transmit() else {
+                tap.error = Some("link idle".into());
+                return tap;
+            };
+            tap.exchanges += 1;
+            let reply = match transmit(&wire) {
+                Ok(r) => r,
+                Err(e) => {
+                    tap.error = Some(format!("transport: {e}"));
+                    return tap;
+                }
+            };
+            match link.handle_response(&reply) {
+                Ok(Some(r)) => break r,
+                Ok(None) => {}
+                Err(e) => {
+                    tap.error = Some(Error::from(e).to_string());
+                    return tap;
+                }
+            }
+        };
+        if let Err(e) = session.handle_response(terminal, resp, now(), &mut OsRng) {
+            tap.error = Some(e.to_string());
+            return tap;
+        }
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                TerminalEvent::Approved(o) => tap.outcome = Some(*o),
+                TerminalEvent::ConfirmOnPhone => tap.confirm_on_phone = true,
+                TerminalEvent::ReceiptDelivered => tap.receipt_delivered = true,
+                TerminalEvent::Selected { extended, .. } if !extended => link.set_limits(LinkLimits::SHORT),
+                _ => {}
+            }
+        }
+    }
+}

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::ffi::CString;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,69 +11,11 @@ use tapstack_protocol::apdu::LinkLimits;
 use tapstack_protocol::messages::Cvm;
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Scenario};
 use tapstack_protocol::terminal::TapParams;
-use tapstack_tests::{Child, Pcscd, VPCD_READER};
+use tapstack_tests::{Pcscd, VPCD_READER};
 
-use support::{run_tap, Tap, World};
+use support::emu_vpcd as emu;
 
-fn emu(pcscd: &Pcscd, dir: &std::path::Path, wallets: &[&std::path::Path], extra: &[&str]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-emu"));
-    cmd.arg("vpcd").arg("--port").arg(pcscd.port.to_string()).args(["--idle-ms", "400", "--gap-ms", "1000"]);
-    for w in wallets {
-        cmd.arg("--wallet").arg(w);
-    }
-    cmd.args(extra);
-    Child::spawn("tap-emu", &mut cmd, Some(&dir.join("emu.log"))).unwrap()
-}
-
-struct Reader {
-    ctx: pcsc::Context,
-    name: CString,
-}
-
-impl Reader {
-    fn new() -> Self {
-        Reader { ctx: pcsc::Context::establish(pcsc::Scope::User).unwrap(), name: CString::new(VPCD_READER).unwrap() }
-    }
-
-    /// Wait for a card; returns the reader's event counter.
-    fn wait_present(&self) -> u32 {
-        let mut states = vec![pcsc::ReaderState::new(self.name.clone(), pcsc::State::UNAWARE)];
-        for _ in 0..300 {
-            self.ctx.get_status_change(Duration::from_millis(100), &mut states).ok();
-            let s = states[0].event_state();
-            if s.contains(pcsc::State::PRESENT) && !s.contains(pcsc::State::MUTE) {
-                return states[0].event_count();
-            }
-            states[0].sync_current_state();
-        }
-        panic!("no card in {VPCD_READER}");
-    }
-
-    /// Wait until the card that was there at `count` has gone (absent, or
-    /// another insertion counted since).
-    fn wait_gone(&self, count: u32) {
-        let mut states = vec![pcsc::ReaderState::new(self.name.clone(), pcsc::State::UNAWARE)];
-        for _ in 0..300 {
-            self.ctx.get_status_change(Duration::from_millis(100), &mut states).ok();
-            let s = states[0].event_state();
-            if !s.contains(pcsc::State::PRESENT) || states[0].event_count() != count {
-                return;
-            }
-            states[0].sync_current_state();
-        }
-        panic!("the card never left {VPCD_READER}");
-    }
-
-    fn tap(&self, world: &mut World, params: TapParams, limits: LinkLimits) -> Tap {
-        let count = self.wait_present();
-        let card = self.ctx.connect(&self.name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY).unwrap();
-        let mut buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
-        let tap = run_tap(&mut world.terminal, params, limits, |apdu| card.transmit(apdu, &mut buf).map(<[u8]>::to_vec));
-        let _ = card.disconnect(pcsc::Disposition::LeaveCard);
-        self.wait_gone(count);
-        tap
-    }
-}
+use support::{Reader, World};
 
 fn cny(minor: u64) -> Amount {
     Amount { minor, currency: Currency::new("CNY").unwrap() }

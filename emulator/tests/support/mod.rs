@@ -2,7 +2,10 @@
 //! terminal, and a tap driven over any APDU transport.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 use rand_core::OsRng;
 use tapstack_certs::{LeafOptions, Pki};
@@ -10,6 +13,7 @@ use tapstack_protocol::apdu::{LinkLimits, Response, TerminalLink};
 use tapstack_protocol::error::Error;
 use tapstack_protocol::scenario::Receipt;
 use tapstack_protocol::terminal::{TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession};
+use tapstack_tests::{Child, Pcscd, VPCD_READER};
 
 pub fn now() -> u64 {
     tapstack_emulator::phone::unix_now()
@@ -122,5 +126,83 @@ pub fn run_tap<E: std::fmt::Display>(
                 _ => {}
             }
         }
+    }
+}
+
+/// Start `tap-emu vpcd` for `wallets` against `pcscd`.
+pub fn emu_vpcd(pcscd: &Pcscd, dir: &Path, wallets: &[&Path], extra: &[&str]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-emu"));
+    cmd.arg("vpcd").arg("--port").arg(pcscd.port.to_string()).args(["--idle-ms", "400", "--gap-ms", "1000"]);
+    for w in wallets {
+        cmd.arg("--wallet").arg(w);
+    }
+    cmd.args(extra);
+    Child::spawn("tap-emu", &mut cmd, Some(&dir.join("emu.log"))).unwrap()
+}
+
+/// A PC/SC client on vpcd's first slot.
+pub struct Reader {
+    ctx: pcsc::Context,
+    name: CString,
+}
+
+impl Reader {
+    pub fn new() -> Self {
+        Reader { ctx: pcsc::Context::establish(pcsc::Scope::User).unwrap(), name: CString::new(VPCD_READER).unwrap() }
+    }
+
+    /// Wait up to `timeout` for a card; returns the reader's event counter.
+    pub fn present_within(&self, timeout: Duration) -> Option<u32> {
+        let mut states = vec![pcsc::ReaderState::new(self.name.clone(), pcsc::State::UNAWARE)];
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            self.ctx.get_status_change(Duration::from_millis(100), &mut states).ok();
+            let s = states[0].event_state();
+            if s.contains(pcsc::State::PRESENT) && !s.contains(pcsc::State::MUTE) {
+                return Some(states[0].event_count());
+            }
+            states[0].sync_current_state();
+        }
+        None
+    }
+
+    /// Wait for a card; returns the reader's event counter.
+    pub fn wait_present(&self) -> u32 {
+        self.present_within(Duration::from_secs(30)).unwrap_or_else(|| panic!("no card in {VPCD_READER}"))
+    }
+
+    /// Wait until the card that was there at `count` has gone (absent, or
+    /// another insertion counted since).
+    pub fn wait_gone(&self, count: u32) {
+        let mut states = vec![pcsc::ReaderState::new(self.name.clone(), pcsc::State::UNAWARE)];
+        for _ in 0..300 {
+            self.ctx.get_status_change(Duration::from_millis(100), &mut states).ok();
+            let s = states[0].event_state();
+            if !s.contains(pcsc::State::PRESENT) || states[0].event_count() != count {
+                return;
+            }
+            states[0].sync_current_state();
+        }
+        panic!("the card never left {VPCD_READER}");
+    }
+
+    /// One tap with the phone that is (or comes within `timeout`) in the field.
+    pub fn tap_until_gone(&self, world: &mut World, params: TapParams, limits: LinkLimits, timeout: Duration) -> Option<Tap> {
+        let count = self.present_within(timeout)?;
+        let card = match self.ctx.connect(&self.name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY) {
+            Ok(c) => c,
+            Err(e) => {
+                return Some(Tap { outcome: None, confirm_on_phone: false, receipt_delivered: false, error: Some(format!("connect: {e}")), exchanges: 0 })
+            }
+        };
+        let mut buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
+        let tap = run_tap(&mut world.terminal, params, limits, |apdu| card.transmit(apdu, &mut buf).map(<[u8]>::to_vec));
+        let _ = card.disconnect(pcsc::Disposition::LeaveCard);
+        self.wait_gone(count);
+        Some(tap)
+    }
+
+    pub fn tap(&self, world: &mut World, params: TapParams, limits: LinkLimits) -> Tap {
+        self.tap_until_gone(world, params, limits, Duration::from_secs(30)).unwrap_or_else(|| panic!("no card in {VPCD_READER}"))
     }
 }

@@ -23,6 +23,7 @@ test: deps
 
 bench: deps
 	$(CARGO) bench -p tapstack-protocol --bench tap
+	$(CARGO) bench -p tapstack-host --bench ingest
 
 fuzz:
 	@scripts/ensure-deps.sh fuzz

@@ -21,7 +21,10 @@ impl Field for Phone {
     fn activate(&mut self, _now: Instant) -> Option<Presence> {
         if self.present.is_none() && !self.away {
             self.arrivals += 1;
-            self.present = Some(Presence { uid: [0x08, 0, 0, self.arrivals as u8], id: self.arrivals });
+            self.present = Some(Presence {
+                uid: [0x08, 0, 0, self.arrivals as u8],
+                id: self.arrivals,
+            });
         }
         self.present
     }
@@ -46,11 +49,17 @@ impl Field for Phone {
 
 fuzz_target!(|data: &[u8]| {
     let mut chip = Chip::new();
-    let mut phone = Phone { present: None, arrivals: 0, away: false };
+    let mut phone = Phone {
+        present: None,
+        arrivals: 0,
+        away: false,
+    };
     let mut now = Instant::now();
     let mut out = Vec::new();
     for chunk in tapstack_fuzz::chunks(data) {
-        let Some((&op, body)) = chunk.split_first() else { continue };
+        let Some((&op, body)) = chunk.split_first() else {
+            continue;
+        };
         let mut sink = |b: &[u8]| out.extend_from_slice(b);
         match op % 8 {
             // A correct frame around arbitrary command bytes.
@@ -77,7 +86,10 @@ fuzz_target!(|data: &[u8]| {
         match f {
             Frame::Ack => {}
             f if f.is_error_frame() => {}
-            Frame::Info { tfi: TFI_CHIP, data } => assert!(!data.is_empty() && data.len() < MAX_BODY),
+            Frame::Info {
+                tfi: TFI_CHIP,
+                data,
+            } => assert!(!data.is_empty() && data.len() < MAX_BODY),
             other => panic!("the chip wrote {other:?}"),
         }
     }

@@ -1,0 +1,221 @@
+//! A client of the host's API over mutual TLS: what a terminal's uploader
+//! (and the tests and benchmark) use. One keep-alive connection, reopened
+//! when it breaks; every call has a deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tapstack_protocol::revocation::RevocationList;
+use tapstack_protocol::Codec;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::wire::{BatchRequest, BatchResponse, CredentialRequest, CredentialResponse, ErrorBody};
+use crate::Error;
+
+/// Largest response body the client reads.
+const MAX_RESPONSE: usize = 32 << 20;
+
+/// An HTTP answer: status and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn json<T: serde::de::DeserializeOwned>(self, what: &'static str) -> Result<T, Error> {
+        if self.status != 200 {
+            let e: Option<ErrorBody> = serde_json::from_slice(&self.body).ok();
+            return Err(Error::Refused {
+                status: self.status,
+                code: e.as_ref().map_or_else(String::new, |e| e.error.clone()),
+                message: e.map_or_else(String::new, |e| e.message),
+            });
+        }
+        serde_json::from_slice(&self.body).map_err(|e| Error::BadBody {
+            what,
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// A mutual-TLS client of one host.
+pub struct HostClient {
+    addr: SocketAddr,
+    server_name: ServerName<'static>,
+    connector: TlsConnector,
+    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    timeout: Duration,
+}
+
+impl core::fmt::Debug for HostClient {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HostClient")
+            .field("addr", &self.addr)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostClient {
+    /// `tls` from [`crate::tls::client_config`]; `server_name` as in the
+    /// host's certificate (`localhost` or `127.0.0.1` for a generated one).
+    pub fn new(
+        addr: SocketAddr,
+        server_name: ServerName<'static>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        HostClient {
+            addr,
+            server_name,
+            connector: TlsConnector::from(tls),
+            conn: tokio::sync::Mutex::new(None),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Deadline of each call (default 30 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Error> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|source| Error::Net {
+                op: "connect",
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let tls = self
+            .connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|source| Error::Net {
+                op: "TLS handshake",
+                source,
+            })?;
+        let (send, conn) = http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(send)
+    }
+
+    /// Drop the kept connection (the next call opens a new one).
+    pub async fn disconnect(&self) {
+        *self.conn.lock().await = None;
+    }
+
+    /// One request; any status is a [`Reply`]. Transport failures are
+    /// errors, and the connection is dropped so the next call reconnects.
+    pub async fn request(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Reply, Error> {
+        let fut = async {
+            let mut guard = self.conn.lock().await;
+            let mut send = match guard.take() {
+                Some(s) if !s.is_closed() => s,
+                _ => self.connect().await?,
+            };
+            send.ready().await?;
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header(HOST, "tap-host")
+                .header(CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|_| Error::Invalid {
+                    field: "request",
+                    reason: "cannot build",
+                })?;
+            let resp = send.send_request(req).await?;
+            let status = resp.status().as_u16();
+            let closing = resp
+                .headers()
+                .get(hyper::header::CONNECTION)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| Error::BadBody {
+                    what: "response",
+                    reason: e.to_string(),
+                })?
+                .to_bytes()
+                .to_vec();
+            if !closing && !send.is_closed() {
+                *guard = Some(send);
+            }
+            Ok(Reply { status, body })
+        };
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.disconnect().await;
+                Err(Error::Timeout {
+                    what: "host request",
+                })
+            }
+        }
+    }
+
+    /// Upload records (their `Codec` bytes, oldest first).
+    pub async fn upload(&self, records: &[Vec<u8>]) -> Result<BatchResponse, Error> {
+        let body = BatchRequest::from_encoded(records.iter().map(Vec::as_slice)).to_json();
+        self.request(Method::POST, "/v1/batches", body)
+            .await?
+            .json("batch response")
+    }
+
+    /// The signed revocation list the host publishes (not yet checked
+    /// against a trust store: the caller does that).
+    pub async fn revocations(&self) -> Result<RevocationList, Error> {
+        let r = self
+            .request(Method::GET, "/v1/revocations", Vec::new())
+            .await?;
+        if r.status != 200 {
+            return Err(Error::Refused {
+                status: r.status,
+                code: String::new(),
+                message: String::new(),
+            });
+        }
+        RevocationList::decode(&r.body).map_err(|e| Error::BadBody {
+            what: "revocation list",
+            reason: e.to_string(),
+        })
+    }
+
+    pub async fn health(&self) -> Result<(), Error> {
+        let r = self.request(Method::GET, "/v1/health", Vec::new()).await?;
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(Error::Refused {
+                status: r.status,
+                code: String::new(),
+                message: String::new(),
+            })
+        }
+    }
+
+    /// Ask for a pickup credential (operator certificate required).
+    pub async fn issue_credential(
+        &self,
+        req: &CredentialRequest,
+    ) -> Result<CredentialResponse, Error> {
+        let body = serde_json::to_vec(req).unwrap_or_default();
+        self.request(Method::POST, "/v1/credentials", body)
+            .await?
+            .json("credential response")
+    }
+}

@@ -1,0 +1,178 @@
+//! `tap-host`: the tapstack upload host. Thin: parse arguments, start the
+//! runtime, call `tapstack_host`.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tapstack_host::ingest::VerifyMode;
+use tapstack_host::ledger::Ledger;
+use tapstack_host::server::{Host, HostOptions, Limits};
+use tapstack_host::store::{SledStore, Store};
+use tapstack_host::tls::TlsIdentity;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tap-host",
+    version,
+    about = "The tapstack upload host: verify, de-duplicate, store, publish revocations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Verifier {
+    /// The protocol's checks with ring signatures (fast; the default).
+    Ring,
+    /// The protocol crate's verify_record itself (RustCrypto).
+    Reference,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the upload API over HTTPS with mutual TLS.
+    Serve {
+        /// The PKI directory (`tap-certs init`): trust, revocations, issuer master key, operator key.
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+        /// The store directory (sled; created if missing).
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// Address to listen on; port 0 picks a free port (printed on stdout).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        /// Server certificate chain (PEM); generated from the PKI root for localhost if absent.
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Server private key (PEM).
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Signature verifier of the ingest path.
+        #[arg(long, value_enum, default_value = "ring")]
+        verifier: Verifier,
+        /// Largest batch body in bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = tapstack_host::wire::DEFAULT_MAX_BODY)]
+        max_body: usize,
+        /// Connections served at once.
+        #[arg(long, value_name = "N", default_value_t = 1024)]
+        max_connections: usize,
+        /// Batches verified and stored at once.
+        #[arg(long, value_name = "N", default_value_t = 16)]
+        ingest_concurrency: usize,
+        /// Seconds to receive a request body.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        body_timeout: u64,
+    },
+    /// Report accepted records per terminal, scenario and day (the server must be stopped: sled locks its directory).
+    Ledger {
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// JSON for machines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            pki,
+            store,
+            listen,
+            tls_cert,
+            tls_key,
+            verifier,
+            max_body,
+            max_connections,
+            ingest_concurrency,
+            body_timeout,
+        } => {
+            let pki = tapstack_certs::Pki::load(&pki)
+                .with_context(|| format!("loading the PKI in {}", pki.display()))?;
+            let db: Arc<dyn Store> = Arc::new(
+                SledStore::open(&store)
+                    .with_context(|| format!("opening the store in {}", store.display()))?,
+            );
+            let tls = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => Some(TlsIdentity::from_pem_files(&c, &k)?),
+                _ => None,
+            };
+            let limits = Limits {
+                max_body,
+                max_connections,
+                ingest_concurrency,
+                body_timeout: Duration::from_secs(body_timeout),
+                ..Limits::default()
+            };
+            let verify_mode = match verifier {
+                Verifier::Ring => VerifyMode::Ring,
+                Verifier::Reference => VerifyMode::Reference,
+            };
+            let host = Host::from_pki(
+                &pki,
+                db,
+                HostOptions {
+                    tls,
+                    verify_mode,
+                    limits,
+                },
+            )?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                let addr = listener.local_addr()?;
+                println!("listening on https://{addr}");
+                std::io::stdout().flush()?;
+                host.serve(listener, shutdown_signal()).await?;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Ledger { store, json } => {
+            let db = SledStore::open(&store).with_context(|| {
+                format!(
+                    "opening the store in {} (is tap-host serve running on it?)",
+                    store.display()
+                )
+            })?;
+            let ledger = Ledger::from_records(&db.records()?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ledger)?);
+            } else {
+                print!("{}", ledger.to_text());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,483 @@
+//! `tap-host serve`: HTTPS with mutual TLS (tokio, rustls, hyper HTTP/1.1).
+//!
+//! ```text
+//!  TcpListener ─accept (≤ max_connections)─▶ TLS handshake (≤ handshake_timeout,
+//!      client certificate: ClientVerifier) ─▶ HTTP/1.1 keep-alive (header timeout)
+//!      ├─ GET  /v1/health        any client
+//!      ├─ GET  /v1/revocations   any client: the signed list, TLV
+//!      ├─ POST /v1/batches       terminals: body ≤ max_body, read ≤ body_timeout,
+//!      │                         then Ingestor::ingest on a blocking thread
+//!      │                         (≤ ingest_concurrency at once)
+//!      └─ POST /v1/credentials   the operator: issue a pickup credential
+//! ```
+//!
+//! Like mini-redis' `server::run`, [`Host::serve`] takes its listener and a
+//! shutdown future, so tests bind port 0 and stop it when they are done.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use p256::ecdsa::SigningKey;
+use serde::Serialize;
+use tapstack_protocol::pki::{Certificate, Role};
+use tapstack_protocol::Codec;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::credentials;
+use crate::ingest::{Ingestor, VerifyMode};
+use crate::revocations::Revocations;
+use crate::store::Store;
+use crate::tls::{self, ClientVerifier, TlsIdentity};
+use crate::wire::{
+    self, BatchRequest, CredentialRequest, CredentialResponse, ErrorBody, DEFAULT_MAX_BODY,
+};
+use crate::Error;
+
+/// Resource limits of the server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request body of `POST /v1/batches` (bytes): 413 beyond.
+    pub max_body: usize,
+    /// Time for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time to receive a request's header block (hyper's header read timeout).
+    pub header_timeout: Duration,
+    /// Time to receive a request body once its headers are in: 408 beyond.
+    pub body_timeout: Duration,
+    /// A connection is closed after this long, whatever it does.
+    pub connection_lifetime: Duration,
+    /// Batches verified and stored at once (blocking threads).
+    pub ingest_concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            max_body: DEFAULT_MAX_BODY,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            connection_lifetime: Duration::from_secs(600),
+            ingest_concurrency: 16,
+        }
+    }
+}
+
+/// Largest body of `POST /v1/credentials`.
+const MAX_CREDENTIAL_BODY: usize = 16 * 1024;
+
+/// Everything a running host needs.
+#[derive(Debug)]
+pub struct Host {
+    ingestor: Arc<Ingestor>,
+    tls: Arc<rustls::ServerConfig>,
+    operator: Option<(Certificate, SigningKey)>,
+    limits: Limits,
+    ingest_permits: Arc<Semaphore>,
+}
+
+/// How to build a [`Host`] from a PKI directory.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// Server certificate and key; generated from the PKI root if `None`.
+    pub tls: Option<TlsIdentity>,
+    pub verify_mode: VerifyMode,
+    pub limits: Limits,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Host {
+    /// A host with explicit parts.
+    pub fn new(
+        ingestor: Arc<Ingestor>,
+        identity: TlsIdentity,
+        operator: Option<(Certificate, SigningKey)>,
+        limits: Limits,
+    ) -> Result<Arc<Self>, Error> {
+        let verifier = Arc::new(ClientVerifier::new(
+            ingestor.trust().clone(),
+            ingestor.revocations().clone(),
+        ));
+        let tls = tls::server_config(identity, verifier)?;
+        let ingest_permits = Arc::new(Semaphore::new(limits.ingest_concurrency.max(1)));
+        Ok(Arc::new(Host {
+            ingestor,
+            tls,
+            operator,
+            limits,
+            ingest_permits,
+        }))
+    }
+
+    /// A host for a `tap-certs init` directory: trusts its root and
+    /// intermediates, enforces (and follows changes of) its revocation list,
+    /// checks cryptograms with its issuer master key, issues credentials
+    /// with its operator key.
+    pub fn from_pki(
+        pki: &tapstack_certs::Pki,
+        store: Arc<dyn Store>,
+        opts: HostOptions,
+    ) -> Result<Arc<Self>, Error> {
+        let trust = pki.trust_store().clone();
+        let revocations = Arc::new(Revocations::watch(
+            &pki.path(tapstack_certs::REVOCATIONS_FILE),
+            trust.clone(),
+        )?);
+        let ingestor = Arc::new(Ingestor::new(
+            store,
+            trust,
+            pki.issuer_master_key().clone(),
+            revocations,
+            opts.verify_mode,
+        )?);
+        let identity = match opts.tls {
+            Some(id) => id,
+            None => {
+                let root = pki.root();
+                let ips = [
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ];
+                tls::server_certificate(
+                    (&root.cert, &root.key),
+                    &["localhost"],
+                    &ips,
+                    unix_now(),
+                    &mut rand_core::OsRng,
+                )?
+            }
+        };
+        let operator = Some((pki.operator().cert.clone(), pki.operator().key.clone()));
+        Host::new(ingestor, identity, operator, opts.limits)
+    }
+
+    pub fn ingestor(&self) -> &Arc<Ingestor> {
+        &self.ingestor
+    }
+
+    /// Serve until `shutdown` completes; then stop accepting and close every
+    /// connection (an ingest already running finishes on its own thread:
+    /// what it stores stays stored, its answer is lost, a retry gets
+    /// `duplicate`).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let acceptor = TlsAcceptor::from(self.tls.clone());
+        let slots = Arc::new(Semaphore::new(self.limits.max_connections.max(1)));
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (tcp, _peer) = tokio::select! {
+                () = &mut shutdown => break,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    // EMFILE and friends: back off briefly, keep serving.
+                    Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let host = self.clone();
+            let acceptor = acceptor.clone();
+            conns.spawn(async move {
+                let _permit = permit;
+                let _ = tokio::time::timeout(
+                    host.limits.connection_lifetime,
+                    host.connection(acceptor, tcp),
+                )
+                .await;
+            });
+            // Reap finished connection tasks.
+            while conns.try_join_next().is_some() {}
+        }
+        conns.shutdown().await;
+        Ok(())
+    }
+
+    async fn connection(self: Arc<Self>, acceptor: TlsAcceptor, tcp: tokio::net::TcpStream) {
+        let Ok(Ok(stream)) =
+            tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(tcp)).await
+        else {
+            return;
+        };
+        let peer = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| Certificate::from_der(c).ok());
+        let Some(peer) = peer.map(Arc::new) else {
+            return;
+        };
+        let host = self.clone();
+        let service = service_fn(move |req| {
+            let host = host.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(host.handle(&peer, req).await) }
+        });
+        let _ = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    }
+
+    async fn handle(
+        &self,
+        peer: &Arc<Certificate>,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let path = req.uri().path().to_owned();
+        match (req.method().clone(), path.as_str()) {
+            (Method::GET, "/v1/health") => {
+                json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+            }
+            (Method::GET, "/v1/revocations") => {
+                let bytes = self.ingestor.revocations().encoded();
+                let mut r = Response::new(Full::new(Bytes::from(bytes.as_ref().clone())));
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                r
+            }
+            (Method::POST, "/v1/batches") => self.batches(peer, req).await,
+            (Method::POST, "/v1/credentials") => self.credentials(peer, req).await,
+            (_, "/v1/health" | "/v1/revocations" | "/v1/batches" | "/v1/credentials") => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this path",
+            ),
+            _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        }
+    }
+
+    async fn batches(
+        &self,
+        peer: &Arc<Certificate>,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        if peer.role() != Role::Terminal {
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only terminal certificates may upload batches",
+            );
+        }
+        let body = match read_body(req, self.limits.max_body, self.limits.body_timeout).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let records = match BatchRequest::decode(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
+        };
+        let Ok(permit) = self.ingest_permits.clone().acquire_owned().await else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the host is shutting down",
+            );
+        };
+        let ingestor = self.ingestor.clone();
+        let peer = peer.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            ingestor.ingest(&peer, &records, unix_now())
+        })
+        .await;
+        match result {
+            Ok(Ok(resp)) => json(StatusCode::OK, &resp),
+            Ok(Err(e)) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                &format!("nothing was acknowledged: {e}"),
+            ),
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "nothing was acknowledged: ingest task failed",
+            ),
+        }
+    }
+
+    async fn credentials(
+        &self,
+        peer: &Arc<Certificate>,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        if peer.role() != Role::Operator {
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only the operator certificate may issue pickup credentials",
+            );
+        }
+        let Some((op_cert, op_key)) = &self.operator else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "this host does not issue credentials",
+            );
+        };
+        let body = match read_body(req, MAX_CREDENTIAL_BODY, self.limits.body_timeout).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let req: CredentialRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()),
+        };
+        let Some(wallet) =
+            wire::b64_decode(&req.wallet_certificate).and_then(|d| Certificate::from_der(&d).ok())
+        else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_encoding",
+                "wallet_certificate is not base64 of a DER certificate",
+            );
+        };
+        let request = credentials::Request {
+            wallet: &wallet,
+            site: &req.site,
+            slot: req.slot,
+            parcel: &req.parcel,
+            days: req.days,
+        };
+        let revs = self.ingestor.revocations().current();
+        match credentials::issue(
+            (op_cert, op_key),
+            self.ingestor.trust(),
+            &revs,
+            &request,
+            unix_now(),
+            &mut rand_core::OsRng,
+        ) {
+            Ok(c) => json(
+                StatusCode::OK,
+                &CredentialResponse {
+                    id: hex::encode(c.id),
+                    credential: wire::encode_record(&c.to_bytes()),
+                    not_after: c.not_after,
+                },
+            ),
+            Err(e @ Error::Certificate { .. }) => error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "wallet_rejected",
+                &e.to_string(),
+            ),
+            Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+        }
+    }
+}
+
+/// Read a request body of at most `max` bytes within `timeout`. Beyond
+/// `max`, the rest is read and dropped (bounded memory; up to a drain cap so
+/// the 413 reaches the client instead of a reset), then 413.
+async fn read_body(
+    req: Request<Incoming>,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, Response<Full<Bytes>>> {
+    let too_large = || {
+        let mut r = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("request body above {max} bytes"),
+        );
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    let drain_cap = max.saturating_mul(2).saturating_add(1 << 20);
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > drain_cap as u64) {
+        return Err(too_large());
+    }
+    let mut body = req.into_body();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen <= max {
+                    buf.extend_from_slice(&data);
+                } else if seen > drain_cap {
+                    break;
+                }
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "request body not received in time",
+            );
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+        Ok(false) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "request body could not be read",
+        )),
+        Ok(true) if seen > max => Err(too_large()),
+        Ok(true) => Ok(buf),
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json(
+        status,
+        &ErrorBody {
+            error: code.to_owned(),
+            message: message.to_owned(),
+        },
+    )
+}

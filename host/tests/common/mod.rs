@@ -1,0 +1,294 @@
+//! Shared test fixtures: a real `tap-certs` PKI in a temp dir (valid now,
+//! since mutual TLS checks certificates against the real clock), terminals
+//! that make real signed records with the protocol's loopback tap, and an
+//! in-process host on 127.0.0.1:0.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rand_core::OsRng;
+use tapstack_certs::LeafOptions;
+use tapstack_host::client::HostClient;
+use tapstack_host::server::{unix_now, Host, HostOptions, Limits};
+use tapstack_host::store::{SledStore, Store, StoredRecord};
+use tapstack_host::tls::{self, TlsIdentity};
+use tapstack_protocol::record::TransactionRecord;
+use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Scenario};
+use tapstack_protocol::terminal::{TapParams, TerminalContext};
+use tapstack_protocol::testkit::{self, Identity};
+use tapstack_protocol::wallet::WalletContext;
+use tempfile::TempDir;
+
+pub fn cny(minor: u64) -> Amount {
+    Amount {
+        minor,
+        currency: Currency::new("CNY").unwrap(),
+    }
+}
+
+pub fn pay(minor: u64) -> Scenario {
+    Scenario::Pay { amount: cny(minor) }
+}
+
+pub fn cart() -> Cart {
+    Cart {
+        currency: Currency::new("CNY").unwrap(),
+        items: vec![
+            CartItem {
+                sku: "TEA-01".into(),
+                name: "Jasmine tea".into(),
+                qty: 2,
+                unit_price: 800,
+            },
+            CartItem {
+                sku: "BUN-07".into(),
+                name: "Pork bun".into(),
+                qty: 3,
+                unit_price: 450,
+            },
+        ],
+    }
+}
+
+/// A PKI directory made by `tapstack_certs::init` at the real "now".
+pub struct Fixture {
+    pub dir: TempDir,
+    pub pki_dir: PathBuf,
+    pub certs: tapstack_certs::Pki,
+    /// The same PKI as the protocol's testkit sees it (for `run_tap`).
+    pub kit: testkit::Pki,
+    counter: std::sync::atomic::AtomicUsize,
+}
+
+fn kit_id(id: &tapstack_certs::Identity) -> Identity {
+    Identity {
+        cert: id.cert.clone(),
+        key: id.key.clone(),
+    }
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let pki_dir = dir.path().join("pki");
+        let now = unix_now();
+        let certs = tapstack_certs::init(&pki_dir, now, &mut OsRng).unwrap();
+        let leaves = dir.path().join("leaves");
+        let t = certs
+            .issue_terminal(
+                "Tea House #1",
+                &leaves,
+                &LeafOptions::default(),
+                now,
+                &mut OsRng,
+            )
+            .unwrap();
+        let w = certs
+            .issue_wallet(
+                "wallet 0",
+                &leaves,
+                &LeafOptions::default(),
+                now,
+                &mut OsRng,
+            )
+            .unwrap();
+        let kit = testkit::Pki {
+            root: kit_id(certs.root()),
+            issuer: kit_id(certs.issuer()),
+            acquirer: kit_id(certs.acquirer()),
+            operator: kit_id(certs.operator()),
+            terminal: kit_id(&t.identity),
+            wallet: kit_id(&w.leaf.identity),
+            issuer_master_key: certs.issuer_master_key().clone(),
+            now,
+        };
+        Fixture {
+            dir,
+            pki_dir,
+            certs,
+            kit,
+            counter: Default::default(),
+        }
+    }
+
+    fn next(&self) -> usize {
+        self.counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A new terminal certificate of this PKI.
+    pub fn terminal(&self, name: &str) -> Identity {
+        let n = self.next();
+        let opts = LeafOptions {
+            days: None,
+            file_stem: Some(format!("terminal-{n}")),
+        };
+        let t = self
+            .certs
+            .issue_terminal(
+                name,
+                &self.dir.path().join("leaves"),
+                &opts,
+                self.kit.now,
+                &mut OsRng,
+            )
+            .unwrap();
+        kit_id(&t.identity)
+    }
+
+    /// A new wallet of this PKI, ready to tap.
+    pub fn wallet(&self) -> WalletContext {
+        let w = self.kit.new_wallet(&mut OsRng);
+        self.kit.wallet_context_for(&w)
+    }
+
+    pub fn sim(&self, id: Identity) -> TerminalSim {
+        TerminalSim {
+            ctx: self.kit.terminal_context_for(&id),
+            id,
+            seq: 0,
+            prev: [0; 32],
+        }
+    }
+
+    /// Client TLS config presenting `id` (with its CA chain), or none.
+    pub fn client_tls(&self, id: Option<&Identity>) -> Arc<rustls::ClientConfig> {
+        let identity = id.map(|id| {
+            let ca = if id.cert.role() == tapstack_protocol::pki::Role::Operator {
+                vec![]
+            } else {
+                vec![&self.certs.acquirer().cert]
+            };
+            TlsIdentity::from_protocol(&id.cert, &id.key, &ca).unwrap()
+        });
+        tls::client_config(self.certs.root().cert.der(), identity).unwrap()
+    }
+
+    pub fn client(&self, addr: SocketAddr, id: Option<&Identity>) -> HostClient {
+        HostClient::new(
+            addr,
+            tls::server_name("localhost").unwrap(),
+            self.client_tls(id),
+        )
+    }
+
+    pub fn operator(&self) -> Identity {
+        kit_id(self.certs.operator())
+    }
+}
+
+/// A terminal that taps wallets and chains signed records.
+pub struct TerminalSim {
+    pub id: Identity,
+    pub ctx: TerminalContext,
+    pub seq: u64,
+    pub prev: [u8; 32],
+}
+
+impl TerminalSim {
+    /// Run a tap with `wallet` and chain its record.
+    pub fn tap(
+        &mut self,
+        kit: &testkit::Pki,
+        wallet: &mut WalletContext,
+        scenario: Scenario,
+    ) -> TransactionRecord {
+        let cart_for = matches!(scenario, Scenario::Order { .. }).then(cart);
+        let params = TapParams {
+            scenario,
+            cvm_limit: 1_000_000,
+            send_certificate: true,
+        };
+        let run = kit.run_tap(&mut self.ctx, wallet, params, &mut OsRng);
+        let outcome = run
+            .outcome
+            .unwrap_or_else(|| panic!("tap failed: {:?}", run.error));
+        self.seq += 1;
+        let order = cart_for.as_ref().map(|_| format!("A{}", self.seq));
+        let r = TransactionRecord::new(
+            &outcome,
+            &self.id.cert,
+            &self.id.key,
+            self.seq,
+            self.prev,
+            kit.now,
+            cart_for,
+            order,
+        );
+        self.prev = r.hash();
+        r
+    }
+
+    /// `n` pay records from fresh wallets.
+    pub fn pays(&mut self, fx: &Fixture, n: usize) -> Vec<TransactionRecord> {
+        (0..n)
+            .map(|i| self.tap(&fx.kit, &mut fx.wallet(), pay(100 + i as u64)))
+            .collect()
+    }
+}
+
+pub fn bytes(records: &[TransactionRecord]) -> Vec<Vec<u8>> {
+    use tapstack_protocol::Codec;
+    records.iter().map(Codec::to_bytes).collect()
+}
+
+/// A host serving in this process.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+    pub host: Arc<Host>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    pub store_dir: TempDir,
+}
+
+impl Running {
+    pub async fn start(fx: &Fixture, limits: Limits) -> Running {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(store_dir.path()).unwrap());
+        let certs = tapstack_certs::Pki::load(&fx.pki_dir).unwrap();
+        let host = Host::from_pki(
+            &certs,
+            store.clone(),
+            HostOptions {
+                limits,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let h = host.clone();
+        let task = tokio::spawn(async move {
+            h.serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Running {
+            addr,
+            store,
+            host,
+            stop: Some(tx),
+            task: Some(task),
+            store_dir,
+        }
+    }
+
+    pub fn records(&self) -> Vec<StoredRecord> {
+        self.store.records().unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}

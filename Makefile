@@ -11,7 +11,7 @@ deps:
 
 demo:
 	@scripts/ensure-deps.sh demo
-	$(CARGO) run --release -q -p tapstack-protocol --example demo
+	@scripts/demo.sh
 
 test: deps
 	@if command -v cargo-nextest >/dev/null 2>&1; then \

@@ -1,1 +1,42 @@
-//! Part of tapstack; see the workspace README. Built out by its own issue.
+//! # tapstack-terminal
+//!
+//! The terminal application: configuration, the tap engine (risk rules, the
+//! protocol handshake, the durable queue, receipts), upload to `tap-host`,
+//! the interfaces people use (`tap-terminal` CLI, daemon with a local API,
+//! kiosk mode).
+//!
+//! ```text
+//!  reader link ──▶ Engine::tap ──▶ risk::before_tap ─▶ TerminalSession (protocol)
+//!                                 risk::after_tap ─▶ Queue::append (sled, flushed) ─▶ approved
+//!                                                    └─▶ receipt to the phone
+//!  Queue::pending ──▶ upload (mTLS) ──▶ tap-host ──▶ Queue::ack (prune) + revocation list
+//! ```
+
+pub mod app;
+pub mod config;
+pub mod queue;
+pub mod readers;
+pub mod risk;
+pub mod tap;
+pub mod upload;
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the terminal (taps that do not go through
+/// are [`tap::Decline`]s, not errors).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("configuration {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    #[error("queue: {detail}")]
+    Store { detail: String },
+    #[error("queue holds a corrupt {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error(transparent)]
+    Certs(#[from] tapstack_certs::Error),
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("upload: {detail}")]
+    Upload { detail: String },
+}

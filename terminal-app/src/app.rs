@@ -1,0 +1,144 @@
+//! Assembling a terminal from its configuration, and the phone "fields"
+//! (readers) the CLI, the daemon and kiosk mode tap through.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tapstack_certs::{read_certificate, read_private_key};
+use tapstack_emulator::phone::{Phone, PhoneQueue, Reply};
+use tapstack_emulator::{profile, FaultScript};
+use tapstack_protocol::codec::Codec;
+use tapstack_protocol::pki::{Role, TrustStore};
+use tapstack_protocol::revocation::RevocationList;
+use tapstack_protocol::terminal::TerminalContext;
+
+use crate::config::Config;
+use crate::queue::{Queue, QueueStore};
+use crate::tap::{Engine, Link, LinkFailure, TapResult};
+use crate::Error;
+
+fn file_err(path: &Path, reason: impl ToString) -> Error {
+    Error::File { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
+/// Load the trust store and the revocation list the configuration names.
+pub fn trust(config: &Config) -> Result<(TrustStore, Option<RevocationList>), Error> {
+    let mut trust = TrustStore::new();
+    let root_path = config.path(&config.trust.root);
+    trust.add_root(read_certificate(&root_path)?).map_err(|e| file_err(&root_path, e))?;
+    for p in config.trust.issuers.iter().chain(&config.trust.operators) {
+        let p = config.path(p);
+        trust.add_intermediate(read_certificate(&p)?).map_err(|e| file_err(&p, e))?;
+    }
+    let revocations = match &config.trust.revocations {
+        Some(p) => {
+            let p = config.path(p);
+            match std::fs::read(&p) {
+                Ok(bytes) => {
+                    let list = RevocationList::decode(&bytes).map_err(|e| file_err(&p, e))?;
+                    list.verify(&trust).map_err(|e| file_err(&p, e))?;
+                    Some(list)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(file_err(&p, e)),
+            }
+        }
+        None => None,
+    };
+    Ok((trust, revocations))
+}
+
+/// Open the terminal: identity, trust, queue, risk state.
+pub fn engine(config: &Config) -> Result<Engine, Error> {
+    let cert_path = config.path(&config.terminal.certificate);
+    let cert = read_certificate(&cert_path)?;
+    if cert.role() != Role::Terminal {
+        return Err(file_err(&cert_path, format!("certificate role is {}, not terminal", cert.role())));
+    }
+    let key_path = config.path(&config.terminal.key);
+    let key = read_private_key(&key_path)?;
+    if key.verifying_key() != cert.public_key() {
+        return Err(file_err(&key_path, "key does not match the terminal certificate"));
+    }
+    let (trust, revocations) = trust(config)?;
+    let mut ctx = TerminalContext::new(cert, key, trust);
+    ctx.revocations = revocations;
+    let queue = Arc::new(Queue::open(&config.path(&config.queue.path))?);
+    let risk = crate::tap::risk_state(&queue)?;
+    let _ = queue.head()?;
+    Ok(Engine {
+        ctx,
+        queue,
+        risk,
+        limits: config.risk.clone(),
+        currency: config.currency(),
+        order_prefix: config.terminal.order_prefix.clone(),
+        send_certificate: config.terminal.send_certificate,
+    })
+}
+
+/// Where phones are tapped: a reader.
+pub trait Field: Send {
+    /// Wait up to `timeout` for a phone; run `tap` with it; wait for it to
+    /// leave. `None` when no phone came.
+    fn with_phone(&mut self, timeout: Duration, tap: &mut dyn FnMut(&mut dyn Link) -> TapResult) -> Result<Option<TapResult>, Error>;
+    fn describe(&self) -> String;
+}
+
+/// `emu:<profile>[,<profile>…]`: emulated phones in this process.
+#[derive(Debug)]
+pub struct EmuField {
+    queue: PhoneQueue,
+    description: String,
+}
+
+impl EmuField {
+    pub fn open(spec: &str, base: &Path) -> Result<Self, Error> {
+        let mut phones = Vec::new();
+        for p in spec.split(',').filter(|s| !s.is_empty()) {
+            let path = if Path::new(p).is_absolute() { p.into() } else { base.join(p) };
+            let w = profile::load(&path).map_err(|e| file_err(&path, e))?;
+            phones.push(Phone::from_wallet(w));
+        }
+        if phones.is_empty() {
+            return Err(Error::File { path: base.to_path_buf(), reason: "emu: needs at least one wallet profile (emu:alice.toml)".into() });
+        }
+        Ok(EmuField { description: format!("emu:{spec}"), queue: PhoneQueue::new(phones, FaultScript::default()) })
+    }
+}
+
+struct EmuLink<'a>(&'a mut PhoneQueue);
+
+impl Link for EmuLink<'_> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkFailure> {
+        match self.0.transmit(apdu) {
+            Reply::Data(d) => Ok(d),
+            Reply::Removed => Err(LinkFailure::Removed),
+        }
+    }
+}
+
+impl Field for EmuField {
+    fn with_phone(&mut self, _timeout: Duration, tap: &mut dyn FnMut(&mut dyn Link) -> TapResult) -> Result<Option<TapResult>, Error> {
+        if self.queue.enter().is_none() {
+            return Ok(None);
+        }
+        let result = tap(&mut EmuLink(&mut self.queue));
+        self.queue.leave();
+        Ok(Some(result))
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
+
+/// Open the reader the configuration names.
+pub fn field(config: &Config) -> Result<Box<dyn Field>, Error> {
+    let c = &config.reader.connection;
+    if let Some(spec) = c.strip_prefix("emu:") {
+        return Ok(Box::new(EmuField::open(spec, &config.base)?));
+    }
+    crate::readers::open(c)
+}

@@ -1,0 +1,271 @@
+//! The terminal's configuration: one TOML file, with environment overrides
+//! `TAPSTACK_<SECTION>_<KEY>` (for example `TAPSTACK_READER_CONNECTION`,
+//! `TAPSTACK_HOST_URL`, `TAPSTACK_RISK_FLOOR_LIMIT`). Relative paths are
+//! relative to the file's directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tapstack_protocol::scenario::Currency;
+
+use crate::risk::RiskLimits;
+use crate::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalSection {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+    /// ISO 4217 code of every amount this terminal takes.
+    pub currency: String,
+    /// Prefix of order numbers shown to customers ("A" → A17).
+    #[serde(default = "default_prefix")]
+    pub order_prefix: String,
+    /// Send the terminal certificate in every AUTHORIZE (false: only its
+    /// hash, for a clientele of repeat customers; a phone that lacks it asks).
+    #[serde(default = "yes")]
+    pub send_certificate: bool,
+    /// How long one tap intent waits for a phone.
+    #[serde(default = "default_timeout")]
+    pub tap_timeout_secs: u64,
+}
+
+fn default_prefix() -> String {
+    "A".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_timeout() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderSection {
+    /// `pcsc:<reader name>`, `libnfc:<connstring>`, `pn532:<path>[?baud=N]`, or `emu:<wallet profile>[,<profile>…]`.
+    pub connection: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustSection {
+    pub root: PathBuf,
+    #[serde(default)]
+    pub issuers: Vec<PathBuf>,
+    #[serde(default)]
+    pub operators: Vec<PathBuf>,
+    #[serde(default)]
+    pub revocations: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    /// `https://host:port`
+    pub url: String,
+    /// CA certificate the host's TLS certificate chains to.
+    pub ca: PathBuf,
+    /// Name in the host's certificate.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_server_name() -> String {
+    "localhost".into()
+}
+fn default_batch() -> usize {
+    200
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KioskSection {
+    /// The site id pickup credentials must name.
+    pub site: String,
+    /// Command run to open a slot; the slot number is appended as the last
+    /// argument. Empty: only log it.
+    #[serde(default)]
+    pub open_command: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7300".into()
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection { listen: default_listen() }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub terminal: TerminalSection,
+    pub reader: ReaderSection,
+    pub trust: TrustSection,
+    pub queue: QueueSection,
+    #[serde(default)]
+    pub host: Option<HostSection>,
+    #[serde(default)]
+    pub risk: RiskLimits,
+    #[serde(default)]
+    pub kiosk: Option<KioskSection>,
+    #[serde(default)]
+    pub api: ApiSection,
+    /// Directory relative paths resolve against.
+    #[serde(skip)]
+    pub base: PathBuf,
+}
+
+const MAX_CONFIG: u64 = 256 * 1024;
+
+impl Config {
+    /// Read, apply `env` overrides (`(name, value)` pairs), validate.
+    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, Error> {
+        let bad = |reason: String| Error::Config { path: path.to_path_buf(), reason };
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if meta.len() > MAX_CONFIG {
+            return Err(bad(format!("larger than {MAX_CONFIG} bytes")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let mut value: toml::Table = toml::from_str(&text).map_err(|e| bad(e.message().to_owned()))?;
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix("TAPSTACK_") else { continue };
+            let rest = rest.to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else { continue };
+            let parsed = v
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .or_else(|_| v.parse::<bool>().map(toml::Value::Boolean))
+                .unwrap_or(toml::Value::String(v.clone()));
+            let table = value
+                .entry(section.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| bad(format!("{k}: [{section}] is not a table")))?;
+            table.insert(key.to_owned(), parsed);
+        }
+        let mut cfg: Config = toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| bad(e.message().to_owned()))?;
+        cfg.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if Currency::new(&self.terminal.currency).is_none() {
+            return Err(format!("terminal.currency {:?} is not an ISO 4217 code like \"CNY\"", self.terminal.currency));
+        }
+        if self.terminal.order_prefix.len() > 4 || self.terminal.order_prefix.chars().any(|c| !c.is_ascii_alphanumeric()) {
+            return Err("terminal.order_prefix must be at most 4 letters or digits".into());
+        }
+        if self.terminal.tap_timeout_secs == 0 || self.terminal.tap_timeout_secs > 3600 {
+            return Err("terminal.tap_timeout_secs must be 1 to 3600".into());
+        }
+        let c = &self.reader.connection;
+        if !["pcsc:", "libnfc:", "pn532:", "emu:"].iter().any(|p| c.starts_with(p)) {
+            return Err(format!("reader.connection {c:?} must start with pcsc:, libnfc:, pn532: or emu:"));
+        }
+        if let Some(h) = &self.host {
+            if !h.url.starts_with("https://") {
+                return Err(format!("host.url {:?} must be https://", h.url));
+            }
+            if h.batch_size == 0 || h.batch_size > 1000 {
+                return Err("host.batch_size must be 1 to 1000".into());
+            }
+        }
+        let r = &self.risk;
+        if r.cvm_limit > r.floor_limit {
+            return Err("risk.cvm_limit above risk.floor_limit: every tap it affects is refused anyway".into());
+        }
+        if r.wallet_max_amount > r.queue_max_amount {
+            return Err("risk.wallet_max_amount above risk.queue_max_amount".into());
+        }
+        if let Some(k) = &self.kiosk {
+            if k.site.is_empty() || k.site.len() > 32 {
+                return Err("kiosk.site must be 1 to 32 bytes".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn currency(&self) -> Currency {
+        Currency::new(&self.terminal.currency).unwrap_or_else(|| unreachable!("validated"))
+    }
+
+    /// A path from the file, resolved against its directory.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+}
+
+/// The commented example `tap-terminal init` writes.
+pub const EXAMPLE: &str = r#"# tap-terminal configuration. Paths are relative to this file.
+# Every value can be overridden from the environment as
+# TAPSTACK_<SECTION>_<KEY>, e.g. TAPSTACK_READER_CONNECTION=pcsc:"ACS ACR122U 00 00".
+
+[terminal]
+certificate = "terminal.pem"     # from `tap-certs terminal`
+key = "terminal.key"
+currency = "CNY"                 # every amount is in this currency
+order_prefix = "A"               # order numbers look like A17
+send_certificate = true          # false: send only its hash (repeat customers)
+tap_timeout_secs = 60            # how long a tap intent waits for a phone
+
+[reader]
+# pcsc:<reader name> | libnfc:<connstring> | pn532:/dev/ttyUSB0?baud=115200
+# | emu:<wallet profile>[,<profile>...] (in-process emulated phones)
+connection = "pcsc:ACS ACR122U 00 00"
+
+[trust]
+root = "pki/root.pem"
+issuers = ["pki/issuer.pem"]       # wallets are issued by these
+operators = ["pki/operator.pem"]   # pickup credentials are signed by these
+revocations = "pki/revocations.tlv"
+
+[queue]
+path = "queue"                   # sled directory; back it up, never edit it
+
+[host]
+url = "https://127.0.0.1:8443"
+ca = "pki/root.pem"
+server_name = "localhost"
+batch_size = 200
+
+[risk]                           # minor units of terminal.currency
+floor_limit = 100000             # largest offline tap (1000.00)
+cvm_limit = 30000                # above this the phone must verify the user
+wallet_max_amount = 200000       # per phone since the last sync
+wallet_max_count = 10
+queue_max_amount = 10000000      # past these the terminal refuses offline taps
+queue_max_count = 5000
+queue_max_age_secs = 259200      # 3 days
+
+# [kiosk]
+# site = "LOCKER-7"
+# open_command = ["/usr/local/bin/open-slot"]   # the slot number is appended
+
+[api]
+listen = "127.0.0.1:7300"        # local HTTP+JSON API of `tap-terminal serve`
+"#;

@@ -1,0 +1,242 @@
+//! `tap-terminal`: the tapstack terminal for a person at the counter, a
+//! locker kiosk, or point-of-sale software.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use rand_core::OsRng;
+use serde::Deserialize;
+use tapstack_protocol::record::TransactionRecord;
+use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency};
+use tapstack_terminal::app::{self, Field};
+use tapstack_terminal::config::{Config, EXAMPLE};
+use tapstack_terminal::queue::QueueStore;
+use tapstack_terminal::tap::{Engine, Intent, TapResult};
+use tapstack_terminal::upload;
+
+#[derive(Parser)]
+#[command(name = "tap-terminal", version, about = "tapstack NFC tap-to-pay terminal")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short, global = true, default_value = "terminal.toml")]
+    config: PathBuf,
+    /// Log what the reader and the emulated phones do.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a commented example configuration.
+    Init {
+        #[arg(long, default_value = "terminal.toml")]
+        out: PathBuf,
+    },
+    /// Take a payment: `tap-terminal pay 12.50 CNY`.
+    Pay { amount: String, currency: String },
+    /// Take an itemized order from a cart file (JSON).
+    Order {
+        #[arg(long)]
+        cart: PathBuf,
+    },
+    /// Locker kiosk: hand out parcels to phones with pickup credentials, forever
+    /// (or `--taps N`).
+    Kiosk {
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        taps: Option<usize>,
+    },
+    /// Show what waits for upload and the last transactions.
+    Queue {
+        #[arg(long, default_value_t = 10)]
+        last: usize,
+    },
+    /// Upload now (and fetch the revocation list).
+    Upload,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The cart file: amounts as decimal strings in the cart's currency.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CartFile {
+    currency: String,
+    items: Vec<CartLine>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CartLine {
+    sku: String,
+    name: String,
+    qty: u32,
+    /// Unit price, e.g. "8.00".
+    price: String,
+}
+
+fn read_cart(path: &Path) -> Result<Cart> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cart {}", path.display()))?;
+    if meta.len() > 64 * 1024 {
+        bail!("cart {} is larger than 64 KiB", path.display());
+    }
+    let f: CartFile = serde_json::from_slice(&std::fs::read(path)?).with_context(|| format!("cart {}", path.display()))?;
+    let currency = Currency::new(&f.currency).with_context(|| format!("cart currency {:?} is not an ISO 4217 code", f.currency))?;
+    let items = f
+        .items
+        .into_iter()
+        .map(|l| {
+            let price = Amount::parse(&l.price, currency).with_context(|| format!("item {}: price {:?}", l.sku, l.price))?;
+            Ok(CartItem { sku: l.sku, name: l.name, qty: l.qty, unit_price: price.minor })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let cart = Cart { currency, items };
+    cart.validate().map_err(|e| anyhow::anyhow!("cart {}: {e}", path.display()))?;
+    Ok(cart)
+}
+
+/// Run one intent to its end: wait for phones (a second tap after "confirm
+/// on your phone"), until approved, declined or out of time.
+fn run_intent(engine: &mut Engine, field: &mut dyn Field, intent: &Intent, timeout: Duration) -> Result<Option<TapResult>> {
+    let deadline = Instant::now() + timeout;
+    println!("tap your phone …");
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            println!("timed out: no phone");
+            return Ok(None);
+        }
+        let result = field.with_phone(left, &mut |link| {
+            println!("reading …");
+            engine.tap(intent, link, now(), &mut OsRng)
+        })?;
+        match result {
+            None => continue,
+            Some(TapResult::ConfirmOnPhone) => println!("confirm on your phone, then tap again"),
+            Some(r) => return Ok(Some(r)),
+        }
+    }
+}
+
+fn report(r: &TapResult) {
+    match r {
+        TapResult::Approved(a) => {
+            let mut line = format!("approved — queued #{}", a.seq);
+            if let Some(n) = &a.order_number {
+                line.push_str(&format!(", order {n}"));
+            }
+            if let (Some(s), Some(p)) = (a.slot, &a.parcel) {
+                line.push_str(&format!(", slot {s} for parcel {p}"));
+            }
+            if !a.receipt_delivered {
+                line.push_str(" (receipt not shown on the phone)");
+            }
+            println!("{line}");
+        }
+        TapResult::Declined(d) => println!("declined: {d} [{}]", d.code()),
+        TapResult::ConfirmOnPhone => println!("confirm on your phone, then tap again"),
+    }
+}
+
+fn open_slot(command: &[String], slot: u16) -> Result<()> {
+    let Some((prog, args)) = command.split_first() else {
+        println!("open slot {slot} (no open_command configured)");
+        return Ok(());
+    };
+    let status = std::process::Command::new(prog).args(args).arg(slot.to_string()).status().with_context(|| format!("open_command {prog}"))?;
+    if !status.success() {
+        bail!("open_command for slot {slot} failed: {status}");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let level = if cli.verbose { tracing::Level::INFO } else { tracing::Level::WARN };
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_max_level(level).init();
+    if let Command::Init { out } = &cli.command {
+        if out.exists() {
+            bail!("{} exists; not overwriting", out.display());
+        }
+        std::fs::write(out, EXAMPLE).with_context(|| format!("writing {}", out.display()))?;
+        println!("wrote {}", out.display());
+        return Ok(());
+    }
+    let config = Config::load(&cli.config, std::env::vars())?;
+    let mut engine = app::engine(&config)?;
+    let timeout = Duration::from_secs(config.terminal.tap_timeout_secs);
+    match cli.command {
+        Command::Init { .. } => unreachable!(),
+        Command::Pay { amount, currency } => {
+            let cur = Currency::new(&currency).with_context(|| format!("{currency:?} is not an ISO 4217 code like CNY"))?;
+            let amount = Amount::parse(&amount, cur).with_context(|| format!("{amount:?} is not an amount in {cur} (like 12.50)"))?;
+            println!("pay {amount} at {}", engine.ctx.certificate.common_name());
+            let mut field = app::field(&config)?;
+            if let Some(r) = run_intent(&mut engine, field.as_mut(), &Intent::Pay { amount }, timeout)? {
+                report(&r);
+                if matches!(r, TapResult::Declined(_)) {
+                    std::process::exit(2);
+                }
+            }
+        }
+        Command::Order { cart } => {
+            let cart = read_cart(&cart)?;
+            let total = Amount { minor: cart.total().unwrap_or(0), currency: cart.currency };
+            println!("order of {} item(s), total {total}", cart.items.len());
+            let mut field = app::field(&config)?;
+            if let Some(r) = run_intent(&mut engine, field.as_mut(), &Intent::Order { cart }, timeout)? {
+                report(&r);
+                if matches!(r, TapResult::Declined(_)) {
+                    std::process::exit(2);
+                }
+            }
+        }
+        Command::Kiosk { site, taps } => {
+            let kiosk = config.kiosk.clone();
+            let site = site.or_else(|| kiosk.as_ref().map(|k| k.site.clone())).context("no site: pass --site or set [kiosk] site")?;
+            let command = kiosk.map(|k| k.open_command).unwrap_or_default();
+            let mut field = app::field(&config)?;
+            println!("kiosk at {site}: tap your phone to collect a parcel");
+            let mut done = 0;
+            while taps.is_none_or(|n| done < n) {
+                let result = field.with_phone(timeout, &mut |link| engine.tap(&Intent::Pickup { site: site.clone() }, link, now(), &mut OsRng))?;
+                let Some(r) = result else { continue };
+                done += 1;
+                report(&r);
+                if let TapResult::Approved(a) = &r {
+                    if let Some(slot) = a.slot {
+                        if let Err(e) = open_slot(&command, slot) {
+                            eprintln!("{e:#} — the pickup is recorded (#{}); open slot {slot} by hand", a.seq);
+                        }
+                    }
+                }
+            }
+        }
+        Command::Queue { last } => {
+            let pending = engine.queue.pending(usize::MAX)?;
+            let (head, _) = engine.queue.head()?;
+            println!("terminal {} — {} record(s) waiting for upload, {} in total, host holds up to #{}", engine.ctx.certificate.common_name(), pending.len(), head, engine.queue.acked()?);
+            println!("queued amount {} minor units, oldest {:?}", engine.risk.queued_amount, engine.risk.oldest);
+            for s in engine.queue.recent(last)? {
+                let r: TransactionRecord = s.record()?;
+                println!("  #{} {} at {}{}", s.seq, hex::encode(&s.hash[..8]), r.recorded_at, r.order_number.map(|n| format!(" order {n}")).unwrap_or_default());
+            }
+        }
+        Command::Upload => {
+            let client = upload::client(&config, &engine.ctx)?;
+            let batch = config.host.as_ref().map_or(200, |h| h.batch_size);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let revocations = config.trust.revocations.as_ref().map(|p| config.path(p));
+            let report = rt.block_on(upload::sync(&engine.queue, &client, batch, &mut engine.ctx, revocations))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! One tap, end to end: risk checks, the protocol handshake over a reader
+//! link, the durable queue, the receipt.
+
+use std::sync::Arc;
+
+use rand_core::CryptoRngCore;
+use serde::Serialize;
+use tapstack_protocol::apdu::{Command, LinkLimits, Response, TerminalLink};
+use tapstack_protocol::messages::{AuthBody, Cvm, WalletBody};
+use tapstack_protocol::record::TransactionRecord;
+use tapstack_protocol::scenario::{Amount, Cart, Receipt, Scenario};
+use tapstack_protocol::terminal::{TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession};
+use tapstack_protocol::codec::Codec;
+
+use crate::queue::{Queue, QueueStore, RecordFacts};
+use crate::risk::{self, RiskDecline, RiskLimits, RiskState};
+use crate::Error;
+
+/// Why the reader could not carry an APDU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkFailure {
+    /// The phone left the field.
+    Removed,
+    /// The phone did not answer in time.
+    Timeout,
+    /// Anything else the reader reported.
+    Reader { detail: String },
+}
+
+impl core::fmt::Display for LinkFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LinkFailure::Removed => f.write_str("the phone left the field"),
+            LinkFailure::Timeout => f.write_str("the phone did not answer in time"),
+            LinkFailure::Reader { detail } => write!(f, "reader: {detail}"),
+        }
+    }
+}
+
+/// A phone in the field, as the tap engine sees it.
+pub trait Link {
+    /// One wire APDU; the response includes the status word.
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkFailure>;
+    /// Whether the reader carries extended-length APDUs.
+    fn extended(&self) -> bool {
+        true
+    }
+}
+
+/// What a person or a point-of-sale asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    Pay { amount: Amount },
+    Order { cart: Cart },
+    Pickup { site: String },
+}
+
+impl Intent {
+    pub fn scenario(&self) -> Result<Scenario, Decline> {
+        match self {
+            Intent::Pay { amount } => Ok(Scenario::Pay { amount: *amount }),
+            Intent::Order { cart } => Scenario::order(cart).map_err(|e| Decline::BadIntent { detail: e.to_string() }),
+            Intent::Pickup { site } => Ok(Scenario::Pickup { site: site.clone() }),
+        }
+    }
+}
+
+/// Why a tap did not go through. `code()` is stable (API, logs, docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum Decline {
+    Risk { rule: RiskDecline },
+    WrongCurrency { expected: String },
+    BadIntent { detail: String },
+    /// The protocol refused (certificate, signature, CVM, wallet refusal …).
+    Protocol { detail: String },
+    /// The reader lost the phone or it answered late or garbage.
+    Transport { detail: String },
+    AtcReplay { last: u32, got: u32 },
+    CredentialUsed,
+    /// The queue could not store the record: nothing was approved.
+    Storage { detail: String },
+}
+
+impl Decline {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Decline::Risk { rule } => match rule {
+                RiskDecline::FloorLimit => "floor_limit",
+                RiskDecline::WalletAmountLimit => "wallet_amount_limit",
+                RiskDecline::WalletCountLimit => "wallet_count_limit",
+                RiskDecline::QueueAmountCap => "queue_amount_cap",
+                RiskDecline::QueueCountCap => "queue_count_cap",
+                RiskDecline::QueueAgeCap => "queue_age_cap",
+            },
+            Decline::WrongCurrency { .. } => "wrong_currency",
+            Decline::BadIntent { .. } => "bad_intent",
+            Decline::Protocol { .. } => "protocol",
+            Decline::Transport { .. } => "transport",
+            Decline::AtcReplay { .. } => "atc_replay",
+            Decline::CredentialUsed => "credential_used",
+            Decline::Storage { .. } => "storage",
+        }
+    }
+}
+
+impl core::fmt::Display for Decline {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Decline::Risk { rule } => f.write_str(rule.message()),
+            Decline::WrongCurrency { expected } => write!(f, "this terminal takes {expected} only"),
+            Decline::BadIntent { detail } => write!(f, "invalid request: {detail}"),
+            Decline::Protocol { detail } => f.write_str(detail),
+            Decline::Transport { detail } => f.write_str(detail),
+            Decline::AtcReplay { last, got } => write!(f, "replayed or cloned phone (counter {got}, last seen {last})"),
+            Decline::CredentialUsed => f.write_str("this parcel was already collected here"),
+            Decline::Storage { detail } => write!(f, "could not store the transaction: {detail}"),
+        }
+    }
+}
+
+/// An approved, durably queued tap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Approved {
+    pub seq: u64,
+    #[serde(with = "hex_bytes")]
+    pub record_id: [u8; 32],
+    pub kind: &'static str,
+    pub amount: Option<u64>,
+    pub currency: Option<String>,
+    pub atc: u32,
+    pub cvm: &'static str,
+    #[serde(with = "hex_bytes")]
+    pub wallet: [u8; 32],
+    pub order_number: Option<String>,
+    pub slot: Option<u16>,
+    pub parcel: Option<String>,
+    pub receipt_delivered: bool,
+}
+
+mod hex_bytes {
+    pub fn serialize<S: serde::Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+}
+
+/// The result of one tap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum TapResult {
+    Approved(Approved),
+    /// The phone wants its user to confirm; keep the intent and tap again.
+    ConfirmOnPhone,
+    Declined(Decline),
+}
+
+fn cvm_name(c: Cvm) -> &'static str {
+    match c {
+        Cvm::None => "none",
+        Cvm::Armed => "biometric",
+        Cvm::ConfirmedOnDevice => "confirmed_on_phone",
+    }
+}
+
+/// The terminal's tap engine: protocol context, queue, risk state.
+pub struct Engine {
+    pub ctx: TerminalContext,
+    pub queue: Arc<Queue>,
+    pub risk: RiskState,
+    pub limits: RiskLimits,
+    pub currency: tapstack_protocol::scenario::Currency,
+    pub order_prefix: String,
+    pub send_certificate: bool,
+}
+
+impl core::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Engine").field("risk", &self.risk).finish_non_exhaustive()
+    }
+}
+
+/// Rebuild the risk state from the records waiting for upload.
+pub fn risk_state(queue: &Queue) -> Result<RiskState, Error> {
+    let mut state = RiskState::default();
+    for s in queue.pending(usize::MAX)? {
+        let r = s.record()?;
+        let auth = AuthBody::decode(&r.transcript.auth_body).map_err(|e| Error::Corrupt { what: "record", detail: e.to_string() })?;
+        let body = WalletBody::decode(&r.transcript.wallet_body).map_err(|e| Error::Corrupt { what: "record", detail: e.to_string() })?;
+        let amount = auth.scenario.amount().map_or(0, |a| a.minor);
+        state.add(body.wallet_cert_hash, amount, r.recorded_at);
+    }
+    Ok(state)
+}
+
+enum Step {
+    Done(TapOutcome, TerminalSession, TerminalLink),
+    Confirm,
+    Failed(Decline),
+}
+
+fn exchange(tl: &mut TerminalLink, link: &mut dyn Link, cmd: Command) -> Result<Response, Decline> {
+    tl.send(cmd);
+    let mut guard = 0;
+    while let Some(wire) = tl.poll_transmit() {
+        guard += 1;
+        if guard > 256 {
+            break;
+        }
+        let reply = link.transmit(&wire).map_err(|e| Decline::Transport { detail: e.to_string() })?;
+        match tl.handle_response(&reply) {
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) => {}
+            Err(e) => return Err(Decline::Transport { detail: format!("bad response from the phone: {e}") }),
+        }
+    }
+    Err(Decline::Transport { detail: "the exchange did not complete".into() })
+}
+
+impl Engine {
+    fn handshake(&mut self, params: TapParams, link: &mut dyn Link, now: u64, rng: &mut impl CryptoRngCore) -> Step {
+        let mut tl = TerminalLink::new(if link.extended() { LinkLimits::EXTENDED } else { LinkLimits::SHORT });
+        let mut session = TerminalSession::new(params);
+        let mut approved = None;
+        while let Some(cmd) = session.poll_command() {
+            let resp = match exchange(&mut tl, link, cmd) {
+                Ok(r) => r,
+                Err(d) => return Step::Failed(d),
+            };
+            if let Err(e) = session.handle_response(&mut self.ctx, resp, now, rng) {
+                return Step::Failed(Decline::Protocol { detail: e.to_string() });
+            }
+            while let Some(ev) = session.poll_event() {
+                match ev {
+                    TerminalEvent::Selected { extended, max_command } => {
+                        let limits = if extended && link.extended() {
+                            LinkLimits { extended: true, max_command_data: usize::from(max_command) }
+                        } else {
+                            LinkLimits::SHORT
+                        };
+                        tl.set_limits(limits);
+                    }
+                    TerminalEvent::ConfirmOnPhone => return Step::Confirm,
+                    TerminalEvent::Approved(o) => approved = Some(*o),
+                    _ => {}
+                }
+            }
+            if let Some(o) = approved.take() {
+                return Step::Done(o, session, tl);
+            }
+        }
+        Step::Failed(Decline::Protocol { detail: "the phone ended the exchange".into() })
+    }
+
+    /// Run one tap of `intent` with the phone behind `link`.
+    pub fn tap(&mut self, intent: &Intent, link: &mut dyn Link, now: u64, rng: &mut impl CryptoRngCore) -> TapResult {
+        match self.tap_inner(intent, link, now, rng) {
+            Ok(r) => r,
+            Err(d) => TapResult::Declined(d),
+        }
+    }
+
+    fn tap_inner(&mut self, intent: &Intent, link: &mut dyn Link, now: u64, rng: &mut impl CryptoRngCore) -> Result<TapResult, Decline> {
+        let scenario = intent.scenario()?;
+        if let Some(a) = scenario.amount() {
+            if a.currency != self.currency {
+                return Err(Decline::WrongCurrency { expected: self.currency.to_string() });
+            }
+        }
+        risk::before_tap(&self.limits, &self.risk, &scenario, now).map_err(|rule| Decline::Risk { rule })?;
+        let params = TapParams { scenario: scenario.clone(), cvm_limit: self.limits.cvm_limit, send_certificate: self.send_certificate };
+        let (outcome, mut session, mut tl) = match self.handshake(params, link, now, rng) {
+            Step::Done(o, s, t) => (o, s, t),
+            Step::Confirm => return Ok(TapResult::ConfirmOnPhone),
+            Step::Failed(d) => return Err(d),
+        };
+        let wallet = *outcome.wallet.hash();
+        let amount = scenario.amount().map_or(0, |a| a.minor);
+        risk::after_tap(&self.limits, &self.risk, &wallet, amount).map_err(|rule| Decline::Risk { rule })?;
+        let storage = |e: Error| Decline::Storage { detail: e.to_string() };
+        if let Some(last) = self.queue.last_atc(&wallet).map_err(storage)? {
+            if outcome.atc <= last {
+                return Err(Decline::AtcReplay { last, got: outcome.atc });
+            }
+        }
+        if let Some(c) = &outcome.credential {
+            if self.queue.credential_used(&c.id).map_err(storage)? {
+                return Err(Decline::CredentialUsed);
+            }
+        }
+        let cart = match intent {
+            Intent::Order { cart } => Some(cart.clone()),
+            _ => None,
+        };
+        let facts = RecordFacts { wallet, atc: outcome.atc, credential: outcome.credential.as_ref().map(|c| c.id) };
+        let prefix = self.order_prefix.clone();
+        let is_order = cart.is_some();
+        let (cert, key) = (self.ctx.certificate.clone(), self.ctx.signing_key().clone());
+        let stored = self
+            .queue
+            .append(facts, &mut |seq, prev| {
+                let number = is_order.then(|| format!("{prefix}{seq}"));
+                TransactionRecord::new(&outcome, &cert, &key, seq, prev, now, cart.clone(), number)
+            })
+            .map_err(storage)?;
+        // Durable: from here on the tap is approved, whatever happens next.
+        self.risk.add(wallet, amount, now);
+        let order_number = is_order.then(|| format!("{}{}", self.order_prefix, stored.seq));
+        let slot = outcome.credential.as_ref().map(|c| c.slot);
+        let receipt = Receipt { record_id: stored.hash, seq: stored.seq, order_number: order_number.clone(), cart, slot };
+        let mut receipt_delivered = false;
+        if session.send_receipt(&receipt).is_ok() {
+            while let Some(cmd) = session.poll_command() {
+                let Ok(resp) = exchange(&mut tl, link, cmd) else { break };
+                if session.handle_response(&mut self.ctx, resp, now, rng).is_err() {
+                    break;
+                }
+                while let Some(ev) = session.poll_event() {
+                    receipt_delivered |= ev == TerminalEvent::ReceiptDelivered;
+                }
+            }
+        }
+        Ok(TapResult::Approved(Approved {
+            seq: stored.seq,
+            record_id: stored.hash,
+            kind: scenario.kind(),
+            amount: scenario.amount().map(|a| a.minor),
+            currency: scenario.amount().map(|a| a.currency.to_string()),
+            atc: outcome.atc,
+            cvm: cvm_name(outcome.cvm),
+            wallet,
+            order_number,
+            slot,
+            parcel: outcome.credential.map(|c| c.parcel),
+            receipt_delivered,
+        }))
+    }
+}

@@ -1,0 +1,119 @@
+//! Upload to `tap-host`: batches over HTTPS with mutual TLS (the terminal's
+//! certificate), at least once — the host de-duplicates on (terminal, seq)
+//! — and records pruned only once acknowledged. Every sync also fetches the
+//! host's revocation list.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::RngCore;
+use serde::Serialize;
+use tapstack_host::client::HostClient;
+use tapstack_host::tls::{client_config, TlsIdentity};
+use tapstack_host::wire::RecordStatus;
+use tapstack_protocol::codec::Codec;
+use tapstack_protocol::revocation::RevocationList;
+use tapstack_protocol::terminal::TerminalContext;
+
+use crate::config::Config;
+use crate::queue::{Queue, QueueStore};
+use crate::Error;
+
+fn upload_err(detail: impl ToString) -> Error {
+    Error::Upload { detail: detail.to_string() }
+}
+
+/// A client for the host the configuration names.
+pub fn client(config: &Config, ctx: &TerminalContext) -> Result<HostClient, Error> {
+    let host = config.host.as_ref().ok_or_else(|| upload_err("no [host] in the configuration"))?;
+    let addr_text = host.url.trim_start_matches("https://").trim_end_matches('/');
+    let addr: SocketAddr = addr_text
+        .parse()
+        .map_err(|_| upload_err(format!("host.url {:?}: use https://IP:PORT", host.url)))?;
+    let ca = tapstack_certs::read_certificate(&config.path(&host.ca))?;
+    let identity = TlsIdentity::from_protocol(&ctx.certificate, ctx.signing_key(), &[]).map_err(upload_err)?;
+    let tls = client_config(ca.der(), Some(identity)).map_err(upload_err)?;
+    let name = rustls::pki_types::ServerName::try_from(host.server_name.clone()).map_err(|e| upload_err(e))?;
+    Ok(HostClient::new(addr, name, tls).with_timeout(Duration::from_secs(30)))
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    pub uploaded: usize,
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub declined: usize,
+    pub rejected: usize,
+    pub pruned: usize,
+    pub acked_seq: u64,
+    pub revocation_list: Option<u64>,
+}
+
+/// Upload everything pending, prune what the host acknowledged, refresh the
+/// revocation list (saved to `revocations_path` when newer).
+pub async fn sync(
+    queue: &Arc<Queue>,
+    client: &HostClient,
+    batch: usize,
+    ctx: &mut TerminalContext,
+    revocations_path: Option<PathBuf>,
+) -> Result<SyncReport, Error> {
+    let mut report = SyncReport::default();
+    loop {
+        let pending = queue.pending(batch)?;
+        if pending.is_empty() {
+            break;
+        }
+        let bytes: Vec<Vec<u8>> = pending.iter().map(|s| s.bytes.clone()).collect();
+        let resp = client.upload(&bytes).await.map_err(upload_err)?;
+        report.uploaded += bytes.len();
+        report.accepted += resp.accepted;
+        report.duplicates += resp.duplicates;
+        report.declined += resp.declined;
+        report.rejected += resp.rejected;
+        let before = queue.acked()?;
+        if resp.acked_seq > before {
+            let hash: [u8; 32] = resp
+                .head_hash
+                .as_deref()
+                .and_then(|h| hex::decode(h).ok())
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| upload_err("host acknowledged without a head hash"))?;
+            report.pruned += queue.ack(resp.acked_seq, hash)?;
+        }
+        report.acked_seq = resp.acked_seq;
+        if let Some(r) = resp.results.iter().find(|r| r.status == RecordStatus::Rejected) {
+            return Err(upload_err(format!(
+                "host rejected record {:?}: {} ({})",
+                r.seq,
+                r.message.clone().unwrap_or_default(),
+                r.reason.map(|x| x.as_str()).unwrap_or("?")
+            )));
+        }
+        if resp.acked_seq <= before {
+            break;
+        }
+    }
+    let list: RevocationList = client.revocations().await.map_err(upload_err)?;
+    list.verify(&ctx.trust).map_err(upload_err)?;
+    if ctx.revocations.as_ref().is_none_or(|cur| list.number > cur.number) {
+        if let Some(path) = revocations_path {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, list.to_bytes()).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|e| Error::File { path, reason: e.to_string() })?;
+        }
+        report.revocation_list = Some(list.number);
+        ctx.revocations = Some(list);
+    }
+    Ok(report)
+}
+
+/// Exponential backoff with full jitter: attempt 0 → up to 1 s, doubling to
+/// at most `max`.
+pub fn backoff(attempt: u32, max: Duration, rng: &mut impl RngCore) -> Duration {
+    let cap = Duration::from_secs(1).saturating_mul(1u32 << attempt.min(16)).min(max);
+    let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(rng.next_u64() % millis + 1)
+}

@@ -14,12 +14,13 @@ demo:
 	@scripts/demo.sh
 
 test: deps
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --doc
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
-	$(CARGO) test --workspace --doc
 
 bench: deps
 	$(CARGO) bench -p tapstack-protocol --bench tap

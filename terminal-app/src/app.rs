@@ -95,6 +95,11 @@ pub struct EmuField {
 
 impl EmuField {
     pub fn open(spec: &str, base: &Path) -> Result<Self, Error> {
+        Self::with_faults(spec, base, FaultScript::default())
+    }
+
+    /// Phones that misbehave as `faults` scripts (see `tapstack_emulator::faults`).
+    pub fn with_faults(spec: &str, base: &Path, faults: FaultScript) -> Result<Self, Error> {
         let mut phones = Vec::new();
         for p in spec.split(',').filter(|s| !s.is_empty()) {
             let path = if Path::new(p).is_absolute() { p.into() } else { base.join(p) };
@@ -104,7 +109,7 @@ impl EmuField {
         if phones.is_empty() {
             return Err(Error::File { path: base.to_path_buf(), reason: "emu: needs at least one wallet profile (emu:alice.toml)".into() });
         }
-        Ok(EmuField { description: format!("emu:{spec}"), queue: PhoneQueue::new(phones, FaultScript::default()) })
+        Ok(EmuField { description: format!("emu:{spec}"), queue: PhoneQueue::new(phones, faults) })
     }
 }
 

@@ -146,7 +146,10 @@ impl Config {
             return Err(bad(format!("larger than {MAX_CONFIG} bytes")));
         }
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let mut value: toml::Table = toml::from_str(&text).map_err(|e| bad(e.message().to_owned()))?;
+        let mut value: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        // Errors in the file itself, with line and key.
+        toml::from_str::<Config>(&text).map_err(|e| bad(e.to_string()))?;
+        let mut overridden = Vec::new();
         for (k, v) in env {
             let Some(rest) = k.strip_prefix("TAPSTACK_") else { continue };
             let rest = rest.to_ascii_lowercase();
@@ -162,8 +165,11 @@ impl Config {
                 .as_table_mut()
                 .ok_or_else(|| bad(format!("{k}: [{section}] is not a table")))?;
             table.insert(key.to_owned(), parsed);
+            overridden.push(k);
         }
-        let mut cfg: Config = toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| bad(e.message().to_owned()))?;
+        let mut cfg: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(format!("{} (after the environment overrides {})", e.message(), overridden.join(", "))))?;
         cfg.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         cfg.validate().map_err(bad)?;
         Ok(cfg)

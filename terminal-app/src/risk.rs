@@ -81,11 +81,13 @@ pub struct RiskState {
 }
 
 impl RiskState {
-    /// Account a queued tap.
-    pub fn add(&mut self, wallet: [u8; 32], amount: u64, time: u64) {
+    /// Account a queued tap; `wallet` for payments (pickups count towards
+    /// the queue's caps, not towards a wallet's spending).
+    pub fn add(&mut self, wallet: Option<[u8; 32]>, amount: u64, time: u64) {
         self.queued_amount = self.queued_amount.saturating_add(amount);
         self.queued_count = self.queued_count.saturating_add(1);
         self.oldest = Some(self.oldest.map_or(time, |o| o.min(time)));
+        let Some(wallet) = wallet else { return };
         let w = self.wallets.entry(wallet).or_default();
         w.0 = w.0.saturating_add(amount);
         w.1 = w.1.saturating_add(1);
@@ -161,7 +163,7 @@ mod tests {
     fn queue_caps_below_at_above() {
         let mut s = RiskState::default();
         for i in 0..4 {
-            s.add([i; 32], 1000, 50);
+            s.add(Some([i; 32]), 1000, 50);
         }
         // count: 4 queued, cap 5 → one more allowed
         assert_eq!(before_tap(&limits(), &s, &pay(1000), 100), Ok(()), "amount lands exactly on the cap");
@@ -169,11 +171,11 @@ mod tests {
         let mut amount = s.clone();
         amount.queued_amount = 4001;
         assert_eq!(before_tap(&limits(), &amount, &pay(1000), 100), Err(RiskDecline::QueueAmountCap));
-        s.add([9; 32], 1, 50);
+        s.add(Some([9; 32]), 1, 50);
         assert_eq!(before_tap(&limits(), &s, &pay(1), 100), Err(RiskDecline::QueueCountCap));
         // age: oldest at 50, cap 100 s
         let mut young = RiskState::default();
-        young.add([1; 32], 1, 50);
+        young.add(Some([1; 32]), 1, 50);
         assert_eq!(before_tap(&limits(), &young, &pay(1), 149), Ok(()));
         assert_eq!(before_tap(&limits(), &young, &pay(1), 150), Ok(()), "exactly at the age cap");
         assert_eq!(before_tap(&limits(), &young, &pay(1), 151), Err(RiskDecline::QueueAgeCap));
@@ -183,13 +185,13 @@ mod tests {
     fn wallet_limits_below_at_above() {
         let w = [7; 32];
         let mut s = RiskState::default();
-        s.add(w, 1000, 0);
-        s.add(w, 1000, 0);
+        s.add(Some(w), 1000, 0);
+        s.add(Some(w), 1000, 0);
         assert_eq!(after_tap(&limits(), &s, &w, 999), Ok(()));
         assert_eq!(after_tap(&limits(), &s, &w, 1000), Ok(()), "exactly at the amount limit");
         assert_eq!(after_tap(&limits(), &s, &w, 1001), Err(RiskDecline::WalletAmountLimit));
         assert_eq!(after_tap(&limits(), &s, &[8; 32], 1001), Ok(()), "other wallets unaffected");
-        s.add(w, 1, 0);
+        s.add(Some(w), 1, 0);
         assert_eq!(after_tap(&limits(), &s, &w, 0), Err(RiskDecline::WalletCountLimit), "3 taps is the count limit");
     }
 }

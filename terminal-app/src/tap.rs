@@ -186,8 +186,8 @@ pub fn risk_state(queue: &Queue) -> Result<RiskState, Error> {
         let r = s.record()?;
         let auth = AuthBody::decode(&r.transcript.auth_body).map_err(|e| Error::Corrupt { what: "record", detail: e.to_string() })?;
         let body = WalletBody::decode(&r.transcript.wallet_body).map_err(|e| Error::Corrupt { what: "record", detail: e.to_string() })?;
-        let amount = auth.scenario.amount().map_or(0, |a| a.minor);
-        state.add(body.wallet_cert_hash, amount, r.recorded_at);
+        let amount = auth.scenario.amount().map(|a| a.minor);
+        state.add(amount.map(|_| body.wallet_cert_hash), amount.unwrap_or(0), r.recorded_at);
     }
     Ok(state)
 }
@@ -275,7 +275,10 @@ impl Engine {
         };
         let wallet = *outcome.wallet.hash();
         let amount = scenario.amount().map_or(0, |a| a.minor);
-        risk::after_tap(&self.limits, &self.risk, &wallet, amount).map_err(|rule| Decline::Risk { rule })?;
+        let payment = scenario.amount().is_some();
+        if payment {
+            risk::after_tap(&self.limits, &self.risk, &wallet, amount).map_err(|rule| Decline::Risk { rule })?;
+        }
         let storage = |e: Error| Decline::Storage { detail: e.to_string() };
         if let Some(last) = self.queue.last_atc(&wallet).map_err(storage)? {
             if outcome.atc <= last {
@@ -303,7 +306,7 @@ impl Engine {
             })
             .map_err(storage)?;
         // Durable: from here on the tap is approved, whatever happens next.
-        self.risk.add(wallet, amount, now);
+        self.risk.add(payment.then_some(wallet), amount, now);
         let order_number = is_order.then(|| format!("{}{}", self.order_prefix, stored.seq));
         let slot = outcome.credential.as_ref().map(|c| c.slot);
         let receipt = Receipt { record_id: stored.hash, seq: stored.seq, order_number: order_number.clone(), cart, slot };

@@ -91,10 +91,28 @@ pub struct AuthBody {
     pub version: u8,
     pub key_share: [u8; POINT_LEN],
     pub terminal_cert_hash: [u8; 32],
+    /// The terminal needs a cardholder verification for this tap (the
+    /// amount is above its CVM limit): the wallet asks its user even below
+    /// its own limit. Encoded as `D3 01 01` when set, absent otherwise.
+    pub cvm_required: bool,
     pub scenario: Scenario,
     pub nonce: [u8; 16],
     /// Terminal time, Unix seconds.
     pub time: u32,
+}
+
+fn write_cvm_required(o: &mut Vec<u8>, required: bool) {
+    if required {
+        tlv::write(o, 0xD3, &[0x01]);
+    }
+}
+
+fn read_cvm_required(r: &mut Reader<'_>) -> Result<bool, DecodeError> {
+    match r.optional(0xD3)? {
+        None => Ok(false),
+        Some([0x01]) => Ok(true),
+        Some(_) => Err(DecodeError::InvalidValue { field: "CVM required" }),
+    }
 }
 
 impl Codec for AuthBody {
@@ -102,6 +120,7 @@ impl Codec for AuthBody {
         tlv::write(o, 0xD0, &[self.version]);
         tlv::write(o, 0xD1, &self.key_share);
         tlv::write(o, 0xD2, &self.terminal_cert_hash);
+        write_cvm_required(o, self.cvm_required);
         self.scenario.encode(o);
         tlv::write(o, 0xD4, &self.nonce);
         tlv::write(o, 0xD5, &self.time.to_be_bytes());
@@ -119,6 +138,7 @@ fn read_auth_body(r: &mut Reader<'_>) -> Result<AuthBody, DecodeError> {
     let [version] = fixed::<1>("version", r.expect(0xD0)?)?;
     let key_share = fixed("terminal key share", r.expect(0xD1)?)?;
     let terminal_cert_hash = fixed("terminal certificate hash", r.expect(0xD2)?)?;
+    let cvm_required = read_cvm_required(r)?;
     let scenario = read_scenario(r)?;
     let nonce = fixed("nonce", r.expect(0xD4)?)?;
     let time = u32_be("time", r.expect(0xD5)?)?;
@@ -126,6 +146,7 @@ fn read_auth_body(r: &mut Reader<'_>) -> Result<AuthBody, DecodeError> {
         version,
         key_share,
         terminal_cert_hash,
+        cvm_required,
         scenario,
         nonce,
         time,
@@ -143,7 +164,7 @@ fn read_scenario(r: &mut Reader<'_>) -> Result<Scenario, DecodeError> {
 /// certificate hash, the certificate itself when it is sent (the receiver
 /// recomputes the hash), then the terminal's signature over TH1.
 ///
-/// Wire order: `D0 D1 (D2 | D6) A1/A2/A3 D4 D5 D7`.
+/// Wire order: `D0 D1 (D2 | D6) [D3] A1/A2/A3 D4 D5 D7`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizeRequest {
     pub body: AuthBody,
@@ -160,6 +181,7 @@ impl Codec for AuthorizeRequest {
             Some(c) => tlv::write(o, 0xD6, c),
             None => tlv::write(o, 0xD2, &b.terminal_cert_hash),
         }
+        write_cvm_required(o, b.cvm_required);
         b.scenario.encode(o);
         tlv::write(o, 0xD4, &b.nonce);
         tlv::write(o, 0xD5, &b.time.to_be_bytes());
@@ -174,6 +196,7 @@ impl Codec for AuthorizeRequest {
             Some(c) => (sha256(&[c]), Some(cap(c, MAX_CERT_LEN)?)),
             None => (fixed("terminal certificate hash", r.expect(0xD2)?)?, None),
         };
+        let cvm_required = read_cvm_required(&mut r)?;
         let scenario = read_scenario(&mut r)?;
         let nonce = fixed("nonce", r.expect(0xD4)?)?;
         let time = u32_be("time", r.expect(0xD5)?)?;
@@ -183,6 +206,7 @@ impl Codec for AuthorizeRequest {
             version,
             key_share,
             terminal_cert_hash,
+            cvm_required,
             scenario,
             nonce,
             time,

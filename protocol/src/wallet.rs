@@ -125,6 +125,7 @@ impl WalletContext {
     fn decide_cvm(
         &mut self,
         scenario: &Scenario,
+        terminal_requires: bool,
         terminal: &Certificate,
         now: u64,
     ) -> Result<Cvm, StatusWord> {
@@ -134,7 +135,7 @@ impl WalletContext {
         let Some(amount) = scenario.amount() else {
             return Ok(Cvm::None);
         };
-        if amount.minor <= self.cvm_limit {
+        if amount.minor <= self.cvm_limit && !terminal_requires {
             return Ok(Cvm::None);
         }
         if self.armed_until.is_some_and(|t| now <= t) {
@@ -453,7 +454,7 @@ fn authorize_selected(
     ctx.terminal_certs
         .insert(*terminal.hash(), terminal.clone());
 
-    let cvm = ctx.decide_cvm(&body.scenario, &terminal, now);
+    let cvm = ctx.decide_cvm(&body.scenario, body.cvm_required, &terminal, now);
     if cvm == Err(StatusWord::ConfirmOnPhone) {
         ctx.recent_nonces.insert(body.nonce, ());
     }

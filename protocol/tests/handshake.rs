@@ -357,10 +357,10 @@ fn two_tap_confirm_on_phone_flow() {
 }
 
 #[test]
-fn wallet_that_skips_cvm_above_terminal_limit_is_refused() {
+fn terminal_cvm_limit_below_the_wallets_makes_the_wallet_ask() {
     let pki = Pki::generate(&mut OsRng);
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    w.cvm_limit = u64::MAX; // a lax (or lying) wallet
+    w.cvm_limit = u64::MAX; // the phone itself would not ask
     let params = TapParams {
         scenario: Scenario::Pay {
             amount: cny(50_000),
@@ -368,8 +368,15 @@ fn wallet_that_skips_cvm_above_terminal_limit_is_refused() {
         cvm_limit: 20_000,
         send_certificate: true,
     };
-    let run = pki.run_tap(&mut t, &mut w, params, &mut OsRng);
-    assert_eq!(run.error, Some(Error::CvmRequired));
+    let first = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
+    assert!(first.terminal_events.contains(&TerminalEvent::ConfirmOnPhone), "{:?}", first.error);
+    assert!(w.confirm_pending(pki.now));
+    let second = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
+    assert_eq!(second.outcome.map(|o| o.cvm), Some(Cvm::ConfirmedOnDevice));
+    // Below the terminal's limit the flag is absent and nothing is asked.
+    let small = TapParams { scenario: Scenario::Pay { amount: cny(20_000) }, ..params };
+    let run = pki.run_tap(&mut t, &mut w, small, &mut OsRng);
+    assert_eq!(run.outcome.map(|o| o.cvm), Some(Cvm::None));
 }
 
 #[test]

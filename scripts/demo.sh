@@ -28,7 +28,13 @@ say "2. a phone: a wallet profile with a pickup credential — tap-emu"
 "$bin/tap-emu" wallet add-credential --wallet phone/alice.toml phone/parcel.cred
 sed -i 's/^policy = .*/policy = "confirm-on-phone"/' phone/alice.toml
 
-say "3. the host — tap-host serve (HTTPS, mutual TLS)"
+say "3. the phone in a reader: tap-emu as a PN532 NFC chip behind a pseudo-terminal"
+"$bin/tap-emu" pn532 --wallet phone/alice.toml --link "$demo/pn532" --idle-ms 400 --gap-ms 300 2> emu.log &
+pids+=($!)
+for _ in $(seq 1 100); do [ -e "$demo/pn532" ] && break; sleep 0.1; done
+echo "PN532 on $(readlink "$demo/pn532") (linked at $demo/pn532); the terminal uses its native PN532 driver"
+
+say "4. the host — tap-host serve (HTTPS, mutual TLS)"
 "$bin/tap-host" serve --pki pki --store host-store --listen 127.0.0.1:0 > host.out 2> host.log &
 pids+=($!)
 for _ in $(seq 1 100); do grep -qE '[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+:[0-9]+' host.out 2>/dev/null && break; sleep 0.1; done
@@ -43,7 +49,7 @@ currency = "CNY"
 tap_timeout_secs = 20
 
 [reader]
-connection = "emu:phone/alice.toml"
+connection = "pn532:$demo/pn532"
 
 [trust]
 root = "pki/root.pem"
@@ -69,12 +75,12 @@ cat > cart.json <<'JSON'
 JSON
 
 t() { "$bin/tap-terminal" --config terminal.toml "$@"; }
-say "4. tap-terminal pay 12.50 CNY";        t pay 12.50 CNY
-say "5. tap-terminal order --cart cart.json"; t order --cart cart.json
-say "6. tap-terminal kiosk (pickup)";        t kiosk --taps 1
-say "7. tap-terminal pay 480.00 CNY (above the phone's limit: two taps)"; t pay 480.00 CNY
-say "8. the queue";                          t queue
-say "9. tap-terminal upload";                t upload
-kill "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true; pids=()
-say "10. what the host now holds — tap-host ledger"
+say "5. tap-terminal pay 12.50 CNY";        t pay 12.50 CNY
+say "6. tap-terminal order --cart cart.json"; t order --cart cart.json
+say "7. tap-terminal kiosk (pickup)";        t kiosk --taps 1
+say "8. tap-terminal pay 480.00 CNY (above the phone's limit: two taps)"; t pay 480.00 CNY
+say "9. the queue";                          t queue
+say "10. tap-terminal upload";                t upload
+kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true
+say "11. what the host now holds — tap-host ledger"
 "$bin/tap-host" ledger --store host-store

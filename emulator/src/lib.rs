@@ -19,6 +19,7 @@
 //! See `docs/emulator.md` for how to run each front-end.
 
 pub mod faults;
+pub mod inprocess;
 pub mod phone;
 pub mod pn532;
 pub mod profile;

@@ -2,18 +2,23 @@
 //! libnfc program.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
 use tapstack_emulator::faults::{Fault, FaultScript};
 use tapstack_emulator::phone::{unix_now, Phone, PhoneQueue};
 use tapstack_emulator::{pn532, profile, vpcd};
 
 #[derive(Parser)]
-#[command(name = "tap-emu", version, about = "Emulated phone (wallet app) for tapstack terminals")]
+#[command(
+    name = "tap-emu",
+    version,
+    about = "Emulated phone (wallet app) for tapstack terminals"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,35 +109,102 @@ fn phones(args: &PhoneArgs) -> Result<PhoneQueue> {
         let loaded = profile::load(w).with_context(|| format!("loading wallet {}", w.display()))?;
         phones.push(Phone::from_wallet(loaded));
     }
-    let faults = args.faults.iter().map(|f| Fault::parse(f)).collect::<Result<Vec<_>, _>>()?;
-    Ok(PhoneQueue::new(phones, FaultScript { faults, present: args.present_ms.map(Duration::from_millis) }))
+    let faults = args
+        .faults
+        .iter()
+        .map(|f| Fault::parse(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(PhoneQueue::new(
+        phones,
+        FaultScript {
+            faults,
+            present: args.present_ms.map(Duration::from_millis),
+        },
+    ))
+}
+
+/// Stop cleanly on SIGTERM and SIGINT: the first one sets `stop` (the
+/// front-end finishes the frame at hand, the phone leaves, the PN532 link is
+/// removed); a second one exits at once. The signals are blocked in this
+/// thread before any other starts, so every thread inherits the mask and
+/// only the waiting thread receives them.
+fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().context("blocking SIGTERM and SIGINT")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            match set.wait() {
+                Ok(sig) if !stop.swap(true, Ordering::SeqCst) => {
+                    tracing::info!(signal = sig.as_str(), "stopping");
+                }
+                Ok(sig) => {
+                    tracing::warn!(signal = sig.as_str(), "second signal: exiting at once");
+                    std::process::exit(128 + sig as i32);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot wait for signals");
+                    return;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let cli = Cli::parse();
     let stop = Arc::new(AtomicBool::new(false));
     match cli.command {
-        Command::Wallet { command: WalletCommand::New { pki, name, out } } => {
+        Command::Wallet {
+            command: WalletCommand::New { pki, name, out },
+        } => {
             let path = profile::create(&pki, &name, &out, unix_now(), &mut rand_core::OsRng)?;
             println!("{}", path.display());
         }
-        Command::Wallet { command: WalletCommand::AddCredential { wallet, credential } } => {
+        Command::Wallet {
+            command: WalletCommand::AddCredential { wallet, credential },
+        } => {
             profile::add_credential(&wallet, &credential)?;
         }
-        Command::Wallet { command: WalletCommand::Show { wallet } } => {
+        Command::Wallet {
+            command: WalletCommand::Show { wallet },
+        } => {
             let w = profile::load(&wallet)?;
             let c = &w.context.certificate;
             println!("name:        {}", w.profile.name);
-            println!("certificate: serial {} sha256 {}", hex::encode(c.serial()), hex::encode(c.hash()));
+            println!(
+                "certificate: serial {} sha256 {}",
+                hex::encode(c.serial()),
+                hex::encode(c.hash())
+            );
             println!("counter:     {}", w.atc.value());
-            println!("cvm:         {:?} above {} minor units", w.profile.cvm.policy, w.profile.cvm.limit);
+            println!(
+                "cvm:         {:?} above {} minor units",
+                w.profile.cvm.policy, w.profile.cvm.limit
+            );
             for cred in &w.context.credentials {
-                println!("credential:  parcel {} at {} slot {} until {}", cred.parcel, cred.site, cred.slot, cred.not_after);
+                println!(
+                    "credential:  parcel {} at {} slot {} until {}",
+                    cred.parcel, cred.site, cred.slot, cred.not_after
+                );
             }
         }
-        Command::Vpcd { phones: args, host, port, idle_ms, gap_ms } => {
+        Command::Vpcd {
+            phones: args,
+            host,
+            port,
+            idle_ms,
+            gap_ms,
+        } => {
             let mut queue = phones(&args)?;
+            stop_on_signals(stop.clone())?;
             let addr = format!("{host}:{port}")
                 .parse()
                 .with_context(|| format!("{host}:{port} is not an address"))?;
@@ -145,8 +217,14 @@ fn main() -> Result<()> {
             };
             vpcd::run(&mut queue, &opts, &stop)?;
         }
-        Command::Pn532 { phones: args, link, idle_ms, gap_ms } => {
+        Command::Pn532 {
+            phones: args,
+            link,
+            idle_ms,
+            gap_ms,
+        } => {
             let mut queue = phones(&args)?;
+            stop_on_signals(stop.clone())?;
             let opts = pn532::Pn532Options {
                 taps: args.taps,
                 idle: Duration::from_millis(idle_ms),

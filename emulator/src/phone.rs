@@ -259,10 +259,11 @@ impl PhoneQueue {
         &self.phones
     }
 
-    /// The next phone enters the field.
+    /// The next phone enters the field. Without phones nothing enters and
+    /// no tap is counted.
     pub fn enter(&mut self) -> Option<&mut Phone> {
-        self.taps = self.taps.saturating_add(1);
         let p = self.phones.get_mut(self.current)?;
+        self.taps = self.taps.saturating_add(1);
         p.enter_field();
         tracing::info!(phone = %p.name, tap = self.taps, uid = %hex::encode(p.uid()), "phone enters the field");
         Some(p)
@@ -297,5 +298,29 @@ impl PhoneQueue {
         if p.authorized_this_tap() || p.policy() == CvmPolicy::Decline || p.context().pending.is_none() {
             self.current = (self.current + 1) % self.phones.len().max(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tapstack_protocol::testkit::Pki;
+
+    #[test]
+    fn entering_an_empty_queue_counts_no_tap() {
+        let mut empty = PhoneQueue::new(Vec::new(), FaultScript::default());
+        assert!(empty.enter().is_none());
+        assert!(empty.enter().is_none());
+        assert_eq!(empty.taps(), 0);
+        assert_eq!(empty.transmit(&[0x00, 0xA4, 0x04, 0x00]), Reply::Removed);
+        empty.leave();
+
+        let pki = Pki::generate(&mut OsRng);
+        let phone = Phone::new("alice", pki.wallet_context(), AtcStore::in_memory(0), CvmPolicy::Decline, Duration::ZERO);
+        let mut queue = PhoneQueue::new(vec![phone], FaultScript::default());
+        assert!(queue.enter().is_some_and(|p| p.in_field()));
+        assert_eq!(queue.taps(), 1);
+        queue.leave();
+        assert!(!queue.phones()[0].in_field());
     }
 }

@@ -7,6 +7,8 @@
 // allow-*-in-tests does not reach them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -25,8 +27,9 @@ use tapstack_emulator::pn532::chip::{status, FIRMWARE, MAX_EXCHANGE};
 use tapstack_emulator::pn532::frame::{self, Frame, FrameParser, ACK, NACK, TFI_CHIP, TFI_HOST};
 use tapstack_emulator::profile;
 use tapstack_protocol::apdu::{LinkLimits, TerminalLink};
+use tapstack_protocol::messages::Cvm;
 use tapstack_protocol::messages::AID;
-use tapstack_protocol::scenario::{Amount, Currency, Scenario};
+use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Receipt, Scenario};
 use tapstack_protocol::terminal::{
     TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
 };
@@ -85,35 +88,36 @@ impl Setup {
     /// Start `tap-emu pn532` with this wallet and `extra` arguments; wait
     /// for its link.
     fn start(&self, extra: &[&str]) -> Emulator {
-        let log = self
-            .dir
-            .path()
-            .join(format!("tap-emu-{}.log", std::process::id()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-emu"));
-        cmd.arg("pn532")
-            .arg("--wallet")
-            .arg(&self.profile)
-            .arg("--link")
-            .arg(self.link())
-            .args(extra);
-        cmd.stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"));
-        let child = cmd.spawn().expect("spawn tap-emu");
-        let mut emu = Emulator { child, log };
-        let deadline = Instant::now() + PATIENCE;
-        while std::fs::read_link(self.link()).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "no PTY link; log:\n{}",
-                emu.log()
-            );
-            if let Ok(Some(st)) = emu.child.try_wait() {
-                panic!("tap-emu exited with {st}; log:\n{}", emu.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        emu
+        start_emulator(self.dir.path(), &[&self.profile], &self.link(), extra)
     }
+}
+
+/// Start `tap-emu pn532` with `wallets` at `link` and `extra` arguments,
+/// logging into `dir`; wait for its link.
+fn start_emulator(dir: &Path, wallets: &[&Path], link: &Path, extra: &[&str]) -> Emulator {
+    let log = dir.join(format!("tap-emu-{}.log", std::process::id()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-emu"));
+    cmd.arg("pn532").arg("--link").arg(link).args(extra);
+    for w in wallets {
+        cmd.arg("--wallet").arg(w);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(File::create(&log).expect("log file"));
+    let child = cmd.spawn().expect("spawn tap-emu");
+    let mut emu = Emulator { child, log };
+    let deadline = Instant::now() + PATIENCE;
+    while std::fs::read_link(link).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no PTY link; log:\n{}",
+            emu.log()
+        );
+        if let Ok(Some(st)) = emu.child.try_wait() {
+            panic!("tap-emu exited with {st}; log:\n{}", emu.log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    emu
 }
 
 /// The emulator process; killed (by pid) when dropped.
@@ -694,4 +698,166 @@ fn removal_mid_exchange_times_out_and_advances_the_counter_at_most_once() {
         .unwrap_or_else(|e| panic!("{e}; tap-emu:\n{}", emu.log()));
     assert_eq!(outcome.atc, after_removal + 1);
     assert_eq!(setup.counter(), after_removal + 1);
+}
+
+impl Host {
+    /// The reader switches its RF field off and on again: the phone in the
+    /// field leaves (a tap ends), the next one (or the same phone again)
+    /// comes at the next poll.
+    fn field_cycle(&mut self) {
+        assert_eq!(
+            self.command(&[0x32, 0x01, 0x00]),
+            Ok(vec![]),
+            "RF field off"
+        );
+        assert_eq!(self.command(&[0x32, 0x01, 0x01]), Ok(vec![]), "RF field on");
+    }
+}
+
+/// The protocol's terminal over the PTY, receipt included.
+fn tap_over(
+    host: &mut Host,
+    world: &mut support::World,
+    params: TapParams,
+    receipt: &dyn Fn(&TapOutcome) -> Receipt,
+) -> support::Tap {
+    support::run_tap_with(
+        &mut world.terminal,
+        params,
+        LinkLimits::EXTENDED,
+        receipt,
+        |apdu| {
+            host.exchange(apdu)
+                .map_err(|st| format!("PN532 status {st:02X}"))
+        },
+    )
+}
+
+#[test]
+fn every_scenario_through_the_pty() {
+    let mut world = support::World::new();
+    let alice = world.wallet("alice", |_| {});
+    world.give_credential(&alice, "LOCKER-7", 12);
+    let link = world.dir.path().join("pn532");
+    // The phone stays however slow this machine is; no pause between taps.
+    let emu = start_emulator(
+        world.dir.path(),
+        &[&alice],
+        &link,
+        &["--idle-ms", "600000", "--gap-ms", "0"],
+    );
+    let log = || emu.log();
+    let counter = || profile::load(&alice).expect("profile").atc.value();
+    let mut host = Host::open(&link);
+    host.init();
+    let mut uids = vec![host.list().uid];
+    let mut next_tap = |host: &mut Host| {
+        host.field_cycle();
+        let uid = host.list().uid;
+        assert!(!uids.contains(&uid), "a new presence has a new UID");
+        uids.push(uid);
+    };
+
+    // Pay, first encounter (certificates both ways), receipt.
+    let tap = tap_over(&mut host, &mut world, pay(1250), &support::plain_receipt);
+    let o = tap
+        .outcome
+        .unwrap_or_else(|| panic!("pay: {:?}; tap-emu:\n{}", tap.error, log()));
+    assert_eq!((o.atc, o.cvm), (1, Cvm::None));
+    assert!(tap.receipt_delivered);
+    assert_eq!(counter(), 1);
+
+    // Order: the receipt carries the order number and the cart.
+    next_tap(&mut host);
+    let cart = Cart {
+        currency: Currency::new("CNY").expect("currency"),
+        items: vec![CartItem {
+            sku: "TEA-01".into(),
+            name: "Jasmine tea".into(),
+            qty: 2,
+            unit_price: 800,
+        }],
+    };
+    let order = TapParams {
+        scenario: Scenario::order(&cart).expect("cart"),
+        cvm_limit: 20_000,
+        send_certificate: false,
+    };
+    let tap = tap_over(
+        &mut host,
+        &mut world,
+        order,
+        &support::order_receipt(&cart, "A17"),
+    );
+    assert_eq!(
+        tap.outcome.as_ref().map(|o| o.atc),
+        Some(2),
+        "order: {:?}; tap-emu:\n{}",
+        tap.error,
+        log()
+    );
+    assert!(
+        tap.receipt_delivered,
+        "the phone took the receipt with the cart"
+    );
+
+    // Pickup with the credential the PKI issued for this wallet.
+    next_tap(&mut host);
+    let pickup = TapParams {
+        scenario: Scenario::Pickup {
+            site: "LOCKER-7".into(),
+        },
+        cvm_limit: 0,
+        send_certificate: true,
+    };
+    let tap = tap_over(&mut host, &mut world, pickup, &support::plain_receipt);
+    let cred = tap
+        .outcome
+        .and_then(|o| o.credential)
+        .unwrap_or_else(|| panic!("pickup: {:?}; tap-emu:\n{}", tap.error, log()));
+    assert_eq!((cred.site.as_str(), cred.slot), ("LOCKER-7", 12));
+    assert!(tap.receipt_delivered);
+
+    // Two taps: above the wallet's limit the phone asks (9101), the user
+    // confirms, the same phone taps again and pays.
+    next_tap(&mut host);
+    let big = TapParams {
+        cvm_limit: 20_000,
+        ..pay(50_000)
+    };
+    let first = tap_over(&mut host, &mut world, big.clone(), &support::plain_receipt);
+    assert!(
+        first.confirm_on_phone && first.outcome.is_none(),
+        "{first:?}; tap-emu:\n{}",
+        log()
+    );
+    next_tap(&mut host);
+    let second = tap_over(&mut host, &mut world, big, &support::plain_receipt);
+    let o = second
+        .outcome
+        .unwrap_or_else(|| panic!("second tap: {:?}; tap-emu:\n{}", second.error, log()));
+    assert_eq!(o.cvm, Cvm::ConfirmedOnDevice);
+    assert!(second.receipt_delivered);
+    assert_eq!(counter(), o.atc, "persisted before the response left");
+}
+
+#[test]
+fn sigterm_stops_the_emulator_and_removes_its_link() {
+    let setup = Setup::new();
+    let mut emu = setup.start(&[]);
+    let mut host = Host::open(&setup.link());
+    host.init();
+    host.list();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(emu.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(emu.wait().success(), "{}", emu.log());
+    assert!(
+        std::fs::symlink_metadata(setup.link()).is_err(),
+        "link left behind; tap-emu:\n{}",
+        emu.log()
+    );
+    assert!(emu.log().contains("stopping"), "{}", emu.log());
 }

@@ -11,7 +11,7 @@ use tapstack_protocol::apdu::LinkLimits;
 use tapstack_protocol::messages::Cvm;
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Scenario};
 use tapstack_protocol::terminal::TapParams;
-use tapstack_tests::{Pcscd, VPCD_READER};
+use tapstack_tests::{Child, Pcscd, VPCD_READER};
 
 use support::emu_vpcd as emu;
 
@@ -70,8 +70,9 @@ fn every_scenario_through_pcscd() {
         items: vec![CartItem { sku: "TEA-01".into(), name: "Jasmine tea".into(), qty: 2, unit_price: 800 }],
     };
     let order = TapParams { scenario: Scenario::order(&cart).unwrap(), cvm_limit: 20_000, send_certificate: false };
-    let tap = reader.tap(&mut world, order, LinkLimits::EXTENDED);
+    let tap = reader.tap_with(&mut world, order, LinkLimits::EXTENDED, Duration::from_secs(30), &support::order_receipt(&cart, "A17")).unwrap();
     assert_eq!(tap.outcome.as_ref().map(|o| o.atc), Some(2), "order (alice again, repeat customer): {:?}", tap.error);
+    assert!(tap.receipt_delivered, "the phone took the receipt with the cart");
 
     let _ = reader.tap(&mut world, pay(100), LinkLimits::EXTENDED); // bob's turn
     let pickup = TapParams { scenario: Scenario::Pickup { site: "LOCKER-7".into() }, cvm_limit: 0, send_certificate: true };
@@ -121,4 +122,26 @@ fn corrupted_and_garbage_answers_end_in_clear_errors() {
     assert!(sw.error.as_deref().unwrap_or_default().contains("6F00"), "{:?}", sw.error);
     let ok = reader.tap(&mut world, pay(1250), LinkLimits::EXTENDED);
     assert!(ok.outcome.is_some(), "{:?}", ok.error);
+}
+
+#[test]
+fn sigterm_stops_the_emulator_while_it_waits_for_vpcd() {
+    let world = World::new();
+    let alice = world.wallet("alice", |_| {});
+    // Nothing listens there: the emulator keeps trying to connect.
+    let port = tapstack_tests::free_port().unwrap();
+    let log = world.dir.path().join("emu.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-emu"));
+    cmd.arg("vpcd").arg("--port").arg(port.to_string()).arg("--wallet").arg(&alice);
+    let mut emu = Child::spawn("tap-emu", &mut cmd, Some(&log)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("waiting for vpcd") {
+        assert!(std::time::Instant::now() < deadline && emu.try_wait().is_none(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(emu.pid() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = emu.wait_timeout(Duration::from_secs(30));
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {log}");
+    assert!(log.contains("stopping"), "{log}");
 }

@@ -1,1 +1,563 @@
-//! Part of tapstack; see the workspace README. Built out by its own issue.
+//! # tapstack-reader
+//!
+//! One small, blocking, object-safe abstraction over NFC readers, so the
+//! terminal does not care whether the merchant plugged in a PC/SC USB reader,
+//! a libnfc board or a bare PN532 on a serial line.
+//!
+//! ```text
+//!   open("pcsc:…" | "libnfc:…" | "pn532:…")          LoopbackReader::new(field)
+//!        │                                                  │
+//!        ▼                                                  ▼
+//!   Box<dyn Reader> ──wait_for_target(timeout, cancel)──▶ Box<dyn Session>
+//!                                                          │ transmit(apdu) → response + SW
+//!                                                          │ transmit_logical(Command) → Response
+//!                                                          │   (TerminalLink: chaining, GET RESPONSE)
+//!                                                          │ is_present / wait_removed
+//!   asynch::AsyncReader: the same on a dedicated thread, async, cancellable
+//! ```
+//!
+//! Reader and transport problems are [`ReaderError`]s (timeout, removal,
+//! reader gone, …); what the card application answers — every status word —
+//! stays in the response bytes / [`Response`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use tapstack_reader::{Cancel, ReaderError};
+//! // "emu:" is the in-process emulator: built with LoopbackReader, not opened.
+//! assert!(matches!(tapstack_reader::open("emu:"), Err(ReaderError::BadConnectionString { .. })));
+//! let cancel = Cancel::new();
+//! cancel.cancel();
+//! assert!(cancel.is_cancelled());
+//! # let _ = Duration::ZERO;
+//! ```
+//!
+//! Drivers, each behind a cargo feature (all on by default): [`pcsc`]
+//! (`pcsc`), [`libnfc`] (`libnfc`), [`pn532`] (`pn532`) and [`loopback`]
+//! (`loopback`). See `docs/readers.md`.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tapstack_protocol::apdu::{Command, LinkError, LinkLimits, Response, TerminalLink};
+
+pub mod asynch;
+mod connection;
+#[cfg(feature = "libnfc")]
+pub mod libnfc;
+#[cfg(feature = "loopback")]
+pub mod loopback;
+#[cfg(feature = "pcsc")]
+pub mod pcsc;
+#[cfg(feature = "pn532")]
+pub mod pn532;
+
+pub use connection::{BaudChoice, Connection};
+#[cfg(feature = "loopback")]
+pub use loopback::{LoopbackReader, VirtualField};
+
+/// Boxed error of a driver's library, kept as the source of a [`ReaderError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Default bound on one wire APDU exchange.
+pub const DEFAULT_TRANSMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reader-layer errors. Status words from the card are not errors here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReaderError {
+    /// Nothing came (no target, no answer) within the configured time.
+    #[error("timed out")]
+    Timeout,
+    /// The target left the field (during or between exchanges).
+    #[error("the target left the field")]
+    Removed,
+    /// The wait was cancelled through its [`Cancel`] token.
+    #[error("cancelled")]
+    Cancelled,
+    /// The reader disappeared (unplugged, daemon stopped, port closed).
+    #[error("reader {reader} is gone")]
+    ReaderGone {
+        reader: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// No reader matches the connection string.
+    #[error("no reader matches {connection:?}")]
+    NoReader { connection: String },
+    /// The reader or its link failed in a way not covered above.
+    #[error("reader {reader}: {source}")]
+    Transport {
+        reader: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The connection string cannot be used.
+    #[error("connection string {connection:?}: {reason}")]
+    BadConnectionString {
+        connection: String,
+        reason: &'static str,
+    },
+    /// The driver was left out of this build (cargo feature).
+    #[error("the {driver} driver is not built in (cargo feature {driver:?})")]
+    DriverDisabled { driver: &'static str },
+    /// Another program holds the reader exclusively.
+    #[error("reader {reader} is in use by another program")]
+    Busy { reader: String },
+    /// The APDU is longer than the reader carries.
+    #[error("APDU of {len} bytes exceeds the reader's limit of {max}")]
+    ApduTooLong { len: usize, max: usize },
+    /// The response is not an APDU response (fewer than 2 bytes, too long).
+    #[error("bad response: {0}")]
+    Link(#[from] LinkError),
+    /// An asynchronous reader's worker thread has stopped.
+    #[error("the reader's worker thread has stopped")]
+    WorkerStopped,
+    /// No session is open (asynchronous reader).
+    #[error("no target session is open")]
+    NoSession,
+}
+
+impl ReaderError {
+    /// Whether the reader itself (not just the target) is unusable now.
+    pub fn is_reader_gone(&self) -> bool {
+        matches!(self, ReaderError::ReaderGone { .. } | ReaderError::NoReader { .. })
+    }
+}
+
+/// A cancellation token: clone it, hand it to a wait, call [`Cancel::cancel`]
+/// from anywhere. A child token is cancelled with its parent.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel {
+    flag: Arc<AtomicBool>,
+    parent: Option<Arc<AtomicBool>>,
+}
+
+impl Cancel {
+    pub fn new() -> Self {
+        Cancel::default()
+    }
+
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+            || self.parent.as_ref().is_some_and(|p| p.load(Ordering::SeqCst))
+    }
+
+    /// A token cancelled by this one or by itself.
+    pub fn child(&self) -> Cancel {
+        Cancel {
+            flag: Arc::new(AtomicBool::new(false)),
+            parent: Some(self.flag.clone()),
+        }
+    }
+
+    /// `Err(Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<(), ReaderError> {
+        if self.is_cancelled() {
+            Err(ReaderError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What a reader can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Longest wire APDU (command) the reader transmits in one exchange.
+    pub max_apdu: usize,
+    /// Whether extended-length APDUs pass through.
+    pub extended_length: bool,
+    /// Serial line speed, for readers on a serial line.
+    pub baud: Option<u32>,
+}
+
+impl Capabilities {
+    /// Short APDUs only (5 + 255 + 1 bytes).
+    pub const SHORT: Capabilities = Capabilities {
+        max_apdu: 261,
+        extended_length: false,
+        baud: None,
+    };
+
+    /// What the protocol's [`TerminalLink`] may send through this reader.
+    pub fn link_limits(&self) -> LinkLimits {
+        if self.extended_length {
+            LinkLimits {
+                extended: true,
+                max_command_data: self
+                    .max_apdu
+                    .saturating_sub(9)
+                    .clamp(1, LinkLimits::EXTENDED.max_command_data),
+            }
+        } else {
+            LinkLimits {
+                extended: false,
+                max_command_data: self.max_apdu.saturating_sub(6).clamp(1, 255),
+            }
+        }
+    }
+}
+
+/// Which driver runs a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Driver {
+    Pcsc,
+    Libnfc,
+    Pn532,
+    Loopback,
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Driver::Pcsc => "pcsc",
+            Driver::Libnfc => "libnfc",
+            Driver::Pn532 => "pn532",
+            Driver::Loopback => "loopback",
+        })
+    }
+}
+
+/// A reader's identity and capabilities.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderInfo {
+    /// Human-readable name (PC/SC reader name, libnfc device name, port).
+    pub name: String,
+    /// The connection string that opens it again.
+    pub connection: String,
+    pub driver: Driver,
+    pub capabilities: Capabilities,
+}
+
+/// How the reader talks to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TargetProtocol {
+    /// ISO/IEC 14443-4 (ISO-DEP) type A, as phones in card emulation.
+    IsoDep,
+    /// PC/SC T=0.
+    T0,
+    /// PC/SC T=1 (how PC/SC contactless readers present ISO-DEP targets).
+    T1,
+    /// Anything else.
+    Other,
+}
+
+/// The target in the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetInfo {
+    /// UID (NFCID1); empty where the reader does not report it (PC/SC).
+    pub uid: Vec<u8>,
+    /// ATR, as PC/SC readers report (built from the ATS for contactless).
+    pub atr: Option<Vec<u8>>,
+    /// ATS (ISO 14443-4 answer to select), as PN532 and libnfc report.
+    pub ats: Option<Vec<u8>>,
+    pub protocol: TargetProtocol,
+}
+
+impl TargetInfo {
+    /// An ISO-DEP type A target with this UID and ATS.
+    pub fn iso_dep(uid: &[u8], ats: &[u8]) -> Self {
+        TargetInfo {
+            uid: uid.to_vec(),
+            atr: None,
+            ats: Some(ats.to_vec()),
+            protocol: TargetProtocol::IsoDep,
+        }
+    }
+}
+
+/// Things that happen at a reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReaderEvent {
+    TargetPresent,
+    TargetRemoved,
+    /// A reader (its connection string) appeared.
+    ReaderAttached(String),
+    /// A reader (its connection string) went away.
+    ReaderDetached(String),
+}
+
+/// A reader: waits for a target and hands out an exclusive session.
+pub trait Reader: Send {
+    fn info(&self) -> ReaderInfo;
+    /// Wait up to `timeout` for a target in the field; `cancel` aborts the
+    /// wait promptly. A reader that is gone is waited for too (it may come
+    /// back within `timeout`); [`ReaderError::Timeout`] if nothing came.
+    fn wait_for_target(
+        &mut self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Box<dyn Session + '_>, ReaderError>;
+    /// Bound on one wire APDU exchange ([`DEFAULT_TRANSMIT_TIMEOUT`] unless set).
+    fn set_transmit_timeout(&mut self, timeout: Duration);
+}
+
+/// An exclusive session with the target in the field.
+pub trait Session {
+    fn target(&self) -> &TargetInfo;
+    /// One wire APDU; the response including its status word.
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, ReaderError>;
+    /// Whether the target is still in the field.
+    fn is_present(&mut self) -> Result<bool, ReaderError>;
+    /// Wait until the target has left the field (`Ok`), up to `timeout`.
+    fn wait_removed(&mut self, timeout: Duration, cancel: &Cancel) -> Result<(), ReaderError>;
+
+    /// What the reader carries (short APDUs unless the driver says more).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::SHORT
+    }
+
+    /// Link limits for [`Session::transmit_logical`].
+    fn link_limits(&self) -> LinkLimits {
+        self.capabilities().link_limits()
+    }
+
+    /// A logical command: chained when longer than the link carries, the
+    /// response collected over `61xx`/GET RESPONSE.
+    fn transmit_logical(&mut self, cmd: Command) -> Result<Response, ReaderError> {
+        let limits = self.link_limits();
+        self.transmit_logical_with(cmd, limits)
+    }
+
+    /// [`Session::transmit_logical`] with explicit limits (for a phone that
+    /// said it takes short APDUs only).
+    fn transmit_logical_with(
+        &mut self,
+        cmd: Command,
+        limits: LinkLimits,
+    ) -> Result<Response, ReaderError> {
+        let mut link = TerminalLink::new(limits);
+        link.send(cmd);
+        // Every exchange either completes or queues one more APDU; bound it
+        // anyway (MAX_ASSEMBLED / 1 byte per GET RESPONSE).
+        for _ in 0..16_384 {
+            let Some(wire) = link.poll_transmit() else {
+                break;
+            };
+            let reply = self.transmit(&wire)?;
+            if let Some(resp) = link.handle_response(&reply)? {
+                return Ok(resp);
+            }
+        }
+        Err(ReaderError::Link(LinkError::Idle))
+    }
+
+    /// SELECT by name (`00 A4 04 00 Lc AID 00`).
+    fn select(&mut self, aid: &[u8]) -> Result<Response, ReaderError> {
+        self.transmit_logical(Command::new(0x00, 0xA4, 0x04, 0x00, aid.to_vec(), Some(256)))
+    }
+}
+
+/// Options for [`open_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Bound on one wire APDU exchange.
+    pub transmit_timeout: Duration,
+    /// PC/SC: connect exclusively (no other program may use the card).
+    pub exclusive: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            transmit_timeout: DEFAULT_TRANSMIT_TIMEOUT,
+            exclusive: false,
+        }
+    }
+}
+
+/// Open a reader by connection string: `pcsc:<reader name>` (quotes
+/// optional; empty: the first reader), `libnfc:<libnfc connstring>` (empty:
+/// the first device), `pn532:<serial port>[?baud=N]`. `emu:` is not opened
+/// here: the in-process emulator is a [`LoopbackReader`] over its field.
+pub fn open(connection: &str) -> Result<Box<dyn Reader>, ReaderError> {
+    open_with(connection, &OpenOptions::default())
+}
+
+/// [`open`] with options.
+pub fn open_with(connection: &str, opts: &OpenOptions) -> Result<Box<dyn Reader>, ReaderError> {
+    let _ = &opts;
+    let parsed = Connection::parse(connection)?;
+    match parsed {
+        #[cfg(feature = "pcsc")]
+        Connection::Pcsc { reader } => Ok(Box::new(pcsc::PcscReader::open(reader.as_deref(), opts)?)),
+        #[cfg(not(feature = "pcsc"))]
+        Connection::Pcsc { .. } => Err(ReaderError::DriverDisabled { driver: "pcsc" }),
+        #[cfg(feature = "libnfc")]
+        Connection::Libnfc { connstring } => Ok(Box::new(libnfc::LibnfcReader::open(
+            connstring.as_deref(),
+            opts,
+        )?)),
+        #[cfg(not(feature = "libnfc"))]
+        Connection::Libnfc { .. } => Err(ReaderError::DriverDisabled { driver: "libnfc" }),
+        #[cfg(feature = "pn532")]
+        Connection::Pn532 { path, baud } => Ok(Box::new(pn532::Pn532Reader::open(&path, baud, opts)?)),
+        #[cfg(not(feature = "pn532"))]
+        Connection::Pn532 { .. } => Err(ReaderError::DriverDisabled { driver: "pn532" }),
+        Connection::Emu => Err(ReaderError::BadConnectionString {
+            connection: connection.to_owned(),
+            reason: "emu: is the in-process emulator; build a LoopbackReader over its field",
+        }),
+    }
+}
+
+/// An attached reader, as [`discover`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderDescriptor {
+    /// Connection string for [`open`].
+    pub connection: String,
+    pub name: String,
+    pub driver: Driver,
+}
+
+/// What [`discover_with`] looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiscoverOptions {
+    /// Serial ports to probe for a PN532 besides USB serial adapters
+    /// (`/dev/ttyUSB*`, `/dev/ttyACM*`).
+    pub serial_paths: Vec<std::path::PathBuf>,
+    /// Skip probing serial ports (probing writes a wake-up to each port).
+    pub no_serial_probe: bool,
+}
+
+/// What is attached: PC/SC readers, libnfc devices, USB serial ports that
+/// answer as a PN532.
+pub fn discover() -> Vec<ReaderDescriptor> {
+    discover_with(&DiscoverOptions::default())
+}
+
+/// [`discover`] with options.
+pub fn discover_with(opts: &DiscoverOptions) -> Vec<ReaderDescriptor> {
+    #[allow(unused_mut)]
+    let mut found = Vec::new();
+    #[cfg(feature = "pcsc")]
+    found.extend(pcsc::discover());
+    #[cfg(feature = "libnfc")]
+    found.extend(libnfc::discover());
+    #[cfg(feature = "pn532")]
+    if !opts.no_serial_probe {
+        found.extend(pn532::discover(&opts.serial_paths));
+    }
+    let _ = opts;
+    found
+}
+
+/// Watches readers come and go by diffing [`discover_with`] (PC/SC readers
+/// are seen through pcscd's PnP notification promptly).
+#[derive(Debug)]
+pub struct ReaderMonitor {
+    opts: DiscoverOptions,
+    known: Vec<String>,
+    pending: std::collections::VecDeque<ReaderEvent>,
+    interval: Duration,
+}
+
+impl ReaderMonitor {
+    /// Start watching; what is attached now is reported as attached first.
+    pub fn new(opts: DiscoverOptions) -> Self {
+        ReaderMonitor {
+            opts,
+            known: Vec::new(),
+            pending: Default::default(),
+            interval: Duration::from_millis(500),
+        }
+    }
+
+    fn rescan(&mut self) {
+        let now: Vec<String> = discover_with(&self.opts).into_iter().map(|d| d.connection).collect();
+        for c in &self.known {
+            if !now.contains(c) {
+                self.pending.push_back(ReaderEvent::ReaderDetached(c.clone()));
+            }
+        }
+        for c in &now {
+            if !self.known.contains(c) {
+                self.pending.push_back(ReaderEvent::ReaderAttached(c.clone()));
+            }
+        }
+        self.known = now;
+    }
+
+    /// The next attach/detach event within `timeout`.
+    pub fn next_event(&mut self, timeout: Duration, cancel: &Cancel) -> Result<ReaderEvent, ReaderError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(e);
+            }
+            cancel.check()?;
+            self.rescan();
+            if !self.pending.is_empty() {
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ReaderError::Timeout);
+            }
+            let slice = self.interval.min(deadline - now);
+            #[cfg(feature = "pcsc")]
+            pcsc::wait_pnp_change(slice, cancel);
+            #[cfg(not(feature = "pcsc"))]
+            sleep_cancellable(slice, cancel);
+        }
+    }
+}
+
+/// Sleep `d` in short slices, returning early once `cancel` is set.
+pub(crate) fn sleep_cancellable(d: Duration, cancel: &Cancel) {
+    let end = Instant::now() + d;
+    loop {
+        let now = Instant::now();
+        if now >= end || cancel.is_cancelled() {
+            return;
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(20)));
+    }
+}
+
+/// Time left before `deadline`, or `Timeout`; `Cancelled` first.
+pub(crate) fn remaining(deadline: Instant, cancel: &Cancel) -> Result<Duration, ReaderError> {
+    cancel.check()?;
+    let now = Instant::now();
+    if now >= deadline {
+        return Err(ReaderError::Timeout);
+    }
+    Ok(deadline - now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_children_follow_parents() {
+        let parent = Cancel::new();
+        let child = parent.child();
+        assert!(!child.is_cancelled());
+        child.cancel();
+        assert!(!parent.is_cancelled());
+        let other = parent.child();
+        parent.cancel();
+        assert!(other.is_cancelled());
+        assert!(matches!(other.check(), Err(ReaderError::Cancelled)));
+    }
+
+    #[test]
+    fn capabilities_give_link_limits() {
+        assert_eq!(Capabilities::SHORT.link_limits(), LinkLimits::SHORT);
+        let ext = Capabilities {
+            max_apdu: 65_544,
+            extended_length: true,
+            baud: None,
+        };
+        assert_eq!(ext.link_limits(), LinkLimits::EXTENDED);
+    }
+}

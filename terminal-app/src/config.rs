@@ -77,6 +77,12 @@ pub struct HostSection {
     pub server_name: String,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// `tap-terminal serve`: sync this often (seconds), and at start-up.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_secs: u64,
+    /// `tap-terminal serve`: also sync after this many approved taps (0: never).
+    #[serde(default = "default_sync_after_taps")]
+    pub sync_after_taps: u32,
 }
 
 fn default_server_name() -> String {
@@ -84,6 +90,12 @@ fn default_server_name() -> String {
 }
 fn default_batch() -> usize {
     200
+}
+fn default_sync_interval() -> u64 {
+    60
+}
+fn default_sync_after_taps() -> u32 {
+    20
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +208,9 @@ impl Config {
             if h.batch_size == 0 || h.batch_size > 1000 {
                 return Err("host.batch_size must be 1 to 1000".into());
             }
+            if h.sync_interval_secs == 0 || h.sync_interval_secs > 86_400 {
+                return Err("host.sync_interval_secs must be 1 to 86400".into());
+            }
         }
         let r = &self.risk;
         if r.cvm_limit > r.floor_limit {
@@ -258,6 +273,8 @@ url = "https://127.0.0.1:8443"
 ca = "pki/root.pem"
 server_name = "localhost"
 batch_size = 200
+sync_interval_secs = 60          # `serve` uploads this often (and at start-up)
+sync_after_taps = 20             # ... and after this many approved taps (0: off)
 
 [risk]                           # minor units of terminal.currency
 floor_limit = 100000             # largest offline tap (1000.00)

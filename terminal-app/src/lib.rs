@@ -39,4 +39,6 @@ pub enum Error {
     File { path: PathBuf, reason: String },
     #[error("upload: {detail}")]
     Upload { detail: String },
+    #[error("reader {connection}: {detail}")]
+    Reader { connection: String, detail: String },
 }

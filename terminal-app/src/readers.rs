@@ -1,9 +1,87 @@
-//! Hardware readers (PC/SC, libnfc, native PN532) behind [`Field`].
-//! (Wired to the reader crate's drivers.)
+//! Hardware readers (PC/SC, libnfc, native PN532) from the reader crate,
+//! behind the terminal's [`Field`].
+
+use std::time::Duration;
+
+use tapstack_protocol::apdu::LinkLimits;
+use tapstack_reader::{Cancel, Reader, ReaderError, Session};
 
 use crate::app::Field;
+use crate::tap::{Link, LinkFailure, TapResult};
 use crate::Error;
 
+/// How long the terminal waits, after a tap, for the phone to leave before
+/// it takes the next one (a phone left on the reader is not charged twice:
+/// the next intent waits for a new arrival).
+pub const LEAVE_WAIT: Duration = Duration::from_secs(30);
+
+fn reader_err(connection: &str, e: ReaderError) -> Error {
+    Error::Reader { connection: connection.to_owned(), detail: e.to_string() }
+}
+
+/// A reader opened from a connection string.
+pub struct ReaderField {
+    reader: Box<dyn Reader>,
+    connection: String,
+    cancel: Cancel,
+}
+
+impl core::fmt::Debug for ReaderField {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ReaderField").field("connection", &self.connection).finish_non_exhaustive()
+    }
+}
+
+impl ReaderField {
+    /// A token that aborts the current wait for a phone.
+    pub fn canceller(&self) -> Cancel {
+        self.cancel.clone()
+    }
+}
+
+struct SessionLink<'a> {
+    session: Box<dyn Session + 'a>,
+    limits: LinkLimits,
+}
+
+impl Link for SessionLink<'_> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkFailure> {
+        self.session.transmit(apdu).map_err(|e| match e {
+            ReaderError::Removed => LinkFailure::Removed,
+            ReaderError::Timeout => LinkFailure::Timeout,
+            other => LinkFailure::Reader { detail: other.to_string() },
+        })
+    }
+
+    fn link_limits(&self) -> LinkLimits {
+        self.limits
+    }
+}
+
+impl Field for ReaderField {
+    fn with_phone(&mut self, timeout: Duration, tap: &mut dyn FnMut(&mut dyn Link) -> TapResult) -> Result<Option<TapResult>, Error> {
+        let limits = self.reader.info().capabilities.link_limits();
+        let session = match self.reader.wait_for_target(timeout, &self.cancel) {
+            Ok(s) => s,
+            Err(ReaderError::Timeout) | Err(ReaderError::Cancelled) => return Ok(None),
+            Err(e) => return Err(reader_err(&self.connection, e)),
+        };
+        let mut link = SessionLink { session, limits };
+        let result = tap(&mut link);
+        match link.session.wait_removed(LEAVE_WAIT, &self.cancel) {
+            Ok(()) | Err(ReaderError::Removed) | Err(ReaderError::Timeout) | Err(ReaderError::Cancelled) => {}
+            Err(e) => tracing::warn!(reader = %self.connection, error = %e, "waiting for the phone to leave"),
+        }
+        Ok(Some(result))
+    }
+
+    fn describe(&self) -> String {
+        self.connection.clone()
+    }
+}
+
+/// Open `pcsc:…`, `libnfc:…` or `pn532:…`.
 pub fn open(connection: &str) -> Result<Box<dyn Field>, Error> {
-    Err(Error::File { path: connection.into(), reason: "hardware readers are not wired into this build yet; use emu:".into() })
+    let reader = tapstack_reader::open(connection).map_err(|e| reader_err(connection, e))?;
+    Ok(Box::new(ReaderField { reader, connection: connection.to_owned(), cancel: Cancel::new() }))
 }

@@ -41,9 +41,9 @@ impl core::fmt::Display for LinkFailure {
 pub trait Link {
     /// One wire APDU; the response includes the status word.
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkFailure>;
-    /// Whether the reader carries extended-length APDUs.
-    fn extended(&self) -> bool {
-        true
+    /// What the reader carries (extended length, largest command data).
+    fn link_limits(&self) -> LinkLimits {
+        LinkLimits::EXTENDED
     }
 }
 
@@ -218,7 +218,8 @@ fn exchange(tl: &mut TerminalLink, link: &mut dyn Link, cmd: Command) -> Result<
 
 impl Engine {
     fn handshake(&mut self, params: TapParams, link: &mut dyn Link, now: u64, rng: &mut impl CryptoRngCore) -> Step {
-        let mut tl = TerminalLink::new(if link.extended() { LinkLimits::EXTENDED } else { LinkLimits::SHORT });
+        let reader_limits = link.link_limits();
+        let mut tl = TerminalLink::new(if reader_limits.extended { reader_limits } else { LinkLimits::SHORT });
         let mut session = TerminalSession::new(params);
         let mut approved = None;
         while let Some(cmd) = session.poll_command() {
@@ -232,8 +233,11 @@ impl Engine {
             while let Some(ev) = session.poll_event() {
                 match ev {
                     TerminalEvent::Selected { extended, max_command } => {
-                        let limits = if extended && link.extended() {
-                            LinkLimits { extended: true, max_command_data: usize::from(max_command) }
+                        let limits = if extended && reader_limits.extended {
+                            LinkLimits {
+                                extended: true,
+                                max_command_data: usize::from(max_command).min(reader_limits.max_command_data),
+                            }
                         } else {
                             LinkLimits::SHORT
                         };

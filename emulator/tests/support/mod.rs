@@ -1,6 +1,6 @@
 //! Shared by the emulator's end-to-end tests: a PKI, wallet profiles, a
 //! terminal, and a tap driven over any APDU transport.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -11,8 +11,10 @@ use rand_core::OsRng;
 use tapstack_certs::{LeafOptions, Pki};
 use tapstack_protocol::apdu::{LinkLimits, Response, TerminalLink};
 use tapstack_protocol::error::Error;
-use tapstack_protocol::scenario::Receipt;
-use tapstack_protocol::terminal::{TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession};
+use tapstack_protocol::scenario::{Cart, Receipt};
+use tapstack_protocol::terminal::{
+    TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
+};
 use tapstack_tests::{Child, Pcscd, VPCD_READER};
 
 pub fn now() -> u64 {
@@ -32,7 +34,15 @@ impl World {
         let pki_dir = dir.path().join("pki");
         tapstack_certs::init(&pki_dir, now(), &mut OsRng).unwrap();
         let pki = Pki::load(&pki_dir).unwrap();
-        let t = pki.issue_terminal("Tea House #12", &dir.path().join("terminal"), &LeafOptions::default(), now(), &mut OsRng).unwrap();
+        let t = pki
+            .issue_terminal(
+                "Tea House #12",
+                &dir.path().join("terminal"),
+                &LeafOptions::default(),
+                now(),
+                &mut OsRng,
+            )
+            .unwrap();
         let terminal = TerminalContext::new(t.identity.cert, t.identity.key, pki.terminal_trust());
         World { dir, pki, terminal }
     }
@@ -40,7 +50,9 @@ impl World {
     /// A wallet profile named `name`, optionally with a pickup credential.
     pub fn wallet(&self, name: &str, edit: impl FnOnce(&mut String)) -> PathBuf {
         let out = self.dir.path().join("wallets");
-        let profile = tapstack_emulator::profile::create(self.pki.dir(), name, &out, now(), &mut OsRng).unwrap();
+        let profile =
+            tapstack_emulator::profile::create(self.pki.dir(), name, &out, now(), &mut OsRng)
+                .unwrap();
         let mut text = std::fs::read_to_string(&profile).unwrap();
         edit(&mut text);
         std::fs::write(&profile, text).unwrap();
@@ -51,8 +63,16 @@ impl World {
     pub fn give_credential(&self, profile: &Path, site: &str, slot: u16) {
         let w = tapstack_emulator::profile::load(profile).unwrap();
         let path = self.dir.path().join(format!("{site}-{slot}.cred"));
-        let req = tapstack_certs::CredentialRequest { wallet: &w.context.certificate, site, slot, parcel: "SF1234567890", days: None };
-        self.pki.issue_credential(&req, &path, now(), &mut OsRng).unwrap();
+        let req = tapstack_certs::CredentialRequest {
+            wallet: &w.context.certificate,
+            site,
+            slot,
+            parcel: "SF1234567890",
+            days: None,
+        };
+        self.pki
+            .issue_credential(&req, &path, now(), &mut OsRng)
+            .unwrap();
         tapstack_emulator::profile::add_credential(profile, &path).unwrap();
     }
 }
@@ -67,24 +87,64 @@ pub struct Tap {
     pub exchanges: usize,
 }
 
+/// The receipt a terminal sends after an approval: the record's sequence
+/// number, the slot of a pickup; no order number or cart.
+pub fn plain_receipt(o: &TapOutcome) -> Receipt {
+    Receipt {
+        record_id: [0x11; 32],
+        seq: u64::from(o.atc),
+        order_number: None,
+        cart: None,
+        slot: o.credential.as_ref().map(|c| c.slot),
+    }
+}
+
+/// The receipt of an order: the order number to show and the cart whose
+/// hash the tap bound (the wallet refuses a receipt with another cart).
+pub fn order_receipt(cart: &Cart, number: &str) -> impl Fn(&TapOutcome) -> Receipt {
+    let (cart, number) = (cart.clone(), number.to_owned());
+    move |o| Receipt {
+        order_number: Some(number.clone()),
+        cart: Some(cart.clone()),
+        ..plain_receipt(o)
+    }
+}
+
 /// Drive a whole tap (and its receipt) over `transmit`.
 pub fn run_tap<E: std::fmt::Display>(
     terminal: &mut TerminalContext,
     params: TapParams,
     limits: LinkLimits,
+    transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, E>,
+) -> Tap {
+    run_tap_with(terminal, params, limits, &plain_receipt, transmit)
+}
+
+/// Drive a whole tap over `transmit`; after an approval send the receipt
+/// `receipt` builds.
+pub fn run_tap_with<E: std::fmt::Display>(
+    terminal: &mut TerminalContext,
+    params: TapParams,
+    limits: LinkLimits,
+    receipt: &dyn Fn(&TapOutcome) -> Receipt,
     mut transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, E>,
 ) -> Tap {
     let mut link = TerminalLink::new(limits);
     let mut session = TerminalSession::new(params);
-    let mut tap = Tap { outcome: None, confirm_on_phone: false, receipt_delivered: false, error: None, exchanges: 0 };
+    let mut tap = Tap {
+        outcome: None,
+        confirm_on_phone: false,
+        receipt_delivered: false,
+        error: None,
+        exchanges: 0,
+    };
     let mut receipt_sent = false;
     loop {
         let Some(cmd) = session.poll_command() else {
             match (&tap.outcome, receipt_sent) {
                 (Some(o), false) => {
                     receipt_sent = true;
-                    let r = Receipt { record_id: [0x11; 32], seq: u64::from(o.atc), order_number: None, cart: None, slot: o.credential.as_ref().map(|c| c.slot) };
-                    session.send_receipt(&r).unwrap();
+                    session.send_receipt(&receipt(o)).unwrap();
                     continue;
                 }
                 _ => return tap,
@@ -122,7 +182,9 @@ pub fn run_tap<E: std::fmt::Display>(
                 TerminalEvent::Approved(o) => tap.outcome = Some(*o),
                 TerminalEvent::ConfirmOnPhone => tap.confirm_on_phone = true,
                 TerminalEvent::ReceiptDelivered => tap.receipt_delivered = true,
-                TerminalEvent::Selected { extended, .. } if !extended => link.set_limits(LinkLimits::SHORT),
+                TerminalEvent::Selected { extended, .. } if !extended => {
+                    link.set_limits(LinkLimits::SHORT)
+                }
                 _ => {}
             }
         }
@@ -132,7 +194,10 @@ pub fn run_tap<E: std::fmt::Display>(
 /// Start `tap-emu vpcd` for `wallets` against `pcscd`.
 pub fn emu_vpcd(pcscd: &Pcscd, dir: &Path, wallets: &[&Path], extra: &[&str]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-emu"));
-    cmd.arg("vpcd").arg("--port").arg(pcscd.port.to_string()).args(["--idle-ms", "400", "--gap-ms", "1000"]);
+    cmd.arg("vpcd")
+        .arg("--port")
+        .arg(pcscd.port.to_string())
+        .args(["--idle-ms", "400", "--gap-ms", "1000"]);
     for w in wallets {
         cmd.arg("--wallet").arg(w);
     }
@@ -148,15 +213,23 @@ pub struct Reader {
 
 impl Reader {
     pub fn new() -> Self {
-        Reader { ctx: pcsc::Context::establish(pcsc::Scope::User).unwrap(), name: CString::new(VPCD_READER).unwrap() }
+        Reader {
+            ctx: pcsc::Context::establish(pcsc::Scope::User).unwrap(),
+            name: CString::new(VPCD_READER).unwrap(),
+        }
     }
 
     /// Wait up to `timeout` for a card; returns the reader's event counter.
     pub fn present_within(&self, timeout: Duration) -> Option<u32> {
-        let mut states = vec![pcsc::ReaderState::new(self.name.clone(), pcsc::State::UNAWARE)];
+        let mut states = vec![pcsc::ReaderState::new(
+            self.name.clone(),
+            pcsc::State::UNAWARE,
+        )];
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
-            self.ctx.get_status_change(Duration::from_millis(100), &mut states).ok();
+            self.ctx
+                .get_status_change(Duration::from_millis(100), &mut states)
+                .ok();
             let s = states[0].event_state();
             if s.contains(pcsc::State::PRESENT) && !s.contains(pcsc::State::MUTE) {
                 return Some(states[0].event_count());
@@ -168,15 +241,21 @@ impl Reader {
 
     /// Wait for a card; returns the reader's event counter.
     pub fn wait_present(&self) -> u32 {
-        self.present_within(Duration::from_secs(30)).unwrap_or_else(|| panic!("no card in {VPCD_READER}"))
+        self.present_within(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no card in {VPCD_READER}"))
     }
 
     /// Wait until the card that was there at `count` has gone (absent, or
     /// another insertion counted since).
     pub fn wait_gone(&self, count: u32) {
-        let mut states = vec![pcsc::ReaderState::new(self.name.clone(), pcsc::State::UNAWARE)];
+        let mut states = vec![pcsc::ReaderState::new(
+            self.name.clone(),
+            pcsc::State::UNAWARE,
+        )];
         for _ in 0..300 {
-            self.ctx.get_status_change(Duration::from_millis(100), &mut states).ok();
+            self.ctx
+                .get_status_change(Duration::from_millis(100), &mut states)
+                .ok();
             let s = states[0].event_state();
             if !s.contains(pcsc::State::PRESENT) || states[0].event_count() != count {
                 return;
@@ -187,22 +266,52 @@ impl Reader {
     }
 
     /// One tap with the phone that is (or comes within `timeout`) in the field.
-    pub fn tap_until_gone(&self, world: &mut World, params: TapParams, limits: LinkLimits, timeout: Duration) -> Option<Tap> {
+    pub fn tap_until_gone(
+        &self,
+        world: &mut World,
+        params: TapParams,
+        limits: LinkLimits,
+        timeout: Duration,
+    ) -> Option<Tap> {
+        self.tap_with(world, params, limits, timeout, &plain_receipt)
+    }
+
+    /// One tap that sends the receipt `receipt` builds.
+    pub fn tap_with(
+        &self,
+        world: &mut World,
+        params: TapParams,
+        limits: LinkLimits,
+        timeout: Duration,
+        receipt: &dyn Fn(&TapOutcome) -> Receipt,
+    ) -> Option<Tap> {
         let count = self.present_within(timeout)?;
-        let card = match self.ctx.connect(&self.name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY) {
+        let card = match self
+            .ctx
+            .connect(&self.name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+        {
             Ok(c) => c,
             Err(e) => {
-                return Some(Tap { outcome: None, confirm_on_phone: false, receipt_delivered: false, error: Some(format!("connect: {e}")), exchanges: 0 })
+                return Some(Tap {
+                    outcome: None,
+                    confirm_on_phone: false,
+                    receipt_delivered: false,
+                    error: Some(format!("connect: {e}")),
+                    exchanges: 0,
+                })
             }
         };
         let mut buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
-        let tap = run_tap(&mut world.terminal, params, limits, |apdu| card.transmit(apdu, &mut buf).map(<[u8]>::to_vec));
+        let tap = run_tap_with(&mut world.terminal, params, limits, receipt, |apdu| {
+            card.transmit(apdu, &mut buf).map(<[u8]>::to_vec)
+        });
         let _ = card.disconnect(pcsc::Disposition::LeaveCard);
         self.wait_gone(count);
         Some(tap)
     }
 
     pub fn tap(&self, world: &mut World, params: TapParams, limits: LinkLimits) -> Tap {
-        self.tap_until_gone(world, params, limits, Duration::from_secs(30)).unwrap_or_else(|| panic!("no card in {VPCD_READER}"))
+        self.tap_until_gone(world, params, limits, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no card in {VPCD_READER}"))
     }
 }

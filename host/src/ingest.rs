@@ -25,7 +25,9 @@ use tapstack_protocol::record::{check_chain, TransactionRecord, VerifiedRecord};
 use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::scenario::Scenario;
 
-use crate::fastverify::{self, FastTrust};
+use crate::fastverify::Ring;
+use tapstack_protocol::crypto::{RustCrypto, SignatureVerifier};
+use tapstack_protocol::record::{check_record_signature, verify_contents};
 use crate::revocations::Revocations;
 use crate::store::{ChainHead, Disposition, RecordSummary, ScenarioKind, Store, StoredRecord};
 use crate::wire::{BatchResponse, Flag, Reason, RecordResult, RecordStatus};
@@ -34,7 +36,7 @@ use crate::Error;
 /// Which implementation checks signatures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum VerifyMode {
-    /// [`crate::fastverify`]: the protocol's checks with ring signatures.
+    /// The protocol's checks with ring signatures ([`crate::fastverify::Ring`]).
     #[default]
     Ring,
     /// `tapstack_protocol::record::verify_record` itself (RustCrypto).
@@ -48,7 +50,7 @@ pub const FUTURE_SKEW: u64 = 86_400;
 #[derive(Debug)]
 pub struct Ingestor {
     store: Arc<dyn Store>,
-    trust: FastTrust,
+    trust: TrustStore,
     issuer_master_key: IssuerMasterKey,
     revocations: Arc<Revocations>,
     mode: VerifyMode,
@@ -165,10 +167,6 @@ impl Ingestor {
         revocations: Arc<Revocations>,
         mode: VerifyMode,
     ) -> Result<Self, Error> {
-        let trust = FastTrust::new(trust).map_err(|source| Error::Certificate {
-            what: "trust store",
-            source,
-        })?;
         Ok(Ingestor {
             store,
             trust,
@@ -188,7 +186,14 @@ impl Ingestor {
     }
 
     pub fn trust(&self) -> &TrustStore {
-        self.trust.trust_store()
+        &self.trust
+    }
+
+    fn signatures(&self) -> &'static dyn SignatureVerifier {
+        match self.mode {
+            VerifyMode::Ring => &Ring,
+            VerifyMode::Reference => &RustCrypto,
+        }
     }
 
     fn terminal_lock(&self, terminal: &[u8; 32]) -> Arc<Mutex<()>> {
@@ -232,17 +237,7 @@ impl Ingestor {
         revs: &RevocationList,
         known: bool,
     ) -> Result<VerifiedRecord, tapstack_protocol::Error> {
-        match self.mode {
-            VerifyMode::Ring => {
-                fastverify::verify_contents(record, terminal, &self.trust, Some(revs), known)
-            }
-            VerifyMode::Reference => tapstack_protocol::record::verify_record(
-                record,
-                terminal,
-                self.trust.trust_store(),
-                Some(revs),
-            ),
-        }
+        verify_contents(record, terminal, &self.trust, Some(revs), known, self.signatures())
     }
 
     fn try_ingest(
@@ -443,7 +438,7 @@ impl Ingestor {
             };
             return Ok(reject(rec, reason, detail));
         }
-        if fastverify::check_record_signature(&record, terminal).is_err() {
+        if check_record_signature(&record, terminal, self.signatures()).is_err() {
             return Ok(reject(
                 rec,
                 Reason::TerminalSignature,

@@ -11,7 +11,7 @@
 //!  terminal ══ mTLS (tls::ClientVerifier) ══▶ server::Host ── POST /v1/batches
 //!                                               │  wire::BatchRequest (JSON, base64 records)
 //!                                               ▼
-//!                                       ingest::Ingestor ── fastverify (ring) ≡ protocol::verify_record
+//!                                       ingest::Ingestor ── protocol::record::verify_contents with the ring backend
 //!                                               │            + issuer cryptogram, revocation, chain
 //!                                               ▼
 //!                                       store::Store (SledStore) ── append (atomic) ── sync (group fsync)

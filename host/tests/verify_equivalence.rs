@@ -1,11 +1,13 @@
-//! The ring hot path (`fastverify`) must give exactly the protocol's
-//! `verify_record` result — the same `Ok` value or the same error — on
+//! The protocol's checks with the ring backend (`fastverify::Ring`) must give
+//! exactly RustCrypto's `verify_record` result — the same `Ok` value or the same error — on
 //! valid records of every scenario and on hundreds of mutations, each
 //! re-signed by the terminal so the check reaches past the record signature.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use rand_core::{OsRng, RngCore};
-use tapstack_host::fastverify::{self, FastTrust};
+use tapstack_host::fastverify::Ring;
+use tapstack_protocol::pki::TrustStore as FastTrust;
+use tapstack_protocol::record::{check_record_signature, verify_contents};
 use tapstack_protocol::crypto;
 use tapstack_protocol::record::{verify_record, TransactionRecord};
 use tapstack_protocol::revocation::RevocationList;
@@ -90,13 +92,14 @@ fn same(
     what: &str,
 ) -> bool {
     let reference = verify_record(r, &pki.terminal.cert, &pki.host_trust(), revs);
-    let ring = fastverify::verify_record(r, &pki.terminal.cert, fast, revs);
+    let ring = check_record_signature(r, &pki.terminal.cert, &Ring)
+        .and_then(|()| verify_contents(r, &pki.terminal.cert, fast, revs, false, &Ring));
     assert_eq!(ring, reference, "{what}");
     // With the terminal certificate's signature known (later records of a batch).
     if reference.is_ok() || !matches!(reference, Err(tapstack_protocol::Error::Certificate { .. }))
     {
-        let known = fastverify::check_record_signature(r, &pki.terminal.cert)
-            .and_then(|()| fastverify::verify_contents(r, &pki.terminal.cert, fast, revs, true));
+        let known = check_record_signature(r, &pki.terminal.cert, &Ring)
+            .and_then(|()| verify_contents(r, &pki.terminal.cert, fast, revs, true, &Ring));
         assert_eq!(known, reference, "{what} (terminal known)");
     }
     reference.is_ok()
@@ -105,7 +108,7 @@ fn same(
 #[test]
 fn ring_path_equals_verify_record_on_valid_and_mutated_records() {
     let pki = Pki::generate(&mut OsRng);
-    let fast = FastTrust::new(pki.host_trust()).unwrap();
+    let fast = pki.host_trust();
     let mut oks = 0;
     let mut errs = std::collections::BTreeSet::new();
     for r in records(&pki) {
@@ -163,7 +166,7 @@ fn ring_path_equals_verify_record_on_valid_and_mutated_records() {
 #[test]
 fn ring_path_equals_verify_record_on_revocation_and_time() {
     let pki = Pki::generate(&mut OsRng);
-    let fast = FastTrust::new(pki.host_trust()).unwrap();
+    let fast = pki.host_trust();
     let recs = records(&pki);
     let revoke = |hash: [u8; 32]| {
         let mut l = RevocationList::default();
@@ -195,11 +198,12 @@ fn ring_path_equals_verify_record_on_revocation_and_time() {
 
     // Another PKI's trust store: unknown issuers everywhere.
     let other = Pki::generate(&mut OsRng);
-    let other_fast = FastTrust::new(other.host_trust()).unwrap();
+    let other_fast = other.host_trust();
     for r in &recs {
         let reference = verify_record(r, &pki.terminal.cert, &other.host_trust(), None);
         assert_eq!(
-            fastverify::verify_record(r, &pki.terminal.cert, &other_fast, None),
+            check_record_signature(r, &pki.terminal.cert, &Ring)
+                .and_then(|()| verify_contents(r, &pki.terminal.cert, &other_fast, None, false, &Ring)),
             reference
         );
         assert!(reference.is_err());

@@ -271,10 +271,34 @@ pub fn sign(key: &SigningKey, msg: &[u8]) -> [u8; SIG_LEN] {
     out
 }
 
+/// The ECDSA P-256/SHA-256 check every verification in this crate goes
+/// through. The protocol's own logic (certificate paths, transcripts,
+/// records) takes one, so a host can plug a faster backend (ring, for bulk
+/// ingest) into the very same checks instead of re-implementing them.
+pub trait SignatureVerifier: Sync {
+    /// Whether `sig` (already parsed, `r` and `s` in range) signs `msg`.
+    fn verify_signature(&self, key: &VerifyingKey, msg: &[u8], sig: &Signature) -> bool;
+}
+
+/// RustCrypto's `p256`, with the fixed-base table of [`crate::ecc`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RustCrypto;
+
+impl SignatureVerifier for RustCrypto {
+    fn verify_signature(&self, key: &VerifyingKey, msg: &[u8], sig: &Signature) -> bool {
+        crate::ecc::verify(key.as_affine(), msg, sig)
+    }
+}
+
 /// Verify a raw `r ‖ s` ECDSA P-256/SHA-256 signature over `msg`.
 pub fn verify(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
+    verify_with(&RustCrypto, key, msg, sig)
+}
+
+/// [`verify`] with another backend.
+pub fn verify_with(v: &dyn SignatureVerifier, key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
     let sig = Signature::from_slice(sig).map_err(|_| CryptoError::BadSignature)?;
-    if crate::ecc::verify(key.as_affine(), msg, &sig) {
+    if v.verify_signature(key, msg, &sig) {
         Ok(())
     } else {
         Err(CryptoError::SignatureMismatch)

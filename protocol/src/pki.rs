@@ -32,7 +32,7 @@ use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use x509_cert::time::{Time, Validity};
 use x509_cert::{TbsCertificate, Version};
 
-use crate::crypto::sha256;
+use crate::crypto::{sha256, RustCrypto, SignatureVerifier};
 use crate::revocation::RevocationList;
 
 const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
@@ -345,6 +345,11 @@ impl Certificate {
 
     /// Whether `issuer`'s key signed this certificate (names must match too).
     pub fn is_signed_by(&self, issuer: &Certificate) -> bool {
+        self.is_signed_by_with(issuer, &RustCrypto)
+    }
+
+    /// [`Certificate::is_signed_by`] with another signature backend.
+    pub fn is_signed_by_with(&self, issuer: &Certificate, v: &dyn SignatureVerifier) -> bool {
         if self.issuer != issuer.subject {
             return false;
         }
@@ -352,7 +357,7 @@ impl Certificate {
             return false;
         };
         let tbs = self.der.get(self.tbs.clone()).unwrap_or_default();
-        crate::ecc::verify(issuer.key.as_affine(), tbs, &sig)
+        v.verify_signature(&issuer.key, tbs, &sig)
     }
 
     fn check_time(&self, now: u64) -> Result<(), CertError> {
@@ -474,6 +479,10 @@ impl TrustStore {
     }
 
     fn parent_of(&self, cert: &Certificate) -> Result<&Certificate, CertError> {
+        self.parent_of_with(cert, &RustCrypto)
+    }
+
+    fn parent_of_with(&self, cert: &Certificate, v: &dyn SignatureVerifier) -> Result<&Certificate, CertError> {
         let parent = cert.role.parent();
         let pool = if parent == Role::Root {
             &self.roots
@@ -491,7 +500,7 @@ impl TrustStore {
             });
         }
         candidates
-            .find(|p| cert.is_signed_by(p))
+            .find(|p| cert.is_signed_by_with(p, v))
             .ok_or(CertError::BadSignature)
     }
 
@@ -538,7 +547,7 @@ impl TrustStore {
         now: u64,
         revoked: Option<&RevocationList>,
     ) -> Result<(), CertError> {
-        self.verify_path(cert, expected, now, revoked, false)
+        self.verify_with(cert, expected, now, revoked, false, &RustCrypto)
     }
 
     /// [`TrustStore::verify`] for a certificate that already passed it (a
@@ -551,16 +560,19 @@ impl TrustStore {
         now: u64,
         revoked: Option<&RevocationList>,
     ) -> Result<(), CertError> {
-        self.verify_path(cert, expected, now, revoked, true)
+        self.verify_with(cert, expected, now, revoked, true, &RustCrypto)
     }
 
-    fn verify_path(
+    /// [`TrustStore::verify`] (or, with `leaf_signature_known`,
+    /// [`TrustStore::verify_known`]) with another signature backend.
+    pub fn verify_with(
         &self,
         cert: &Certificate,
         expected: Role,
         now: u64,
         revoked: Option<&RevocationList>,
         leaf_signature_known: bool,
+        v: &dyn SignatureVerifier,
     ) -> Result<(), CertError> {
         if cert.role != expected {
             return Err(CertError::WrongRole {
@@ -590,7 +602,7 @@ impl TrustStore {
             } else if leaf_signature_known {
                 self.named_parent_of(current)?
             } else {
-                self.parent_of(current)?
+                self.parent_of_with(current, v)?
             };
         }
         Err(CertError::UntrustedRoot)

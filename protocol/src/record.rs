@@ -7,7 +7,7 @@
 use p256::ecdsa::SigningKey;
 
 use crate::codec::{fixed, text, u64_be, Codec, DecodeError};
-use crate::crypto::{self, sha256, SIG_LEN};
+use crate::crypto::{self, sha256, RustCrypto, SignatureVerifier, SIG_LEN};
 use crate::error::{Error, Party};
 use crate::messages::{self, AuthBody, Cvm, Fci, WalletBody};
 use crate::pki::{Certificate, Role, TrustStore, MAX_CERT_LEN};
@@ -15,7 +15,7 @@ use crate::revocation::RevocationList;
 use crate::scenario::{Cart, PickupCredential, Scenario, MAX_ORDER_NUMBER};
 use crate::terminal::{TapOutcome, Transcript};
 use crate::tlv::{self, Reader};
-use crate::verify::{verify_wallet_half, WalletHalf};
+use crate::verify::{verify_wallet_half_with, WalletHalf};
 
 /// Format version of the record encoding.
 pub const RECORD_VERSION: u8 = 1;
@@ -205,45 +205,54 @@ pub fn verify_record(
     trust: &TrustStore,
     revocations: Option<&RevocationList>,
 ) -> Result<VerifiedRecord, Error> {
+    check_record_signature(record, terminal, &RustCrypto)?;
+    verify_contents(record, terminal, trust, revocations, false, &RustCrypto)
+}
+
+/// The first check of [`verify_record`]: the record names `terminal` and
+/// carries its signature.
+pub fn check_record_signature(
+    record: &TransactionRecord,
+    terminal: &Certificate,
+    v: &dyn SignatureVerifier,
+) -> Result<(), Error> {
     if terminal.hash() != &record.terminal {
-        return Err(Error::CertificateMismatch {
-            party: Party::Terminal,
-        });
+        return Err(Error::CertificateMismatch { party: Party::Terminal });
     }
-    crypto::verify(
-        terminal.public_key(),
-        &record.signed_bytes(),
-        &record.signature,
-    )
-    .map_err(|_| Error::BadSignature {
-        party: Party::Terminal,
-    })?;
+    crypto::verify_with(v, terminal.public_key(), &record.signed_bytes(), &record.signature)
+        .map_err(|_| Error::BadSignature { party: Party::Terminal })
+}
+
+/// Everything [`verify_record`] checks after the record signature, with
+/// signature backend `v`. `terminal_known`: the terminal certificate's own
+/// signature was verified before (a host checks it once per connection);
+/// its validity and revocation are still checked.
+pub fn verify_contents(
+    record: &TransactionRecord,
+    terminal: &Certificate,
+    trust: &TrustStore,
+    revocations: Option<&RevocationList>,
+    terminal_known: bool,
+    v: &dyn SignatureVerifier,
+) -> Result<VerifiedRecord, Error> {
     let t = &record.transcript;
     let fci = Fci::decode(&t.fci)?;
     let auth = AuthBody::decode(&t.auth_body)?;
     let time = u64::from(auth.time);
     trust
-        .verify(terminal, Role::Terminal, time, revocations)
+        .verify_with(terminal, Role::Terminal, time, revocations, terminal_known, v)
         .map_err(Error::cert(Party::Terminal))?;
     if auth.terminal_cert_hash != record.terminal {
-        return Err(Error::CertificateMismatch {
-            party: Party::Terminal,
-        });
+        return Err(Error::CertificateMismatch { party: Party::Terminal });
     }
     if fci.scenarios & auth.scenario.capability() == 0 || !fci.versions.contains(&auth.version) {
-        return Err(Error::ScenarioUnsupported {
-            scenario: auth.scenario.kind(),
-        });
+        return Err(Error::ScenarioUnsupported { scenario: auth.scenario.kind() });
     }
     let th1 = messages::th1(&t.fci, &t.auth_body);
-    crypto::verify(terminal.public_key(), &th1, &t.terminal_sig).map_err(|_| {
-        Error::BadSignature {
-            party: Party::Terminal,
-        }
-    })?;
+    crypto::verify_with(v, terminal.public_key(), &th1, &t.terminal_sig)
+        .map_err(|_| Error::BadSignature { party: Party::Terminal })?;
     let body = WalletBody::decode(&t.wallet_body)?;
-    let wallet =
-        Certificate::from_der(&record.wallet_certificate).map_err(Error::cert(Party::Wallet))?;
+    let wallet = Certificate::from_der(&record.wallet_certificate).map_err(Error::cert(Party::Wallet))?;
     let half = WalletHalf {
         th1: &th1,
         terminal_sig: &t.terminal_sig,
@@ -251,15 +260,7 @@ pub fn verify_record(
         body_bytes: &t.wallet_body,
         wallet_sig: &t.wallet_sig,
     };
-    verify_wallet_half(
-        &half,
-        &wallet,
-        false,
-        &auth.scenario,
-        trust,
-        revocations,
-        time,
-    )?;
+    verify_wallet_half_with(&half, &wallet, false, &auth.scenario, trust, revocations, time, v)?;
     if !auth.scenario.matches_cart(record.cart.as_ref()) {
         return Err(Error::ReceiptMismatch);
     }

@@ -1,7 +1,7 @@
 //! Checks shared by the terminal (during the tap) and the host (on upload):
 //! one implementation, so the two can never disagree.
 
-use crate::crypto::{self, compress};
+use crate::crypto::{self, compress, RustCrypto, SignatureVerifier};
 use crate::error::{CredentialProblem, Error, Party};
 use crate::messages::{self, WalletBody};
 use crate::pki::{Certificate, Role, TrustStore};
@@ -18,13 +18,26 @@ pub fn verify_credential(
     revocations: Option<&RevocationList>,
     now: u64,
 ) -> Result<(), Error> {
+    verify_credential_with(cred, site, wallet, trust, revocations, now, &RustCrypto)
+}
+
+/// [`verify_credential`] with another signature backend.
+pub fn verify_credential_with(
+    cred: &PickupCredential,
+    site: &str,
+    wallet: &Certificate,
+    trust: &TrustStore,
+    revocations: Option<&RevocationList>,
+    now: u64,
+    v: &dyn SignatureVerifier,
+) -> Result<(), Error> {
     let operator = trust
         .operator(&cred.operator)
         .ok_or(Error::Credential(CredentialProblem::UnknownOperator))?;
     trust
-        .verify(operator, Role::Operator, now, revocations)
+        .verify_with(operator, Role::Operator, now, revocations, false, v)
         .map_err(Error::cert(Party::Operator))?;
-    crypto::verify(operator.public_key(), &cred.signed_bytes(), &cred.signature)
+    crypto::verify_with(v, operator.public_key(), &cred.signed_bytes(), &cred.signature)
         .map_err(|_| Error::Credential(CredentialProblem::BadSignature))?;
     if cred.site != site {
         return Err(Error::Credential(CredentialProblem::WrongSite));
@@ -67,20 +80,32 @@ pub fn verify_wallet_half(
     revocations: Option<&RevocationList>,
     now: u64,
 ) -> Result<(), Error> {
+    verify_wallet_half_with(half, wallet, wallet_known, scenario, trust, revocations, now, &RustCrypto)
+}
+
+/// [`verify_wallet_half`] with another signature backend.
+#[allow(clippy::too_many_arguments)]
+pub fn verify_wallet_half_with(
+    half: &WalletHalf<'_>,
+    wallet: &Certificate,
+    wallet_known: bool,
+    scenario: &Scenario,
+    trust: &TrustStore,
+    revocations: Option<&RevocationList>,
+    now: u64,
+    v: &dyn SignatureVerifier,
+) -> Result<(), Error> {
     let body = half.body;
     if wallet.hash() != &body.wallet_cert_hash {
         return Err(Error::CertificateMismatch {
             party: Party::Wallet,
         });
     }
-    let chain = if wallet_known {
-        trust.verify_known(wallet, Role::Wallet, now, revocations)
-    } else {
-        trust.verify(wallet, Role::Wallet, now, revocations)
-    };
-    chain.map_err(Error::cert(Party::Wallet))?;
+    trust
+        .verify_with(wallet, Role::Wallet, now, revocations, wallet_known, v)
+        .map_err(Error::cert(Party::Wallet))?;
     let th2 = messages::th2(half.th1, half.terminal_sig, half.body_bytes);
-    crypto::verify(wallet.public_key(), &th2, half.wallet_sig).map_err(|_| {
+    crypto::verify_with(v, wallet.public_key(), &th2, half.wallet_sig).map_err(|_| {
         Error::BadSignature {
             party: Party::Wallet,
         }
@@ -106,7 +131,7 @@ pub fn verify_wallet_half(
                 .credential
                 .as_ref()
                 .ok_or(Error::Credential(CredentialProblem::Missing))?;
-            verify_credential(cred, site, wallet, trust, revocations, now)?;
+            verify_credential_with(cred, site, wallet, trust, revocations, now, v)?;
         }
     }
     Ok(())

@@ -25,6 +25,9 @@ test: deps
 bench: deps
 	$(CARGO) bench -p tapstack-protocol --bench tap
 	$(CARGO) bench -p tapstack-host --bench ingest
+	$(CARGO) bench -p tapstack-emulator --bench transport
+	$(CARGO) build --release --bins
+	$(CARGO) bench -p tapstack-reader --bench drivers
 
 fuzz:
 	@scripts/ensure-deps.sh fuzz

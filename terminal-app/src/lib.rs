@@ -12,8 +12,10 @@
 //!  Queue::pending ──▶ upload (mTLS) ──▶ tap-host ──▶ Queue::ack (prune) + revocation list
 //! ```
 
+pub mod api;
 pub mod app;
 pub mod config;
+pub mod daemon;
 pub mod queue;
 pub mod readers;
 pub mod risk;

@@ -58,6 +58,10 @@ enum Command {
     },
     /// Upload now (and fetch the revocation list).
     Upload,
+    /// Run the reader loop with the local HTTP+JSON API on `[api] listen`
+    /// (docs/terminal-api.yaml) and upload in the background, until SIGTERM
+    /// or Ctrl-C. Prints `listening on http://ADDR` first.
+    Serve,
 }
 
 fn now() -> u64 {
@@ -228,6 +232,17 @@ fn main() -> Result<()> {
                 let r: TransactionRecord = s.record()?;
                 println!("  #{} {} at {}{}", s.seq, hex::encode(&s.hash[..8]), r.recorded_at, r.order_number.map(|n| format!(" order {n}")).unwrap_or_default());
             }
+        }
+        Command::Serve => {
+            let field = app::field(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&config.api.listen).await.with_context(|| format!("api.listen {}", config.api.listen))?;
+                println!("listening on http://{}", listener.local_addr()?);
+                let daemon = tapstack_terminal::daemon::Daemon::new(&config, engine, field, Default::default())?;
+                daemon.serve(listener, tapstack_terminal::daemon::shutdown_signal()).await?;
+                anyhow::Ok(())
+            })?;
         }
         Command::Upload => {
             let client = upload::client(&config, &engine.ctx)?;

@@ -1,0 +1,997 @@
+//! The local HTTP+JSON API of `tap-terminal serve` (hyper, HTTP/1.1).
+//! The contract is `docs/terminal-api.yaml`; errors are
+//! `{"error": "<code>", "message": "<text>"}` with a stable code.
+//!
+//! ```text
+//!  POST   /v1/intents              create (Idempotency-Key: same key → same intent)
+//!  GET    /v1/intents/{id}[?wait=S] state; long-poll up to S (≤ 60) seconds for the end
+//!  GET    /v1/intents/{id}/events  Server-Sent Events: every state change, then the end
+//!  DELETE /v1/intents/{id}         cancel (not while a phone is being read)
+//!  GET    /v1/queue                what waits for upload, the last sync
+//!  GET    /v1/transactions?limit=N the newest records still held
+//!  POST   /v1/sync                 upload now
+//!  GET    /v1/health
+//! ```
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::header::{
+    HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+    LOCATION, RETRY_AFTER,
+};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tapstack_protocol::codec::Codec;
+use tapstack_protocol::messages::AuthBody;
+use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, MAX_CART_ITEMS, MAX_SITE};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::daemon::{CancelRefused, CreateRefused, Event, IntentCell, Shared, SyncStatus};
+use crate::queue::QueueStore;
+use crate::tap::Intent;
+
+type RespBody = BoxBody<Bytes, Infallible>;
+type Resp = Response<RespBody>;
+type Handled = Result<Resp, ApiError>;
+
+/// Largest `Idempotency-Key`.
+const MAX_KEY: usize = 255;
+/// Most transactions one `GET /v1/transactions` returns.
+const MAX_LIMIT: usize = 1000;
+/// SSE comment sent when nothing happened for this long.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// Accept connections until `stop`, then let open ones finish (the caller
+/// bounds how long).
+pub(crate) async fn serve_http(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let loopback = listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let slots = Arc::new(Semaphore::new(shared.opts.max_connections.max(1)));
+    let mut conns = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            () = crate::daemon::stopped(&mut stop) => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let tcp = tokio::select! {
+            () = crate::daemon::stopped(&mut stop) => break,
+            a = listener.accept() => match a {
+                Ok((tcp, _)) => tcp,
+                // EMFILE and friends: back off briefly, keep serving.
+                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let mut stop = stop.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let svc_shared = shared.clone();
+            let service = service_fn(move |req| {
+                let shared = svc_shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, loopback, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(shared.opts.header_timeout)
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = crate::daemon::stopped(&mut stop) => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+// ---------------------------------------------------------------- responses
+
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+    fn response(self) -> Resp {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            message: &'a str,
+        }
+        json(
+            self.status,
+            &Body {
+                error: self.code,
+                message: &self.message,
+            },
+        )
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> RespBody {
+    Full::new(bytes.into()).boxed()
+}
+
+fn json<T: Serialize>(status: StatusCode, body: &T) -> Resp {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    bytes.push(b'\n');
+    let mut r = Response::new(full(bytes));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Resp {
+    ApiError::new(status, code, message).response()
+}
+
+// ---------------------------------------------------------------- routing
+
+async fn handle(shared: &Arc<Shared>, loopback: bool, req: Request<Incoming>) -> Resp {
+    if loopback {
+        if let Err(e) = check_host(req.headers()) {
+            return e.response();
+        }
+    }
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(&path).split('/').collect();
+    let method = req.method().clone();
+    let result = match (&method, segments.as_slice()) {
+        (&Method::POST, ["v1", "intents"]) => create_intent(shared, req).await,
+        (&Method::GET, ["v1", "intents", id]) => get_intent(shared, id, &query).await,
+        (&Method::DELETE, ["v1", "intents", id]) => cancel_intent(shared, id),
+        (&Method::GET, ["v1", "intents", id, "events"]) => events(shared, id, req.headers()),
+        (&Method::GET, ["v1", "queue"]) => {
+            queue_view(shared).await.map(|v| json(StatusCode::OK, &v))
+        }
+        (&Method::GET, ["v1", "transactions"]) => transactions(shared, &query).await,
+        (&Method::POST, ["v1", "sync"]) => sync(shared).await,
+        (&Method::GET, ["v1", "health"]) => Ok(health(shared)),
+        (_, path_segments) => {
+            let allow = match path_segments {
+                ["v1", "intents"] | ["v1", "sync"] => Some("POST"),
+                ["v1", "intents", _] => Some("GET, DELETE"),
+                ["v1", "intents", _, "events"]
+                | ["v1", "queue"]
+                | ["v1", "transactions"]
+                | ["v1", "health"] => Some("GET"),
+                _ => None,
+            };
+            match allow {
+                Some(allow) => {
+                    let mut r = error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method_not_allowed",
+                        format!("{method} is not allowed on {path} (allowed: {allow})"),
+                    );
+                    r.headers_mut()
+                        .insert(ALLOW, HeaderValue::from_static(allow));
+                    Ok(r)
+                }
+                None => Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no endpoint {path}"),
+                )),
+            }
+        }
+    };
+    result.unwrap_or_else(ApiError::response)
+}
+
+/// Bound to a loopback address, the API answers only requests addressed to
+/// a loopback name: a web page cannot reach it by DNS rebinding.
+fn check_host(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(host) = headers.get(HOST) else {
+        return Ok(());
+    };
+    let host = host.to_str().unwrap_or("");
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let ok = name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_host",
+            format!("Host {host:?} is not a loopback name; this API answers only local clients"),
+        ))
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+// ---------------------------------------------------------------- body
+
+/// Read a body of at most `max` bytes within `timeout`. Beyond `max` the
+/// rest is read and dropped up to a cap, so the client sees the 413 rather
+/// than a reset; then the connection closes.
+async fn read_body(req: Request<Incoming>, max: usize, timeout: Duration) -> Result<Vec<u8>, Resp> {
+    let too_large = || {
+        let mut r = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body above {max} bytes"),
+        );
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    let drain_cap = max.saturating_mul(2).saturating_add(1 << 20);
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > drain_cap as u64) {
+        return Err(too_large());
+    }
+    let mut body = req.into_body();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            if let Ok(data) = frame.into_data() {
+                seen = seen.saturating_add(data.len());
+                if seen <= max {
+                    buf.extend_from_slice(&data);
+                } else if seen > drain_cap {
+                    break;
+                }
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Err(_) => {
+            let mut r = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "request body not received in time",
+            );
+            r.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+        Ok(false) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "request body could not be read",
+        )),
+        Ok(true) if seen > max => Err(too_large()),
+        Ok(true) => Ok(buf),
+    }
+}
+
+// ---------------------------------------------------------------- intents
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad(
+            "bad_idempotency_key",
+            "more than one Idempotency-Key header",
+        ));
+    }
+    let bytes = v.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_KEY || !bytes.iter().all(|b| (0x21..=0x7e).contains(b))
+    {
+        return Err(ApiError::bad(
+            "bad_idempotency_key",
+            format!("Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters"),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn create_intent(shared: &Arc<Shared>, req: Request<Incoming>) -> Handled {
+    if shared.shutting_down.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the terminal is shutting down",
+        ));
+    }
+    if !is_json(req.headers()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the intent as Content-Type: application/json",
+        ));
+    }
+    let key = idempotency_key(req.headers())?;
+    let body = match read_body(req, shared.opts.max_body, shared.opts.body_timeout).await {
+        Ok(b) => b,
+        Err(r) => return Ok(r),
+    };
+    let (intent, request) = parse_intent(shared, &body)?;
+    let cell = IntentCell::new(intent, request, key, shared.terminal.tap_timeout);
+    match shared.create(cell) {
+        Ok((cell, created)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut r = json(status, &cell.view());
+            if let Ok(v) = HeaderValue::from_str(&format!("/v1/intents/{}", cell.id)) {
+                r.headers_mut().insert(LOCATION, v);
+            }
+            if !created {
+                r.headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            Ok(r)
+        }
+        Err(CreateRefused::KeyConflict(id)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_conflict",
+            format!("this Idempotency-Key was used for intent {id} with another request"),
+        )),
+        Err(CreateRefused::TooMany(n)) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_intents",
+                format!("{n} intents are already waiting; try again when one has ended"),
+            );
+            r.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            Ok(r)
+        }
+        Err(CreateRefused::ShuttingDown) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the terminal is shutting down",
+        )),
+    }
+}
+
+/// Parse and validate a request; the returned value is the request as
+/// received (echoed back and compared for idempotency).
+fn parse_intent(shared: &Shared, body: &[u8]) -> Result<(Intent, Value), ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad("bad_json", format!("request body is not JSON: {e}")))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ApiError::bad("bad_json", "the request body must be a JSON object"))?;
+    let kind = match obj.get("kind") {
+        Some(Value::String(k)) => k.as_str(),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "bad_field",
+                "kind must be a string: pay, order or pickup",
+            ))
+        }
+        None => {
+            return Err(ApiError::bad(
+                "missing_field",
+                "kind is required: pay, order or pickup",
+            ))
+        }
+    };
+    let terminal = &shared.terminal;
+    let intent = match kind {
+        "pay" => {
+            only_fields(obj, "", &["kind", "amount", "currency"])?;
+            let currency = currency_field(terminal.currency, obj, "", "currency")?;
+            let amount = amount_field(obj.get("amount"), "amount", currency)?;
+            if amount.minor == 0 {
+                return Err(ApiError::invalid("bad_amount", "amount must be above zero"));
+            }
+            floor_limit(shared, amount.minor)?;
+            Intent::Pay { amount }
+        }
+        "order" => {
+            only_fields(obj, "", &["kind", "cart"])?;
+            let cart = match obj.get("cart") {
+                Some(Value::Object(c)) => c,
+                Some(_) => {
+                    return Err(ApiError::bad(
+                        "bad_field",
+                        "cart must be an object {\"currency\": …, \"items\": […]}",
+                    ))
+                }
+                None => {
+                    return Err(ApiError::bad(
+                        "missing_field",
+                        "cart is required for an order",
+                    ))
+                }
+            };
+            let cart = parse_cart(terminal.currency, cart)?;
+            let total = cart
+                .validate()
+                .map_err(|e| ApiError::invalid("bad_cart", format!("cart: {e}")))?;
+            floor_limit(shared, total)?;
+            Intent::Order { cart }
+        }
+        "pickup" => {
+            only_fields(obj, "", &["kind", "site"])?;
+            let site = match obj.get("site") {
+                Some(Value::String(s)) => s.clone(),
+                Some(_) => return Err(ApiError::bad("bad_field", "site must be a string")),
+                None => terminal.kiosk_site.clone().ok_or_else(|| {
+                    ApiError::bad(
+                        "missing_field",
+                        "site is required (no [kiosk] site configured)",
+                    )
+                })?,
+            };
+            if site.is_empty() || site.len() > MAX_SITE || site.chars().any(char::is_control) {
+                return Err(ApiError::invalid(
+                    "bad_site",
+                    format!("site must be 1 to {MAX_SITE} bytes of text"),
+                ));
+            }
+            if let Some(k) = &terminal.kiosk_site {
+                if *k != site {
+                    return Err(ApiError::invalid(
+                        "wrong_site",
+                        format!("this kiosk is {k}, not {site}"),
+                    ));
+                }
+            }
+            Intent::Pickup { site }
+        }
+        other => {
+            return Err(ApiError::invalid(
+                "bad_kind",
+                format!("kind {other:?} is not pay, order or pickup"),
+            ))
+        }
+    };
+    Ok((intent, value))
+}
+
+fn only_fields(obj: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), ApiError> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad(
+            "unknown_field",
+            format!("unknown field {at}{k} (allowed: {})", allowed.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn currency_field(
+    expected: Currency,
+    obj: &Map<String, Value>,
+    at: &str,
+    name: &str,
+) -> Result<Currency, ApiError> {
+    let text = match obj.get(name) {
+        Some(Value::String(s)) => s,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "bad_field",
+                format!("{at}{name} must be a string like \"{expected}\""),
+            ))
+        }
+        None => {
+            return Err(ApiError::bad(
+                "missing_field",
+                format!("{at}{name} is required"),
+            ))
+        }
+    };
+    let currency = Currency::new(text).ok_or_else(|| {
+        ApiError::invalid(
+            "bad_currency",
+            format!("{at}{name} {text:?} is not an ISO 4217 code like \"{expected}\""),
+        )
+    })?;
+    if currency != expected {
+        return Err(ApiError::invalid(
+            "wrong_currency",
+            format!("this terminal takes {expected} only, not {currency}"),
+        ));
+    }
+    Ok(currency)
+}
+
+fn amount_field(v: Option<&Value>, name: &str, currency: Currency) -> Result<Amount, ApiError> {
+    let text = match v {
+        Some(Value::String(s)) => s,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "bad_amount",
+                format!("{name} must be a decimal string like \"12.50\", not a JSON number"),
+            ))
+        }
+        None => {
+            return Err(ApiError::bad(
+                "missing_field",
+                format!("{name} is required"),
+            ))
+        }
+    };
+    Amount::parse(text, currency).ok_or_else(|| {
+        ApiError::invalid("bad_amount", format!("{name} {text:?} is not an amount in {currency}: digits, at most {} decimals, no sign or exponent", currency.exponent()))
+    })
+}
+
+fn floor_limit(shared: &Shared, minor: u64) -> Result<(), ApiError> {
+    if minor > shared.terminal.floor_limit {
+        let limit = Amount {
+            minor: shared.terminal.floor_limit,
+            currency: shared.terminal.currency,
+        };
+        return Err(ApiError::invalid(
+            "floor_limit",
+            format!(
+                "{} (largest offline tap: {limit})",
+                crate::risk::RiskDecline::FloorLimit.message()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_cart(expected: Currency, cart: &Map<String, Value>) -> Result<Cart, ApiError> {
+    only_fields(cart, "cart.", &["currency", "items"])?;
+    let currency = currency_field(expected, cart, "cart.", "currency")?;
+    let items = match cart.get("items") {
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::bad("bad_field", "cart.items must be an array")),
+        None => return Err(ApiError::bad("missing_field", "cart.items is required")),
+    };
+    if items.is_empty() || items.len() > MAX_CART_ITEMS {
+        return Err(ApiError::invalid(
+            "bad_cart",
+            format!("a cart has 1 to {MAX_CART_ITEMS} items"),
+        ));
+    }
+    let mut lines = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("cart.items[{i}].");
+        let Value::Object(item) = item else {
+            return Err(ApiError::bad(
+                "bad_field",
+                format!("cart.items[{i}] must be an object"),
+            ));
+        };
+        only_fields(item, &at, &["sku", "name", "qty", "price"])?;
+        let text = |name: &str| match item.get(name) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(ApiError::bad(
+                "bad_field",
+                format!("{at}{name} must be a string"),
+            )),
+            None => Err(ApiError::bad(
+                "missing_field",
+                format!("{at}{name} is required"),
+            )),
+        };
+        let (sku, name) = (text("sku")?, text("name")?);
+        let qty = match item.get("qty") {
+            Some(Value::Number(n)) => {
+                n.as_u64()
+                    .and_then(|q| u32::try_from(q).ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "bad_cart",
+                            format!("{at}qty must be a whole number from 1"),
+                        )
+                    })?
+            }
+            Some(_) => {
+                return Err(ApiError::bad(
+                    "bad_field",
+                    format!("{at}qty must be a number"),
+                ))
+            }
+            None => {
+                return Err(ApiError::bad(
+                    "missing_field",
+                    format!("{at}qty is required"),
+                ))
+            }
+        };
+        let price = amount_field(item.get("price"), &format!("{at}price"), currency)?;
+        lines.push(CartItem {
+            sku,
+            name,
+            qty,
+            unit_price: price.minor,
+        });
+    }
+    Ok(Cart {
+        currency,
+        items: lines,
+    })
+}
+
+fn lookup(shared: &Shared, id: &str) -> Result<Arc<IntentCell>, ApiError> {
+    shared.get(id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_intent",
+            format!("no intent {id} (unknown, or finished long ago)"),
+        )
+    })
+}
+
+async fn get_intent(shared: &Arc<Shared>, id: &str, query: &str) -> Handled {
+    let cell = lookup(shared, id)?;
+    let wait = match query_param(query, "wait") {
+        None => Duration::ZERO,
+        Some(v) => match v.parse::<u64>() {
+            Ok(s) => Duration::from_secs(s).min(shared.opts.max_wait),
+            Err(_) => {
+                return Err(ApiError::bad(
+                    "bad_query",
+                    format!(
+                        "wait must be whole seconds (0 to {})",
+                        shared.opts.max_wait.as_secs()
+                    ),
+                ))
+            }
+        },
+    };
+    if !wait.is_zero() {
+        let mut rx = cell.subscribe();
+        let until = tokio::time::Instant::now() + wait;
+        while !cell.is_final() {
+            match tokio::time::timeout_at(until, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+    }
+    Ok(json(StatusCode::OK, &cell.view()))
+}
+
+fn cancel_intent(shared: &Arc<Shared>, id: &str) -> Handled {
+    let cell = lookup(shared, id)?;
+    match cell.cancel() {
+        Ok(()) => Ok(json(StatusCode::OK, &cell.view())),
+        Err(CancelRefused::TapInProgress) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "tap_in_progress",
+            "a phone is being read for this intent; wait for the outcome",
+        )),
+        Err(CancelRefused::AlreadyFinal(state)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_final",
+            format!("the intent already ended: {state}"),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------- SSE
+
+/// A streamed body fed from a channel.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+fn sse_event(id: &str, e: &Event) -> Bytes {
+    #[derive(Serialize)]
+    struct Data<'a> {
+        intent: &'a str,
+        #[serde(flatten)]
+        event: &'a Event,
+    }
+    let data = serde_json::to_string(&Data {
+        intent: id,
+        event: e,
+    })
+    .unwrap_or_default();
+    Bytes::from(format!(
+        "id: {}\nevent: {}\ndata: {data}\n\n",
+        e.seq, e.state
+    ))
+}
+
+fn events(shared: &Arc<Shared>, id: &str, headers: &HeaderMap) -> Handled {
+    let cell = lookup(shared, id)?;
+    // A reconnecting EventSource resumes after the last event it saw.
+    let mut next = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(1, |n| n + 1);
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut changes = cell.subscribe();
+        loop {
+            let (list, done) = cell.events_from(next);
+            for e in &list {
+                if tx.send(sse_event(&cell.id, e)).await.is_err() {
+                    return;
+                }
+                next = e.seq + 1;
+            }
+            if done {
+                return;
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(KEEP_ALIVE) => {
+                    if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() { return }
+                }
+                () = tx.closed() => return,
+            }
+        }
+    });
+    let mut r = Response::new(ChannelBody(rx).boxed());
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(r)
+}
+
+// ---------------------------------------------------------------- queue, transactions, sync, health
+
+#[derive(Debug, Serialize)]
+struct QueueView {
+    /// Records waiting for upload.
+    pending: u32,
+    /// Their total, minor units of `currency` (pickups count 0).
+    pending_amount: u64,
+    currency: String,
+    /// `recorded_at` of the oldest pending record.
+    oldest: Option<u64>,
+    /// Newest sequence number ever used.
+    head_seq: u64,
+    /// Highest sequence number the host acknowledged.
+    acked_seq: u64,
+    intents: IntentsView,
+    /// `null` without a `[host]` section.
+    last_sync: Option<SyncStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct IntentsView {
+    open: usize,
+    active: Option<String>,
+}
+
+async fn queue_view(shared: &Arc<Shared>) -> Result<QueueView, ApiError> {
+    let queue = shared.queue.clone();
+    let facts = tokio::task::spawn_blocking(move || -> Result<_, crate::Error> {
+        let state = crate::tap::risk_state(&queue)?;
+        Ok((state, queue.head()?.0, queue.acked()?))
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "queue task failed",
+        )
+    })?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "queue_error",
+            e.to_string(),
+        )
+    })?;
+    let (state, head, acked) = facts;
+    Ok(QueueView {
+        pending: state.queued_count,
+        pending_amount: state.queued_amount,
+        currency: shared.terminal.currency.to_string(),
+        oldest: state.oldest,
+        head_seq: head,
+        acked_seq: acked,
+        intents: IntentsView {
+            open: shared.open_intents().len(),
+            active: shared.reader_status().active_intent,
+        },
+        last_sync: shared.uploader.as_ref().map(|u| u.status()),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct TransactionView {
+    seq: u64,
+    record_id: String,
+    kind: &'static str,
+    /// Minor units; `null` for pickups.
+    amount: Option<u64>,
+    currency: Option<String>,
+    order_number: Option<String>,
+    recorded_at: u64,
+    /// The host acknowledged it (about to be pruned).
+    uploaded: bool,
+}
+
+async fn transactions(shared: &Arc<Shared>, query: &str) -> Handled {
+    let limit = match query_param(query, "limit") {
+        None => 20,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n >= 1 => n.min(MAX_LIMIT),
+            _ => {
+                return Err(ApiError::bad(
+                    "bad_query",
+                    format!("limit must be a whole number from 1 to {MAX_LIMIT}"),
+                ))
+            }
+        },
+    };
+    let queue = shared.queue.clone();
+    let result =
+        tokio::task::spawn_blocking(move || -> Result<Vec<TransactionView>, crate::Error> {
+            let acked = queue.acked()?;
+            queue
+                .recent(limit)?
+                .into_iter()
+                .map(|s| {
+                    let r = s.record()?;
+                    let auth = AuthBody::decode(&r.transcript.auth_body).map_err(|e| {
+                        crate::Error::Corrupt {
+                            what: "record",
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    let amount = auth.scenario.amount();
+                    Ok(TransactionView {
+                        seq: s.seq,
+                        record_id: hex::encode(s.hash),
+                        kind: auth.scenario.kind(),
+                        amount: amount.map(|a| a.minor),
+                        currency: amount.map(|a| a.currency.to_string()),
+                        order_number: r.order_number,
+                        recorded_at: r.recorded_at,
+                        uploaded: s.seq <= acked,
+                    })
+                })
+                .collect()
+        })
+        .await;
+    match result {
+        Ok(Ok(list)) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "transactions": list }),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "queue_error",
+            e.to_string(),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "queue task failed",
+        )),
+    }
+}
+
+async fn sync(shared: &Arc<Shared>) -> Handled {
+    let Some(up) = &shared.uploader else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_host",
+            "no [host] in the configuration: nothing to upload to",
+        ));
+    };
+    if shared.shutting_down.load(Ordering::SeqCst) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the terminal is shutting down",
+        ));
+    }
+    match up.sync_now().await {
+        Ok(report) => {
+            let queue = queue_view(shared).await.ok();
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "report": report, "queue": queue }),
+            ))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upload_failed",
+            format!("{e}; nothing approved is lost, the records stay queued"),
+        )),
+    }
+}
+
+fn health(shared: &Arc<Shared>) -> Resp {
+    let reader = shared.reader_status();
+    let stopping = shared.shutting_down.load(Ordering::SeqCst);
+    let status = if stopping {
+        "shutting_down"
+    } else if !reader.ok || !reader.running {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "terminal": shared.terminal.name,
+        "currency": shared.terminal.currency.to_string(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "reader": reader,
+        "host_configured": shared.uploader.is_some(),
+        "last_sync_ok": shared.uploader.as_ref().and_then(|u| u.status().ok),
+    });
+    json(
+        if stopping {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        },
+        &body,
+    )
+}

@@ -1,0 +1,1136 @@
+//! `tap-terminal serve`: the reader loop, the local HTTP+JSON API
+//! ([`crate::api`]) and a background uploader, in one process.
+//!
+//! ```text
+//!  POS / agent ──HTTP──▶ api (tokio, hyper)            reader thread (owns Engine + Field)
+//!    POST /v1/intents ──▶ Registry ──intent (FIFO)──▶  activate ─▶ with_phone(slice) loop
+//!    GET  …/{id}?wait     ▲  IntentCell (state, events) ◀── reading / confirm / outcome
+//!    GET  …/{id}/events ──┘  watch ─▶ long-poll, SSE     │ approved: every N taps ─▶ kick
+//!    DELETE …/{id} ─▶ cancel (not while reading)         ▼
+//!    POST /v1/sync ─────────────────────────────▶ Uploader ─ upload::sync (mTLS) ─ every
+//!                                                   interval, backoff with jitter on failure
+//!                                                   └─▶ Update (revocations, risk rebuild) ─▶ reader
+//! ```
+//!
+//! * One thread owns the [`Engine`] and the [`Field`]: one intent is active
+//!   at a time (one phone in the field at a time); the others wait in FIFO
+//!   order. The active intent waits for a phone in short slices, checking
+//!   between them whether it was cancelled, expired or the daemon is
+//!   stopping.
+//! * An intent ends at its first approval or decline: a later tap cannot
+//!   attach to it, so the same wallet tapping twice is charged once.
+//! * An intent being read cannot be cancelled or expire: the tap runs to its
+//!   end, and an approved tap is reported approved (its record is durable).
+//! * On shutdown the API stops accepting connections, the reader finishes
+//!   the tap in flight, cancels what waits, and stops; then the uploader.
+//!
+//! Like mini-redis' `server::run`, [`Daemon::serve`] takes its listener and a
+//! shutdown future, so tests bind port 0 and stop it when they are done.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand_core::{OsRng, RngCore};
+use serde::Serialize;
+use tapstack_host::client::HostClient;
+use tapstack_protocol::revocation::RevocationList;
+use tapstack_protocol::scenario::Currency;
+use tapstack_protocol::terminal::TerminalContext;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::app::Field;
+use crate::config::Config;
+use crate::queue::Queue;
+use crate::tap::{Approved, Decline, Engine, Intent, TapResult};
+use crate::upload::{self, SyncReport};
+use crate::Error;
+
+/// Unix seconds now.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Limits and timings of the daemon (the rest comes from the configuration).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Intents not yet finished (queued or active): 429 beyond.
+    pub max_intents: usize,
+    /// Finished intents remembered (for `GET` and idempotency keys).
+    pub retain: usize,
+    /// Largest request body: 413 beyond.
+    pub max_body: usize,
+    /// Time to receive a request's header block.
+    pub header_timeout: Duration,
+    /// Time to receive a request body once its headers are in: 408 beyond.
+    pub body_timeout: Duration,
+    /// Longest `?wait=` of a long-poll.
+    pub max_wait: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long the reader waits for a phone before checking for
+    /// cancellation, expiry and shutdown.
+    pub slice: Duration,
+    /// Largest wait between failed uploads (backoff with jitter up to this).
+    pub backoff_max: Duration,
+    /// At shutdown: how long open connections and a running upload get to
+    /// finish after the reader stopped.
+    pub grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_intents: 64,
+            retain: 1024,
+            max_body: 64 * 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_wait: Duration::from_secs(60),
+            max_connections: 256,
+            slice: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(300),
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- intents
+
+/// Why an intent was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CancelReason {
+    Request,
+    Shutdown,
+}
+
+/// Where an intent is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Behind another intent.
+    Queued,
+    WaitingForPhone,
+    /// A phone is in the field and the tap runs: not cancellable.
+    Reading,
+    ConfirmOnPhone,
+    Approved(Box<Approved>),
+    Declined {
+        code: &'static str,
+        message: String,
+    },
+    Cancelled(CancelReason),
+    Expired,
+}
+
+impl State {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::WaitingForPhone => "waiting_for_phone",
+            State::Reading => "reading",
+            State::ConfirmOnPhone => "confirm_on_phone",
+            State::Approved(_) => "approved",
+            State::Declined { .. } => "declined",
+            State::Cancelled(_) => "cancelled",
+            State::Expired => "expired",
+        }
+    }
+
+    pub(crate) fn is_final(&self) -> bool {
+        matches!(
+            self,
+            State::Approved(_) | State::Declined { .. } | State::Cancelled(_) | State::Expired
+        )
+    }
+
+    /// What a person at the counter reads.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            State::Queued => "waiting for the reader".into(),
+            State::WaitingForPhone => "tap your phone".into(),
+            State::Reading => "reading".into(),
+            State::ConfirmOnPhone => "confirm on your phone, then tap again".into(),
+            State::Approved(a) => {
+                let mut line = format!("approved — queued #{}", a.seq);
+                if let Some(n) = &a.order_number {
+                    line.push_str(&format!(", order {n}"));
+                }
+                if let (Some(s), Some(p)) = (a.slot, &a.parcel) {
+                    line.push_str(&format!(", slot {s} for parcel {p}"));
+                }
+                line
+            }
+            State::Declined { message, .. } => format!("declined: {message}"),
+            State::Cancelled(CancelReason::Request) => "cancelled".into(),
+            State::Cancelled(CancelReason::Shutdown) => {
+                "cancelled: the terminal is shutting down".into()
+            }
+            State::Expired => "no phone in time".into(),
+        }
+    }
+}
+
+/// One state change, as the event stream delivers it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Event {
+    /// 1, 2, … within the intent (the SSE `id`).
+    pub seq: usize,
+    pub state: &'static str,
+    pub message: String,
+    pub at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approved: Option<Box<Approved>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declined: Option<DeclineView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct DeclineView {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Events kept per intent; past it only the final one is still recorded.
+const MAX_EVENTS: usize = 64;
+
+#[derive(Debug)]
+struct CellInner {
+    state: State,
+    events: Vec<Event>,
+    taps: u32,
+    finished: Option<Instant>,
+}
+
+/// Why `DELETE` did not cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelRefused {
+    TapInProgress,
+    AlreadyFinal(&'static str),
+}
+
+/// One tap intent, shared by the API and the reader.
+#[derive(Debug)]
+pub(crate) struct IntentCell {
+    pub id: String,
+    pub intent: Intent,
+    /// The request as received (echoed back; compared for idempotency).
+    pub request: serde_json::Value,
+    pub key: Option<String>,
+    pub created_at: u64,
+    pub expires_at: u64,
+    deadline: Instant,
+    inner: Mutex<CellInner>,
+    version: watch::Sender<usize>,
+}
+
+/// A snapshot of an intent for the API.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct IntentView {
+    pub id: String,
+    pub kind: &'static str,
+    pub state: &'static str,
+    pub message: String,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub taps: u32,
+    pub request: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approved: Option<Box<Approved>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declined: Option<DeclineView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<CancelReason>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking holder leaves consistent data behind (every update is a
+    // single assignment): keep going.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn kind(intent: &Intent) -> &'static str {
+    match intent {
+        Intent::Pay { .. } => "pay",
+        Intent::Order { .. } => "order",
+        Intent::Pickup { .. } => "pickup",
+    }
+}
+
+impl IntentCell {
+    pub(crate) fn new(
+        intent: Intent,
+        request: serde_json::Value,
+        key: Option<String>,
+        timeout: Duration,
+    ) -> Self {
+        let mut id = [0u8; 12];
+        OsRng.fill_bytes(&mut id);
+        let created_at = unix_now();
+        let first = Event {
+            seq: 1,
+            state: "queued",
+            message: State::Queued.message(),
+            at: created_at,
+            approved: None,
+            declined: None,
+        };
+        IntentCell {
+            id: format!("in_{}", hex::encode(id)),
+            intent,
+            request,
+            key,
+            created_at,
+            expires_at: created_at.saturating_add(timeout.as_secs()),
+            deadline: Instant::now() + timeout,
+            inner: Mutex::new(CellInner {
+                state: State::Queued,
+                events: vec![first],
+                taps: 0,
+                finished: None,
+            }),
+            version: watch::channel(1).0,
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<usize> {
+        self.version.subscribe()
+    }
+
+    pub(crate) fn view(&self) -> IntentView {
+        let g = lock(&self.inner);
+        IntentView {
+            id: self.id.clone(),
+            kind: kind(&self.intent),
+            state: g.state.name(),
+            message: g.state.message(),
+            is_final: g.state.is_final(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            taps: g.taps,
+            request: self.request.clone(),
+            idempotency_key: self.key.clone(),
+            approved: match &g.state {
+                State::Approved(a) => Some(a.clone()),
+                _ => None,
+            },
+            declined: match &g.state {
+                State::Declined { code, message } => Some(DeclineView {
+                    code,
+                    message: message.clone(),
+                }),
+                _ => None,
+            },
+            cancel_reason: match &g.state {
+                State::Cancelled(r) => Some(*r),
+                _ => None,
+            },
+        }
+    }
+
+    pub(crate) fn is_final(&self) -> bool {
+        lock(&self.inner).state.is_final()
+    }
+
+    fn state(&self) -> State {
+        lock(&self.inner).state.clone()
+    }
+
+    /// Events from number `from` (1-based) on, and whether the intent is over
+    /// (then the list ends with its final event).
+    pub(crate) fn events_from(&self, from: usize) -> (Vec<Event>, bool) {
+        let g = lock(&self.inner);
+        let list = g.events.iter().filter(|e| e.seq >= from).cloned().collect();
+        (list, g.state.is_final())
+    }
+
+    /// Move to `to` if `allowed(current)`; record the event; wake watchers.
+    fn transition(&self, to: State, allowed: impl FnOnce(&State) -> bool) -> bool {
+        let mut g = lock(&self.inner);
+        if g.state.is_final() || !allowed(&g.state) {
+            return false;
+        }
+        if to == State::Reading {
+            g.taps = g.taps.saturating_add(1);
+        }
+        let final_now = to.is_final();
+        if final_now {
+            g.finished = Some(Instant::now());
+        }
+        if g.events.len() < MAX_EVENTS || final_now {
+            let event = Event {
+                seq: g.events.last().map_or(1, |e| e.seq + 1),
+                state: to.name(),
+                message: to.message(),
+                at: unix_now(),
+                approved: match &to {
+                    State::Approved(a) => Some(a.clone()),
+                    _ => None,
+                },
+                declined: match &to {
+                    State::Declined { code, message } => Some(DeclineView {
+                        code,
+                        message: message.clone(),
+                    }),
+                    _ => None,
+                },
+            };
+            g.events.push(event);
+        }
+        g.state = to;
+        let n = g.events.len();
+        drop(g);
+        self.version.send_replace(n);
+        true
+    }
+
+    /// The reader takes it up: queued → waiting for a phone.
+    fn activate(&self) -> bool {
+        self.transition(State::WaitingForPhone, |s| *s == State::Queued)
+    }
+
+    /// A phone entered the field for this intent.
+    fn begin_reading(&self) -> bool {
+        self.transition(State::Reading, |s| {
+            matches!(s, State::WaitingForPhone | State::ConfirmOnPhone)
+        })
+    }
+
+    /// The end of a tap, from the reader.
+    fn settle(&self, to: State) -> bool {
+        self.transition(to, |_| true)
+    }
+
+    pub(crate) fn cancel(&self) -> Result<(), CancelRefused> {
+        if self.transition(State::Cancelled(CancelReason::Request), |s| {
+            matches!(
+                s,
+                State::Queued | State::WaitingForPhone | State::ConfirmOnPhone
+            )
+        }) {
+            return Ok(());
+        }
+        match self.state() {
+            State::Reading => Err(CancelRefused::TapInProgress),
+            State::Cancelled(_) => Ok(()),
+            s => Err(CancelRefused::AlreadyFinal(s.name())),
+        }
+    }
+
+    /// Past its deadline and not being read: expired.
+    fn expire_if_due(&self, now: Instant) -> bool {
+        now >= self.deadline && self.transition(State::Expired, |s| *s != State::Reading)
+    }
+
+    fn finished_at(&self) -> Option<Instant> {
+        lock(&self.inner).finished
+    }
+}
+
+/// Why an intent could not be created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CreateRefused {
+    /// Same idempotency key, another request.
+    KeyConflict(String),
+    TooMany(usize),
+    ShuttingDown,
+}
+
+/// Every intent the daemon remembers, and the idempotency keys.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    intents: HashMap<String, Arc<IntentCell>>,
+    keys: HashMap<String, String>,
+}
+
+// ---------------------------------------------------------------- shared
+
+/// Messages from the uploader to the reader thread.
+#[derive(Debug)]
+enum Update {
+    /// A newer revocation list from the host.
+    Revocations(RevocationList),
+    /// The host acknowledged records: rebuild the risk state from the queue.
+    Synced,
+}
+
+/// The reader as the health endpoint sees it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct ReaderStatus {
+    pub connection: String,
+    pub ok: bool,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<u64>,
+    pub active_intent: Option<String>,
+    pub taps: u64,
+    pub running: bool,
+}
+
+/// The last sync, as `GET /v1/queue` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct SyncStatus {
+    pub attempted_at: Option<u64>,
+    pub ok: Option<bool>,
+    pub report: Option<SyncReport>,
+    pub error: Option<String>,
+    pub last_success_at: Option<u64>,
+    pub consecutive_failures: u32,
+    /// When the background uploader tries next (Unix seconds).
+    pub next_attempt_at: Option<u64>,
+}
+
+/// What the terminal is, for validation and `/v1/health`.
+#[derive(Debug, Clone)]
+pub(crate) struct TerminalInfo {
+    pub name: String,
+    pub currency: Currency,
+    pub floor_limit: u64,
+    pub kiosk_site: Option<String>,
+    pub tap_timeout: Duration,
+}
+
+/// State shared by the API handlers, the reader and the uploader.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub registry: Mutex<Registry>,
+    intents_tx: Mutex<Option<mpsc::Sender<Arc<IntentCell>>>>,
+    pub queue: Arc<Queue>,
+    pub uploader: Option<Arc<Uploader>>,
+    pub reader: Mutex<ReaderStatus>,
+    pub shutting_down: AtomicBool,
+    pub opts: Options,
+    pub terminal: TerminalInfo,
+}
+
+impl Shared {
+    pub(crate) fn reader_status(&self) -> ReaderStatus {
+        lock(&self.reader).clone()
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<IntentCell>> {
+        lock(&self.registry).intents.get(id).cloned()
+    }
+
+    /// Create the intent, or return the one created under the same key
+    /// (`Ok((cell, false))`).
+    pub(crate) fn create(
+        &self,
+        cell: IntentCell,
+    ) -> Result<(Arc<IntentCell>, bool), CreateRefused> {
+        let mut reg = lock(&self.registry);
+        if let Some(key) = &cell.key {
+            if let Some(existing) = reg.keys.get(key).and_then(|id| reg.intents.get(id)) {
+                if existing.request == cell.request {
+                    return Ok((existing.clone(), false));
+                }
+                return Err(CreateRefused::KeyConflict(existing.id.clone()));
+            }
+        }
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(CreateRefused::ShuttingDown);
+        }
+        let open = reg.intents.values().filter(|c| !c.is_final()).count();
+        if open >= self.opts.max_intents {
+            return Err(CreateRefused::TooMany(self.opts.max_intents));
+        }
+        let cell = Arc::new(cell);
+        let sent = lock(&self.intents_tx)
+            .as_ref()
+            .is_some_and(|tx| tx.send(cell.clone()).is_ok());
+        if !sent {
+            return Err(CreateRefused::ShuttingDown);
+        }
+        if let Some(key) = &cell.key {
+            reg.keys.insert(key.clone(), cell.id.clone());
+        }
+        reg.intents.insert(cell.id.clone(), cell.clone());
+        Ok((cell, true))
+    }
+
+    /// Intents not finished, oldest first, and the one the reader works on.
+    pub(crate) fn open_intents(&self) -> Vec<Arc<IntentCell>> {
+        let reg = lock(&self.registry);
+        let mut open: Vec<_> = reg
+            .intents
+            .values()
+            .filter(|c| !c.is_final())
+            .cloned()
+            .collect();
+        open.sort_by_key(|c| c.deadline);
+        open
+    }
+
+    /// Expire what is due; forget the oldest finished intents past `retain`.
+    fn housekeeping(&self) {
+        let now = Instant::now();
+        let mut reg = lock(&self.registry);
+        for c in reg.intents.values() {
+            c.expire_if_due(now);
+        }
+        let mut finished: Vec<(Instant, String, Option<String>)> = reg
+            .intents
+            .values()
+            .filter_map(|c| c.finished_at().map(|t| (t, c.id.clone(), c.key.clone())))
+            .collect();
+        if finished.len() > self.opts.retain {
+            finished.sort();
+            let excess = finished.len() - self.opts.retain;
+            for (_, id, key) in finished.into_iter().take(excess) {
+                reg.intents.remove(&id);
+                if let Some(k) = key {
+                    reg.keys.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- uploader
+
+#[derive(Debug)]
+struct UploadInner {
+    client: HostClient,
+    ctx: TerminalContext,
+}
+
+/// The background uploader and `POST /v1/sync`: one sync at a time.
+#[derive(Debug)]
+pub(crate) struct Uploader {
+    inner: tokio::sync::Mutex<UploadInner>,
+    status: Mutex<SyncStatus>,
+    kick: Notify,
+    queue: Arc<Queue>,
+    batch: usize,
+    interval: Duration,
+    pub(crate) after_taps: u32,
+    revocations_path: Option<PathBuf>,
+    updates: mpsc::Sender<Update>,
+}
+
+impl Uploader {
+    pub(crate) fn status(&self) -> SyncStatus {
+        lock(&self.status).clone()
+    }
+
+    /// Upload now (waits for a sync already running), publish the result,
+    /// hand a newer revocation list and the acknowledgement to the reader.
+    pub(crate) async fn sync_now(&self) -> Result<SyncReport, Error> {
+        let mut guard = self.inner.lock().await;
+        let UploadInner { client, ctx } = &mut *guard;
+        let started = unix_now();
+        let result = upload::sync(
+            &self.queue,
+            client,
+            self.batch,
+            ctx,
+            self.revocations_path.clone(),
+        )
+        .await;
+        if let Ok(report) = &result {
+            if report.revocation_list.is_some() {
+                if let Some(list) = &ctx.revocations {
+                    let _ = self.updates.send(Update::Revocations(list.clone()));
+                }
+            }
+        }
+        // Even a failed sync may have pruned acknowledged batches.
+        let _ = self.updates.send(Update::Synced);
+        drop(guard);
+        let mut s = lock(&self.status);
+        s.attempted_at = Some(started);
+        match &result {
+            Ok(report) => {
+                s.ok = Some(true);
+                s.report = Some(report.clone());
+                s.error = None;
+                s.last_success_at = Some(unix_now());
+                s.consecutive_failures = 0;
+            }
+            Err(e) => {
+                s.ok = Some(false);
+                s.error = Some(e.to_string());
+                s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            }
+        }
+        result
+    }
+
+    /// Sync at start-up, then every `interval`, after every `after_taps`
+    /// approvals, and after failures with exponential backoff and jitter.
+    async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>, backoff_max: Duration) {
+        let mut failures = 0u32;
+        let mut wait = Duration::ZERO;
+        loop {
+            lock(&self.status).next_attempt_at = Some(unix_now().saturating_add(wait.as_secs()));
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.kick.notified() => {}
+                () = crate::daemon::stopped(&mut stop) => return,
+            }
+            lock(&self.status).next_attempt_at = None;
+            match self.sync_now().await {
+                Ok(report) => {
+                    failures = 0;
+                    tracing::info!(
+                        uploaded = report.uploaded,
+                        acked = report.acked_seq,
+                        "synced"
+                    );
+                    wait = self.interval;
+                }
+                Err(e) => {
+                    wait = upload::backoff(failures, backoff_max, &mut OsRng);
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, retry_in = ?wait, "sync failed");
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- reader
+
+/// How one tap ended, for the reader loop.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Approved,
+    Declined,
+    Confirm,
+}
+
+struct Reader {
+    engine: Engine,
+    field: Box<dyn Field>,
+    intents: mpsc::Receiver<Arc<IntentCell>>,
+    updates: mpsc::Receiver<Update>,
+    shared: Arc<Shared>,
+    stopping: Arc<AtomicBool>,
+    slice: Duration,
+    open_command: Vec<String>,
+    approved_since_kick: u32,
+}
+
+impl Reader {
+    fn run(mut self) {
+        lock(&self.shared.reader).running = true;
+        loop {
+            let cell = match self.intents.recv_timeout(Duration::from_secs(1)) {
+                Ok(cell) => cell,
+                // Idle: keep the revocation list and risk state current.
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.apply_updates();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            if self.stopping.load(Ordering::SeqCst) {
+                cell.settle(State::Cancelled(CancelReason::Shutdown));
+                continue;
+            }
+            lock(&self.shared.reader).active_intent = Some(cell.id.clone());
+            self.run_intent(&cell);
+            lock(&self.shared.reader).active_intent = None;
+        }
+        lock(&self.shared.reader).running = false;
+        tracing::info!("reader stopped");
+    }
+
+    fn apply_updates(&mut self) {
+        let mut rebuild = false;
+        while let Ok(u) = self.updates.try_recv() {
+            match u {
+                Update::Revocations(list) => {
+                    if self
+                        .engine
+                        .ctx
+                        .revocations
+                        .as_ref()
+                        .is_none_or(|cur| list.number > cur.number)
+                    {
+                        tracing::info!(number = list.number, "new revocation list");
+                        self.engine.ctx.revocations = Some(list);
+                    }
+                }
+                Update::Synced => rebuild = true,
+            }
+        }
+        if rebuild {
+            match crate::tap::risk_state(&self.engine.queue) {
+                Ok(state) => self.engine.risk = state,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not rebuild the risk state from the queue; keeping the old one")
+                }
+            }
+        }
+    }
+
+    fn run_intent(&mut self, cell: &Arc<IntentCell>) {
+        if !cell.activate() {
+            return; // cancelled or expired while queued
+        }
+        loop {
+            self.apply_updates();
+            if cell.is_final() {
+                return;
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                cell.settle(State::Cancelled(CancelReason::Shutdown));
+                return;
+            }
+            let now = Instant::now();
+            if cell.expire_if_due(now) {
+                return;
+            }
+            let slice = self
+                .slice
+                .min(cell.deadline.saturating_duration_since(now))
+                .max(Duration::from_millis(1));
+            let mut outcome: Option<Outcome> = None;
+            let engine = &mut self.engine;
+            let open_command = &self.open_command;
+            let result = self.field.with_phone(slice, &mut |link| {
+                if !cell.begin_reading() {
+                    // Cancelled or expired a moment ago: leave the phone alone.
+                    return TapResult::Declined(Decline::BadIntent {
+                        detail: "intent no longer open".into(),
+                    });
+                }
+                let r = engine.tap(&cell.intent, link, unix_now(), &mut OsRng);
+                // Publish at once: the field may wait a while for the phone
+                // to leave before `with_phone` returns.
+                match &r {
+                    TapResult::Approved(a) => {
+                        tracing::info!(intent = %cell.id, seq = a.seq, "approved");
+                        if let Some(slot) = a.slot {
+                            open_slot(open_command, slot, a.seq);
+                        }
+                        cell.settle(State::Approved(Box::new(a.clone())));
+                        outcome = Some(Outcome::Approved);
+                    }
+                    TapResult::Declined(d) => {
+                        tracing::info!(intent = %cell.id, code = d.code(), "declined");
+                        cell.settle(State::Declined {
+                            code: d.code(),
+                            message: d.to_string(),
+                        });
+                        outcome = Some(Outcome::Declined);
+                    }
+                    TapResult::ConfirmOnPhone => {
+                        cell.settle(State::ConfirmOnPhone);
+                        outcome = Some(Outcome::Confirm);
+                    }
+                }
+                r
+            });
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "reader");
+                let mut st = lock(&self.shared.reader);
+                st.ok = false;
+                st.last_error = Some(e.to_string());
+                st.last_error_at = Some(unix_now());
+            } else {
+                lock(&self.shared.reader).ok = true;
+            }
+            if outcome.is_some() {
+                lock(&self.shared.reader).taps += 1;
+            }
+            match outcome {
+                Some(Outcome::Approved) => {
+                    self.approved();
+                    return;
+                }
+                Some(Outcome::Declined) => return,
+                Some(Outcome::Confirm) => {}
+                None if result.is_err() => {
+                    // The reader failed (unplugged, daemon gone): retry in a
+                    // while, still watching for cancellation and expiry.
+                    std::thread::sleep(
+                        self.slice
+                            .max(Duration::from_millis(100))
+                            .min(Duration::from_secs(1)),
+                    );
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn approved(&mut self) {
+        let Some(up) = &self.shared.uploader else {
+            return;
+        };
+        if up.after_taps == 0 {
+            return;
+        }
+        self.approved_since_kick += 1;
+        if self.approved_since_kick >= up.after_taps {
+            self.approved_since_kick = 0;
+            up.kick.notify_one();
+        }
+    }
+}
+
+/// The kiosk's slot-open hook, off the reader thread (a slow hook must
+/// not hold up the next customer). Failures are logged; the pickup is
+/// recorded either way.
+fn open_slot(open_command: &[String], slot: u16, seq: u64) {
+    let Some((prog, args)) = open_command.split_first() else {
+        tracing::info!(slot, seq, "open slot (no open_command configured)");
+        return;
+    };
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args).arg(slot.to_string());
+    let prog = prog.clone();
+    let spawned = std::thread::Builder::new().name("open-slot".into()).spawn(move || match cmd.status() {
+        Ok(s) if s.success() => tracing::info!(slot, seq, "slot opened"),
+        Ok(s) => tracing::error!(slot, seq, status = %s, "open_command failed: open the slot by hand"),
+        Err(e) => tracing::error!(slot, seq, error = %e, command = %prog, "open_command could not run: open the slot by hand"),
+    });
+    if let Err(e) = spawned {
+        tracing::error!(slot, seq, error = %e, "open_command thread: open the slot by hand");
+    }
+}
+
+// ---------------------------------------------------------------- daemon
+
+/// The daemon, assembled and ready to serve.
+pub struct Daemon {
+    shared: Arc<Shared>,
+    reader: Reader,
+    stopping: Arc<AtomicBool>,
+}
+
+impl core::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("terminal", &self.shared.terminal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// A daemon for `config` with its engine and reader (from
+    /// [`crate::app::engine`] and [`crate::app::field`]). With a `[host]`
+    /// section it uploads in the background.
+    pub fn new(
+        config: &Config,
+        engine: Engine,
+        field: Box<dyn Field>,
+        opts: Options,
+    ) -> Result<Self, Error> {
+        let (intents_tx, intents_rx) = mpsc::channel();
+        let (updates_tx, updates_rx) = mpsc::channel();
+        let uploader = match &config.host {
+            Some(host) => {
+                let client = upload::client(config, &engine.ctx)?;
+                let mut ctx = TerminalContext::new(
+                    engine.ctx.certificate.clone(),
+                    engine.ctx.signing_key().clone(),
+                    engine.ctx.trust.clone(),
+                );
+                ctx.revocations = engine.ctx.revocations.clone();
+                Some(Arc::new(Uploader {
+                    inner: tokio::sync::Mutex::new(UploadInner { client, ctx }),
+                    status: Mutex::new(SyncStatus::default()),
+                    kick: Notify::new(),
+                    queue: engine.queue.clone(),
+                    batch: host.batch_size,
+                    interval: Duration::from_secs(host.sync_interval_secs),
+                    after_taps: host.sync_after_taps,
+                    revocations_path: config.trust.revocations.as_ref().map(|p| config.path(p)),
+                    updates: updates_tx,
+                }))
+            }
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            registry: Mutex::new(Registry::default()),
+            intents_tx: Mutex::new(Some(intents_tx)),
+            queue: engine.queue.clone(),
+            uploader,
+            reader: Mutex::new(ReaderStatus {
+                connection: field.describe(),
+                ok: true,
+                running: true,
+                ..Default::default()
+            }),
+            shutting_down: AtomicBool::new(false),
+            terminal: TerminalInfo {
+                name: engine.ctx.certificate.common_name().to_string(),
+                currency: engine.currency,
+                floor_limit: engine.limits.floor_limit,
+                kiosk_site: config.kiosk.as_ref().map(|k| k.site.clone()),
+                tap_timeout: Duration::from_secs(config.terminal.tap_timeout_secs),
+            },
+            opts: opts.clone(),
+        });
+        let stopping = Arc::new(AtomicBool::new(false));
+        let reader = Reader {
+            engine,
+            field,
+            intents: intents_rx,
+            updates: updates_rx,
+            shared: shared.clone(),
+            stopping: stopping.clone(),
+            slice: opts.slice,
+            open_command: config
+                .kiosk
+                .as_ref()
+                .map(|k| k.open_command.clone())
+                .unwrap_or_default(),
+            approved_since_kick: 0,
+        };
+        Ok(Daemon {
+            shared,
+            reader,
+            stopping,
+        })
+    }
+
+    /// Serve the API on `listener` until `shutdown` completes (or the reader
+    /// thread dies: an error). Then: stop accepting, let the reader finish a
+    /// tap in flight and cancel what waits, let open requests finish (up to
+    /// [`Options::grace`]), stop the uploader.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let Daemon {
+            shared,
+            reader,
+            stopping,
+        } = self;
+        // Should this future be dropped half-way, the reader still stops.
+        let _guard = StopReader {
+            shared: shared.clone(),
+            stopping: stopping.clone(),
+        };
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("tap-reader".into())
+            .spawn(move || {
+                reader.run();
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| Error::Store {
+                detail: format!("reader thread: {e}"),
+            })?;
+        let uploader = shared
+            .uploader
+            .clone()
+            .map(|u| tokio::spawn(u.run(stop_rx.clone(), shared.opts.backoff_max)));
+        let janitor = {
+            let shared = shared.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => shared.housekeeping(),
+                        () = crate::daemon::stopped(&mut stop) => return,
+                    }
+                }
+            })
+        };
+        let http = tokio::spawn(crate::api::serve_http(
+            shared.clone(),
+            listener,
+            stop_rx.clone(),
+        ));
+
+        tokio::pin!(shutdown);
+        let reader_died = tokio::select! {
+            () = &mut shutdown => false,
+            _ = &mut done_rx => true,
+        };
+        tracing::info!("shutting down");
+        shared.shutting_down.store(true, Ordering::SeqCst);
+        stopping.store(true, Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+        // No new intents reach the reader; it drains and cancels the queue.
+        lock(&shared.intents_tx).take();
+        if !reader_died {
+            let _ = done_rx.await;
+        }
+        // Whatever the reader did not take up is cancelled too.
+        for c in shared.open_intents() {
+            c.settle(State::Cancelled(CancelReason::Shutdown));
+        }
+        let grace = shared.opts.grace;
+        let _ = tokio::time::timeout(grace, async {
+            let _ = janitor.await;
+        })
+        .await;
+        let http_abort = http.abort_handle();
+        if tokio::time::timeout(grace, http).await.is_err() {
+            http_abort.abort();
+        }
+        if let Some(u) = uploader {
+            let abort = u.abort_handle();
+            if tokio::time::timeout(grace, u).await.is_err() {
+                abort.abort();
+            }
+        }
+        if reader_died {
+            return Err(Error::Store {
+                detail: "the reader thread stopped unexpectedly".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Tells the reader thread to stop (finishing a tap in flight) when dropped.
+struct StopReader {
+    shared: Arc<Shared>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Drop for StopReader {
+    fn drop(&mut self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
+        lock(&self.shared.intents_tx).take();
+    }
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

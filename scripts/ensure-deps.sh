@@ -7,7 +7,9 @@ set -euo pipefail
 purpose="${1:-test}"
 # pcscd + vsmartcard-vpcd: the real PC/SC daemon and virtual reader the
 # emulator plugs into; libpcsclite-dev: what the pcsc crate links.
-packages=(openssl pkg-config pcscd vsmartcard-vpcd libpcsclite-dev)
+# libnfc-dev + libclang-dev: the reader's libnfc driver (nfc1 links
+# libnfc.so.6 and runs bindgen, which needs libclang).
+packages=(openssl pkg-config pcscd vsmartcard-vpcd libpcsclite-dev libclang-dev libnfc-dev)
 case "$purpose" in
   # pcsc-tools: scriptor, the independent PC/SC client of the tests;
   # libnfc-bin: nfc-list, the independent libnfc client of the PN532 emulator tests.

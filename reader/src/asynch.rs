@@ -73,18 +73,20 @@ struct Worker {
 impl Worker {
     fn note<T>(&mut self, r: &Result<T, ReaderError>) {
         match r {
-            Err(e) if e.is_reader_gone() => {
-                if !self.gone {
-                    self.gone = true;
-                    let _ = self.events.send(ReaderEvent::ReaderDetached(self.connection.clone()));
-                }
+            Err(e) if e.is_reader_gone() && !self.gone => {
+                self.gone = true;
+                let _ = self
+                    .events
+                    .send(ReaderEvent::ReaderDetached(self.connection.clone()));
             }
             Err(ReaderError::Removed) => {
                 let _ = self.events.send(ReaderEvent::TargetRemoved);
             }
             Ok(_) if self.gone => {
                 self.gone = false;
-                let _ = self.events.send(ReaderEvent::ReaderAttached(self.connection.clone()));
+                let _ = self
+                    .events
+                    .send(ReaderEvent::ReaderAttached(self.connection.clone()));
             }
             _ => {}
         }
@@ -94,22 +96,24 @@ impl Worker {
         let mut next = jobs.recv().ok();
         while let Some(job) = next.take() {
             match job {
-                Job::WaitForTarget(timeout, cancel, reply) => match reader.wait_for_target(timeout, &cancel) {
-                    Ok(session) => {
-                        let target = session.target().clone();
-                        let ok: Result<(), ReaderError> = Ok(());
-                        self.note(&ok);
-                        let _ = self.events.send(ReaderEvent::TargetPresent);
-                        let _ = reply.send(Ok(target));
-                        next = self.serve(session, &jobs);
-                        continue;
+                Job::WaitForTarget(timeout, cancel, reply) => {
+                    match reader.wait_for_target(timeout, &cancel) {
+                        Ok(session) => {
+                            let target = session.target().clone();
+                            let ok: Result<(), ReaderError> = Ok(());
+                            self.note(&ok);
+                            let _ = self.events.send(ReaderEvent::TargetPresent);
+                            let _ = reply.send(Ok(target));
+                            next = self.serve(session, &jobs);
+                            continue;
+                        }
+                        Err(e) => {
+                            let r = Err(e);
+                            self.note(&r);
+                            let _ = reply.send(r);
+                        }
                     }
-                    Err(e) => {
-                        let r = Err(e);
-                        self.note(&r);
-                        let _ = reply.send(r);
-                    }
-                },
+                }
                 Job::Transmit(_, reply) => {
                     let _ = reply.send(Err(ReaderError::NoSession));
                 }
@@ -133,7 +137,11 @@ impl Worker {
 
     /// Serve jobs on an open session; returns the job that ended it (a new
     /// wait), if any.
-    fn serve(&mut self, mut session: Box<dyn Session + '_>, jobs: &mpsc::Receiver<Job>) -> Option<Job> {
+    fn serve(
+        &mut self,
+        mut session: Box<dyn Session + '_>,
+        jobs: &mpsc::Receiver<Job>,
+    ) -> Option<Job> {
         while let Ok(job) = jobs.recv() {
             match job {
                 Job::Transmit(apdu, reply) => {
@@ -220,7 +228,11 @@ impl AsyncReader {
     }
 
     /// Wait for a target and open a session with it (ending any open one).
-    pub async fn wait_for_target(&self, timeout: Duration, cancel: &Cancel) -> Result<TargetInfo, ReaderError> {
+    pub async fn wait_for_target(
+        &self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<TargetInfo, ReaderError> {
         let guard = CancelOnDrop(cancel.child());
         let c = guard.0.clone();
         self.call(move |r| Job::WaitForTarget(timeout, c, r)).await
@@ -232,8 +244,13 @@ impl AsyncReader {
     }
 
     /// A logical command (chaining, GET RESPONSE); `limits` as the phone allows.
-    pub async fn transmit_logical(&self, cmd: Command, limits: Option<LinkLimits>) -> Result<Response, ReaderError> {
-        self.call(move |r| Job::TransmitLogical(cmd, limits, r)).await
+    pub async fn transmit_logical(
+        &self,
+        cmd: Command,
+        limits: Option<LinkLimits>,
+    ) -> Result<Response, ReaderError> {
+        self.call(move |r| Job::TransmitLogical(cmd, limits, r))
+            .await
     }
 
     pub async fn is_present(&self) -> Result<bool, ReaderError> {
@@ -242,7 +259,11 @@ impl AsyncReader {
 
     /// Wait until the target left; the session stays open until
     /// [`AsyncReader::end_session`] or the next wait.
-    pub async fn wait_removed(&self, timeout: Duration, cancel: &Cancel) -> Result<(), ReaderError> {
+    pub async fn wait_removed(
+        &self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<(), ReaderError> {
         let guard = CancelOnDrop(cancel.child());
         let c = guard.0.clone();
         self.call(move |r| Job::WaitRemoved(timeout, c, r)).await

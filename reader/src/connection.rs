@@ -29,7 +29,9 @@ pub enum Connection {
 }
 
 /// Serial speeds of the PN532's SetSerialBaudRate.
-pub const PN532_BAUD_RATES: [u32; 8] = [9_600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600];
+pub const PN532_BAUD_RATES: [u32; 8] = [
+    9_600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600,
+];
 
 impl Connection {
     pub fn parse(s: &str) -> Result<Self, ReaderError> {
@@ -50,7 +52,9 @@ impl Connection {
                     .unwrap_or(rest);
                 Ok(Connection::Pcsc { reader: opt(name) })
             }
-            "libnfc" => Ok(Connection::Libnfc { connstring: opt(rest) }),
+            "libnfc" => Ok(Connection::Libnfc {
+                connstring: opt(rest),
+            }),
             "pn532" => {
                 let (path, query) = match rest.split_once('?') {
                     Some((p, q)) => (p, Some(q)),
@@ -79,7 +83,9 @@ impl Connection {
                 })
             }
             "emu" => Ok(Connection::Emu),
-            _ => Err(bad("unknown scheme: expected pcsc:, libnfc:, pn532: or emu:")),
+            _ => Err(bad(
+                "unknown scheme: expected pcsc:, libnfc:, pn532: or emu:",
+            )),
         }
     }
 }
@@ -88,7 +94,9 @@ impl fmt::Display for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Connection::Pcsc { reader } => write!(f, "pcsc:{}", reader.as_deref().unwrap_or("")),
-            Connection::Libnfc { connstring } => write!(f, "libnfc:{}", connstring.as_deref().unwrap_or("")),
+            Connection::Libnfc { connstring } => {
+                write!(f, "libnfc:{}", connstring.as_deref().unwrap_or(""))
+            }
             Connection::Pn532 { path, baud } => {
                 write!(f, "pn532:{}", path.display())?;
                 match baud {
@@ -114,10 +122,15 @@ mod tests {
             }
         );
         assert_eq!(
-            Connection::parse("pcsc:Virtual PCD 00 00").unwrap().to_string(),
+            Connection::parse("pcsc:Virtual PCD 00 00")
+                .unwrap()
+                .to_string(),
             "pcsc:Virtual PCD 00 00"
         );
-        assert_eq!(Connection::parse("pcsc:").unwrap(), Connection::Pcsc { reader: None });
+        assert_eq!(
+            Connection::parse("pcsc:").unwrap(),
+            Connection::Pcsc { reader: None }
+        );
         assert_eq!(
             Connection::parse("libnfc:pn532_uart:/dev/ttyUSB0").unwrap(),
             Connection::Libnfc {
@@ -136,7 +149,14 @@ mod tests {
             "pn532:/dev/ttyUSB0"
         );
         assert_eq!(Connection::parse("emu:").unwrap(), Connection::Emu);
-        for bad in ["", "usb:1", "pn532:", "pn532:/dev/x?baud=7", "pn532:/dev/x?speed=1", "nothing"] {
+        for bad in [
+            "",
+            "usb:1",
+            "pn532:",
+            "pn532:/dev/x?baud=7",
+            "pn532:/dev/x?speed=1",
+            "nothing",
+        ] {
             assert!(Connection::parse(bad).is_err(), "{bad}");
         }
     }

@@ -122,7 +122,10 @@ pub enum ReaderError {
 impl ReaderError {
     /// Whether the reader itself (not just the target) is unusable now.
     pub fn is_reader_gone(&self) -> bool {
-        matches!(self, ReaderError::ReaderGone { .. } | ReaderError::NoReader { .. })
+        matches!(
+            self,
+            ReaderError::ReaderGone { .. } | ReaderError::NoReader { .. }
+        )
     }
 }
 
@@ -145,7 +148,10 @@ impl Cancel {
 
     pub fn is_cancelled(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
-            || self.parent.as_ref().is_some_and(|p| p.load(Ordering::SeqCst))
+            || self
+                .parent
+                .as_ref()
+                .is_some_and(|p| p.load(Ordering::SeqCst))
     }
 
     /// A token cancelled by this one or by itself.
@@ -352,7 +358,14 @@ pub trait Session {
 
     /// SELECT by name (`00 A4 04 00 Lc AID 00`).
     fn select(&mut self, aid: &[u8]) -> Result<Response, ReaderError> {
-        self.transmit_logical(Command::new(0x00, 0xA4, 0x04, 0x00, aid.to_vec(), Some(256)))
+        self.transmit_logical(Command::new(
+            0x00,
+            0xA4,
+            0x04,
+            0x00,
+            aid.to_vec(),
+            Some(256),
+        ))
     }
 }
 
@@ -388,7 +401,9 @@ pub fn open_with(connection: &str, opts: &OpenOptions) -> Result<Box<dyn Reader>
     let parsed = Connection::parse(connection)?;
     match parsed {
         #[cfg(feature = "pcsc")]
-        Connection::Pcsc { reader } => Ok(Box::new(pcsc::PcscReader::open(reader.as_deref(), opts)?)),
+        Connection::Pcsc { reader } => {
+            Ok(Box::new(pcsc::PcscReader::open(reader.as_deref(), opts)?))
+        }
         #[cfg(not(feature = "pcsc"))]
         Connection::Pcsc { .. } => Err(ReaderError::DriverDisabled { driver: "pcsc" }),
         #[cfg(feature = "libnfc")]
@@ -399,7 +414,9 @@ pub fn open_with(connection: &str, opts: &OpenOptions) -> Result<Box<dyn Reader>
         #[cfg(not(feature = "libnfc"))]
         Connection::Libnfc { .. } => Err(ReaderError::DriverDisabled { driver: "libnfc" }),
         #[cfg(feature = "pn532")]
-        Connection::Pn532 { path, baud } => Ok(Box::new(pn532::Pn532Reader::open(&path, baud, opts)?)),
+        Connection::Pn532 { path, baud } => {
+            Ok(Box::new(pn532::Pn532Reader::open(&path, baud, opts)?))
+        }
         #[cfg(not(feature = "pn532"))]
         Connection::Pn532 { .. } => Err(ReaderError::DriverDisabled { driver: "pn532" }),
         Connection::Emu => Err(ReaderError::BadConnectionString {
@@ -472,22 +489,31 @@ impl ReaderMonitor {
     }
 
     fn rescan(&mut self) {
-        let now: Vec<String> = discover_with(&self.opts).into_iter().map(|d| d.connection).collect();
+        let now: Vec<String> = discover_with(&self.opts)
+            .into_iter()
+            .map(|d| d.connection)
+            .collect();
         for c in &self.known {
             if !now.contains(c) {
-                self.pending.push_back(ReaderEvent::ReaderDetached(c.clone()));
+                self.pending
+                    .push_back(ReaderEvent::ReaderDetached(c.clone()));
             }
         }
         for c in &now {
             if !self.known.contains(c) {
-                self.pending.push_back(ReaderEvent::ReaderAttached(c.clone()));
+                self.pending
+                    .push_back(ReaderEvent::ReaderAttached(c.clone()));
             }
         }
         self.known = now;
     }
 
     /// The next attach/detach event within `timeout`.
-    pub fn next_event(&mut self, timeout: Duration, cancel: &Cancel) -> Result<ReaderEvent, ReaderError> {
+    pub fn next_event(
+        &mut self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<ReaderEvent, ReaderError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.pending.pop_front() {

@@ -21,8 +21,8 @@ use nfc1::target_info::TargetInfo as NfcTargetInfo;
 use nfc1::{BaudRate, Context, Device, Modulation, ModulationType, Property, Target, Timeout};
 
 use crate::{
-    remaining, sleep_cancellable, Cancel, Capabilities, Connection, Driver, OpenOptions, Reader, ReaderDescriptor,
-    ReaderError, ReaderInfo, Session, TargetInfo, TargetProtocol,
+    remaining, sleep_cancellable, Cancel, Capabilities, Connection, Driver, OpenOptions, Reader,
+    ReaderDescriptor, ReaderError, ReaderInfo, Session, TargetInfo, TargetProtocol,
 };
 
 /// Longest APDU libnfc passes to a PN53x in one InDataExchange.
@@ -104,7 +104,11 @@ impl LibnfcReader {
     fn reopen(&mut self) -> Result<(), ReaderError> {
         self.dev = None;
         if self.connstring.is_none() {
-            let first = self.ctx.list_devices(1).ok().and_then(|l| l.into_iter().next());
+            let first = self
+                .ctx
+                .list_devices(1)
+                .ok()
+                .and_then(|l| l.into_iter().next());
             let Some(first) = first else {
                 return Err(self.gone(None));
             };
@@ -155,7 +159,11 @@ impl Reader for LibnfcReader {
         }
     }
 
-    fn wait_for_target(&mut self, timeout: Duration, cancel: &Cancel) -> Result<Box<dyn Session + '_>, ReaderError> {
+    fn wait_for_target(
+        &mut self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Box<dyn Session + '_>, ReaderError> {
         let deadline = Instant::now() + timeout;
         let mut last_err: Option<ReaderError> = None;
         loop {
@@ -172,7 +180,9 @@ impl Reader for LibnfcReader {
                 }
                 last_err = None;
             }
-            let Some(dev) = self.dev.as_mut() else { continue };
+            let Some(dev) = self.dev.as_mut() else {
+                continue;
+            };
             let found = dev.initiator_select_passive_target(&modulation());
             match found {
                 Ok(t) => {
@@ -190,7 +200,11 @@ impl Reader for LibnfcReader {
                         continue;
                     }
                     let uid = a.uid.get(..a.uid_len).unwrap_or_default().to_vec();
-                    let ats = a.ats.get(..a.ats_len).map(<[u8]>::to_vec).filter(|v| !v.is_empty());
+                    let ats = a
+                        .ats
+                        .get(..a.ats_len)
+                        .map(<[u8]>::to_vec)
+                        .filter(|v| !v.is_empty());
                     // libnfc reports the ATS without its length byte TL.
                     let ats = ats.map(|mut v| {
                         v.insert(0, (v.len() + 1) as u8);
@@ -250,7 +264,9 @@ impl Session for LibnfcSession<'_> {
             });
         }
         let timeout = Timeout::Duration(self.reader.timeout.max(Duration::from_millis(1)));
-        let r = self.dev()?.initiator_transceive_bytes(apdu, RX_LEN, timeout);
+        let r = self
+            .dev()?
+            .initiator_transceive_bytes(apdu, RX_LEN, timeout);
         match r {
             Ok(d) => Ok(d),
             Err(nfc1::Error::RfTransmissionError) => match self.is_present() {
@@ -266,11 +282,18 @@ impl Session for LibnfcSession<'_> {
     }
 
     fn is_present(&mut self) -> Result<bool, ReaderError> {
-        let t = self.nfc_target.clone();
+        let t = self.nfc_target;
         let r = self.dev()?.initiator_target_is_present(&t);
         match r {
             Ok(()) => Ok(true),
-            Err(nfc1::Error::TargetReleased | nfc1::Error::RfTransmissionError | nfc1::Error::Timeout) => Ok(false),
+            // libnfc forgets its current target once it found it gone and
+            // then calls the question invalid.
+            Err(
+                nfc1::Error::TargetReleased
+                | nfc1::Error::RfTransmissionError
+                | nfc1::Error::Timeout
+                | nfc1::Error::InvalidArgument,
+            ) => Ok(false),
             Err(e) => Err(self.reader.map(e)),
         }
     }

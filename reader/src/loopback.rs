@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::{
-    remaining, sleep_cancellable, Cancel, Capabilities, Driver, Reader, ReaderError, ReaderInfo, Session,
-    TargetInfo, DEFAULT_TRANSMIT_TIMEOUT,
+    remaining, sleep_cancellable, Cancel, Capabilities, Driver, Reader, ReaderError, ReaderInfo,
+    Session, TargetInfo, DEFAULT_TRANSMIT_TIMEOUT,
 };
 
 /// A field of phones (or cards) in process.
@@ -111,7 +111,11 @@ impl Reader for LoopbackReader {
         }
     }
 
-    fn wait_for_target(&mut self, timeout: Duration, cancel: &Cancel) -> Result<Box<dyn Session + '_>, ReaderError> {
+    fn wait_for_target(
+        &mut self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Box<dyn Session + '_>, ReaderError> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = remaining(deadline, cancel)?;
@@ -223,7 +227,10 @@ mod tests {
         fn arrive(&mut self) -> Option<TargetInfo> {
             self.arrivals += 1;
             self.present = true;
-            Some(TargetInfo::iso_dep(&[8, 1, 2, self.arrivals], &[0x05, 0x78, 0x80, 0x70, 0x02]))
+            Some(TargetInfo::iso_dep(
+                &[8, 1, 2, self.arrivals],
+                &[0x05, 0x78, 0x80, 0x70, 0x02],
+            ))
         }
         fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, ReaderError> {
             if !self.present {

@@ -16,11 +16,14 @@ use std::ffi::CString;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ::pcsc::{Attribute, Card, Context, Disposition, Error as PcscError, Protocols, ReaderState, Scope, ShareMode, State};
+use ::pcsc::{
+    Attribute, Card, Context, Disposition, Error as PcscError, Protocols, ReaderState, Scope,
+    ShareMode, State,
+};
 
 use crate::{
-    remaining, sleep_cancellable, Cancel, Capabilities, Connection, Driver, OpenOptions, Reader, ReaderDescriptor,
-    ReaderError, ReaderInfo, Session, TargetInfo, TargetProtocol,
+    remaining, sleep_cancellable, Cancel, Capabilities, Connection, Driver, OpenOptions, Reader,
+    ReaderDescriptor, ReaderError, ReaderInfo, Session, TargetInfo, TargetProtocol,
 };
 
 /// Longest status-change wait before looking at the cancel token again.
@@ -51,7 +54,13 @@ impl std::fmt::Debug for PcscReader {
 }
 
 fn is_service_gone(e: PcscError) -> bool {
-    matches!(e, PcscError::NoService | PcscError::ServiceStopped | PcscError::InvalidHandle | PcscError::CommError)
+    matches!(
+        e,
+        PcscError::NoService
+            | PcscError::ServiceStopped
+            | PcscError::InvalidHandle
+            | PcscError::CommError
+    )
 }
 
 impl PcscReader {
@@ -65,7 +74,11 @@ impl PcscReader {
                 reader: reader.map(str::to_owned),
             }
             .to_string(),
-            share: if opts.exclusive { ShareMode::Exclusive } else { ShareMode::Shared },
+            share: if opts.exclusive {
+                ShareMode::Exclusive
+            } else {
+                ShareMode::Shared
+            },
             timeout: opts.transmit_timeout,
         };
         r.resolve()?;
@@ -81,9 +94,10 @@ impl PcscReader {
 
     fn map(&mut self, e: PcscError) -> ReaderError {
         match e {
-            PcscError::RemovedCard | PcscError::NoSmartcard | PcscError::ResetCard | PcscError::UnpoweredCard => {
-                ReaderError::Removed
-            }
+            PcscError::RemovedCard
+            | PcscError::NoSmartcard
+            | PcscError::ResetCard
+            | PcscError::UnpoweredCard => ReaderError::Removed,
             PcscError::Timeout => ReaderError::Timeout,
             PcscError::Cancelled => ReaderError::Cancelled,
             PcscError::SharingViolation => ReaderError::Busy {
@@ -93,7 +107,9 @@ impl PcscReader {
                 self.ctx = None;
                 self.gone(Some(e))
             }
-            PcscError::UnknownReader | PcscError::ReaderUnavailable | PcscError::NoReadersAvailable => {
+            PcscError::UnknownReader
+            | PcscError::ReaderUnavailable
+            | PcscError::NoReadersAvailable => {
                 self.name = None;
                 self.gone(Some(e))
             }
@@ -123,7 +139,9 @@ impl PcscReader {
             Err(e) => return Err(self.map(e)),
         };
         let found = match &self.wanted {
-            Some(w) => listed.into_iter().find(|n| n.to_str().is_ok_and(|s| s == w)),
+            Some(w) => listed
+                .into_iter()
+                .find(|n| n.to_str().is_ok_and(|s| s == w)),
             None => listed.into_iter().next(),
         };
         match found {
@@ -142,13 +160,14 @@ impl PcscReader {
     }
 
     /// The reader's state now (PRESENT, MUTE, …) and pcscd's event counter.
-    fn state(&mut self, name: &CString, wait: Duration, current: Option<&ReaderState>) -> Result<ReaderState, ReaderError> {
+    fn state(
+        &mut self,
+        name: &CString,
+        wait: Duration,
+        current: Option<&ReaderState>,
+    ) -> Result<ReaderState, ReaderError> {
         let mut states = vec![current
-            .map(|s| {
-                let mut s2 = ReaderState::new(name.clone(), s.event_state() & !State::CHANGED);
-                s2.sync_current_state();
-                s2
-            })
+            .map(|s| ReaderState::new(name.clone(), s.event_state() & !State::CHANGED))
             .unwrap_or_else(|| ReaderState::new(name.clone(), State::UNAWARE))];
         let r = self.context()?.get_status_change(wait, &mut states);
         match r {
@@ -161,7 +180,10 @@ impl PcscReader {
         let max = card
             .get_attribute_owned(Attribute::Maxinput)
             .ok()
-            .and_then(|v| v.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize))
+            .and_then(|v| {
+                v.get(..4)
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            })
             .filter(|n| *n >= 261);
         match max {
             Some(n) => Capabilities {
@@ -178,9 +200,16 @@ impl PcscReader {
         }
     }
 
-    fn open_card(&mut self, name: &CString, state: &ReaderState) -> Result<(Card, TargetInfo, Capabilities), ReaderError> {
+    fn open_card(
+        &mut self,
+        name: &CString,
+        state: &ReaderState,
+    ) -> Result<(Card, TargetInfo, Capabilities), ReaderError> {
         let share = self.share;
-        let card = match self.context()?.connect(name, share, Protocols::T0 | Protocols::T1) {
+        let card = match self
+            .context()?
+            .connect(name, share, Protocols::T0 | Protocols::T1)
+        {
             Ok(c) => c,
             Err(e) => return Err(self.map(e)),
         };
@@ -219,7 +248,11 @@ impl Reader for PcscReader {
         }
     }
 
-    fn wait_for_target(&mut self, timeout: Duration, cancel: &Cancel) -> Result<Box<dyn Session + '_>, ReaderError> {
+    fn wait_for_target(
+        &mut self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Box<dyn Session + '_>, ReaderError> {
         let deadline = Instant::now() + timeout;
         let mut last_err: Option<ReaderError> = None;
         let mut last: Option<ReaderState> = None;
@@ -297,16 +330,18 @@ struct Worker {
 impl Worker {
     fn spawn(card: Card) -> Self {
         let (tx, rx) = mpsc::channel::<(Vec<u8>, mpsc::SyncSender<Reply>)>();
-        let spawned = std::thread::Builder::new().name("pcsc-card".into()).spawn(move || {
-            let mut buf = vec![0u8; ::pcsc::MAX_BUFFER_SIZE_EXTENDED];
-            while let Ok((apdu, reply)) = rx.recv() {
-                let r = card.transmit(&apdu, &mut buf).map(<[u8]>::to_vec);
-                let _ = reply.send(r);
-            }
-            if let Err((_, e)) = card.disconnect(Disposition::LeaveCard) {
-                tracing::debug!(error = %e, "PC/SC: disconnect failed");
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("pcsc-card".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; ::pcsc::MAX_BUFFER_SIZE_EXTENDED];
+                while let Ok((apdu, reply)) = rx.recv() {
+                    let r = card.transmit(&apdu, &mut buf).map(<[u8]>::to_vec);
+                    let _ = reply.send(r);
+                }
+                if let Err((_, e)) = card.disconnect(Disposition::LeaveCard) {
+                    tracing::debug!(error = %e, "PC/SC: disconnect failed");
+                }
+            });
         Worker {
             jobs: spawned.ok().map(|_| tx),
         }
@@ -325,11 +360,17 @@ struct PcscSession<'r> {
 }
 
 impl PcscSession<'_> {
-    fn present_now(&mut self, wait: Duration, last: Option<&ReaderState>) -> Result<(bool, ReaderState), ReaderError> {
+    fn present_now(
+        &mut self,
+        wait: Duration,
+        last: Option<&ReaderState>,
+    ) -> Result<(bool, ReaderState), ReaderError> {
         let name = self.name.clone();
         let s = self.reader.state(&name, wait, last)?;
         let ev = s.event_state();
-        let present = ev.contains(State::PRESENT) && !ev.contains(State::MUTE) && s.event_count() == self.count;
+        let present = ev.contains(State::PRESENT)
+            && !ev.contains(State::MUTE)
+            && s.event_count() == self.count;
         if ev.intersects(State::UNKNOWN | State::IGNORE | State::UNAVAILABLE) {
             return Err(self.reader.gone(None));
         }
@@ -358,11 +399,24 @@ impl Session for PcscSession<'_> {
             }
         }
         let (tx, rx) = mpsc::sync_channel(1);
-        let sent = self.worker.jobs.as_ref().is_some_and(|j| j.send((apdu.to_vec(), tx)).is_ok());
+        let sent = self
+            .worker
+            .jobs
+            .as_ref()
+            .is_some_and(|j| j.send((apdu.to_vec(), tx)).is_ok());
         if !sent {
             return Err(self.reader.gone(None));
         }
         match rx.recv_timeout(timeout) {
+            // vpcd answers nothing when the card vanished mid-exchange, and
+            // pcscd may not have noticed the removal yet.
+            Ok(Ok(r)) if r.len() < 2 => {
+                let (present, s) = self.present_now(Duration::ZERO, None)?;
+                if !present || !self.present_now(Duration::from_secs(1), Some(&s))?.0 {
+                    return Err(ReaderError::Removed);
+                }
+                Ok(r)
+            }
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err(self.reader.map(e)),
             Err(mpsc::RecvTimeoutError::Timeout) => {

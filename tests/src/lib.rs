@@ -229,6 +229,28 @@ impl Pcscd {
         self.child.take();
         let _ = fs::remove_file(PCSCD_SOCKET);
     }
+
+    /// Start pcscd again after [`Pcscd::stop`], with the same vpcd port and
+    /// still holding the lock (no other test's pcscd gets in between).
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop();
+        let conf = self.dir.path().join("reader.conf.d");
+        let log = self.dir.path().join("pcscd-restarted.log");
+        let child = Child::spawn("pcscd", Command::new("pcscd").arg("--foreground").arg("--config").arg(&conf), Some(&log))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !(is_listening(self.port) && Path::new(PCSCD_SOCKET).exists()) {
+            if let Some(status) = self.child.as_mut().and_then(Child::try_wait) {
+                let log = fs::read_to_string(&log).unwrap_or_default();
+                return Err(err(format!("pcscd exited ({status}) at restart:\n{log}")));
+            }
+            if Instant::now() >= deadline {
+                return Err(err("pcscd did not come back within 15 s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Pcscd {

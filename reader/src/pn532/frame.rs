@@ -58,7 +58,10 @@ pub enum FrameError {
 
 /// The checksum byte that makes `bytes` plus it sum to 0 (mod 256).
 pub fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |acc, b| acc.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// Encode a host → chip information frame (`data` = command code and
@@ -165,7 +168,8 @@ fn scan(b: &[u8]) -> Scan {
     if body_len == 0 {
         return Scan::Done(DeviceFrame::Bad(FrameError::Empty), header);
     }
-    let (Some(body), Some(&dcs)) = (b.get(header..header + body_len), b.get(header + body_len)) else {
+    let (Some(body), Some(&dcs)) = (b.get(header..header + body_len), b.get(header + body_len))
+    else {
         return Scan::Partial;
     };
     if checksum(body) != dcs {
@@ -203,7 +207,6 @@ mod tests {
         encode_chip(data)
     }
 
-
     fn all(bytes: &[u8]) -> Vec<DeviceFrame> {
         let mut r = FrameReader::new();
         r.push(bytes);
@@ -212,9 +215,15 @@ mod tests {
 
     #[test]
     fn encodes_like_the_datasheet() {
-        assert_eq!(encode(&[0x02]), [0x00, 0x00, 0xFF, 0x02, 0xFE, 0xD4, 0x02, 0x2A, 0x00]);
+        assert_eq!(
+            encode(&[0x02]),
+            [0x00, 0x00, 0xFF, 0x02, 0xFE, 0xD4, 0x02, 0x2A, 0x00]
+        );
         let long = encode(&[0x40; 300]);
-        assert_eq!(&long[..8], &[0x00, 0x00, 0xFF, 0xFF, 0xFF, 0x01, 0x2D, 0xD2]);
+        assert_eq!(
+            &long[..8],
+            &[0x00, 0x00, 0xFF, 0xFF, 0xFF, 0x01, 0x2D, 0xD2]
+        );
     }
 
     #[test]
@@ -246,16 +255,25 @@ mod tests {
         line.extend_from_slice(&good);
         assert_eq!(
             all(&line),
-            vec![DeviceFrame::Bad(FrameError::DataChecksum), DeviceFrame::Response(vec![0x03, 0x32])]
+            vec![
+                DeviceFrame::Bad(FrameError::DataChecksum),
+                DeviceFrame::Response(vec![0x03, 0x32])
+            ]
         );
         for cut in 0..good.len() - 1 {
             let mut r = FrameReader::new();
             r.push(&good[..cut]);
             assert_eq!(r.next_frame(), None, "cut {cut}");
             r.push(&good[cut..]);
-            assert_eq!(r.next_frame(), Some(DeviceFrame::Response(vec![0x03, 0x32])));
+            assert_eq!(
+                r.next_frame(),
+                Some(DeviceFrame::Response(vec![0x03, 0x32]))
+            );
         }
-        assert_eq!(all(&encode(&[0x02])), vec![DeviceFrame::Bad(FrameError::WrongTfi(TFI_HOST))]);
+        assert_eq!(
+            all(&encode(&[0x02])),
+            vec![DeviceFrame::Bad(FrameError::WrongTfi(TFI_HOST))]
+        );
         let mut r = FrameReader::new();
         for _ in 0..1000 {
             r.push(&[0x55, 0x12, 0xFF, 0x00]);

@@ -130,7 +130,9 @@ impl ListedTarget {
         let (uid, rest) = rest.split_at(n);
         let ats = match rest.split_first() {
             None => None,
-            Some((&tl, _)) if usize::from(tl) <= rest.len() && tl > 0 => Some(rest[..usize::from(tl)].to_vec()),
+            Some((&tl, _)) if usize::from(tl) <= rest.len() && tl > 0 => {
+                Some(rest[..usize::from(tl)].to_vec())
+            }
             Some(_) => return Err("bad ATS length"),
         };
         Ok(Some(ListedTarget {
@@ -179,6 +181,11 @@ impl<P: Port> Pn532<P> {
         }
     }
 
+    /// The port, for a caller that takes over the line.
+    pub fn into_port(self) -> P {
+        self.port
+    }
+
     pub fn port_mut(&mut self) -> &mut P {
         &mut self.port
     }
@@ -225,10 +232,22 @@ impl<P: Port> Pn532<P> {
                 // A response before our ACK belongs to an earlier command
                 // (one that timed out): skip it.
                 Some(DeviceFrame::Response(_)) => {}
-                Some(DeviceFrame::ErrorFrame) => return Ok(AckWait::Resend(Pn532Error::ErrorFrame { command: code })),
-                Some(DeviceFrame::Nack) => return Ok(AckWait::Resend(Pn532Error::Unexpected { command: code, what: "NACK" })),
+                Some(DeviceFrame::ErrorFrame) => {
+                    return Ok(AckWait::Resend(Pn532Error::ErrorFrame { command: code }))
+                }
+                Some(DeviceFrame::Nack) => {
+                    return Ok(AckWait::Resend(Pn532Error::Unexpected {
+                        command: code,
+                        what: "NACK",
+                    }))
+                }
                 Some(DeviceFrame::Bad(e)) => return Ok(AckWait::Resend(Pn532Error::Frame(e))),
-                None => return Ok(AckWait::Resend(Pn532Error::NoAck { command: code, sends: 1 })),
+                None => {
+                    return Ok(AckWait::Resend(Pn532Error::NoAck {
+                        command: code,
+                        sends: 1,
+                    }))
+                }
             }
         }
         Err(Pn532Error::Noise { command: code })
@@ -257,7 +276,11 @@ impl<P: Port> Pn532<P> {
         loop {
             sends += 1;
             self.port.write_all(&frame)?;
-            let ack_deadline = if idempotent { (Instant::now() + ACK_TIMEOUT).min(deadline) } else { deadline };
+            let ack_deadline = if idempotent {
+                (Instant::now() + ACK_TIMEOUT).min(deadline)
+            } else {
+                deadline
+            };
             match self.wait_ack(code, ack_deadline)? {
                 AckWait::Ack => break,
                 AckWait::Resend(_) if sends < MAX_SENDS && Instant::now() < deadline => {
@@ -267,7 +290,10 @@ impl<P: Port> Pn532<P> {
                     return Err(if Instant::now() >= deadline && !idempotent {
                         Pn532Error::Timeout
                     } else {
-                        Pn532Error::NoAck { command: code, sends }
+                        Pn532Error::NoAck {
+                            command: code,
+                            sends,
+                        }
                     })
                 }
                 AckWait::Resend(e) => return Err(e),
@@ -298,7 +324,9 @@ impl<P: Port> Pn532<P> {
                     _ => {}
                 },
                 Some(DeviceFrame::Ack) | Some(DeviceFrame::Nack) => {}
-                Some(DeviceFrame::ErrorFrame) => return Err(Pn532Error::ErrorFrame { command: code }),
+                Some(DeviceFrame::ErrorFrame) => {
+                    return Err(Pn532Error::ErrorFrame { command: code })
+                }
                 Some(DeviceFrame::Bad(e)) => {
                     if nacks >= MAX_NACKS {
                         return Err(Pn532Error::Frame(e));
@@ -317,12 +345,21 @@ impl<P: Port> Pn532<P> {
     /// (aborted by the host), RF field on.
     pub fn init(&mut self, timeout: Duration) -> Result<(), Pn532Error> {
         self.wake()?;
-        self.command(cmd::SAM_CONFIGURATION, &[0x01, 0x14, 0x01], timeout, None, true)?;
+        self.command(
+            cmd::SAM_CONFIGURATION,
+            &[0x01, 0x14, 0x01],
+            timeout,
+            None,
+            true,
+        )?;
         let fw = self.command(cmd::GET_FIRMWARE_VERSION, &[], timeout, None, true)?;
         let fw: [u8; 4] = fw
             .as_slice()
             .try_into()
-            .map_err(|_| Pn532Error::Unexpected { command: cmd::GET_FIRMWARE_VERSION, what: "not 4 bytes" })?;
+            .map_err(|_| Pn532Error::Unexpected {
+                command: cmd::GET_FIRMWARE_VERSION,
+                what: "not 4 bytes",
+            })?;
         if fw[0] != 0x32 {
             return Err(Pn532Error::NotPn532 { ic: fw[0] });
         }
@@ -330,7 +367,13 @@ impl<P: Port> Pn532<P> {
         // fAutomaticATR_RES | fAutomaticRATS
         self.command(cmd::SET_PARAMETERS, &[0x14], timeout, None, true)?;
         // MxRtyATR, MxRtyPSL, MxRtyPassiveActivation = endless
-        self.command(cmd::RF_CONFIGURATION, &[0x05, 0xFF, 0x01, 0xFF], timeout, None, true)?;
+        self.command(
+            cmd::RF_CONFIGURATION,
+            &[0x05, 0xFF, 0x01, 0xFF],
+            timeout,
+            None,
+            true,
+        )?;
         self.command(cmd::RF_CONFIGURATION, &[0x01, 0x01], timeout, None, true)?;
         Ok(())
     }
@@ -338,8 +381,14 @@ impl<P: Port> Pn532<P> {
     /// Switch the line to `baud` (SetSerialBaudRate, ACK, host switch) and
     /// check the chip answers at the new speed.
     pub fn set_baud(&mut self, baud: u32, timeout: Duration) -> Result<(), Pn532Error> {
-        let Some(br) = crate::connection::PN532_BAUD_RATES.iter().position(|b| *b == baud) else {
-            return Err(Pn532Error::Unexpected { command: cmd::SET_SERIAL_BAUD_RATE, what: "not a PN532 rate" });
+        let Some(br) = crate::connection::PN532_BAUD_RATES
+            .iter()
+            .position(|b| *b == baud)
+        else {
+            return Err(Pn532Error::Unexpected {
+                command: cmd::SET_SERIAL_BAUD_RATE,
+                what: "not a PN532 rate",
+            });
         };
         if baud == self.baud {
             return Ok(());
@@ -356,9 +405,22 @@ impl<P: Port> Pn532<P> {
 
     /// InListPassiveTarget, one type A target at 106 kbps, waiting until
     /// `timeout` for one to come.
-    pub fn list_passive_target(&mut self, timeout: Duration, cancel: &Cancel) -> Result<Option<ListedTarget>, Pn532Error> {
-        let d = self.command(cmd::IN_LIST_PASSIVE_TARGET, &[0x01, 0x00], timeout, Some(cancel), true)?;
-        ListedTarget::parse(&d).map_err(|what| Pn532Error::Unexpected { command: cmd::IN_LIST_PASSIVE_TARGET, what })
+    pub fn list_passive_target(
+        &mut self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Option<ListedTarget>, Pn532Error> {
+        let d = self.command(
+            cmd::IN_LIST_PASSIVE_TARGET,
+            &[0x01, 0x00],
+            timeout,
+            Some(cancel),
+            true,
+        )?;
+        ListedTarget::parse(&d).map_err(|what| Pn532Error::Unexpected {
+            command: cmd::IN_LIST_PASSIVE_TARGET,
+            what,
+        })
     }
 
     /// One APDU to target 1 through InDataExchange: sent in pieces with the
@@ -386,7 +448,10 @@ impl<P: Port> Pn532<P> {
         let mut response = Vec::new();
         for _ in 0..=(65_538 / MAX_EXCHANGE_DATA + 1) {
             let Some((&st, data)) = answer.split_first() else {
-                return Err(Pn532Error::Unexpected { command: cmd::IN_DATA_EXCHANGE, what: "no status byte" });
+                return Err(Pn532Error::Unexpected {
+                    command: cmd::IN_DATA_EXCHANGE,
+                    what: "no status byte",
+                });
             };
             if st & 0x3F != status::OK {
                 return Ok(Exchange::Failed(st & 0x3F));
@@ -397,7 +462,10 @@ impl<P: Port> Pn532<P> {
             }
             answer = self.command(cmd::IN_DATA_EXCHANGE, &[0x01], left(), None, false)?;
         }
-        Err(Pn532Error::Unexpected { command: cmd::IN_DATA_EXCHANGE, what: "endless MI chain" })
+        Err(Pn532Error::Unexpected {
+            command: cmd::IN_DATA_EXCHANGE,
+            what: "endless MI chain",
+        })
     }
 
     /// Whether the activated ISO-DEP target still answers (Diagnose 06,
@@ -409,14 +477,15 @@ impl<P: Port> Pn532<P> {
 
     /// InRelease of every target.
     pub fn release(&mut self, timeout: Duration) -> Result<(), Pn532Error> {
-        self.command(cmd::IN_RELEASE, &[0x00], timeout, None, true).map(|_| ())
+        self.command(cmd::IN_RELEASE, &[0x00], timeout, None, true)
+            .map(|_| ())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-        use std::collections::VecDeque;
+    use std::collections::VecDeque;
 
     /// A scripted chip: for each frame the host writes, the next canned
     /// answer bytes become readable.
@@ -430,11 +499,8 @@ mod tests {
     impl Port for Script {
         fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
             self.written.push(bytes.to_vec());
-            if bytes != ACK && bytes != NACK && bytes != WAKE_UP {
-                if let Some(a) = self.answers.pop_front() {
-                    self.readable.extend(a);
-                }
-            } else if bytes == NACK {
+            // Every frame but our ACK and the wake-up releases the next answer.
+            if bytes != ACK && bytes != WAKE_UP {
                 if let Some(a) = self.answers.pop_front() {
                     self.readable.extend(a);
                 }
@@ -471,7 +537,8 @@ mod tests {
         let mut s = Script::default();
         // 1st send: error frame; 2nd: stale response, ACK, garbled response;
         // after NACK: the good response.
-        s.answers.push_back(vec![0x00, 0x00, 0xFF, 0x01, 0xFF, 0x7F, 0x81, 0x00]);
+        s.answers
+            .push_back(vec![0x00, 0x00, 0xFF, 0x01, 0xFF, 0x7F, 0x81, 0x00]);
         let mut second = resp(&[0x41, 0x00, 0x90, 0x00]);
         second.extend_from_slice(&ACK);
         let mut garbled = resp(&[0x03, 0x32, 0x01, 0x06, 0x07]);
@@ -480,7 +547,15 @@ mod tests {
         s.answers.push_back(second);
         s.answers.push_back(resp(&[0x03, 0x32, 0x01, 0x06, 0x07]));
         let mut h = Pn532::new(s, 115_200);
-        let fw = h.command(cmd::GET_FIRMWARE_VERSION, &[], Duration::from_secs(1), None, true).unwrap();
+        let fw = h
+            .command(
+                cmd::GET_FIRMWARE_VERSION,
+                &[],
+                Duration::from_secs(1),
+                None,
+                true,
+            )
+            .unwrap();
         assert_eq!(fw, [0x32, 0x01, 0x06, 0x07]);
         assert_eq!(h.port.written.last().map(Vec::as_slice), Some(&NACK[..]));
     }
@@ -492,10 +567,13 @@ mod tests {
         let mut first = vec![0x41, status::MI];
         first.extend_from_slice(&[0xAB; 262]);
         s.answers.push_back(ack_then(&first));
-        s.answers.push_back(ack_then(&[0x41, 0x00, 0xCD, 0x90, 0x00]));
+        s.answers
+            .push_back(ack_then(&[0x41, 0x00, 0xCD, 0x90, 0x00]));
         let mut h = Pn532::new(s, 115_200);
         let r = h.exchange(&[0x11; 300], Duration::from_secs(1)).unwrap();
-        let Exchange::Data(d) = r else { panic!("{r:?}") };
+        let Exchange::Data(d) = r else {
+            panic!("{r:?}")
+        };
         assert_eq!(d.len(), 265);
         assert_eq!(&d[262..], &[0xCD, 0x90, 0x00]);
         let w = &h.port.written;
@@ -507,16 +585,28 @@ mod tests {
     fn silence_is_a_timeout_with_an_abort() {
         let mut h = Pn532::new(Script::default(), 115_200);
         h.port.answers.push_back(ACK.to_vec());
-        let e = h.exchange(&[0, 0xA4, 4, 0], Duration::from_millis(50)).unwrap_err();
+        let e = h
+            .exchange(&[0, 0xA4, 4, 0], Duration::from_millis(50))
+            .unwrap_err();
         assert!(matches!(e, Pn532Error::Timeout), "{e}");
         assert_eq!(h.port.written.last().map(Vec::as_slice), Some(&ACK[..]));
-        let e = h.command(cmd::GET_FIRMWARE_VERSION, &[], Duration::from_millis(50), None, true).unwrap_err();
+        let e = h
+            .command(
+                cmd::GET_FIRMWARE_VERSION,
+                &[],
+                Duration::from_millis(50),
+                None,
+                true,
+            )
+            .unwrap_err();
         assert!(matches!(e, Pn532Error::NoAck { sends: 3, .. }), "{e}");
     }
 
     #[test]
     fn parses_listed_targets() {
-        let d = [1, 1, 0x00, 0x04, 0x20, 4, 8, 1, 2, 3, 5, 0x78, 0x80, 0x70, 0x02];
+        let d = [
+            1, 1, 0x00, 0x04, 0x20, 4, 8, 1, 2, 3, 5, 0x78, 0x80, 0x70, 0x02,
+        ];
         let t = ListedTarget::parse(&d).unwrap().unwrap();
         assert_eq!(t.uid, [8, 1, 2, 3]);
         assert_eq!(t.ats.as_deref(), Some(&[5, 0x78, 0x80, 0x70, 0x02][..]));

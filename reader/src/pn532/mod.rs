@@ -27,8 +27,9 @@ pub use host::{Exchange, ListedTarget, Pn532, Pn532Error, Port};
 
 use crate::connection::PN532_BAUD_RATES;
 use crate::{
-    remaining, sleep_cancellable, BaudChoice, Cancel, Capabilities, Connection, Driver, OpenOptions, Reader,
-    ReaderDescriptor, ReaderError, ReaderInfo, Session, TargetInfo, TargetProtocol,
+    remaining, sleep_cancellable, BaudChoice, Cancel, Capabilities, Connection, Driver,
+    OpenOptions, Reader, ReaderDescriptor, ReaderError, ReaderInfo, Session, TargetInfo,
+    TargetProtocol,
 };
 
 /// The PN532's rate after power-on.
@@ -60,7 +61,9 @@ impl SerialIo {
 
 impl Port for SerialIo {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.port.set_timeout(Duration::from_secs(1)).map_err(io::Error::from)?;
+        self.port
+            .set_timeout(Duration::from_secs(1))
+            .map_err(io::Error::from)?;
         io::Write::write_all(&mut self.port, bytes)
     }
 
@@ -162,7 +165,12 @@ impl Pn532Reader {
         let mut host = Pn532::new(io, POWER_ON_BAUD);
         let mut first_err = None;
         let mut candidates = vec![POWER_ON_BAUD];
-        candidates.extend(PN532_BAUD_RATES.iter().rev().filter(|b| **b != POWER_ON_BAUD));
+        candidates.extend(
+            PN532_BAUD_RATES
+                .iter()
+                .rev()
+                .filter(|b| **b != POWER_ON_BAUD),
+        );
         for rate in candidates {
             if rate != host.baud() {
                 if host.port_mut().set_baud(rate).is_err() {
@@ -235,7 +243,11 @@ impl Reader for Pn532Reader {
         }
     }
 
-    fn wait_for_target(&mut self, timeout: Duration, cancel: &Cancel) -> Result<Box<dyn Session + '_>, ReaderError> {
+    fn wait_for_target(
+        &mut self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Box<dyn Session + '_>, ReaderError> {
         let deadline = Instant::now() + timeout;
         let mut last_err: Option<ReaderError> = None;
         loop {
@@ -253,7 +265,9 @@ impl Reader for Pn532Reader {
                 }
                 last_err = None;
             }
-            let Some(host) = self.host.as_mut() else { continue };
+            let Some(host) = self.host.as_mut() else {
+                continue;
+            };
             match host.list_passive_target(left, cancel) {
                 Ok(Some(t)) if t.is_iso_dep() => {
                     let target = TargetInfo {
@@ -262,7 +276,10 @@ impl Reader for Pn532Reader {
                         ats: t.ats,
                         protocol: TargetProtocol::IsoDep,
                     };
-                    return Ok(Box::new(Pn532Session { reader: self, target }));
+                    return Ok(Box::new(Pn532Session {
+                        reader: self,
+                        target,
+                    }));
                 }
                 Ok(Some(t)) => {
                     tracing::debug!(uid = %hex::encode(&t.uid), sak = t.sak, "PN532: target without ISO 14443-4 ignored");
@@ -322,7 +339,9 @@ impl Session for Pn532Session<'_> {
                     Err(e) => Err(self.reader.fail(e)),
                 }
             }
-            Ok(Exchange::Failed(host::status::WRONG_CONTEXT | host::status::RELEASED)) => Err(ReaderError::Removed),
+            Ok(Exchange::Failed(host::status::WRONG_CONTEXT | host::status::RELEASED)) => {
+                Err(ReaderError::Removed)
+            }
             Ok(Exchange::Failed(status)) => Err(ReaderError::Transport {
                 reader: self.reader.connection.clone(),
                 source: Box::new(Pn532Error::Status {

@@ -18,7 +18,9 @@ use tapstack_certs::{LeafOptions, Pki};
 use tapstack_protocol::apdu::{Command, LinkLimits, StatusWord};
 use tapstack_protocol::messages::AID;
 use tapstack_protocol::scenario::{Amount, Currency, Receipt, Scenario};
-use tapstack_protocol::terminal::{TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession};
+use tapstack_protocol::terminal::{
+    TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
+};
 use tapstack_reader::{Cancel, Capabilities, Reader, ReaderError, Session, TargetInfo};
 
 /// Bound on waiting for a phone (the emulator may be between phones).
@@ -59,19 +61,34 @@ impl World {
         tapstack_certs::init(&pki_dir, now(), &mut OsRng).unwrap();
         let pki = Pki::load(&pki_dir).unwrap();
         let t = pki
-            .issue_terminal("Tea House #12", &dir.path().join("terminal"), &LeafOptions::default(), now(), &mut OsRng)
+            .issue_terminal(
+                "Tea House #12",
+                &dir.path().join("terminal"),
+                &LeafOptions::default(),
+                now(),
+                &mut OsRng,
+            )
             .unwrap();
         let terminal = TerminalContext::new(t.identity.cert, t.identity.key, pki.terminal_trust());
         World { dir, pki, terminal }
     }
 
     pub fn wallet(&self, name: &str) -> PathBuf {
-        tapstack_emulator::profile::create(self.pki.dir(), name, &self.dir.path().join("wallets"), now(), &mut OsRng)
-            .unwrap()
+        tapstack_emulator::profile::create(
+            self.pki.dir(),
+            name,
+            &self.dir.path().join("wallets"),
+            now(),
+            &mut OsRng,
+        )
+        .unwrap()
     }
 
     pub fn counter(profile: &Path) -> u32 {
-        tapstack_emulator::profile::load(profile).unwrap().atc.value()
+        tapstack_emulator::profile::load(profile)
+            .unwrap()
+            .atc
+            .value()
     }
 }
 
@@ -176,19 +193,24 @@ pub fn run_tap(
                         cart: None,
                         slot: None,
                     };
-                    tap.send_receipt(&r).map_err(|e| TapError::Protocol(e.to_string()))?;
+                    tap.send_receipt(&r)
+                        .map_err(|e| TapError::Protocol(e.to_string()))?;
                     continue;
                 }
                 _ => break,
             }
         };
-        let resp = rec.transmit_logical_with(cmd, limits).map_err(TapError::Reader)?;
+        let resp = rec
+            .transmit_logical_with(cmd, limits)
+            .map_err(TapError::Reader)?;
         longest_logical = longest_logical.max(resp.data.len());
         tap.handle_response(terminal, resp, now(), &mut OsRng)
             .map_err(|e| TapError::Protocol(e.to_string()))?;
         while let Some(ev) = tap.poll_event() {
             match ev {
-                TerminalEvent::Selected { extended: false, .. } => limits = LinkLimits::SHORT,
+                TerminalEvent::Selected {
+                    extended: false, ..
+                } => limits = LinkLimits::SHORT,
                 TerminalEvent::Approved(o) => outcome = Some(*o),
                 TerminalEvent::ReceiptDelivered => receipt_delivered = true,
                 _ => {}
@@ -232,7 +254,9 @@ pub fn select(rig: &mut dyn Rig) {
     if t.ats.is_some() {
         assert_eq!(t.uid.len(), 4, "{t:?}");
     }
-    let r = s.select(&AID).unwrap_or_else(|e| panic!("{e}; emulator:\n{}", rig.log()));
+    let r = s
+        .select(&AID)
+        .unwrap_or_else(|e| panic!("{e}; emulator:\n{}", rig.log()));
     assert_eq!(r.sw, StatusWord::Ok, "{r:?}");
     assert_eq!(r.data.first(), Some(&0x6F), "FCI template: {r:?}");
     // An unknown instruction is a status word, not a reader error.
@@ -254,25 +278,49 @@ pub fn long_apdus(rig: &mut dyn Rig) {
     let caps = s.capabilities();
     let tap = run_tap(s.as_mut(), &mut world.terminal, pay(450), None)
         .unwrap_or_else(|e| panic!("{e:?}; emulator:\n{}", rig.log()));
-    assert!(tap.longest_logical > 256, "AUTHORIZE answers more than 256 bytes: {tap:?}");
+    assert!(
+        tap.longest_logical > 256,
+        "AUTHORIZE answers more than 256 bytes: {tap:?}"
+    );
     if caps.extended_length {
         assert!(tap.longest_response > 258, "one extended response: {tap:?}");
         assert!(tap.longest_command > 261, "one extended command: {tap:?}");
     } else {
-        assert!(tap.longest_command <= caps.max_apdu && tap.longest_response <= 258, "{tap:?}");
+        assert!(
+            tap.longest_command <= caps.max_apdu && tap.longest_response <= 258,
+            "{tap:?}"
+        );
     }
     // First encounter again, so the wallet sends its certificate.
     world.terminal.forget_wallet_certificates();
-    let short = run_tap(s.as_mut(), &mut world.terminal, pay(450), Some(LinkLimits::SHORT))
-        .unwrap_or_else(|e| panic!("{e:?}; emulator:\n{}", rig.log()));
-    assert!(short.longest_command <= 261 && short.longest_response <= 258, "{short:?}");
-    assert!(short.exchanges > 3, "chained commands and GET RESPONSE: {short:?}");
+    let short = run_tap(
+        s.as_mut(),
+        &mut world.terminal,
+        pay(450),
+        Some(LinkLimits::SHORT),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}; emulator:\n{}", rig.log()));
+    assert!(
+        short.longest_command <= 261 && short.longest_response <= 258,
+        "{short:?}"
+    );
+    assert!(
+        short.exchanges > 3,
+        "chained commands and GET RESPONSE: {short:?}"
+    );
     assert!(short.longest_logical > 256, "{short:?}");
     assert_eq!(short.outcome.atc, tap.outcome.atc + 1);
     // A 600-byte SELECT: chained (or one extended APDU), refused by the
     // card with a status word after it was reassembled.
     let r = s
-        .transmit_logical(Command::new(0x00, 0xA4, 0x04, 0x00, vec![0xA0; 600], Some(256)))
+        .transmit_logical(Command::new(
+            0x00,
+            0xA4,
+            0x04,
+            0x00,
+            vec![0xA0; 600],
+            Some(256),
+        ))
         .unwrap_or_else(|e| panic!("{e}; emulator:\n{}", rig.log()));
     assert_ne!(r.sw, StatusWord::Ok, "{r:?}");
 }
@@ -299,8 +347,13 @@ pub fn removal_mid_exchange(rig: &mut dyn Rig) {
     {
         let mut s = wait(reader.as_mut(), rig);
         let started = Instant::now();
-        let err = run_tap(s.as_mut(), &mut world.terminal, pay(1250), None).expect_err("removed mid-tap");
-        assert!(matches!(err, TapError::Reader(ReaderError::Removed)), "{err:?}; emulator:\n{}", rig.log());
+        let err =
+            run_tap(s.as_mut(), &mut world.terminal, pay(1250), None).expect_err("removed mid-tap");
+        assert!(
+            matches!(err, TapError::Reader(ReaderError::Removed)),
+            "{err:?}; emulator:\n{}",
+            rig.log()
+        );
         assert!(started.elapsed() < PATIENCE, "no hang");
         s.wait_removed(PATIENCE, &Cancel::new())
             .unwrap_or_else(|e| panic!("{e}; emulator:\n{}", rig.log()));
@@ -327,12 +380,19 @@ pub fn late_phone(rig: &mut dyn Rig) {
         let select = tap.poll_command().unwrap();
         let limits = rec.link_limits();
         let fci = rec.transmit_logical_with(select, limits).unwrap();
-        tap.handle_response(&mut world.terminal, fci, now(), &mut OsRng).unwrap();
+        tap.handle_response(&mut world.terminal, fci, now(), &mut OsRng)
+            .unwrap();
         let authorize = tap.poll_command().unwrap();
         let started = Instant::now();
-        let err = rec.transmit_logical_with(authorize, limits).expect_err("too late");
+        let err = rec
+            .transmit_logical_with(authorize, limits)
+            .expect_err("too late");
         let took = started.elapsed();
-        assert!(matches!(err, ReaderError::Timeout), "{err}; emulator:\n{}", rig.log());
+        assert!(
+            matches!(err, ReaderError::Timeout),
+            "{err}; emulator:\n{}",
+            rig.log()
+        );
         // The point of this case: the reader gave up before the phone
         // answered (5 s), after about its 1 s bound.
         assert!(took < Duration::from_millis(4500), "Timeout after {took:?}");
@@ -348,7 +408,11 @@ pub fn late_phone(rig: &mut dyn Rig) {
                 break;
             }
             Err(e) => {
-                assert!(Instant::now() < deadline, "no recovery: {e:?}; emulator:\n{}", rig.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "no recovery: {e:?}; emulator:\n{}",
+                    rig.log()
+                );
                 let _ = s.wait_removed(PATIENCE, &Cancel::new());
             }
         }
@@ -380,7 +444,10 @@ pub fn reader_gone_and_back(rig: &mut dyn Rig) {
         .wait_for_target(Duration::from_millis(500), &Cancel::new())
         .err()
         .expect("no reader, no target");
-    assert!(err.is_reader_gone() || matches!(err, ReaderError::Timeout), "{err}");
+    assert!(
+        err.is_reader_gone() || matches!(err, ReaderError::Timeout),
+        "{err}"
+    );
     rig.bring_reader_back(&[&alice], &["--idle-ms", "600000"]);
     let mut s = wait(reader.as_mut(), rig);
     let tap = run_tap(s.as_mut(), &mut world.terminal, pay(300), None)
@@ -437,7 +504,6 @@ pub fn waits_end(rig: &mut dyn Rig) {
 }
 
 /// Instantiate the suite for a rig constructor.
-
 macro_rules! tapstack_reader_conformance_suite {
     ($rig:expr) => {
         #[test]

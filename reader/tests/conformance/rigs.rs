@@ -62,11 +62,16 @@ impl PcscRig {
 
     fn spawn(&mut self, wallets: &[&Path], extra: &[&str]) {
         let mut cmd = Command::new(tap_emu());
-        cmd.arg("vpcd").arg("--port").arg(self.pcscd.port.to_string());
+        cmd.arg("vpcd")
+            .arg("--port")
+            .arg(self.pcscd.port.to_string());
         for w in wallets {
             cmd.arg("--wallet").arg(w);
         }
-        cmd.args(with_defaults(extra, &[("--idle-ms", "1000"), ("--gap-ms", "1000")]));
+        cmd.args(with_defaults(
+            extra,
+            &[("--idle-ms", "1000"), ("--gap-ms", "1000")],
+        ));
         let log = self.pcscd.dir.path().join(format!("emu-{}.log", self.runs));
         self.runs += 1;
         self.emu = Some(Child::spawn("tap-emu", &mut cmd, Some(&log)).unwrap());
@@ -90,7 +95,11 @@ impl Rig for PcscRig {
     }
 
     fn log(&self) -> String {
-        format!("{}\n--- pcscd\n{}", log_of(self.pcscd.dir.path()), self.pcscd.log())
+        format!(
+            "{}\n--- pcscd\n{}",
+            log_of(self.pcscd.dir.path()),
+            self.pcscd.log()
+        )
     }
 }
 
@@ -134,7 +143,10 @@ impl PtyRig {
         for w in wallets {
             cmd.arg("--wallet").arg(w);
         }
-        cmd.args(with_defaults(extra, &[("--idle-ms", "1000"), ("--gap-ms", "500")]));
+        cmd.args(with_defaults(
+            extra,
+            &[("--idle-ms", "1000"), ("--gap-ms", "500")],
+        ));
         let log = self.dir.path().join(format!("emu-{}.log", self.runs));
         self.runs += 1;
         let started = Instant::now();
@@ -146,7 +158,11 @@ impl PtyRig {
             if let Some(st) = child.try_wait() {
                 panic!("tap-emu exited with {st}:\n{}", self.log());
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "no PTY link:\n{}", self.log());
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no PTY link:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         self.emu = Some(child);
@@ -195,7 +211,13 @@ impl Rig for LoopbackRig {
                 faults.push(Fault::parse(v).unwrap());
             }
         }
-        let queue = PhoneQueue::new(phones, FaultScript { faults, present: None });
+        let queue = PhoneQueue::new(
+            phones,
+            FaultScript {
+                faults,
+                present: None,
+            },
+        );
         Box::new(LoopbackReader::new(Box::new(queue)))
     }
 

@@ -401,21 +401,22 @@ impl Host {
 /// Read a request body of at most `max` bytes within `timeout`. Beyond
 /// `max`, the rest is read and dropped (bounded memory; up to a drain cap so
 /// the 413 reaches the client instead of a reset), then 413.
-async fn read_body(
-    req: Request<Incoming>,
-    max: usize,
-    timeout: Duration,
-) -> Result<Vec<u8>, Response<Full<Bytes>>> {
-    let too_large = || {
-        let mut r = error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            &format!("request body above {max} bytes"),
-        );
-        r.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-        r
-    };
+/// Why a request body was not read ([`read_limited`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Above the limit (declared or sent); answer 413 and close.
+    TooLarge,
+    /// Not received within the timeout; answer 408 and close.
+    Timeout,
+    /// The connection failed while reading.
+    Unreadable,
+}
+
+/// Read a request body of at most `max` bytes within `timeout`. A body a
+/// little over the limit is drained (up to twice `max` plus 1 MiB) so the
+/// client sees the 413 instead of a reset. Shared by every HTTP server of
+/// tapstack (the host's upload API, the terminal's local API).
+pub async fn read_limited(req: Request<Incoming>, max: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
     let drain_cap = max.saturating_mul(2).saturating_add(1 << 20);
     let declared = req
         .headers()
@@ -423,7 +424,7 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > drain_cap as u64) {
-        return Err(too_large());
+        return Err(BodyError::TooLarge);
     }
     let mut body = req.into_body();
     let mut buf = Vec::new();
@@ -443,24 +444,27 @@ async fn read_body(
         true
     };
     match tokio::time::timeout(timeout, read).await {
-        Err(_) => {
-            let mut r = error(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "request body not received in time",
-            );
-            r.headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            Err(r)
-        }
-        Ok(false) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            "request body could not be read",
-        )),
-        Ok(true) if seen > max => Err(too_large()),
+        Err(_) => Err(BodyError::Timeout),
+        Ok(false) => Err(BodyError::Unreadable),
+        Ok(true) if seen > max => Err(BodyError::TooLarge),
         Ok(true) => Ok(buf),
     }
+}
+
+async fn read_body(req: Request<Incoming>, max: usize, timeout: Duration) -> Result<Vec<u8>, Response<Full<Bytes>>> {
+    let closing = |mut r: Response<Full<Bytes>>| {
+        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    read_limited(req, max, timeout).await.map_err(|e| match e {
+        BodyError::TooLarge => closing(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("request body above {max} bytes"),
+        )),
+        BodyError::Timeout => closing(error(StatusCode::REQUEST_TIMEOUT, "body_timeout", "request body not received in time")),
+        BodyError::Unreadable => error(StatusCode::BAD_REQUEST, "bad_body", "request body could not be read"),
+    })
 }
 
 fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {

@@ -24,7 +24,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::header::{
-    HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+    HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST,
     LOCATION, RETRY_AFTER,
 };
 use hyper::server::conn::http1;
@@ -260,61 +260,20 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 /// rest is read and dropped up to a cap, so the client sees the 413 rather
 /// than a reset; then the connection closes.
 async fn read_body(req: Request<Incoming>, max: usize, timeout: Duration) -> Result<Vec<u8>, Resp> {
-    let too_large = || {
-        let mut r = error(
+    use tapstack_host::server::{read_limited, BodyError};
+    let closing = |mut r: Resp| {
+        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        r
+    };
+    read_limited(req, max, timeout).await.map_err(|e| match e {
+        BodyError::TooLarge => closing(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("request body above {max} bytes"),
-        );
-        r.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-        r
-    };
-    let drain_cap = max.saturating_mul(2).saturating_add(1 << 20);
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > drain_cap as u64) {
-        return Err(too_large());
-    }
-    let mut body = req.into_body();
-    let mut buf = Vec::new();
-    let mut seen = 0usize;
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { return false };
-            if let Ok(data) = frame.into_data() {
-                seen = seen.saturating_add(data.len());
-                if seen <= max {
-                    buf.extend_from_slice(&data);
-                } else if seen > drain_cap {
-                    break;
-                }
-            }
-        }
-        true
-    };
-    match tokio::time::timeout(timeout, read).await {
-        Err(_) => {
-            let mut r = error(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "request body not received in time",
-            );
-            r.headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            Err(r)
-        }
-        Ok(false) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "bad_body",
-            "request body could not be read",
         )),
-        Ok(true) if seen > max => Err(too_large()),
-        Ok(true) => Ok(buf),
-    }
+        BodyError::Timeout => closing(error(StatusCode::REQUEST_TIMEOUT, "body_timeout", "request body not received in time")),
+        BodyError::Unreadable => error(StatusCode::BAD_REQUEST, "bad_body", "request body could not be read"),
+    })
 }
 
 // ---------------------------------------------------------------- intents

@@ -58,6 +58,8 @@ enum Command {
     },
     /// Upload now (and fetch the revocation list).
     Upload,
+    /// List the readers attached to this machine, with their connection strings.
+    Readers,
     /// Run the reader loop with the local HTTP+JSON API on `[api] listen`
     /// (docs/terminal-api.yaml) and upload in the background, until SIGTERM
     /// or Ctrl-C. Prints `listening on http://ADDR` first.
@@ -173,11 +175,21 @@ fn main() -> Result<()> {
         println!("wrote {}", out.display());
         return Ok(());
     }
+    if let Command::Readers = &cli.command {
+        let found = tapstack_reader::discover();
+        if found.is_empty() {
+            println!("no reader found (PC/SC readers need pcscd running; serial PN532 boards are probed on /dev/ttyUSB* and /dev/ttyACM*)");
+        }
+        for r in found {
+            println!("{:<8} {:<40} {}", r.driver, r.connection, r.name);
+        }
+        return Ok(());
+    }
     let config = Config::load(&cli.config, std::env::vars())?;
     let mut engine = app::engine(&config)?;
     let timeout = Duration::from_secs(config.terminal.tap_timeout_secs);
     match cli.command {
-        Command::Init { .. } => unreachable!(),
+        Command::Init { .. } | Command::Readers => unreachable!(),
         Command::Pay { amount, currency } => {
             let cur = Currency::new(&currency).with_context(|| format!("{currency:?} is not an ISO 4217 code like CNY"))?;
             let amount = Amount::parse(&amount, cur).with_context(|| format!("{amount:?} is not an amount in {cur} (like 12.50)"))?;

@@ -28,6 +28,7 @@ bench: deps
 	$(CARGO) bench -p tapstack-emulator --bench transport
 	$(CARGO) build --release --bins
 	$(CARGO) bench -p tapstack-reader --bench drivers
+	$(CARGO) bench -p tapstack-terminal --bench queue
 
 fuzz:
 	@scripts/ensure-deps.sh fuzz

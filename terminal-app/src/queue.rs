@@ -2,7 +2,10 @@
 //!
 //! * A record's sequence number is taken from the durable chain head in the
 //!   same sled transaction that stores the record, and the tap is approved
-//!   only after [`Queue::append`] has flushed it to disk: numbers never
+//!   only after [`Queue::append`] has flushed it to disk — sled's `flush()`
+//!   writes its log with `sync_file_range`, which survives a crash of the
+//!   process but not a power cut, so the queue also `fdatasync`s sled's data
+//!   file before it returns: numbers never
 //!   repeat (a crash before the flush leaves no record and no number used)
 //!   and never skip (the host refuses gaps).
 //! * Each stored value is `SHA-256(record) ‖ record`: the checksum is
@@ -73,6 +76,8 @@ const ACKED: &[u8] = b"acked";
 /// The sled-backed queue.
 pub struct Queue {
     db: sled::Db,
+    /// sled's data file, for the fdatasync after each flush.
+    data: std::fs::File,
     records: sled::Tree,
     meta: sled::Tree,
     atc: sled::Tree,
@@ -110,7 +115,10 @@ fn decode_stored(key: &[u8], value: &[u8]) -> Result<Stored, Error> {
 impl Queue {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let db = sled::Config::new().path(path).open().map_err(db_err)?;
+        let data_path = path.join("db");
+        let data = std::fs::File::open(&data_path).map_err(|e| Error::Store { detail: format!("{}: {e}", data_path.display()) })?;
         let q = Queue {
+            data,
             records: db.open_tree("records").map_err(db_err)?,
             meta: db.open_tree("meta").map_err(db_err)?,
             atc: db.open_tree("atc").map_err(db_err)?,
@@ -132,6 +140,12 @@ impl Queue {
             }
         }
         Ok(())
+    }
+
+    /// Flush sled's log and make it durable: `flush()` then `fdatasync`.
+    fn sync(&self) -> Result<(), Error> {
+        self.db.flush().map_err(db_err)?;
+        self.data.sync_data().map_err(|e| Error::Store { detail: format!("fdatasync: {e}") })
     }
 
     /// Every stored (unpruned) record, oldest first.
@@ -188,7 +202,7 @@ impl QueueStore for Queue {
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(db_err(e)),
         }
-        self.db.flush().map_err(db_err)?;
+        self.sync()?;
         Ok(Stored { seq, hash, bytes })
     }
 
@@ -216,7 +230,7 @@ impl QueueStore for Queue {
         // Record the acknowledgement first: a crash before the pruning only
         // leaves records the next start prunes again.
         self.meta.insert(ACKED, &seq.to_be_bytes()).map_err(db_err)?;
-        self.db.flush().map_err(db_err)?;
+        self.sync()?;
         let mut pruned = 0;
         for kv in self.records.range(..=seq.to_be_bytes()) {
             let (k, _) = kv.map_err(db_err)?;
@@ -224,7 +238,7 @@ impl QueueStore for Queue {
             self.records.remove(k).map_err(db_err)?;
             pruned += 1;
         }
-        self.db.flush().map_err(db_err)?;
+        self.sync()?;
         Ok(pruned)
     }
 

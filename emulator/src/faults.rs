@@ -39,7 +39,9 @@ pub struct Fault {
 
 impl Fault {
     pub fn parse(rule: &str) -> Result<Self, Error> {
-        let bad = || Error::Fault { rule: rule.to_owned() };
+        let bad = || Error::Fault {
+            rule: rule.to_owned(),
+        };
         let (body, tap) = match rule.split_once('/') {
             Some((b, t)) => (b, Some(t.parse::<usize>().map_err(|_| bad())?)),
             None => (rule, None),
@@ -64,10 +66,16 @@ impl Fault {
                 }
                 FaultAction::Delay(Duration::from_millis(ms))
             }
-            ("sw", Some(sw)) if sw.len() == 4 => FaultAction::StatusWord(u16::from_str_radix(sw, 16).map_err(|_| bad())?),
+            ("sw", Some(sw)) if sw.len() == 4 => {
+                FaultAction::StatusWord(u16::from_str_radix(sw, 16).map_err(|_| bad())?)
+            }
             _ => return Err(bad()),
         };
-        Ok(Fault { action, command, tap })
+        Ok(Fault {
+            action,
+            command,
+            tap,
+        })
     }
 }
 
@@ -95,18 +103,52 @@ mod tests {
 
     #[test]
     fn parses_rules_and_refuses_nonsense() {
-        assert_eq!(Fault::parse("remove@2").unwrap(), Fault { action: FaultAction::Remove, command: 2, tap: None });
+        assert_eq!(
+            Fault::parse("remove@2").unwrap(),
+            Fault {
+                action: FaultAction::Remove,
+                command: 2,
+                tap: None
+            }
+        );
         assert_eq!(
             Fault::parse("delay@1:600/3").unwrap(),
-            Fault { action: FaultAction::Delay(Duration::from_millis(600)), command: 1, tap: Some(3) }
+            Fault {
+                action: FaultAction::Delay(Duration::from_millis(600)),
+                command: 1,
+                tap: Some(3)
+            }
         );
-        assert_eq!(Fault::parse("sw@2:6f00").unwrap().action, FaultAction::StatusWord(0x6F00));
-        for bad in ["", "remove", "remove@0", "remove@x", "delay@1", "delay@1:abc", "sw@1:123", "explode@1", "remove@1/0", "corrupt@1:5"] {
+        assert_eq!(
+            Fault::parse("sw@2:6f00").unwrap().action,
+            FaultAction::StatusWord(0x6F00)
+        );
+        for bad in [
+            "",
+            "remove",
+            "remove@0",
+            "remove@x",
+            "delay@1",
+            "delay@1:abc",
+            "sw@1:123",
+            "explode@1",
+            "remove@1/0",
+            "corrupt@1:5",
+        ] {
             assert!(Fault::parse(bad).is_err(), "{bad}");
         }
-        let script = FaultScript { faults: vec![Fault::parse("corrupt@2/1").unwrap(), Fault::parse("garbage@2").unwrap()], present: None };
+        let script = FaultScript {
+            faults: vec![
+                Fault::parse("corrupt@2/1").unwrap(),
+                Fault::parse("garbage@2").unwrap(),
+            ],
+            present: None,
+        };
         assert_eq!(script.at(1, 2).count(), 2);
-        assert_eq!(script.at(2, 2).collect::<Vec<_>>(), vec![FaultAction::Garbage]);
+        assert_eq!(
+            script.at(2, 2).collect::<Vec<_>>(),
+            vec![FaultAction::Garbage]
+        );
         assert_eq!(script.at(1, 1).count(), 0);
     }
 }

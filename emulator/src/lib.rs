@@ -38,7 +38,10 @@ pub use profile::{CvmPolicy, LoadedWallet, Profile};
 #[non_exhaustive]
 pub enum Error {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {what}")]
     State { path: PathBuf, what: &'static str },
     #[error("profile {path}: {reason}")]
@@ -48,5 +51,8 @@ pub enum Error {
     #[error("fault rule {rule:?} is not ACTION@N[:ARG][/TAP] (remove, delay:MS, corrupt, sw:XXXX, garbage)")]
     Fault { rule: String },
     #[error("vpcd at {addr}: {source}")]
-    Net { addr: SocketAddr, source: std::io::Error },
+    Net {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }

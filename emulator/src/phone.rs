@@ -32,7 +32,10 @@ pub enum Reply {
 
 /// The phone's clock, Unix seconds.
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// An emulated phone.
@@ -53,7 +56,13 @@ pub struct Phone {
 }
 
 impl Phone {
-    pub fn new(name: &str, ctx: WalletContext, atc: AtcStore, policy: CvmPolicy, latency: Duration) -> Self {
+    pub fn new(
+        name: &str,
+        ctx: WalletContext,
+        atc: AtcStore,
+        policy: CvmPolicy,
+        latency: Duration,
+    ) -> Self {
         let card = CardLink::new(ctx.extended);
         Phone {
             name: name.to_owned(),
@@ -73,7 +82,13 @@ impl Phone {
 
     pub fn from_wallet(w: LoadedWallet) -> Self {
         let latency = Duration::from_millis(w.profile.device.latency_ms);
-        Phone::new(&w.profile.name, w.context, w.atc, w.profile.cvm.policy, latency)
+        Phone::new(
+            &w.profile.name,
+            w.context,
+            w.atc,
+            w.profile.cvm.policy,
+            latency,
+        )
     }
 
     /// The phone enters the field: a fresh random UID (as Android does per
@@ -165,7 +180,11 @@ impl Phone {
         for a in &actions {
             match a {
                 FaultAction::Corrupt => {
-                    let i = if out.len() > 2 { 0 } else { out.len().saturating_sub(1) };
+                    let i = if out.len() > 2 {
+                        0
+                    } else {
+                        out.len().saturating_sub(1)
+                    };
                     if let Some(b) = out.get_mut(i) {
                         *b ^= 0x01;
                     }
@@ -188,7 +207,9 @@ impl Phone {
             CardInput::Command(c) => c,
         };
         let now = unix_now();
-        let mut resp = self.session.handle_command(&mut self.ctx, &cmd, now, &mut OsRng);
+        let mut resp = self
+            .session
+            .handle_command(&mut self.ctx, &cmd, now, &mut OsRng);
         // Persist the counter before the response that uses it leaves.
         if self.ctx.atc > self.atc.value() {
             if let Err(e) = self.atc.advance_to(self.ctx.atc) {
@@ -204,14 +225,21 @@ impl Phone {
                         self.ctx.confirm_pending(now);
                     }
                 }
-                WalletEvent::Authorized { merchant, atc, cvm, scenario } => {
+                WalletEvent::Authorized {
+                    merchant,
+                    atc,
+                    cvm,
+                    scenario,
+                } => {
                     tracing::info!(phone = %self.name, %merchant, atc, ?cvm, scenario = scenario.kind(), "authorized");
                     self.authorized = true;
                 }
                 WalletEvent::Receipt { merchant, receipt } => {
                     tracing::info!(phone = %self.name, %merchant, seq = receipt.seq, order = ?receipt.order_number, slot = ?receipt.slot, "receipt");
                 }
-                WalletEvent::Refused { sw } => tracing::debug!(phone = %self.name, %sw, "refused a command"),
+                WalletEvent::Refused { sw } => {
+                    tracing::debug!(phone = %self.name, %sw, "refused a command")
+                }
                 _ => {}
             }
             self.events.push(ev);
@@ -239,7 +267,12 @@ pub struct PhoneQueue {
 
 impl PhoneQueue {
     pub fn new(phones: Vec<Phone>, faults: FaultScript) -> Self {
-        PhoneQueue { phones, current: 0, taps: 0, faults }
+        PhoneQueue {
+            phones,
+            current: 0,
+            taps: 0,
+            faults,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -281,7 +314,10 @@ impl PhoneQueue {
     /// Whether the phone in the field should leave now (its presence time
     /// from the fault script is up).
     pub fn should_leave(&self) -> bool {
-        match (self.faults.present, self.phones.get(self.current).and_then(Phone::presence)) {
+        match (
+            self.faults.present,
+            self.phones.get(self.current).and_then(Phone::presence),
+        ) {
             (Some(limit), Some(p)) => p >= limit,
             _ => false,
         }
@@ -289,13 +325,18 @@ impl PhoneQueue {
 
     /// The phone in the field leaves; the queue moves on if it is done.
     pub fn leave(&mut self) {
-        let Some(p) = self.phones.get_mut(self.current) else { return };
+        let Some(p) = self.phones.get_mut(self.current) else {
+            return;
+        };
         let was_in = p.in_field();
         p.leave_field();
         if was_in {
             tracing::info!(phone = %p.name, authorized = p.authorized_this_tap(), "phone leaves the field");
         }
-        if p.authorized_this_tap() || p.policy() == CvmPolicy::Decline || p.context().pending.is_none() {
+        if p.authorized_this_tap()
+            || p.policy() == CvmPolicy::Decline
+            || p.context().pending.is_none()
+        {
             self.current = (self.current + 1) % self.phones.len().max(1);
         }
     }
@@ -316,7 +357,13 @@ mod tests {
         empty.leave();
 
         let pki = Pki::generate(&mut OsRng);
-        let phone = Phone::new("alice", pki.wallet_context(), AtcStore::in_memory(0), CvmPolicy::Decline, Duration::ZERO);
+        let phone = Phone::new(
+            "alice",
+            pki.wallet_context(),
+            AtcStore::in_memory(0),
+            CvmPolicy::Decline,
+            Duration::ZERO,
+        );
         let mut queue = PhoneQueue::new(vec![phone], FaultScript::default());
         assert!(queue.enter().is_some_and(|p| p.in_field()));
         assert_eq!(queue.taps(), 1);

@@ -63,7 +63,10 @@ fn default_limit() -> u64 {
 
 impl Default for CvmSection {
     fn default() -> Self {
-        CvmSection { policy: CvmPolicy::default(), limit: default_limit() }
+        CvmSection {
+            policy: CvmPolicy::default(),
+            limit: default_limit(),
+        }
     }
 }
 
@@ -82,7 +85,10 @@ fn yes() -> bool {
 
 impl Default for DeviceSection {
     fn default() -> Self {
-        DeviceSection { extended_length: true, latency_ms: 0 }
+        DeviceSection {
+            extended_length: true,
+            latency_ms: 0,
+        }
     }
 }
 
@@ -112,21 +118,36 @@ const MAX_PROFILE: u64 = 64 * 1024;
 impl Profile {
     pub fn read(path: &Path) -> Result<Self, Error> {
         let text = read_small(path, MAX_PROFILE)?;
-        let text = String::from_utf8(text).map_err(|_| Error::Profile { path: path.to_path_buf(), reason: "not UTF-8".into() })?;
-        toml::from_str(&text).map_err(|e| Error::Profile { path: path.to_path_buf(), reason: e.message().to_owned() })
+        let text = String::from_utf8(text).map_err(|_| Error::Profile {
+            path: path.to_path_buf(),
+            reason: "not UTF-8".into(),
+        })?;
+        toml::from_str(&text).map_err(|e| Error::Profile {
+            path: path.to_path_buf(),
+            reason: e.message().to_owned(),
+        })
     }
 
     pub fn write(&self, path: &Path) -> Result<(), Error> {
-        let text = toml::to_string_pretty(self).map_err(|e| Error::Profile { path: path.to_path_buf(), reason: e.to_string() })?;
+        let text = toml::to_string_pretty(self).map_err(|e| Error::Profile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         write_durably(path, format!("# tap-emu wallet profile\n{text}").as_bytes())
     }
 }
 
 pub(crate) fn read_small(path: &Path, max: u64) -> Result<Vec<u8>, Error> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.len() > max {
-        return Err(Error::Profile { path: path.to_path_buf(), reason: format!("larger than {max} bytes") });
+        return Err(Error::Profile {
+            path: path.to_path_buf(),
+            reason: format!("larger than {max} bytes"),
+        });
     }
     std::fs::read(path).map_err(io)
 }
@@ -154,18 +175,27 @@ pub fn load(path: &Path) -> Result<LoadedWallet, Error> {
     let cert_path = resolve(base, &profile.certificate);
     let cert = read_certificate(&cert_path)?;
     if cert.role() != Role::Wallet {
-        return Err(Error::Profile { path: cert_path, reason: format!("certificate role is {}, not wallet", cert.role()) });
+        return Err(Error::Profile {
+            path: cert_path,
+            reason: format!("certificate role is {}, not wallet", cert.role()),
+        });
     }
     let key = read_private_key(&resolve(base, &profile.key))?;
     if key.verifying_key() != cert.public_key() {
-        return Err(Error::Profile { path: resolve(base, &profile.key), reason: "key does not match the certificate".into() });
+        return Err(Error::Profile {
+            path: resolve(base, &profile.key),
+            reason: "key does not match the certificate".into(),
+        });
     }
     let ck_path = resolve(base, &profile.cryptogram_key);
     let ck_hex = read_small(&ck_path, 256)?;
     let ck: [u8; 16] = hex::decode(String::from_utf8_lossy(&ck_hex).trim())
         .ok()
         .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| Error::Profile { path: ck_path.clone(), reason: "not 16 bytes of hex".into() })?;
+        .ok_or_else(|| Error::Profile {
+            path: ck_path.clone(),
+            reason: "not 16 bytes of hex".into(),
+        })?;
 
     let mut trust = TrustStore::new();
     let mut intermediates = Vec::new();
@@ -173,27 +203,42 @@ pub fn load(path: &Path) -> Result<LoadedWallet, Error> {
         let p = resolve(base, p);
         let c = read_certificate(&p)?;
         if c.role() == Role::Root {
-            trust.add_root(c).map_err(|e| Error::Profile { path: p.clone(), reason: e.to_string() })?;
+            trust.add_root(c).map_err(|e| Error::Profile {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?;
         } else {
             intermediates.push((p, c));
         }
     }
     for (p, c) in intermediates {
-        trust.add_intermediate(c).map_err(|e| Error::Profile { path: p, reason: e.to_string() })?;
+        trust.add_intermediate(c).map_err(|e| Error::Profile {
+            path: p,
+            reason: e.to_string(),
+        })?;
     }
 
     let mut context = WalletContext::new(cert, key, WalletCryptogramKey(ck), trust);
     if let Some(r) = &profile.revocations {
         let p = resolve(base, r);
         let bytes = read_small(&p, 16 * 1024 * 1024)?;
-        let list = RevocationList::decode(&bytes).map_err(|e| Error::Profile { path: p.clone(), reason: e.to_string() })?;
-        list.verify(&context.trust).map_err(|e| Error::Profile { path: p, reason: e.to_string() })?;
+        let list = RevocationList::decode(&bytes).map_err(|e| Error::Profile {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        list.verify(&context.trust).map_err(|e| Error::Profile {
+            path: p,
+            reason: e.to_string(),
+        })?;
         context.revocations = Some(list);
     }
     for c in &profile.credentials {
         let p = resolve(base, c);
         let bytes = read_small(&p, 4096)?;
-        let cred = PickupCredential::decode(&bytes).map_err(|e| Error::Profile { path: p, reason: e.to_string() })?;
+        let cred = PickupCredential::decode(&bytes).map_err(|e| Error::Profile {
+            path: p,
+            reason: e.to_string(),
+        })?;
         context.credentials.push(cred);
     }
     context.cvm_limit = profile.cvm.limit;
@@ -201,21 +246,42 @@ pub fn load(path: &Path) -> Result<LoadedWallet, Error> {
     context.extended = profile.device.extended_length;
     let atc = AtcStore::open(&resolve(base, &profile.state))?;
     context.atc = atc.value();
-    Ok(LoadedWallet { profile, context, atc })
+    Ok(LoadedWallet {
+        profile,
+        context,
+        atc,
+    })
 }
 
 /// `tap-emu wallet new`: issue a wallet from a `tap-certs` PKI directory and
 /// write its profile (and copies of the trust anchors it needs) into `out`.
-pub fn create(pki_dir: &Path, name: &str, out: &Path, now: u64, rng: &mut impl rand_core::CryptoRngCore) -> Result<PathBuf, Error> {
+pub fn create(
+    pki_dir: &Path,
+    name: &str,
+    out: &Path,
+    now: u64,
+    rng: &mut impl rand_core::CryptoRngCore,
+) -> Result<PathBuf, Error> {
     let pki = tapstack_certs::Pki::load(pki_dir)?;
-    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
     let issued = pki.issue_wallet(name, out, &LeafOptions::default(), now, rng)?;
-    let stem = issued.leaf.cert_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "wallet".into());
+    let stem = issued
+        .leaf
+        .cert_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "wallet".into());
     let mut trust = Vec::new();
     for file in ["root.pem", "acquirer.pem", tapstack_certs::REVOCATIONS_FILE] {
         let target = out.join(file);
         if !target.exists() {
-            std::fs::copy(pki.path(file), &target).map_err(|source| Error::Io { path: target.clone(), source })?;
+            std::fs::copy(pki.path(file), &target).map_err(|source| Error::Io {
+                path: target.clone(),
+                source,
+            })?;
         }
         if file.ends_with(".pem") {
             trust.push(PathBuf::from(file));
@@ -235,14 +301,19 @@ pub fn create(pki_dir: &Path, name: &str, out: &Path, now: u64, rng: &mut impl r
     };
     let path = out.join(format!("{stem}.toml"));
     if path.exists() {
-        return Err(Error::Profile { path, reason: "already exists".into() });
+        return Err(Error::Profile {
+            path,
+            reason: "already exists".into(),
+        });
     }
     profile.write(&path)?;
     Ok(path)
 }
 
 fn rel(base: &Path, p: &Path) -> PathBuf {
-    p.strip_prefix(base).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf())
+    p.strip_prefix(base)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Add a pickup credential file to a profile.
@@ -250,7 +321,10 @@ pub fn add_credential(profile_path: &Path, credential: &Path) -> Result<(), Erro
     let mut profile = Profile::read(profile_path)?;
     let base = profile_path.parent().unwrap_or(Path::new("."));
     let bytes = read_small(credential, 4096)?;
-    PickupCredential::decode(&bytes).map_err(|e| Error::Profile { path: credential.to_path_buf(), reason: e.to_string() })?;
+    PickupCredential::decode(&bytes).map_err(|e| Error::Profile {
+        path: credential.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let entry = rel(base, credential);
     if !profile.credentials.contains(&entry) {
         profile.credentials.push(entry);

@@ -27,11 +27,22 @@ impl AtcStore {
     /// Open (or create, at 0) the counter file.
     pub fn open(path: &Path) -> Result<Self, Error> {
         let value = match fs::read_to_string(path) {
-            Ok(s) => parse(&s).ok_or_else(|| Error::State { path: path.to_path_buf(), what: "not a counter value" })?,
+            Ok(s) => parse(&s).ok_or_else(|| Error::State {
+                path: path.to_path_buf(),
+                what: "not a counter value",
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(source) => return Err(Error::Io { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(Error::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         };
-        Ok(AtcStore { path: Some(path.to_path_buf()), value })
+        Ok(AtcStore {
+            path: Some(path.to_path_buf()),
+            value,
+        })
     }
 
     /// The last value used.
@@ -53,14 +64,26 @@ impl AtcStore {
 }
 
 fn parse(s: &str) -> Option<u32> {
-    s.trim().strip_prefix("atc")?.trim().strip_prefix('=')?.trim().parse().ok()
+    s.trim()
+        .strip_prefix("atc")?
+        .trim()
+        .strip_prefix('=')?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Write `bytes` to `path` atomically and durably (temp file, fsync, rename,
 /// fsync of the directory).
 pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;

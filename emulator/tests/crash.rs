@@ -25,7 +25,12 @@ fn killing_the_emulator_never_reuses_a_counter_value() {
     let alice = world.wallet("alice", |_| {});
     let reader = Reader::new();
     let params = TapParams {
-        scenario: Scenario::Pay { amount: Amount { minor: 100, currency: Currency::new("CNY").unwrap() } },
+        scenario: Scenario::Pay {
+            amount: Amount {
+                minor: 100,
+                currency: Currency::new("CNY").unwrap(),
+            },
+        },
         cvm_limit: 1_000_000,
         send_certificate: true,
     };
@@ -40,12 +45,20 @@ fn killing_the_emulator_never_reuses_a_counter_value() {
         let k = killed.clone();
         let killer = std::thread::spawn(move || {
             std::thread::sleep(delay);
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             k.store(true, Ordering::SeqCst);
             emu
         });
         while !killed.load(Ordering::SeqCst) {
-            let tap = reader.tap_until_gone(&mut world, params.clone(), LinkLimits::EXTENDED, Duration::from_secs(5));
+            let tap = reader.tap_until_gone(
+                &mut world,
+                params.clone(),
+                LinkLimits::EXTENDED,
+                Duration::from_secs(5),
+            );
             match tap {
                 Some(t) => match t.outcome {
                     Some(o) => approved.push(o.atc),
@@ -55,16 +68,32 @@ fn killing_the_emulator_never_reuses_a_counter_value() {
             }
         }
         drop(killer.join().unwrap());
-        let persisted = tapstack_emulator::profile::load(&alice).unwrap().atc.value();
+        let persisted = tapstack_emulator::profile::load(&alice)
+            .unwrap()
+            .atc
+            .value();
         if let Some(max) = approved.iter().max() {
-            assert!(*max <= persisted, "cycle {cycle}: counter {max} was used but only {persisted} persisted");
+            assert!(
+                *max <= persisted,
+                "cycle {cycle}: counter {max} was used but only {persisted} persisted"
+            );
         }
     }
     let mut sorted = approved.clone();
     sorted.sort_unstable();
     sorted.dedup();
-    assert_eq!(sorted.len(), approved.len(), "a counter value was used twice: {approved:?}");
+    assert_eq!(
+        sorted.len(),
+        approved.len(),
+        "a counter value was used twice: {approved:?}"
+    );
     assert_eq!(sorted, approved, "counter went back: {approved:?}");
-    assert!(approved.len() >= CYCLES, "too few taps completed to mean anything: {approved:?}");
-    eprintln!("{CYCLES} kills, {} approved taps, {interrupted} interrupted taps, counters {approved:?}", approved.len());
+    assert!(
+        approved.len() >= CYCLES,
+        "too few taps completed to mean anything: {approved:?}"
+    );
+    eprintln!(
+        "{CYCLES} kills, {} approved taps, {interrupted} interrupted taps, counters {approved:?}",
+        approved.len()
+    );
 }

@@ -18,11 +18,18 @@ use support::emu_vpcd as emu;
 use support::{Reader, World};
 
 fn cny(minor: u64) -> Amount {
-    Amount { minor, currency: Currency::new("CNY").unwrap() }
+    Amount {
+        minor,
+        currency: Currency::new("CNY").unwrap(),
+    }
 }
 
 fn pay(minor: u64) -> TapParams {
-    TapParams { scenario: Scenario::Pay { amount: cny(minor) }, cvm_limit: 20_000, send_certificate: true }
+    TapParams {
+        scenario: Scenario::Pay { amount: cny(minor) },
+        cvm_limit: 20_000,
+        send_certificate: true,
+    }
 }
 
 #[test]
@@ -32,16 +39,38 @@ fn scriptor_sees_the_phone_and_selects_the_wallet() {
     let alice = world.wallet("alice", |_| {});
     let mut emu = emu(&pcscd, world.dir.path(), &[&alice], &["--taps", "1"]);
     let script = world.dir.path().join("select.txt");
-    std::fs::write(&script, "reset\n00 A4 04 00 08 F0 54 41 50 53 54 4B 01 00\n80 99 00 00\n").unwrap();
+    std::fs::write(
+        &script,
+        "reset\n00 A4 04 00 08 F0 54 41 50 53 54 4B 01 00\n80 99 00 00\n",
+    )
+    .unwrap();
     Reader::new().wait_present();
-    let out = Command::new("scriptor").args(["-r", VPCD_READER]).arg(&script).output().expect("scriptor (Debian pcsc-tools) runs");
+    let out = Command::new("scriptor")
+        .args(["-r", VPCD_READER])
+        .arg(&script)
+        .output()
+        .expect("scriptor (Debian pcsc-tools) runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "scriptor failed: {text} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("3B 80 80 01 01"), "ATR of an ISO 14443-4 phone: {text}");
+    assert!(
+        out.status.success(),
+        "scriptor failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("3B 80 80 01 01"),
+        "ATR of an ISO 14443-4 phone: {text}"
+    );
     assert!(text.contains("< 6F "), "FCI template: {text}");
     assert!(text.contains("90 00 : Normal processing"), "{text}");
-    assert!(text.contains("6D 00"), "unknown instruction gets 6D00: {text}");
-    assert!(emu.wait_timeout(Duration::from_secs(20)).is_some_and(|s| s.success()), "emulator ends after its one tap");
+    assert!(
+        text.contains("6D 00"),
+        "unknown instruction gets 6D00: {text}"
+    );
+    assert!(
+        emu.wait_timeout(Duration::from_secs(20))
+            .is_some_and(|s| s.success()),
+        "emulator ends after its one tap"
+    );
 }
 
 #[test]
@@ -50,12 +79,16 @@ fn every_scenario_through_pcscd() {
     let mut world = World::new();
     let alice = world.wallet("alice", |_| {});
     world.give_credential(&alice, "LOCKER-7", 12);
-    let short = world.wallet("bob", |t| *t = t.replace("extended_length = true", "extended_length = false"));
+    let short = world.wallet("bob", |t| {
+        *t = t.replace("extended_length = true", "extended_length = false")
+    });
     let _emu = emu(&pcscd, world.dir.path(), &[&alice, &short], &[]);
     let reader = Reader::new();
 
     let tap = reader.tap(&mut world, pay(1250), LinkLimits::EXTENDED);
-    let o = tap.outcome.unwrap_or_else(|| panic!("pay: {:?}", tap.error));
+    let o = tap
+        .outcome
+        .unwrap_or_else(|| panic!("pay: {:?}", tap.error));
     assert_eq!((o.atc, o.cvm), (1, Cvm::None));
     assert!(tap.receipt_delivered);
     assert_eq!(tap.exchanges, 3, "SELECT, AUTHORIZE, CONFIRM");
@@ -67,26 +100,68 @@ fn every_scenario_through_pcscd() {
 
     let cart = Cart {
         currency: Currency::new("CNY").unwrap(),
-        items: vec![CartItem { sku: "TEA-01".into(), name: "Jasmine tea".into(), qty: 2, unit_price: 800 }],
+        items: vec![CartItem {
+            sku: "TEA-01".into(),
+            name: "Jasmine tea".into(),
+            qty: 2,
+            unit_price: 800,
+        }],
     };
-    let order = TapParams { scenario: Scenario::order(&cart).unwrap(), cvm_limit: 20_000, send_certificate: false };
-    let tap = reader.tap_with(&mut world, order, LinkLimits::EXTENDED, Duration::from_secs(30), &support::order_receipt(&cart, "A17")).unwrap();
-    assert_eq!(tap.outcome.as_ref().map(|o| o.atc), Some(2), "order (alice again, repeat customer): {:?}", tap.error);
-    assert!(tap.receipt_delivered, "the phone took the receipt with the cart");
+    let order = TapParams {
+        scenario: Scenario::order(&cart).unwrap(),
+        cvm_limit: 20_000,
+        send_certificate: false,
+    };
+    let tap = reader
+        .tap_with(
+            &mut world,
+            order,
+            LinkLimits::EXTENDED,
+            Duration::from_secs(30),
+            &support::order_receipt(&cart, "A17"),
+        )
+        .unwrap();
+    assert_eq!(
+        tap.outcome.as_ref().map(|o| o.atc),
+        Some(2),
+        "order (alice again, repeat customer): {:?}",
+        tap.error
+    );
+    assert!(
+        tap.receipt_delivered,
+        "the phone took the receipt with the cart"
+    );
 
     let _ = reader.tap(&mut world, pay(100), LinkLimits::EXTENDED); // bob's turn
-    let pickup = TapParams { scenario: Scenario::Pickup { site: "LOCKER-7".into() }, cvm_limit: 0, send_certificate: true };
+    let pickup = TapParams {
+        scenario: Scenario::Pickup {
+            site: "LOCKER-7".into(),
+        },
+        cvm_limit: 0,
+        send_certificate: true,
+    };
     let tap = reader.tap(&mut world, pickup, LinkLimits::EXTENDED);
-    let cred = tap.outcome.and_then(|o| o.credential).unwrap_or_else(|| panic!("pickup: {:?}", tap.error));
+    let cred = tap
+        .outcome
+        .and_then(|o| o.credential)
+        .unwrap_or_else(|| panic!("pickup: {:?}", tap.error));
     assert_eq!(cred.slot, 12);
 
     let _ = reader.tap(&mut world, pay(100), LinkLimits::EXTENDED); // bob's turn
-    // Two-tap: above the wallet's limit the phone asks, the user confirms,
-    // the same phone taps again.
+                                                                    // Two-tap: above the wallet's limit the phone asks, the user confirms,
+                                                                    // the same phone taps again.
     let first = reader.tap(&mut world, pay(50_000), LinkLimits::EXTENDED);
-    assert!(first.confirm_on_phone && first.outcome.is_none(), "{first:?}");
+    assert!(
+        first.confirm_on_phone && first.outcome.is_none(),
+        "{first:?}"
+    );
     let second = reader.tap(&mut world, pay(50_000), LinkLimits::EXTENDED);
-    assert_eq!(second.outcome.map(|o| o.cvm), Some(Cvm::ConfirmedOnDevice), "{:?}", second.error);
+    assert_eq!(
+        second.outcome.map(|o| o.cvm),
+        Some(Cvm::ConfirmedOnDevice),
+        "{:?}",
+        second.error
+    );
 }
 
 #[test]
@@ -94,13 +169,24 @@ fn removal_mid_exchange_is_a_transport_error_and_costs_no_counter() {
     let pcscd = Pcscd::start().unwrap();
     let mut world = World::new();
     let alice = world.wallet("alice", |_| {});
-    let _emu = emu(&pcscd, world.dir.path(), &[&alice], &["--fault", "remove@2/1"]);
+    let _emu = emu(
+        &pcscd,
+        world.dir.path(),
+        &[&alice],
+        &["--fault", "remove@2/1"],
+    );
     let reader = Reader::new();
     let tap = reader.tap(&mut world, pay(1250), LinkLimits::EXTENDED);
     assert!(tap.outcome.is_none());
     let err = tap.error.unwrap();
     assert!(err.contains("transport"), "{err}");
-    assert_eq!(tapstack_emulator::profile::load(&alice).unwrap().atc.value(), 0);
+    assert_eq!(
+        tapstack_emulator::profile::load(&alice)
+            .unwrap()
+            .atc
+            .value(),
+        0
+    );
     // The next tap works and uses counter 1.
     let tap = reader.tap(&mut world, pay(1250), LinkLimits::EXTENDED);
     assert_eq!(tap.outcome.map(|o| o.atc), Some(1), "{:?}", tap.error);
@@ -111,15 +197,38 @@ fn corrupted_and_garbage_answers_end_in_clear_errors() {
     let pcscd = Pcscd::start().unwrap();
     let mut world = World::new();
     let alice = world.wallet("alice", |_| {});
-    let _emu = emu(&pcscd, world.dir.path(), &[&alice], &["--fault", "corrupt@2/1", "--fault", "garbage@1/2", "--fault", "sw@2:6F00/3"]);
+    let _emu = emu(
+        &pcscd,
+        world.dir.path(),
+        &[&alice],
+        &[
+            "--fault",
+            "corrupt@2/1",
+            "--fault",
+            "garbage@1/2",
+            "--fault",
+            "sw@2:6F00/3",
+        ],
+    );
     let reader = Reader::new();
     let corrupt = reader.tap(&mut world, pay(1250), LinkLimits::EXTENDED);
     assert!(corrupt.outcome.is_none());
-    assert!(corrupt.error.as_deref().unwrap_or_default().contains("MAC"), "{:?}", corrupt.error);
+    assert!(
+        corrupt.error.as_deref().unwrap_or_default().contains("MAC"),
+        "{:?}",
+        corrupt.error
+    );
     let garbage = reader.tap(&mut world, pay(1250), LinkLimits::EXTENDED);
-    assert!(garbage.outcome.is_none() && garbage.error.is_some(), "{garbage:?}");
+    assert!(
+        garbage.outcome.is_none() && garbage.error.is_some(),
+        "{garbage:?}"
+    );
     let sw = reader.tap(&mut world, pay(1250), LinkLimits::EXTENDED);
-    assert!(sw.error.as_deref().unwrap_or_default().contains("6F00"), "{:?}", sw.error);
+    assert!(
+        sw.error.as_deref().unwrap_or_default().contains("6F00"),
+        "{:?}",
+        sw.error
+    );
     let ok = reader.tap(&mut world, pay(1250), LinkLimits::EXTENDED);
     assert!(ok.outcome.is_some(), "{:?}", ok.error);
 }
@@ -132,14 +241,29 @@ fn sigterm_stops_the_emulator_while_it_waits_for_vpcd() {
     let port = tapstack_tests::free_port().unwrap();
     let log = world.dir.path().join("emu.log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-emu"));
-    cmd.arg("vpcd").arg("--port").arg(port.to_string()).arg("--wallet").arg(&alice);
+    cmd.arg("vpcd")
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--wallet")
+        .arg(&alice);
     let mut emu = Child::spawn("tap-emu", &mut cmd, Some(&log)).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("waiting for vpcd") {
-        assert!(std::time::Instant::now() < deadline && emu.try_wait().is_none(), "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("waiting for vpcd")
+    {
+        assert!(
+            std::time::Instant::now() < deadline && emu.try_wait().is_none(),
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(emu.pid() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(emu.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = emu.wait_timeout(Duration::from_secs(30));
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.is_some_and(|s| s.success()), "{status:?}: {log}");

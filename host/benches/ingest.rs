@@ -235,8 +235,13 @@ fn primitive_rates() -> (f64, f64) {
         f64::from(n) / start.elapsed().as_secs_f64()
     };
     let ring = time(&|| {
-        tapstack_protocol::crypto::verify_with(&tapstack_host::fastverify::Ring, key.verifying_key(), b"record", &sig)
-            .is_ok()
+        tapstack_protocol::crypto::verify_with(
+            &tapstack_host::fastverify::Ring,
+            key.verifying_key(),
+            b"record",
+            &sig,
+        )
+        .is_ok()
     });
     let p256 =
         time(&|| tapstack_protocol::crypto::verify(key.verifying_key(), b"record", &sig).is_ok());

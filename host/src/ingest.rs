@@ -26,12 +26,12 @@ use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::scenario::Scenario;
 
 use crate::fastverify::Ring;
-use tapstack_protocol::crypto::{RustCrypto, SignatureVerifier};
-use tapstack_protocol::record::{check_record_signature, verify_contents};
 use crate::revocations::Revocations;
 use crate::store::{ChainHead, Disposition, RecordSummary, ScenarioKind, Store, StoredRecord};
 use crate::wire::{BatchResponse, Flag, Reason, RecordResult, RecordStatus};
 use crate::Error;
+use tapstack_protocol::crypto::{RustCrypto, SignatureVerifier};
+use tapstack_protocol::record::{check_record_signature, verify_contents};
 
 /// Which implementation checks signatures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -237,7 +237,14 @@ impl Ingestor {
         revs: &RevocationList,
         known: bool,
     ) -> Result<VerifiedRecord, tapstack_protocol::Error> {
-        verify_contents(record, terminal, &self.trust, Some(revs), known, self.signatures())
+        verify_contents(
+            record,
+            terminal,
+            &self.trust,
+            Some(revs),
+            known,
+            self.signatures(),
+        )
     }
 
     fn try_ingest(

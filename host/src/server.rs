@@ -416,7 +416,11 @@ pub enum BodyError {
 /// little over the limit is drained (up to twice `max` plus 1 MiB) so the
 /// client sees the 413 instead of a reset. Shared by every HTTP server of
 /// tapstack (the host's upload API, the terminal's local API).
-pub async fn read_limited(req: Request<Incoming>, max: usize, timeout: Duration) -> Result<Vec<u8>, BodyError> {
+pub async fn read_limited(
+    req: Request<Incoming>,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, BodyError> {
     let drain_cap = max.saturating_mul(2).saturating_add(1 << 20);
     let declared = req
         .headers()
@@ -451,9 +455,14 @@ pub async fn read_limited(req: Request<Incoming>, max: usize, timeout: Duration)
     }
 }
 
-async fn read_body(req: Request<Incoming>, max: usize, timeout: Duration) -> Result<Vec<u8>, Response<Full<Bytes>>> {
+async fn read_body(
+    req: Request<Incoming>,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, Response<Full<Bytes>>> {
     let closing = |mut r: Response<Full<Bytes>>| {
-        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
         r
     };
     read_limited(req, max, timeout).await.map_err(|e| match e {
@@ -462,8 +471,16 @@ async fn read_body(req: Request<Incoming>, max: usize, timeout: Duration) -> Res
             "body_too_large",
             &format!("request body above {max} bytes"),
         )),
-        BodyError::Timeout => closing(error(StatusCode::REQUEST_TIMEOUT, "body_timeout", "request body not received in time")),
-        BodyError::Unreadable => error(StatusCode::BAD_REQUEST, "bad_body", "request body could not be read"),
+        BodyError::Timeout => closing(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "request body not received in time",
+        )),
+        BodyError::Unreadable => error(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "request body could not be read",
+        ),
     })
 }
 

@@ -6,9 +6,9 @@
 
 use rand_core::{OsRng, RngCore};
 use tapstack_host::fastverify::Ring;
+use tapstack_protocol::crypto;
 use tapstack_protocol::pki::TrustStore as FastTrust;
 use tapstack_protocol::record::{check_record_signature, verify_contents};
-use tapstack_protocol::crypto;
 use tapstack_protocol::record::{verify_record, TransactionRecord};
 use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Scenario};
@@ -202,8 +202,14 @@ fn ring_path_equals_verify_record_on_revocation_and_time() {
     for r in &recs {
         let reference = verify_record(r, &pki.terminal.cert, &other.host_trust(), None);
         assert_eq!(
-            check_record_signature(r, &pki.terminal.cert, &Ring)
-                .and_then(|()| verify_contents(r, &pki.terminal.cert, &other_fast, None, false, &Ring)),
+            check_record_signature(r, &pki.terminal.cert, &Ring).and_then(|()| verify_contents(
+                r,
+                &pki.terminal.cert,
+                &other_fast,
+                None,
+                false,
+                &Ring
+            )),
             reference
         );
         assert!(reference.is_err());

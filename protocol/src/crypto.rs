@@ -296,7 +296,12 @@ pub fn verify(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Result<(), CryptoEr
 }
 
 /// [`verify`] with another backend.
-pub fn verify_with(v: &dyn SignatureVerifier, key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Result<(), CryptoError> {
+pub fn verify_with(
+    v: &dyn SignatureVerifier,
+    key: &VerifyingKey,
+    msg: &[u8],
+    sig: &[u8],
+) -> Result<(), CryptoError> {
     let sig = Signature::from_slice(sig).map_err(|_| CryptoError::BadSignature)?;
     if v.verify_signature(key, msg, &sig) {
         Ok(())

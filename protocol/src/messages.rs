@@ -111,7 +111,9 @@ fn read_cvm_required(r: &mut Reader<'_>) -> Result<bool, DecodeError> {
     match r.optional(0xD3)? {
         None => Ok(false),
         Some([0x01]) => Ok(true),
-        Some(_) => Err(DecodeError::InvalidValue { field: "CVM required" }),
+        Some(_) => Err(DecodeError::InvalidValue {
+            field: "CVM required",
+        }),
     }
 }
 

@@ -482,7 +482,11 @@ impl TrustStore {
         self.parent_of_with(cert, &RustCrypto)
     }
 
-    fn parent_of_with(&self, cert: &Certificate, v: &dyn SignatureVerifier) -> Result<&Certificate, CertError> {
+    fn parent_of_with(
+        &self,
+        cert: &Certificate,
+        v: &dyn SignatureVerifier,
+    ) -> Result<&Certificate, CertError> {
         let parent = cert.role.parent();
         let pool = if parent == Role::Root {
             &self.roots

@@ -217,10 +217,19 @@ pub fn check_record_signature(
     v: &dyn SignatureVerifier,
 ) -> Result<(), Error> {
     if terminal.hash() != &record.terminal {
-        return Err(Error::CertificateMismatch { party: Party::Terminal });
+        return Err(Error::CertificateMismatch {
+            party: Party::Terminal,
+        });
     }
-    crypto::verify_with(v, terminal.public_key(), &record.signed_bytes(), &record.signature)
-        .map_err(|_| Error::BadSignature { party: Party::Terminal })
+    crypto::verify_with(
+        v,
+        terminal.public_key(),
+        &record.signed_bytes(),
+        &record.signature,
+    )
+    .map_err(|_| Error::BadSignature {
+        party: Party::Terminal,
+    })
 }
 
 /// Everything [`verify_record`] checks after the record signature, with
@@ -240,19 +249,34 @@ pub fn verify_contents(
     let auth = AuthBody::decode(&t.auth_body)?;
     let time = u64::from(auth.time);
     trust
-        .verify_with(terminal, Role::Terminal, time, revocations, terminal_known, v)
+        .verify_with(
+            terminal,
+            Role::Terminal,
+            time,
+            revocations,
+            terminal_known,
+            v,
+        )
         .map_err(Error::cert(Party::Terminal))?;
     if auth.terminal_cert_hash != record.terminal {
-        return Err(Error::CertificateMismatch { party: Party::Terminal });
+        return Err(Error::CertificateMismatch {
+            party: Party::Terminal,
+        });
     }
     if fci.scenarios & auth.scenario.capability() == 0 || !fci.versions.contains(&auth.version) {
-        return Err(Error::ScenarioUnsupported { scenario: auth.scenario.kind() });
+        return Err(Error::ScenarioUnsupported {
+            scenario: auth.scenario.kind(),
+        });
     }
     let th1 = messages::th1(&t.fci, &t.auth_body);
-    crypto::verify_with(v, terminal.public_key(), &th1, &t.terminal_sig)
-        .map_err(|_| Error::BadSignature { party: Party::Terminal })?;
+    crypto::verify_with(v, terminal.public_key(), &th1, &t.terminal_sig).map_err(|_| {
+        Error::BadSignature {
+            party: Party::Terminal,
+        }
+    })?;
     let body = WalletBody::decode(&t.wallet_body)?;
-    let wallet = Certificate::from_der(&record.wallet_certificate).map_err(Error::cert(Party::Wallet))?;
+    let wallet =
+        Certificate::from_der(&record.wallet_certificate).map_err(Error::cert(Party::Wallet))?;
     let half = WalletHalf {
         th1: &th1,
         terminal_sig: &t.terminal_sig,
@@ -260,7 +284,16 @@ pub fn verify_contents(
         body_bytes: &t.wallet_body,
         wallet_sig: &t.wallet_sig,
     };
-    verify_wallet_half_with(&half, &wallet, false, &auth.scenario, trust, revocations, time, v)?;
+    verify_wallet_half_with(
+        &half,
+        &wallet,
+        false,
+        &auth.scenario,
+        trust,
+        revocations,
+        time,
+        v,
+    )?;
     if !auth.scenario.matches_cart(record.cart.as_ref()) {
         return Err(Error::ReceiptMismatch);
     }

@@ -326,7 +326,11 @@ impl TerminalSession {
             version: VERSION_1,
             key_share: *eph.public(),
             terminal_cert_hash: *ctx.certificate.hash(),
-            cvm_required: self.params.scenario.amount().is_some_and(|a| a.minor > self.params.cvm_limit),
+            cvm_required: self
+                .params
+                .scenario
+                .amount()
+                .is_some_and(|a| a.minor > self.params.cvm_limit),
             scenario: self.params.scenario.clone(),
             nonce,
             time: u32::try_from(now).unwrap_or(u32::MAX),

@@ -37,8 +37,13 @@ pub fn verify_credential_with(
     trust
         .verify_with(operator, Role::Operator, now, revocations, false, v)
         .map_err(Error::cert(Party::Operator))?;
-    crypto::verify_with(v, operator.public_key(), &cred.signed_bytes(), &cred.signature)
-        .map_err(|_| Error::Credential(CredentialProblem::BadSignature))?;
+    crypto::verify_with(
+        v,
+        operator.public_key(),
+        &cred.signed_bytes(),
+        &cred.signature,
+    )
+    .map_err(|_| Error::Credential(CredentialProblem::BadSignature))?;
     if cred.site != site {
         return Err(Error::Credential(CredentialProblem::WrongSite));
     }
@@ -80,7 +85,16 @@ pub fn verify_wallet_half(
     revocations: Option<&RevocationList>,
     now: u64,
 ) -> Result<(), Error> {
-    verify_wallet_half_with(half, wallet, wallet_known, scenario, trust, revocations, now, &RustCrypto)
+    verify_wallet_half_with(
+        half,
+        wallet,
+        wallet_known,
+        scenario,
+        trust,
+        revocations,
+        now,
+        &RustCrypto,
+    )
 }
 
 /// [`verify_wallet_half`] with another signature backend.

@@ -369,12 +369,23 @@ fn terminal_cvm_limit_below_the_wallets_makes_the_wallet_ask() {
         send_certificate: true,
     };
     let first = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
-    assert!(first.terminal_events.contains(&TerminalEvent::ConfirmOnPhone), "{:?}", first.error);
+    assert!(
+        first
+            .terminal_events
+            .contains(&TerminalEvent::ConfirmOnPhone),
+        "{:?}",
+        first.error
+    );
     assert!(w.confirm_pending(pki.now));
     let second = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
     assert_eq!(second.outcome.map(|o| o.cvm), Some(Cvm::ConfirmedOnDevice));
     // Below the terminal's limit the flag is absent and nothing is asked.
-    let small = TapParams { scenario: Scenario::Pay { amount: cny(20_000) }, ..params };
+    let small = TapParams {
+        scenario: Scenario::Pay {
+            amount: cny(20_000),
+        },
+        ..params
+    };
     let run = pki.run_tap(&mut t, &mut w, small, &mut OsRng);
     assert_eq!(run.outcome.map(|o| o.cvm), Some(Cvm::None));
 }

@@ -24,8 +24,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::header::{
-    HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST,
-    LOCATION, RETRY_AFTER,
+    HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HOST, LOCATION,
+    RETRY_AFTER,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -262,7 +262,8 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 async fn read_body(req: Request<Incoming>, max: usize, timeout: Duration) -> Result<Vec<u8>, Resp> {
     use tapstack_host::server::{read_limited, BodyError};
     let closing = |mut r: Resp| {
-        r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
         r
     };
     read_limited(req, max, timeout).await.map_err(|e| match e {
@@ -271,8 +272,16 @@ async fn read_body(req: Request<Incoming>, max: usize, timeout: Duration) -> Res
             "body_too_large",
             format!("request body above {max} bytes"),
         )),
-        BodyError::Timeout => closing(error(StatusCode::REQUEST_TIMEOUT, "body_timeout", "request body not received in time")),
-        BodyError::Unreadable => error(StatusCode::BAD_REQUEST, "bad_body", "request body could not be read"),
+        BodyError::Timeout => closing(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "request body not received in time",
+        )),
+        BodyError::Unreadable => error(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "request body could not be read",
+        ),
     })
 }
 

@@ -19,17 +19,24 @@ use crate::tap::{Engine, Link, LinkFailure, TapResult};
 use crate::Error;
 
 fn file_err(path: &Path, reason: impl ToString) -> Error {
-    Error::File { path: path.to_path_buf(), reason: reason.to_string() }
+    Error::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Load the trust store and the revocation list the configuration names.
 pub fn trust(config: &Config) -> Result<(TrustStore, Option<RevocationList>), Error> {
     let mut trust = TrustStore::new();
     let root_path = config.path(&config.trust.root);
-    trust.add_root(read_certificate(&root_path)?).map_err(|e| file_err(&root_path, e))?;
+    trust
+        .add_root(read_certificate(&root_path)?)
+        .map_err(|e| file_err(&root_path, e))?;
     for p in config.trust.issuers.iter().chain(&config.trust.operators) {
         let p = config.path(p);
-        trust.add_intermediate(read_certificate(&p)?).map_err(|e| file_err(&p, e))?;
+        trust
+            .add_intermediate(read_certificate(&p)?)
+            .map_err(|e| file_err(&p, e))?;
     }
     let revocations = match &config.trust.revocations {
         Some(p) => {
@@ -54,12 +61,18 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
     let cert_path = config.path(&config.terminal.certificate);
     let cert = read_certificate(&cert_path)?;
     if cert.role() != Role::Terminal {
-        return Err(file_err(&cert_path, format!("certificate role is {}, not terminal", cert.role())));
+        return Err(file_err(
+            &cert_path,
+            format!("certificate role is {}, not terminal", cert.role()),
+        ));
     }
     let key_path = config.path(&config.terminal.key);
     let key = read_private_key(&key_path)?;
     if key.verifying_key() != cert.public_key() {
-        return Err(file_err(&key_path, "key does not match the terminal certificate"));
+        return Err(file_err(
+            &key_path,
+            "key does not match the terminal certificate",
+        ));
     }
     let (trust, revocations) = trust(config)?;
     let mut ctx = TerminalContext::new(cert, key, trust);
@@ -82,7 +95,11 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
 pub trait Field: Send {
     /// Wait up to `timeout` for a phone; run `tap` with it; wait for it to
     /// leave. `None` when no phone came.
-    fn with_phone(&mut self, timeout: Duration, tap: &mut dyn FnMut(&mut dyn Link) -> TapResult) -> Result<Option<TapResult>, Error>;
+    fn with_phone(
+        &mut self,
+        timeout: Duration,
+        tap: &mut dyn FnMut(&mut dyn Link) -> TapResult,
+    ) -> Result<Option<TapResult>, Error>;
     fn describe(&self) -> String;
 }
 
@@ -102,14 +119,24 @@ impl EmuField {
     pub fn with_faults(spec: &str, base: &Path, faults: FaultScript) -> Result<Self, Error> {
         let mut phones = Vec::new();
         for p in spec.split(',').filter(|s| !s.is_empty()) {
-            let path = if Path::new(p).is_absolute() { p.into() } else { base.join(p) };
+            let path = if Path::new(p).is_absolute() {
+                p.into()
+            } else {
+                base.join(p)
+            };
             let w = profile::load(&path).map_err(|e| file_err(&path, e))?;
             phones.push(Phone::from_wallet(w));
         }
         if phones.is_empty() {
-            return Err(Error::File { path: base.to_path_buf(), reason: "emu: needs at least one wallet profile (emu:alice.toml)".into() });
+            return Err(Error::File {
+                path: base.to_path_buf(),
+                reason: "emu: needs at least one wallet profile (emu:alice.toml)".into(),
+            });
         }
-        Ok(EmuField { description: format!("emu:{spec}"), queue: PhoneQueue::new(phones, faults) })
+        Ok(EmuField {
+            description: format!("emu:{spec}"),
+            queue: PhoneQueue::new(phones, faults),
+        })
     }
 }
 
@@ -125,7 +152,11 @@ impl Link for EmuLink<'_> {
 }
 
 impl Field for EmuField {
-    fn with_phone(&mut self, _timeout: Duration, tap: &mut dyn FnMut(&mut dyn Link) -> TapResult) -> Result<Option<TapResult>, Error> {
+    fn with_phone(
+        &mut self,
+        _timeout: Duration,
+        tap: &mut dyn FnMut(&mut dyn Link) -> TapResult,
+    ) -> Result<Option<TapResult>, Error> {
         if self.queue.enter().is_none() {
             return Ok(None);
         }

@@ -122,7 +122,9 @@ fn default_listen() -> String {
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { listen: default_listen() }
+        ApiSection {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -151,8 +153,14 @@ const MAX_CONFIG: u64 = 256 * 1024;
 
 impl Config {
     /// Read, apply `env` overrides (`(name, value)` pairs), validate.
-    pub fn load(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, Error> {
-        let bad = |reason: String| Error::Config { path: path.to_path_buf(), reason };
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Error> {
+        let bad = |reason: String| Error::Config {
+            path: path.to_path_buf(),
+            reason,
+        };
         let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
         if meta.len() > MAX_CONFIG {
             return Err(bad(format!("larger than {MAX_CONFIG} bytes")));
@@ -163,9 +171,13 @@ impl Config {
         toml::from_str::<Config>(&text).map_err(|e| bad(e.to_string()))?;
         let mut overridden = Vec::new();
         for (k, v) in env {
-            let Some(rest) = k.strip_prefix("TAPSTACK_") else { continue };
+            let Some(rest) = k.strip_prefix("TAPSTACK_") else {
+                continue;
+            };
             let rest = rest.to_ascii_lowercase();
-            let Some((section, key)) = rest.split_once('_') else { continue };
+            let Some((section, key)) = rest.split_once('_') else {
+                continue;
+            };
             let parsed = v
                 .parse::<i64>()
                 .map(toml::Value::Integer)
@@ -179,9 +191,16 @@ impl Config {
             table.insert(key.to_owned(), parsed);
             overridden.push(k);
         }
-        let mut cfg: Config = toml::Value::Table(value)
-            .try_into()
-            .map_err(|e: toml::de::Error| bad(format!("{} (after the environment overrides {})", e.message(), overridden.join(", "))))?;
+        let mut cfg: Config =
+            toml::Value::Table(value)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    bad(format!(
+                        "{} (after the environment overrides {})",
+                        e.message(),
+                        overridden.join(", ")
+                    ))
+                })?;
         cfg.base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         cfg.validate().map_err(bad)?;
         Ok(cfg)
@@ -189,17 +208,31 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         if Currency::new(&self.terminal.currency).is_none() {
-            return Err(format!("terminal.currency {:?} is not an ISO 4217 code like \"CNY\"", self.terminal.currency));
+            return Err(format!(
+                "terminal.currency {:?} is not an ISO 4217 code like \"CNY\"",
+                self.terminal.currency
+            ));
         }
-        if self.terminal.order_prefix.len() > 4 || self.terminal.order_prefix.chars().any(|c| !c.is_ascii_alphanumeric()) {
+        if self.terminal.order_prefix.len() > 4
+            || self
+                .terminal
+                .order_prefix
+                .chars()
+                .any(|c| !c.is_ascii_alphanumeric())
+        {
             return Err("terminal.order_prefix must be at most 4 letters or digits".into());
         }
         if self.terminal.tap_timeout_secs == 0 || self.terminal.tap_timeout_secs > 3600 {
             return Err("terminal.tap_timeout_secs must be 1 to 3600".into());
         }
         let c = &self.reader.connection;
-        if !["pcsc:", "libnfc:", "pn532:", "emu:"].iter().any(|p| c.starts_with(p)) {
-            return Err(format!("reader.connection {c:?} must start with pcsc:, libnfc:, pn532: or emu:"));
+        if !["pcsc:", "libnfc:", "pn532:", "emu:"]
+            .iter()
+            .any(|p| c.starts_with(p))
+        {
+            return Err(format!(
+                "reader.connection {c:?} must start with pcsc:, libnfc:, pn532: or emu:"
+            ));
         }
         if let Some(h) = &self.host {
             if !h.url.starts_with("https://") {
@@ -214,7 +247,10 @@ impl Config {
         }
         let r = &self.risk;
         if r.cvm_limit > r.floor_limit {
-            return Err("risk.cvm_limit above risk.floor_limit: every tap it affects is refused anyway".into());
+            return Err(
+                "risk.cvm_limit above risk.floor_limit: every tap it affects is refused anyway"
+                    .into(),
+            );
         }
         if r.wallet_max_amount > r.queue_max_amount {
             return Err("risk.wallet_max_amount above risk.queue_max_amount".into());

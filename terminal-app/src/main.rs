@@ -17,7 +17,11 @@ use tapstack_terminal::tap::{Engine, Intent, TapResult};
 use tapstack_terminal::upload;
 
 #[derive(Parser)]
-#[command(name = "tap-terminal", version, about = "tapstack NFC tap-to-pay terminal")]
+#[command(
+    name = "tap-terminal",
+    version,
+    about = "tapstack NFC tap-to-pay terminal"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, short, global = true, default_value = "terminal.toml")]
@@ -67,7 +71,10 @@ enum Command {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The cart file: amounts as decimal strings in the cart's currency.
@@ -93,24 +100,38 @@ fn read_cart(path: &Path) -> Result<Cart> {
     if meta.len() > 64 * 1024 {
         bail!("cart {} is larger than 64 KiB", path.display());
     }
-    let f: CartFile = serde_json::from_slice(&std::fs::read(path)?).with_context(|| format!("cart {}", path.display()))?;
-    let currency = Currency::new(&f.currency).with_context(|| format!("cart currency {:?} is not an ISO 4217 code", f.currency))?;
+    let f: CartFile = serde_json::from_slice(&std::fs::read(path)?)
+        .with_context(|| format!("cart {}", path.display()))?;
+    let currency = Currency::new(&f.currency)
+        .with_context(|| format!("cart currency {:?} is not an ISO 4217 code", f.currency))?;
     let items = f
         .items
         .into_iter()
         .map(|l| {
-            let price = Amount::parse(&l.price, currency).with_context(|| format!("item {}: price {:?}", l.sku, l.price))?;
-            Ok(CartItem { sku: l.sku, name: l.name, qty: l.qty, unit_price: price.minor })
+            let price = Amount::parse(&l.price, currency)
+                .with_context(|| format!("item {}: price {:?}", l.sku, l.price))?;
+            Ok(CartItem {
+                sku: l.sku,
+                name: l.name,
+                qty: l.qty,
+                unit_price: price.minor,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     let cart = Cart { currency, items };
-    cart.validate().map_err(|e| anyhow::anyhow!("cart {}: {e}", path.display()))?;
+    cart.validate()
+        .map_err(|e| anyhow::anyhow!("cart {}: {e}", path.display()))?;
     Ok(cart)
 }
 
 /// Run one intent to its end: wait for phones (a second tap after "confirm
 /// on your phone"), until approved, declined or out of time.
-fn run_intent(engine: &mut Engine, field: &mut dyn Field, intent: &Intent, timeout: Duration) -> Result<Option<TapResult>> {
+fn run_intent(
+    engine: &mut Engine,
+    field: &mut dyn Field,
+    intent: &Intent,
+    timeout: Duration,
+) -> Result<Option<TapResult>> {
     let deadline = Instant::now() + timeout;
     println!("tap your phone …");
     loop {
@@ -156,7 +177,11 @@ fn open_slot(command: &[String], slot: u16) -> Result<()> {
         println!("open slot {slot} (no open_command configured)");
         return Ok(());
     };
-    let status = std::process::Command::new(prog).args(args).arg(slot.to_string()).status().with_context(|| format!("open_command {prog}"))?;
+    let status = std::process::Command::new(prog)
+        .args(args)
+        .arg(slot.to_string())
+        .status()
+        .with_context(|| format!("open_command {prog}"))?;
     if !status.success() {
         bail!("open_command for slot {slot} failed: {status}");
     }
@@ -165,8 +190,16 @@ fn open_slot(command: &[String], slot: u16) -> Result<()> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let level = if cli.verbose { tracing::Level::INFO } else { tracing::Level::WARN };
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).with_max_level(level).init();
+    let level = if cli.verbose {
+        tracing::Level::INFO
+    } else {
+        tracing::Level::WARN
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_max_level(level)
+        .init();
     if let Command::Init { out } = &cli.command {
         if out.exists() {
             bail!("{} exists; not overwriting", out.display());
@@ -191,11 +224,18 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Init { .. } | Command::Readers => unreachable!(),
         Command::Pay { amount, currency } => {
-            let cur = Currency::new(&currency).with_context(|| format!("{currency:?} is not an ISO 4217 code like CNY"))?;
-            let amount = Amount::parse(&amount, cur).with_context(|| format!("{amount:?} is not an amount in {cur} (like 12.50)"))?;
+            let cur = Currency::new(&currency)
+                .with_context(|| format!("{currency:?} is not an ISO 4217 code like CNY"))?;
+            let amount = Amount::parse(&amount, cur)
+                .with_context(|| format!("{amount:?} is not an amount in {cur} (like 12.50)"))?;
             println!("pay {amount} at {}", engine.ctx.certificate.common_name());
             let mut field = app::field(&config)?;
-            if let Some(r) = run_intent(&mut engine, field.as_mut(), &Intent::Pay { amount }, timeout)? {
+            if let Some(r) = run_intent(
+                &mut engine,
+                field.as_mut(),
+                &Intent::Pay { amount },
+                timeout,
+            )? {
                 report(&r);
                 if matches!(r, TapResult::Declined(_)) {
                     std::process::exit(2);
@@ -204,10 +244,18 @@ fn main() -> Result<()> {
         }
         Command::Order { cart } => {
             let cart = read_cart(&cart)?;
-            let total = Amount { minor: cart.total().unwrap_or(0), currency: cart.currency };
+            let total = Amount {
+                minor: cart.total().unwrap_or(0),
+                currency: cart.currency,
+            };
             println!("order of {} item(s), total {total}", cart.items.len());
             let mut field = app::field(&config)?;
-            if let Some(r) = run_intent(&mut engine, field.as_mut(), &Intent::Order { cart }, timeout)? {
+            if let Some(r) = run_intent(
+                &mut engine,
+                field.as_mut(),
+                &Intent::Order { cart },
+                timeout,
+            )? {
                 report(&r);
                 if matches!(r, TapResult::Declined(_)) {
                     std::process::exit(2);
@@ -216,20 +264,32 @@ fn main() -> Result<()> {
         }
         Command::Kiosk { site, taps } => {
             let kiosk = config.kiosk.clone();
-            let site = site.or_else(|| kiosk.as_ref().map(|k| k.site.clone())).context("no site: pass --site or set [kiosk] site")?;
+            let site = site
+                .or_else(|| kiosk.as_ref().map(|k| k.site.clone()))
+                .context("no site: pass --site or set [kiosk] site")?;
             let command = kiosk.map(|k| k.open_command).unwrap_or_default();
             let mut field = app::field(&config)?;
             println!("kiosk at {site}: tap your phone to collect a parcel");
             let mut done = 0;
             while taps.is_none_or(|n| done < n) {
-                let result = field.with_phone(timeout, &mut |link| engine.tap(&Intent::Pickup { site: site.clone() }, link, now(), &mut OsRng))?;
+                let result = field.with_phone(timeout, &mut |link| {
+                    engine.tap(
+                        &Intent::Pickup { site: site.clone() },
+                        link,
+                        now(),
+                        &mut OsRng,
+                    )
+                })?;
                 let Some(r) = result else { continue };
                 done += 1;
                 report(&r);
                 if let TapResult::Approved(a) = &r {
                     if let Some(slot) = a.slot {
                         if let Err(e) = open_slot(&command, slot) {
-                            eprintln!("{e:#} — the pickup is recorded (#{}); open slot {slot} by hand", a.seq);
+                            eprintln!(
+                                "{e:#} — the pickup is recorded (#{}); open slot {slot} by hand",
+                                a.seq
+                            );
                         }
                     }
                 }
@@ -238,30 +298,66 @@ fn main() -> Result<()> {
         Command::Queue { last } => {
             let pending = engine.queue.pending(usize::MAX)?;
             let (head, _) = engine.queue.head()?;
-            println!("terminal {} — {} record(s) waiting for upload, {} in total, host holds up to #{}", engine.ctx.certificate.common_name(), pending.len(), head, engine.queue.acked()?);
-            println!("queued amount {} minor units, oldest {:?}", engine.risk.queued_amount, engine.risk.oldest);
+            println!(
+                "terminal {} — {} record(s) waiting for upload, {} in total, host holds up to #{}",
+                engine.ctx.certificate.common_name(),
+                pending.len(),
+                head,
+                engine.queue.acked()?
+            );
+            println!(
+                "queued amount {} minor units, oldest {:?}",
+                engine.risk.queued_amount, engine.risk.oldest
+            );
             for s in engine.queue.recent(last)? {
                 let r: TransactionRecord = s.record()?;
-                println!("  #{} {} at {}{}", s.seq, hex::encode(&s.hash[..8]), r.recorded_at, r.order_number.map(|n| format!(" order {n}")).unwrap_or_default());
+                println!(
+                    "  #{} {} at {}{}",
+                    s.seq,
+                    hex::encode(&s.hash[..8]),
+                    r.recorded_at,
+                    r.order_number
+                        .map(|n| format!(" order {n}"))
+                        .unwrap_or_default()
+                );
             }
         }
         Command::Serve => {
             let field = app::field(&config)?;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
-                let listener = tokio::net::TcpListener::bind(&config.api.listen).await.with_context(|| format!("api.listen {}", config.api.listen))?;
+                let listener = tokio::net::TcpListener::bind(&config.api.listen)
+                    .await
+                    .with_context(|| format!("api.listen {}", config.api.listen))?;
                 println!("listening on http://{}", listener.local_addr()?);
-                let daemon = tapstack_terminal::daemon::Daemon::new(&config, engine, field, Default::default())?;
-                daemon.serve(listener, tapstack_terminal::daemon::shutdown_signal()).await?;
+                let daemon = tapstack_terminal::daemon::Daemon::new(
+                    &config,
+                    engine,
+                    field,
+                    Default::default(),
+                )?;
+                daemon
+                    .serve(listener, tapstack_terminal::daemon::shutdown_signal())
+                    .await?;
                 anyhow::Ok(())
             })?;
         }
         Command::Upload => {
             let client = upload::client(&config, &engine.ctx)?;
             let batch = config.host.as_ref().map_or(200, |h| h.batch_size);
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let revocations = config.trust.revocations.as_ref().map(|p| config.path(p));
-            let report = rt.block_on(upload::sync(&engine.queue, &client, batch, &mut engine.ctx, revocations))?;
+            let report = rt.block_on(upload::sync(
+                &engine.queue,
+                &client,
+                batch,
+                &mut engine.ctx,
+                revocations,
+            ))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
     }

@@ -40,7 +40,10 @@ pub struct Stored {
 
 impl Stored {
     pub fn record(&self) -> Result<TransactionRecord, Error> {
-        TransactionRecord::decode(&self.bytes).map_err(|e| Error::Corrupt { what: "record", detail: e.to_string() })
+        TransactionRecord::decode(&self.bytes).map_err(|e| Error::Corrupt {
+            what: "record",
+            detail: e.to_string(),
+        })
     }
 }
 
@@ -58,7 +61,11 @@ pub trait QueueStore: Send + Sync {
     fn head(&self) -> Result<(u64, [u8; 32]), Error>;
     /// Build the next record with `build(seq, prev_hash)`, store it and flush
     /// to disk. Returns only once the record is durable.
-    fn append(&self, facts: RecordFacts, build: &mut dyn FnMut(u64, [u8; 32]) -> TransactionRecord) -> Result<Stored, Error>;
+    fn append(
+        &self,
+        facts: RecordFacts,
+        build: &mut dyn FnMut(u64, [u8; 32]) -> TransactionRecord,
+    ) -> Result<Stored, Error>;
     /// Records not yet acknowledged by the host, oldest first, at most `limit`.
     fn pending(&self, limit: usize) -> Result<Vec<Stored>, Error>;
     /// The host holds every record up to `seq`, the last of which has hash
@@ -87,36 +94,64 @@ pub struct Queue {
 
 impl core::fmt::Debug for Queue {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Queue").field("records", &self.records.len()).finish_non_exhaustive()
+        f.debug_struct("Queue")
+            .field("records", &self.records.len())
+            .finish_non_exhaustive()
     }
 }
 
 fn db_err(e: sled::Error) -> Error {
-    Error::Store { detail: e.to_string() }
+    Error::Store {
+        detail: e.to_string(),
+    }
 }
 
 fn decode_head(v: &[u8]) -> Result<(u64, [u8; 32]), Error> {
-    let (seq, hash) = v.split_at_checked(8).ok_or(Error::Corrupt { what: "head", detail: format!("{} bytes", v.len()) })?;
-    let seq = u64::from_be_bytes(seq.try_into().map_err(|_| Error::Corrupt { what: "head", detail: "seq".into() })?);
-    let hash = hash.try_into().map_err(|_| Error::Corrupt { what: "head", detail: "hash".into() })?;
+    let (seq, hash) = v.split_at_checked(8).ok_or(Error::Corrupt {
+        what: "head",
+        detail: format!("{} bytes", v.len()),
+    })?;
+    let seq = u64::from_be_bytes(seq.try_into().map_err(|_| Error::Corrupt {
+        what: "head",
+        detail: "seq".into(),
+    })?);
+    let hash = hash.try_into().map_err(|_| Error::Corrupt {
+        what: "head",
+        detail: "hash".into(),
+    })?;
     Ok((seq, hash))
 }
 
 fn decode_stored(key: &[u8], value: &[u8]) -> Result<Stored, Error> {
-    let seq = u64::from_be_bytes(key.try_into().map_err(|_| Error::Corrupt { what: "record key", detail: hex::encode(key) })?);
-    let (sum, bytes) = value.split_at_checked(32).ok_or(Error::Corrupt { what: "record", detail: format!("seq {seq} too short") })?;
+    let seq = u64::from_be_bytes(key.try_into().map_err(|_| Error::Corrupt {
+        what: "record key",
+        detail: hex::encode(key),
+    })?);
+    let (sum, bytes) = value.split_at_checked(32).ok_or(Error::Corrupt {
+        what: "record",
+        detail: format!("seq {seq} too short"),
+    })?;
     let hash = sha256(&[bytes]);
     if hash.as_slice() != sum {
-        return Err(Error::Corrupt { what: "record", detail: format!("seq {seq}: checksum mismatch") });
+        return Err(Error::Corrupt {
+            what: "record",
+            detail: format!("seq {seq}: checksum mismatch"),
+        });
     }
-    Ok(Stored { seq, hash, bytes: bytes.to_vec() })
+    Ok(Stored {
+        seq,
+        hash,
+        bytes: bytes.to_vec(),
+    })
 }
 
 impl Queue {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let db = sled::Config::new().path(path).open().map_err(db_err)?;
         let data_path = path.join("db");
-        let data = std::fs::File::open(&data_path).map_err(|e| Error::Store { detail: format!("{}: {e}", data_path.display()) })?;
+        let data = std::fs::File::open(&data_path).map_err(|e| Error::Store {
+            detail: format!("{}: {e}", data_path.display()),
+        })?;
         let q = Queue {
             data,
             records: db.open_tree("records").map_err(db_err)?,
@@ -136,7 +171,10 @@ impl Queue {
         if let Some((k, v)) = self.records.last().map_err(db_err)? {
             let s = decode_stored(&k, &v)?;
             if s.seq != seq || s.hash != hash {
-                return Err(Error::Corrupt { what: "head", detail: format!("head says {seq}, newest record is {}", s.seq) });
+                return Err(Error::Corrupt {
+                    what: "head",
+                    detail: format!("head says {seq}, newest record is {}", s.seq),
+                });
             }
         }
         Ok(())
@@ -145,17 +183,27 @@ impl Queue {
     /// Flush sled's log and make it durable: `flush()` then `fdatasync`.
     fn sync(&self) -> Result<(), Error> {
         self.db.flush().map_err(db_err)?;
-        self.data.sync_data().map_err(|e| Error::Store { detail: format!("fdatasync: {e}") })
+        self.data.sync_data().map_err(|e| Error::Store {
+            detail: format!("fdatasync: {e}"),
+        })
     }
 
     /// Every stored (unpruned) record, oldest first.
     pub fn all(&self) -> Result<Vec<Stored>, Error> {
-        self.records.iter().map(|kv| kv.map_err(db_err).and_then(|(k, v)| decode_stored(&k, &v))).collect()
+        self.records
+            .iter()
+            .map(|kv| kv.map_err(db_err).and_then(|(k, v)| decode_stored(&k, &v)))
+            .collect()
     }
 
     /// The newest `n` records, newest first.
     pub fn recent(&self, n: usize) -> Result<Vec<Stored>, Error> {
-        self.records.iter().rev().take(n).map(|kv| kv.map_err(db_err).and_then(|(k, v)| decode_stored(&k, &v))).collect()
+        self.records
+            .iter()
+            .rev()
+            .take(n)
+            .map(|kv| kv.map_err(db_err).and_then(|(k, v)| decode_stored(&k, &v)))
+            .collect()
     }
 }
 
@@ -167,13 +215,23 @@ impl QueueStore for Queue {
         }
     }
 
-    fn append(&self, facts: RecordFacts, build: &mut dyn FnMut(u64, [u8; 32]) -> TransactionRecord) -> Result<Stored, Error> {
-        let _w = self.writer.lock().map_err(|_| Error::Store { detail: "writer lock poisoned".into() })?;
+    fn append(
+        &self,
+        facts: RecordFacts,
+        build: &mut dyn FnMut(u64, [u8; 32]) -> TransactionRecord,
+    ) -> Result<Stored, Error> {
+        let _w = self.writer.lock().map_err(|_| Error::Store {
+            detail: "writer lock poisoned".into(),
+        })?;
         let (head_seq, head_hash) = self.head()?;
-        let seq = head_seq.checked_add(1).ok_or(Error::Store { detail: "sequence numbers exhausted".into() })?;
+        let seq = head_seq.checked_add(1).ok_or(Error::Store {
+            detail: "sequence numbers exhausted".into(),
+        })?;
         let record = build(seq, head_hash);
         if record.seq != seq || record.prev_hash != head_hash {
-            return Err(Error::Store { detail: "record built for another position".into() });
+            return Err(Error::Store {
+                detail: "record built for another position".into(),
+            });
         }
         let bytes = record.to_bytes();
         let hash = sha256(&[&bytes]);
@@ -184,19 +242,27 @@ impl QueueStore for Queue {
         head.extend_from_slice(&seq.to_be_bytes());
         head.extend_from_slice(&hash);
         let result: Result<(), TransactionError<Error>> =
-            (&self.records, &self.meta, &self.atc, &self.credentials).transaction(|(records, meta, atc, creds)| {
-                let current = meta.get(HEAD)?.map(|v| decode_head(&v)).transpose().map_err(ConflictableTransactionError::Abort)?;
-                if current.unwrap_or((0, [0; 32])) != (head_seq, head_hash) {
-                    return Err(ConflictableTransactionError::Abort(Error::Store { detail: "head moved during append".into() }));
-                }
-                records.insert(&seq.to_be_bytes(), value.as_slice())?;
-                meta.insert(HEAD, head.as_slice())?;
-                atc.insert(&facts.wallet, &facts.atc.to_be_bytes())?;
-                if let Some(c) = facts.credential {
-                    creds.insert(&c, &seq.to_be_bytes())?;
-                }
-                Ok(())
-            });
+            (&self.records, &self.meta, &self.atc, &self.credentials).transaction(
+                |(records, meta, atc, creds)| {
+                    let current = meta
+                        .get(HEAD)?
+                        .map(|v| decode_head(&v))
+                        .transpose()
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    if current.unwrap_or((0, [0; 32])) != (head_seq, head_hash) {
+                        return Err(ConflictableTransactionError::Abort(Error::Store {
+                            detail: "head moved during append".into(),
+                        }));
+                    }
+                    records.insert(&seq.to_be_bytes(), value.as_slice())?;
+                    meta.insert(HEAD, head.as_slice())?;
+                    atc.insert(&facts.wallet, &facts.atc.to_be_bytes())?;
+                    if let Some(c) = facts.credential {
+                        creds.insert(&c, &seq.to_be_bytes())?;
+                    }
+                    Ok(())
+                },
+            );
         match result {
             Ok(()) => {}
             Err(TransactionError::Abort(e)) => return Err(e),
@@ -217,19 +283,27 @@ impl QueueStore for Queue {
     }
 
     fn ack(&self, seq: u64, hash: [u8; 32]) -> Result<usize, Error> {
-        let _w = self.writer.lock().map_err(|_| Error::Store { detail: "writer lock poisoned".into() })?;
+        let _w = self.writer.lock().map_err(|_| Error::Store {
+            detail: "writer lock poisoned".into(),
+        })?;
         if seq <= self.acked()? {
             return Ok(0);
         }
         let Some(v) = self.records.get(seq.to_be_bytes()).map_err(db_err)? else {
-            return Err(Error::Store { detail: format!("host acknowledged seq {seq}, which this terminal does not hold") });
+            return Err(Error::Store {
+                detail: format!("host acknowledged seq {seq}, which this terminal does not hold"),
+            });
         };
         if decode_stored(&seq.to_be_bytes(), &v)?.hash != hash {
-            return Err(Error::Store { detail: format!("host's hash for seq {seq} differs from ours") });
+            return Err(Error::Store {
+                detail: format!("host's hash for seq {seq} differs from ours"),
+            });
         }
         // Record the acknowledgement first: a crash before the pruning only
         // leaves records the next start prunes again.
-        self.meta.insert(ACKED, &seq.to_be_bytes()).map_err(db_err)?;
+        self.meta
+            .insert(ACKED, &seq.to_be_bytes())
+            .map_err(db_err)?;
         self.sync()?;
         let mut pruned = 0;
         for kv in self.records.range(..=seq.to_be_bytes()) {
@@ -244,7 +318,12 @@ impl QueueStore for Queue {
 
     fn acked(&self) -> Result<u64, Error> {
         match self.meta.get(ACKED).map_err(db_err)? {
-            Some(v) => Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| Error::Corrupt { what: "acked", detail: hex::encode(&v) })?)),
+            Some(v) => Ok(u64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                Error::Corrupt {
+                    what: "acked",
+                    detail: hex::encode(&v),
+                }
+            })?)),
             None => Ok(0),
         }
     }
@@ -253,7 +332,15 @@ impl QueueStore for Queue {
         self.atc
             .get(wallet)
             .map_err(db_err)?
-            .map(|v| v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| Error::Corrupt { what: "atc", detail: hex::encode(&v) }))
+            .map(|v| {
+                v.as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| Error::Corrupt {
+                        what: "atc",
+                        detail: hex::encode(&v),
+                    })
+            })
             .transpose()
     }
 

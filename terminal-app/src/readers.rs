@@ -16,7 +16,10 @@ use crate::Error;
 pub const LEAVE_WAIT: Duration = Duration::from_secs(30);
 
 fn reader_err(connection: &str, e: ReaderError) -> Error {
-    Error::Reader { connection: connection.to_owned(), detail: e.to_string() }
+    Error::Reader {
+        connection: connection.to_owned(),
+        detail: e.to_string(),
+    }
 }
 
 /// A reader opened from a connection string.
@@ -28,7 +31,9 @@ pub struct ReaderField {
 
 impl core::fmt::Debug for ReaderField {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ReaderField").field("connection", &self.connection).finish_non_exhaustive()
+        f.debug_struct("ReaderField")
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
     }
 }
 
@@ -49,7 +54,9 @@ impl Link for SessionLink<'_> {
         self.session.transmit(apdu).map_err(|e| match e {
             ReaderError::Removed => LinkFailure::Removed,
             ReaderError::Timeout => LinkFailure::Timeout,
-            other => LinkFailure::Reader { detail: other.to_string() },
+            other => LinkFailure::Reader {
+                detail: other.to_string(),
+            },
         })
     }
 
@@ -59,7 +66,11 @@ impl Link for SessionLink<'_> {
 }
 
 impl Field for ReaderField {
-    fn with_phone(&mut self, timeout: Duration, tap: &mut dyn FnMut(&mut dyn Link) -> TapResult) -> Result<Option<TapResult>, Error> {
+    fn with_phone(
+        &mut self,
+        timeout: Duration,
+        tap: &mut dyn FnMut(&mut dyn Link) -> TapResult,
+    ) -> Result<Option<TapResult>, Error> {
         let limits = self.reader.info().capabilities.link_limits();
         let session = match self.reader.wait_for_target(timeout, &self.cancel) {
             Ok(s) => s,
@@ -69,8 +80,13 @@ impl Field for ReaderField {
         let mut link = SessionLink { session, limits };
         let result = tap(&mut link);
         match link.session.wait_removed(LEAVE_WAIT, &self.cancel) {
-            Ok(()) | Err(ReaderError::Removed) | Err(ReaderError::Timeout) | Err(ReaderError::Cancelled) => {}
-            Err(e) => tracing::warn!(reader = %self.connection, error = %e, "waiting for the phone to leave"),
+            Ok(())
+            | Err(ReaderError::Removed)
+            | Err(ReaderError::Timeout)
+            | Err(ReaderError::Cancelled) => {}
+            Err(e) => {
+                tracing::warn!(reader = %self.connection, error = %e, "waiting for the phone to leave")
+            }
         }
         Ok(Some(result))
     }
@@ -83,5 +99,9 @@ impl Field for ReaderField {
 /// Open `pcsc:…`, `libnfc:…` or `pn532:…`.
 pub fn open(connection: &str) -> Result<Box<dyn Field>, Error> {
     let reader = tapstack_reader::open(connection).map_err(|e| reader_err(connection, e))?;
-    Ok(Box::new(ReaderField { reader, connection: connection.to_owned(), cancel: Cancel::new() }))
+    Ok(Box::new(ReaderField {
+        reader,
+        connection: connection.to_owned(),
+        cancel: Cancel::new(),
+    }))
 }

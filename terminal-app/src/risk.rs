@@ -62,8 +62,12 @@ impl RiskDecline {
     pub fn message(self) -> &'static str {
         match self {
             RiskDecline::FloorLimit => "amount above the offline floor limit",
-            RiskDecline::WalletAmountLimit => "this phone's offline spending since the last sync would pass its limit",
-            RiskDecline::WalletCountLimit => "this phone has made too many offline payments since the last sync",
+            RiskDecline::WalletAmountLimit => {
+                "this phone's offline spending since the last sync would pass its limit"
+            }
+            RiskDecline::WalletCountLimit => {
+                "this phone has made too many offline payments since the last sync"
+            }
             RiskDecline::QueueAmountCap => "too much money waiting for upload: sync first",
             RiskDecline::QueueCountCap => "too many transactions waiting for upload: sync first",
             RiskDecline::QueueAgeCap => "the oldest queued transaction is too old: sync first",
@@ -100,7 +104,12 @@ impl RiskState {
 }
 
 /// Checks that need no wallet: run before the tap.
-pub fn before_tap(limits: &RiskLimits, state: &RiskState, scenario: &Scenario, now: u64) -> Result<(), RiskDecline> {
+pub fn before_tap(
+    limits: &RiskLimits,
+    state: &RiskState,
+    scenario: &Scenario,
+    now: u64,
+) -> Result<(), RiskDecline> {
     let amount = scenario.amount().map_or(0, |a| a.minor);
     if amount > limits.floor_limit {
         return Err(RiskDecline::FloorLimit);
@@ -111,14 +120,22 @@ pub fn before_tap(limits: &RiskLimits, state: &RiskState, scenario: &Scenario, n
     if state.queued_amount.saturating_add(amount) > limits.queue_max_amount {
         return Err(RiskDecline::QueueAmountCap);
     }
-    if state.oldest.is_some_and(|o| now.saturating_sub(o) > limits.queue_max_age_secs) {
+    if state
+        .oldest
+        .is_some_and(|o| now.saturating_sub(o) > limits.queue_max_age_secs)
+    {
         return Err(RiskDecline::QueueAgeCap);
     }
     Ok(())
 }
 
 /// Checks on the wallet that answered: run before queuing the record.
-pub fn after_tap(limits: &RiskLimits, state: &RiskState, wallet: &[u8; 32], amount: u64) -> Result<(), RiskDecline> {
+pub fn after_tap(
+    limits: &RiskLimits,
+    state: &RiskState,
+    wallet: &[u8; 32],
+    amount: u64,
+) -> Result<(), RiskDecline> {
     let (spent, count) = state.wallet(wallet);
     if count >= limits.wallet_max_count {
         return Err(RiskDecline::WalletCountLimit);
@@ -135,7 +152,12 @@ mod tests {
     use tapstack_protocol::scenario::{Amount, Currency};
 
     fn pay(minor: u64) -> Scenario {
-        Scenario::Pay { amount: Amount { minor, currency: Currency::new("CNY").unwrap() } }
+        Scenario::Pay {
+            amount: Amount {
+                minor,
+                currency: Currency::new("CNY").unwrap(),
+            },
+        }
     }
 
     fn limits() -> RiskLimits {
@@ -155,8 +177,14 @@ mod tests {
         let s = RiskState::default();
         assert_eq!(before_tap(&limits(), &s, &pay(999), 0), Ok(()));
         assert_eq!(before_tap(&limits(), &s, &pay(1000), 0), Ok(()));
-        assert_eq!(before_tap(&limits(), &s, &pay(1001), 0), Err(RiskDecline::FloorLimit));
-        assert_eq!(before_tap(&limits(), &s, &Scenario::Pickup { site: "L".into() }, 0), Ok(()));
+        assert_eq!(
+            before_tap(&limits(), &s, &pay(1001), 0),
+            Err(RiskDecline::FloorLimit)
+        );
+        assert_eq!(
+            before_tap(&limits(), &s, &Scenario::Pickup { site: "L".into() }, 0),
+            Ok(())
+        );
     }
 
     #[test]
@@ -166,19 +194,39 @@ mod tests {
             s.add(Some([i; 32]), 1000, 50);
         }
         // count: 4 queued, cap 5 → one more allowed
-        assert_eq!(before_tap(&limits(), &s, &pay(1000), 100), Ok(()), "amount lands exactly on the cap");
-        assert_eq!(before_tap(&limits(), &s, &pay(1001), 100), Err(RiskDecline::FloorLimit));
+        assert_eq!(
+            before_tap(&limits(), &s, &pay(1000), 100),
+            Ok(()),
+            "amount lands exactly on the cap"
+        );
+        assert_eq!(
+            before_tap(&limits(), &s, &pay(1001), 100),
+            Err(RiskDecline::FloorLimit)
+        );
         let mut amount = s.clone();
         amount.queued_amount = 4001;
-        assert_eq!(before_tap(&limits(), &amount, &pay(1000), 100), Err(RiskDecline::QueueAmountCap));
+        assert_eq!(
+            before_tap(&limits(), &amount, &pay(1000), 100),
+            Err(RiskDecline::QueueAmountCap)
+        );
         s.add(Some([9; 32]), 1, 50);
-        assert_eq!(before_tap(&limits(), &s, &pay(1), 100), Err(RiskDecline::QueueCountCap));
+        assert_eq!(
+            before_tap(&limits(), &s, &pay(1), 100),
+            Err(RiskDecline::QueueCountCap)
+        );
         // age: oldest at 50, cap 100 s
         let mut young = RiskState::default();
         young.add(Some([1; 32]), 1, 50);
         assert_eq!(before_tap(&limits(), &young, &pay(1), 149), Ok(()));
-        assert_eq!(before_tap(&limits(), &young, &pay(1), 150), Ok(()), "exactly at the age cap");
-        assert_eq!(before_tap(&limits(), &young, &pay(1), 151), Err(RiskDecline::QueueAgeCap));
+        assert_eq!(
+            before_tap(&limits(), &young, &pay(1), 150),
+            Ok(()),
+            "exactly at the age cap"
+        );
+        assert_eq!(
+            before_tap(&limits(), &young, &pay(1), 151),
+            Err(RiskDecline::QueueAgeCap)
+        );
     }
 
     #[test]
@@ -188,10 +236,25 @@ mod tests {
         s.add(Some(w), 1000, 0);
         s.add(Some(w), 1000, 0);
         assert_eq!(after_tap(&limits(), &s, &w, 999), Ok(()));
-        assert_eq!(after_tap(&limits(), &s, &w, 1000), Ok(()), "exactly at the amount limit");
-        assert_eq!(after_tap(&limits(), &s, &w, 1001), Err(RiskDecline::WalletAmountLimit));
-        assert_eq!(after_tap(&limits(), &s, &[8; 32], 1001), Ok(()), "other wallets unaffected");
+        assert_eq!(
+            after_tap(&limits(), &s, &w, 1000),
+            Ok(()),
+            "exactly at the amount limit"
+        );
+        assert_eq!(
+            after_tap(&limits(), &s, &w, 1001),
+            Err(RiskDecline::WalletAmountLimit)
+        );
+        assert_eq!(
+            after_tap(&limits(), &s, &[8; 32], 1001),
+            Ok(()),
+            "other wallets unaffected"
+        );
         s.add(Some(w), 1, 0);
-        assert_eq!(after_tap(&limits(), &s, &w, 0), Err(RiskDecline::WalletCountLimit), "3 taps is the count limit");
+        assert_eq!(
+            after_tap(&limits(), &s, &w, 0),
+            Err(RiskDecline::WalletCountLimit),
+            "3 taps is the count limit"
+        );
     }
 }

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use rand_core::CryptoRngCore;
 use serde::Serialize;
 use tapstack_protocol::apdu::{Command, LinkLimits, Response, TerminalLink};
+use tapstack_protocol::codec::Codec;
 use tapstack_protocol::messages::{AuthBody, Cvm, WalletBody};
 use tapstack_protocol::record::TransactionRecord;
 use tapstack_protocol::scenario::{Amount, Cart, Receipt, Scenario};
-use tapstack_protocol::terminal::{TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession};
-use tapstack_protocol::codec::Codec;
+use tapstack_protocol::terminal::{
+    TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
+};
 
 use crate::queue::{Queue, QueueStore, RecordFacts};
 use crate::risk::{self, RiskDecline, RiskLimits, RiskState};
@@ -59,7 +61,9 @@ impl Intent {
     pub fn scenario(&self) -> Result<Scenario, Decline> {
         match self {
             Intent::Pay { amount } => Ok(Scenario::Pay { amount: *amount }),
-            Intent::Order { cart } => Scenario::order(cart).map_err(|e| Decline::BadIntent { detail: e.to_string() }),
+            Intent::Order { cart } => Scenario::order(cart).map_err(|e| Decline::BadIntent {
+                detail: e.to_string(),
+            }),
             Intent::Pickup { site } => Ok(Scenario::Pickup { site: site.clone() }),
         }
     }
@@ -69,17 +73,32 @@ impl Intent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum Decline {
-    Risk { rule: RiskDecline },
-    WrongCurrency { expected: String },
-    BadIntent { detail: String },
+    Risk {
+        rule: RiskDecline,
+    },
+    WrongCurrency {
+        expected: String,
+    },
+    BadIntent {
+        detail: String,
+    },
     /// The protocol refused (certificate, signature, CVM, wallet refusal …).
-    Protocol { detail: String },
+    Protocol {
+        detail: String,
+    },
     /// The reader lost the phone or it answered late or garbage.
-    Transport { detail: String },
-    AtcReplay { last: u32, got: u32 },
+    Transport {
+        detail: String,
+    },
+    AtcReplay {
+        last: u32,
+        got: u32,
+    },
     CredentialUsed,
     /// The queue could not store the record: nothing was approved.
-    Storage { detail: String },
+    Storage {
+        detail: String,
+    },
 }
 
 impl Decline {
@@ -112,7 +131,10 @@ impl core::fmt::Display for Decline {
             Decline::BadIntent { detail } => write!(f, "invalid request: {detail}"),
             Decline::Protocol { detail } => f.write_str(detail),
             Decline::Transport { detail } => f.write_str(detail),
-            Decline::AtcReplay { last, got } => write!(f, "replayed or cloned phone (counter {got}, last seen {last})"),
+            Decline::AtcReplay { last, got } => write!(
+                f,
+                "replayed or cloned phone (counter {got}, last seen {last})"
+            ),
             Decline::CredentialUsed => f.write_str("this parcel was already collected here"),
             Decline::Storage { detail } => write!(f, "could not store the transaction: {detail}"),
         }
@@ -175,7 +197,9 @@ pub struct Engine {
 
 impl core::fmt::Debug for Engine {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Engine").field("risk", &self.risk).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("risk", &self.risk)
+            .finish_non_exhaustive()
     }
 }
 
@@ -184,16 +208,26 @@ pub fn risk_state(queue: &Queue) -> Result<RiskState, Error> {
     let mut state = RiskState::default();
     for s in queue.pending(usize::MAX)? {
         let r = s.record()?;
-        let auth = AuthBody::decode(&r.transcript.auth_body).map_err(|e| Error::Corrupt { what: "record", detail: e.to_string() })?;
-        let body = WalletBody::decode(&r.transcript.wallet_body).map_err(|e| Error::Corrupt { what: "record", detail: e.to_string() })?;
+        let auth = AuthBody::decode(&r.transcript.auth_body).map_err(|e| Error::Corrupt {
+            what: "record",
+            detail: e.to_string(),
+        })?;
+        let body = WalletBody::decode(&r.transcript.wallet_body).map_err(|e| Error::Corrupt {
+            what: "record",
+            detail: e.to_string(),
+        })?;
         let amount = auth.scenario.amount().map(|a| a.minor);
-        state.add(amount.map(|_| body.wallet_cert_hash), amount.unwrap_or(0), r.recorded_at);
+        state.add(
+            amount.map(|_| body.wallet_cert_hash),
+            amount.unwrap_or(0),
+            r.recorded_at,
+        );
     }
     Ok(state)
 }
 
 enum Step {
-    Done(TapOutcome, TerminalSession, TerminalLink),
+    Done(Box<(TapOutcome, TerminalSession, TerminalLink)>),
     Confirm,
     Failed(Decline),
 }
@@ -206,20 +240,38 @@ fn exchange(tl: &mut TerminalLink, link: &mut dyn Link, cmd: Command) -> Result<
         if guard > 256 {
             break;
         }
-        let reply = link.transmit(&wire).map_err(|e| Decline::Transport { detail: e.to_string() })?;
+        let reply = link.transmit(&wire).map_err(|e| Decline::Transport {
+            detail: e.to_string(),
+        })?;
         match tl.handle_response(&reply) {
             Ok(Some(r)) => return Ok(r),
             Ok(None) => {}
-            Err(e) => return Err(Decline::Transport { detail: format!("bad response from the phone: {e}") }),
+            Err(e) => {
+                return Err(Decline::Transport {
+                    detail: format!("bad response from the phone: {e}"),
+                })
+            }
         }
     }
-    Err(Decline::Transport { detail: "the exchange did not complete".into() })
+    Err(Decline::Transport {
+        detail: "the exchange did not complete".into(),
+    })
 }
 
 impl Engine {
-    fn handshake(&mut self, params: TapParams, link: &mut dyn Link, now: u64, rng: &mut impl CryptoRngCore) -> Step {
+    fn handshake(
+        &mut self,
+        params: TapParams,
+        link: &mut dyn Link,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Step {
         let reader_limits = link.link_limits();
-        let mut tl = TerminalLink::new(if reader_limits.extended { reader_limits } else { LinkLimits::SHORT });
+        let mut tl = TerminalLink::new(if reader_limits.extended {
+            reader_limits
+        } else {
+            LinkLimits::SHORT
+        });
         let mut session = TerminalSession::new(params);
         let mut approved = None;
         while let Some(cmd) = session.poll_command() {
@@ -228,15 +280,21 @@ impl Engine {
                 Err(d) => return Step::Failed(d),
             };
             if let Err(e) = session.handle_response(&mut self.ctx, resp, now, rng) {
-                return Step::Failed(Decline::Protocol { detail: e.to_string() });
+                return Step::Failed(Decline::Protocol {
+                    detail: e.to_string(),
+                });
             }
             while let Some(ev) = session.poll_event() {
                 match ev {
-                    TerminalEvent::Selected { extended, max_command } => {
+                    TerminalEvent::Selected {
+                        extended,
+                        max_command,
+                    } => {
                         let limits = if extended && reader_limits.extended {
                             LinkLimits {
                                 extended: true,
-                                max_command_data: usize::from(max_command).min(reader_limits.max_command_data),
+                                max_command_data: usize::from(max_command)
+                                    .min(reader_limits.max_command_data),
                             }
                         } else {
                             LinkLimits::SHORT
@@ -249,31 +307,52 @@ impl Engine {
                 }
             }
             if let Some(o) = approved.take() {
-                return Step::Done(o, session, tl);
+                return Step::Done(Box::new((o, session, tl)));
             }
         }
-        Step::Failed(Decline::Protocol { detail: "the phone ended the exchange".into() })
+        Step::Failed(Decline::Protocol {
+            detail: "the phone ended the exchange".into(),
+        })
     }
 
     /// Run one tap of `intent` with the phone behind `link`.
-    pub fn tap(&mut self, intent: &Intent, link: &mut dyn Link, now: u64, rng: &mut impl CryptoRngCore) -> TapResult {
+    pub fn tap(
+        &mut self,
+        intent: &Intent,
+        link: &mut dyn Link,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> TapResult {
         match self.tap_inner(intent, link, now, rng) {
             Ok(r) => r,
             Err(d) => TapResult::Declined(d),
         }
     }
 
-    fn tap_inner(&mut self, intent: &Intent, link: &mut dyn Link, now: u64, rng: &mut impl CryptoRngCore) -> Result<TapResult, Decline> {
+    fn tap_inner(
+        &mut self,
+        intent: &Intent,
+        link: &mut dyn Link,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<TapResult, Decline> {
         let scenario = intent.scenario()?;
         if let Some(a) = scenario.amount() {
             if a.currency != self.currency {
-                return Err(Decline::WrongCurrency { expected: self.currency.to_string() });
+                return Err(Decline::WrongCurrency {
+                    expected: self.currency.to_string(),
+                });
             }
         }
-        risk::before_tap(&self.limits, &self.risk, &scenario, now).map_err(|rule| Decline::Risk { rule })?;
-        let params = TapParams { scenario: scenario.clone(), cvm_limit: self.limits.cvm_limit, send_certificate: self.send_certificate };
+        risk::before_tap(&self.limits, &self.risk, &scenario, now)
+            .map_err(|rule| Decline::Risk { rule })?;
+        let params = TapParams {
+            scenario: scenario.clone(),
+            cvm_limit: self.limits.cvm_limit,
+            send_certificate: self.send_certificate,
+        };
         let (outcome, mut session, mut tl) = match self.handshake(params, link, now, rng) {
-            Step::Done(o, s, t) => (o, s, t),
+            Step::Done(done) => *done,
             Step::Confirm => return Ok(TapResult::ConfirmOnPhone),
             Step::Failed(d) => return Err(d),
         };
@@ -281,12 +360,18 @@ impl Engine {
         let amount = scenario.amount().map_or(0, |a| a.minor);
         let payment = scenario.amount().is_some();
         if payment {
-            risk::after_tap(&self.limits, &self.risk, &wallet, amount).map_err(|rule| Decline::Risk { rule })?;
+            risk::after_tap(&self.limits, &self.risk, &wallet, amount)
+                .map_err(|rule| Decline::Risk { rule })?;
         }
-        let storage = |e: Error| Decline::Storage { detail: e.to_string() };
+        let storage = |e: Error| Decline::Storage {
+            detail: e.to_string(),
+        };
         if let Some(last) = self.queue.last_atc(&wallet).map_err(storage)? {
             if outcome.atc <= last {
-                return Err(Decline::AtcReplay { last, got: outcome.atc });
+                return Err(Decline::AtcReplay {
+                    last,
+                    got: outcome.atc,
+                });
             }
         }
         if let Some(c) = &outcome.credential {
@@ -298,7 +383,11 @@ impl Engine {
             Intent::Order { cart } => Some(cart.clone()),
             _ => None,
         };
-        let facts = RecordFacts { wallet, atc: outcome.atc, credential: outcome.credential.as_ref().map(|c| c.id) };
+        let facts = RecordFacts {
+            wallet,
+            atc: outcome.atc,
+            credential: outcome.credential.as_ref().map(|c| c.id),
+        };
         let prefix = self.order_prefix.clone();
         let is_order = cart.is_some();
         let (cert, key) = (self.ctx.certificate.clone(), self.ctx.signing_key().clone());
@@ -313,12 +402,23 @@ impl Engine {
         self.risk.add(payment.then_some(wallet), amount, now);
         let order_number = is_order.then(|| format!("{}{}", self.order_prefix, stored.seq));
         let slot = outcome.credential.as_ref().map(|c| c.slot);
-        let receipt = Receipt { record_id: stored.hash, seq: stored.seq, order_number: order_number.clone(), cart, slot };
+        let receipt = Receipt {
+            record_id: stored.hash,
+            seq: stored.seq,
+            order_number: order_number.clone(),
+            cart,
+            slot,
+        };
         let mut receipt_delivered = false;
         if session.send_receipt(&receipt).is_ok() {
             while let Some(cmd) = session.poll_command() {
-                let Ok(resp) = exchange(&mut tl, link, cmd) else { break };
-                if session.handle_response(&mut self.ctx, resp, now, rng).is_err() {
+                let Ok(resp) = exchange(&mut tl, link, cmd) else {
+                    break;
+                };
+                if session
+                    .handle_response(&mut self.ctx, resp, now, rng)
+                    .is_err()
+                {
                     break;
                 }
                 while let Some(ev) = session.poll_event() {

@@ -22,20 +22,30 @@ use crate::queue::{Queue, QueueStore};
 use crate::Error;
 
 fn upload_err(detail: impl ToString) -> Error {
-    Error::Upload { detail: detail.to_string() }
+    Error::Upload {
+        detail: detail.to_string(),
+    }
 }
 
 /// A client for the host the configuration names.
 pub fn client(config: &Config, ctx: &TerminalContext) -> Result<HostClient, Error> {
-    let host = config.host.as_ref().ok_or_else(|| upload_err("no [host] in the configuration"))?;
-    let addr_text = host.url.trim_start_matches("https://").trim_end_matches('/');
+    let host = config
+        .host
+        .as_ref()
+        .ok_or_else(|| upload_err("no [host] in the configuration"))?;
+    let addr_text = host
+        .url
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
     let addr: SocketAddr = addr_text
         .parse()
         .map_err(|_| upload_err(format!("host.url {:?}: use https://IP:PORT", host.url)))?;
     let ca = tapstack_certs::read_certificate(&config.path(&host.ca))?;
-    let identity = TlsIdentity::from_protocol(&ctx.certificate, ctx.signing_key(), &[]).map_err(upload_err)?;
+    let identity =
+        TlsIdentity::from_protocol(&ctx.certificate, ctx.signing_key(), &[]).map_err(upload_err)?;
     let tls = client_config(ca.der(), Some(identity)).map_err(upload_err)?;
-    let name = rustls::pki_types::ServerName::try_from(host.server_name.clone()).map_err(|e| upload_err(e))?;
+    let name =
+        rustls::pki_types::ServerName::try_from(host.server_name.clone()).map_err(upload_err)?;
     Ok(HostClient::new(addr, name, tls).with_timeout(Duration::from_secs(30)))
 }
 
@@ -85,7 +95,11 @@ pub async fn sync(
             report.pruned += queue.ack(resp.acked_seq, hash)?;
         }
         report.acked_seq = resp.acked_seq;
-        if let Some(r) = resp.results.iter().find(|r| r.status == RecordStatus::Rejected) {
+        if let Some(r) = resp
+            .results
+            .iter()
+            .find(|r| r.status == RecordStatus::Rejected)
+        {
             return Err(upload_err(format!(
                 "host rejected record {:?}: {} ({})",
                 r.seq,
@@ -99,10 +113,19 @@ pub async fn sync(
     }
     let list: RevocationList = client.revocations().await.map_err(upload_err)?;
     list.verify(&ctx.trust).map_err(upload_err)?;
-    if ctx.revocations.as_ref().is_none_or(|cur| list.number > cur.number) {
+    if ctx
+        .revocations
+        .as_ref()
+        .is_none_or(|cur| list.number > cur.number)
+    {
         if let Some(path) = revocations_path {
             let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, list.to_bytes()).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|e| Error::File { path, reason: e.to_string() })?;
+            std::fs::write(&tmp, list.to_bytes())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| Error::File {
+                    path,
+                    reason: e.to_string(),
+                })?;
         }
         report.revocation_list = Some(list.number);
         ctx.revocations = Some(list);
@@ -113,7 +136,9 @@ pub async fn sync(
 /// Exponential backoff with full jitter: attempt 0 → up to 1 s, doubling to
 /// at most `max`.
 pub fn backoff(attempt: u32, max: Duration, rng: &mut impl RngCore) -> Duration {
-    let cap = Duration::from_secs(1).saturating_mul(1u32 << attempt.min(16)).min(max);
+    let cap = Duration::from_secs(1)
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(max);
     let millis = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1);
     Duration::from_millis(rng.next_u64() % millis + 1)
 }

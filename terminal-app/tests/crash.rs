@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Crash test (`harness = false`): the real terminal (engine, sled queue,
 //! in-process emulated phones, uploads over mTLS to an in-process tap-host)
 //! runs in a child process that is killed with SIGKILL at random moments,
@@ -30,7 +31,10 @@ use tapstack_terminal::upload;
 const NAME: &str = "kill_9_during_taps_and_uploads";
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn main() {
@@ -61,19 +65,33 @@ fn child(dir: &Path) {
     let mut engine = app::engine(&config).expect("engine");
     let mut field = app::field(&config).expect("field");
     let client = upload::client(&config, &engine.ctx).expect("client");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let cny = Currency::new("CNY").expect("CNY");
     let mut out = std::io::stdout();
     for i in 0u64.. {
-        let amount = Amount { minor: 100 + OsRng.next_u64() % 2000, currency: cny };
-        let r = field.with_phone(Duration::from_secs(1), &mut |link| engine.tap(&Intent::Pay { amount }, link, now(), &mut OsRng));
+        let amount = Amount {
+            minor: 100 + OsRng.next_u64() % 2000,
+            currency: cny,
+        };
+        let r = field.with_phone(Duration::from_secs(1), &mut |link| {
+            engine.tap(&Intent::Pay { amount }, link, now(), &mut OsRng)
+        });
         if let Ok(Some(TapResult::Approved(a))) = r {
             let _ = writeln!(out, "APPROVED {} {}", a.seq, hex::encode(a.record_id));
             let _ = out.flush();
         }
         if i % 3 == 2 {
             let revocations = None;
-            if let Ok(rep) = rt.block_on(upload::sync(&engine.queue, &client, 50, &mut engine.ctx, revocations)) {
+            if let Ok(rep) = rt.block_on(upload::sync(
+                &engine.queue,
+                &client,
+                50,
+                &mut engine.ctx,
+                revocations,
+            )) {
                 let _ = writeln!(out, "SYNCED {}", rep.acked_seq);
                 let _ = out.flush();
             }
@@ -94,18 +112,42 @@ fn setup() -> World {
     let pki_dir = d.join("pki");
     tapstack_certs::init(&pki_dir, now(), &mut OsRng).expect("pki");
     let pki = tapstack_certs::Pki::load(&pki_dir).expect("load pki");
-    let t = pki.issue_terminal("Crash Test Tea", d, &LeafOptions::default(), now(), &mut OsRng).expect("terminal");
+    let t = pki
+        .issue_terminal(
+            "Crash Test Tea",
+            d,
+            &LeafOptions::default(),
+            now(),
+            &mut OsRng,
+        )
+        .expect("terminal");
     let mut phones = Vec::new();
     for name in ["alice", "bob", "carol"] {
-        let p = tapstack_emulator::profile::create(&pki_dir, name, &d.join("phones"), now(), &mut OsRng).expect("wallet");
-        let text = std::fs::read_to_string(&p).expect("profile").replace("policy = \"confirm-on-phone\"", "policy = \"auto-approve\"");
+        let p = tapstack_emulator::profile::create(
+            &pki_dir,
+            name,
+            &d.join("phones"),
+            now(),
+            &mut OsRng,
+        )
+        .expect("wallet");
+        let text = std::fs::read_to_string(&p)
+            .expect("profile")
+            .replace("policy = \"confirm-on-phone\"", "policy = \"auto-approve\"");
         std::fs::write(&p, text).expect("profile");
         phones.push(p.strip_prefix(d).expect("relative").display().to_string());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&d.join("host-store")).expect("host store"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store: Arc<dyn Store> =
+        Arc::new(SledStore::open(&d.join("host-store")).expect("host store"));
     let host = Host::from_pki(&pki, store.clone(), HostOptions::default()).expect("host");
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     rt.spawn(host.serve(listener, std::future::pending::<()>()));
     let config = format!(
@@ -143,11 +185,19 @@ queue_max_age_secs = 100000
         phones = phones.join(","),
     );
     std::fs::write(d.join("terminal.toml"), config).expect("config");
-    World { terminal: *t.identity.cert.hash(), dir, store, _rt: rt }
+    World {
+        terminal: *t.identity.cert.hash(),
+        dir,
+        store,
+        _rt: rt,
+    }
 }
 
 fn parent() {
-    let cycles: usize = std::env::var("TAPSTACK_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let cycles: usize = std::env::var("TAPSTACK_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let w = setup();
     let exe: PathBuf = std::env::current_exe().expect("exe");
     // Every seq ever approved, with the record id it was approved with.
@@ -161,12 +211,20 @@ fn parent() {
             .spawn()
             .expect("spawn child");
         let stdout = child.stdout.take().expect("stdout");
-        let reader = std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>());
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
         std::thread::sleep(Duration::from_millis(20 + OsRng.next_u64() % 230));
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let status = child.wait().expect("wait");
-        assert!(status.code().is_none(), "cycle {cycle}: the child ended on its own ({status}) — it must only die by the kill");
+        assert!(
+            status.code().is_none(),
+            "cycle {cycle}: the child ended on its own ({status}) — it must only die by the kill"
+        );
         let lines = reader.join().expect("reader");
         for line in &lines {
             let mut parts = line.split_whitespace();
@@ -175,7 +233,11 @@ fn parent() {
                     let seq: u64 = seq.parse().expect("seq");
                     let id: [u8; 32] = hex::decode(id).expect("hex").try_into().expect("32 bytes");
                     if let Some(old) = approved.insert(seq, id) {
-                        panic!("cycle {cycle}: seq {seq} approved twice ({} then {})", hex::encode(old), hex::encode(id));
+                        panic!(
+                            "cycle {cycle}: seq {seq} approved twice ({} then {})",
+                            hex::encode(old),
+                            hex::encode(id)
+                        );
                     }
                     killed_mid_run += 1;
                 }
@@ -185,33 +247,65 @@ fn parent() {
         }
         check(&w, &approved, cycle);
     }
-    let host_head = w.store.head(&w.terminal).expect("head").map_or(0, |h| h.seq);
+    let host_head = w
+        .store
+        .head(&w.terminal)
+        .expect("head")
+        .map_or(0, |h| h.seq);
     println!(
         "{cycles} kill -9 cycles: {} approved taps, {syncs} uploads, host holds #1..#{host_head}, all checks passed",
         approved.len()
     );
-    assert!(approved.len() > cycles / 10, "too few taps completed for the test to mean anything");
+    assert!(
+        approved.len() > cycles / 10,
+        "too few taps completed for the test to mean anything"
+    );
     let _ = killed_mid_run;
 }
 
 fn check(w: &World, approved: &BTreeMap<u64, [u8; 32]>, cycle: usize) {
-    let queue = Queue::open(&w.dir.path().join("queue")).unwrap_or_else(|e| panic!("cycle {cycle}: queue does not open: {e}"));
+    let queue = Queue::open(&w.dir.path().join("queue"))
+        .unwrap_or_else(|e| panic!("cycle {cycle}: queue does not open: {e}"));
     let (head, _) = queue.head().expect("head");
     let acked = queue.acked().expect("acked");
-    let stored = queue.all().unwrap_or_else(|e| panic!("cycle {cycle}: a half-written record: {e}"));
+    let stored = queue
+        .all()
+        .unwrap_or_else(|e| panic!("cycle {cycle}: a half-written record: {e}"));
     let host_head = w.store.head(&w.terminal).expect("host head");
     let host_seq = host_head.as_ref().map_or(0, |h| h.seq);
-    assert!(host_seq <= head, "cycle {cycle}: host holds #{host_seq} beyond the terminal's head #{head}");
-    assert!(acked <= host_seq, "cycle {cycle}: terminal pruned up to #{acked} but the host holds only #{host_seq}");
+    assert!(
+        host_seq <= head,
+        "cycle {cycle}: host holds #{host_seq} beyond the terminal's head #{head}"
+    );
+    assert!(
+        acked <= host_seq,
+        "cycle {cycle}: terminal pruned up to #{acked} but the host holds only #{host_seq}"
+    );
     // The chain of what the terminal still holds continues the host's.
     let mut prev: Option<(u64, [u8; 32])> = None;
     for s in stored.iter().filter(|s| s.seq > acked) {
         let r = s.record().expect("decode");
         match prev {
-            Some(p) => check_chain(Some(p), &r).unwrap_or_else(|e| panic!("cycle {cycle}: #{}: {e}", s.seq)),
+            Some(p) => check_chain(Some(p), &r)
+                .unwrap_or_else(|e| panic!("cycle {cycle}: #{}: {e}", s.seq)),
             None if s.seq > 1 => {
-                let h = w.store.record_hash(&w.terminal, s.seq - 1).expect("host").unwrap_or_else(|| panic!("cycle {cycle}: #{} follows a record neither side holds", s.seq));
-                assert_eq!(r.prev_hash, h, "cycle {cycle}: #{} does not chain to the host's #{}", s.seq, s.seq - 1);
+                let h = w
+                    .store
+                    .record_hash(&w.terminal, s.seq - 1)
+                    .expect("host")
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "cycle {cycle}: #{} follows a record neither side holds",
+                            s.seq
+                        )
+                    });
+                assert_eq!(
+                    r.prev_hash,
+                    h,
+                    "cycle {cycle}: #{} does not chain to the host's #{}",
+                    s.seq,
+                    s.seq - 1
+                );
             }
             None => check_chain(None, &r).unwrap_or_else(|e| panic!("cycle {cycle}: #1: {e}")),
         }
@@ -221,9 +315,17 @@ fn check(w: &World, approved: &BTreeMap<u64, [u8; 32]>, cycle: usize) {
         let local = stored.iter().find(|s| s.seq == *seq && *seq > acked);
         let remote = w.store.record_hash(&w.terminal, *seq).expect("host");
         match (local, remote) {
-            (Some(s), _) => assert_eq!(&s.hash, id, "cycle {cycle}: #{seq} in the queue is not the approved record"),
-            (None, Some(h)) => assert_eq!(&h, id, "cycle {cycle}: the host's #{seq} is not the approved record"),
-            (None, None) => panic!("cycle {cycle}: approved #{seq} is neither in the queue nor at the host"),
+            (Some(s), _) => assert_eq!(
+                &s.hash, id,
+                "cycle {cycle}: #{seq} in the queue is not the approved record"
+            ),
+            (None, Some(h)) => assert_eq!(
+                &h, id,
+                "cycle {cycle}: the host's #{seq} is not the approved record"
+            ),
+            (None, None) => {
+                panic!("cycle {cycle}: approved #{seq} is neither in the queue nor at the host")
+            }
         }
         if let Some(h) = remote {
             assert_eq!(&h, id, "cycle {cycle}: host holds another record as #{seq}");

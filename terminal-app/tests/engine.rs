@@ -1,6 +1,6 @@
 //! The tap engine with in-process emulated phones: scenarios, risk rules
 //! through the engine, hostile phones, replays, restarts.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,7 +16,10 @@ use tapstack_terminal::risk::RiskDecline;
 use tapstack_terminal::tap::{Decline, Engine, Intent, TapResult};
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 struct Shop {
@@ -30,19 +33,45 @@ impl Shop {
         let d = dir.path();
         tapstack_certs::init(&d.join("pki"), now(), &mut OsRng).unwrap();
         let pki = tapstack_certs::Pki::load(&d.join("pki")).unwrap();
-        pki.issue_terminal("Tea House #12", d, &LeafOptions { file_stem: Some("terminal".into()), ..Default::default() }, now(), &mut OsRng).unwrap();
+        pki.issue_terminal(
+            "Tea House #12",
+            d,
+            &LeafOptions {
+                file_stem: Some("terminal".into()),
+                ..Default::default()
+            },
+            now(),
+            &mut OsRng,
+        )
+        .unwrap();
         let mut phones = Vec::new();
         for name in ["alice", "bob"] {
-            let p = tapstack_emulator::profile::create(&d.join("pki"), name, &d.join("phones"), now(), &mut OsRng).unwrap();
+            let p = tapstack_emulator::profile::create(
+                &d.join("pki"),
+                name,
+                &d.join("phones"),
+                now(),
+                &mut OsRng,
+            )
+            .unwrap();
             // The phones ask for confirmation above 30.00 (the terminal's CVM limit is 50.00).
-            let text = std::fs::read_to_string(&p).unwrap().replace("limit = 10000", "limit = 3000");
+            let text = std::fs::read_to_string(&p)
+                .unwrap()
+                .replace("limit = 10000", "limit = 3000");
             std::fs::write(&p, text).unwrap();
             phones.push(p);
         }
         let cred = d.join("parcel.cred");
         let w = tapstack_emulator::profile::load(&phones[0]).unwrap();
-        let req = tapstack_certs::CredentialRequest { wallet: &w.context.certificate, site: "LOCKER-7", slot: 12, parcel: "SF1", days: None };
-        pki.issue_credential(&req, &cred, now(), &mut OsRng).unwrap();
+        let req = tapstack_certs::CredentialRequest {
+            wallet: &w.context.certificate,
+            site: "LOCKER-7",
+            slot: 12,
+            parcel: "SF1",
+            days: None,
+        };
+        pki.issue_credential(&req, &cred, now(), &mut OsRng)
+            .unwrap();
         tapstack_emulator::profile::add_credential(&phones[0], &cred).unwrap();
         std::fs::write(
             d.join("terminal.toml"),
@@ -64,7 +93,10 @@ impl Shop {
 
     fn field(&self, phones: &[&Path], faults: &[&str]) -> EmuField {
         let spec: Vec<String> = phones.iter().map(|p| p.display().to_string()).collect();
-        let faults = FaultScript { faults: faults.iter().map(|f| Fault::parse(f).unwrap()).collect(), present: None };
+        let faults = FaultScript {
+            faults: faults.iter().map(|f| Fault::parse(f).unwrap()).collect(),
+            present: None,
+        };
         EmuField::with_faults(&spec.join(","), Path::new("/"), faults).unwrap()
     }
 }
@@ -72,11 +104,21 @@ impl Shop {
 const LIMITS: &str = "floor_limit = 10000\ncvm_limit = 5000\nwallet_max_amount = 15000\nwallet_max_count = 3\nqueue_max_amount = 100000\nqueue_max_count = 100\nqueue_max_age_secs = 86400";
 
 fn cny(minor: u64) -> Intent {
-    Intent::Pay { amount: Amount { minor, currency: Currency::new("CNY").unwrap() } }
+    Intent::Pay {
+        amount: Amount {
+            minor,
+            currency: Currency::new("CNY").unwrap(),
+        },
+    }
 }
 
 fn tap(engine: &mut Engine, field: &mut dyn Field, intent: &Intent) -> TapResult {
-    field.with_phone(Duration::from_secs(1), &mut |link| engine.tap(intent, link, now(), &mut OsRng)).unwrap().unwrap()
+    field
+        .with_phone(Duration::from_secs(1), &mut |link| {
+            engine.tap(intent, link, now(), &mut OsRng)
+        })
+        .unwrap()
+        .unwrap()
 }
 
 fn approved(r: &TapResult) -> &tapstack_terminal::tap::Approved {
@@ -92,16 +134,42 @@ fn pay_order_pickup_and_two_tap_through_the_engine() {
     let mut e = shop.engine();
     let mut f = shop.field(&[&shop.phones[0]], &[]);
     let a = tap(&mut e, &mut f, &cny(1250));
-    assert_eq!((approved(&a).seq, approved(&a).receipt_delivered), (1, true));
+    assert_eq!(
+        (approved(&a).seq, approved(&a).receipt_delivered),
+        (1, true)
+    );
 
-    let cart = Cart { currency: Currency::new("CNY").unwrap(), items: vec![CartItem { sku: "TEA".into(), name: "Tea".into(), qty: 2, unit_price: 800 }] };
+    let cart = Cart {
+        currency: Currency::new("CNY").unwrap(),
+        items: vec![CartItem {
+            sku: "TEA".into(),
+            name: "Tea".into(),
+            qty: 2,
+            unit_price: 800,
+        }],
+    };
     let o = tap(&mut e, &mut f, &Intent::Order { cart });
     assert_eq!(approved(&o).order_number.as_deref(), Some("A2"));
 
-    let p = tap(&mut e, &mut f, &Intent::Pickup { site: "LOCKER-7".into() });
-    assert_eq!((approved(&p).slot, approved(&p).parcel.as_deref()), (Some(12), Some("SF1")));
+    let p = tap(
+        &mut e,
+        &mut f,
+        &Intent::Pickup {
+            site: "LOCKER-7".into(),
+        },
+    );
+    assert_eq!(
+        (approved(&p).slot, approved(&p).parcel.as_deref()),
+        (Some(12), Some("SF1"))
+    );
     // The same credential again at this kiosk: refused, nothing written.
-    let again = tap(&mut e, &mut f, &Intent::Pickup { site: "LOCKER-7".into() });
+    let again = tap(
+        &mut e,
+        &mut f,
+        &Intent::Pickup {
+            site: "LOCKER-7".into(),
+        },
+    );
     assert_eq!(again, TapResult::Declined(Decline::CredentialUsed));
 
     // Above the phone's limit → confirm on phone, then approved.
@@ -109,7 +177,11 @@ fn pay_order_pickup_and_two_tap_through_the_engine() {
     assert_eq!(first, TapResult::ConfirmOnPhone);
     let second = tap(&mut e, &mut f, &cny(9000));
     assert_eq!(approved(&second).cvm, "confirmed_on_phone");
-    assert_eq!(e.queue.head().unwrap().0, 4, "four records: pay, order, pickup, two-tap pay");
+    assert_eq!(
+        e.queue.head().unwrap().0,
+        4,
+        "four records: pay, order, pickup, two-tap pay"
+    );
 }
 
 #[test]
@@ -118,23 +190,46 @@ fn risk_rules_through_the_engine_write_nothing() {
     let mut e = shop.engine();
     let mut f = shop.field(&[&shop.phones[0]], &[]);
     // Floor limit 100.00: above it declined before any tap.
-    assert_eq!(tap(&mut e, &mut f, &cny(10_001)), TapResult::Declined(Decline::Risk { rule: RiskDecline::FloorLimit }));
+    assert_eq!(
+        tap(&mut e, &mut f, &cny(10_001)),
+        TapResult::Declined(Decline::Risk {
+            rule: RiskDecline::FloorLimit
+        })
+    );
     // Wallet limit: 3 taps (and 150.00).
     for _ in 0..3 {
         approved(&tap(&mut e, &mut f, &cny(3000)));
     }
-    assert_eq!(tap(&mut e, &mut f, &cny(100)), TapResult::Declined(Decline::Risk { rule: RiskDecline::WalletCountLimit }));
+    assert_eq!(
+        tap(&mut e, &mut f, &cny(100)),
+        TapResult::Declined(Decline::Risk {
+            rule: RiskDecline::WalletCountLimit
+        })
+    );
     let mut other = shop.field(&[&shop.phones[1]], &[]);
     approved(&tap(&mut e, &mut other, &cny(3000)));
     assert_eq!(e.queue.head().unwrap().0, 4);
     // Wrong currency.
-    let usd = Intent::Pay { amount: Amount { minor: 100, currency: Currency::new("USD").unwrap() } };
-    assert!(matches!(tap(&mut e, &mut other, &usd), TapResult::Declined(Decline::WrongCurrency { .. })));
+    let usd = Intent::Pay {
+        amount: Amount {
+            minor: 100,
+            currency: Currency::new("USD").unwrap(),
+        },
+    };
+    assert!(matches!(
+        tap(&mut e, &mut other, &usd),
+        TapResult::Declined(Decline::WrongCurrency { .. })
+    ));
     // A restart rebuilds the limits from the queue.
     drop(e);
     let mut e = shop.engine();
     assert_eq!(e.risk.queued_count, 4);
-    assert_eq!(tap(&mut e, &mut f, &cny(100)), TapResult::Declined(Decline::Risk { rule: RiskDecline::WalletCountLimit }));
+    assert_eq!(
+        tap(&mut e, &mut f, &cny(100)),
+        TapResult::Declined(Decline::Risk {
+            rule: RiskDecline::WalletCountLimit
+        })
+    );
 }
 
 #[test]
@@ -152,7 +247,9 @@ fn hostile_phones_end_in_clear_declines_and_write_nothing() {
         let mut f = shop.field(&[&shop.phones[0]], &[fault]);
         // Taps before the faulty one (tap numbers are per field).
         for _ in 1..fault.rsplit('/').next().unwrap().parse::<usize>().unwrap() {
-            let _ = f.with_phone(Duration::from_secs(1), &mut |_link| TapResult::ConfirmOnPhone);
+            let _ = f.with_phone(Duration::from_secs(1), &mut |_link| {
+                TapResult::ConfirmOnPhone
+            });
         }
         match tap(&mut e, &mut f, &cny(100)) {
             TapResult::Declined(d) => assert!(codes.contains(&d.code()), "{fault}: {d}"),
@@ -181,7 +278,10 @@ fn replayed_counter_is_refused_across_restarts() {
     drop(e);
     let mut e = shop.engine();
     let mut f = shop.field(&[&shop.phones[0]], &[]);
-    assert_eq!(tap(&mut e, &mut f, &cny(100)), TapResult::Declined(Decline::AtcReplay { last: 2, got: 2 }));
+    assert_eq!(
+        tap(&mut e, &mut f, &cny(100)),
+        TapResult::Declined(Decline::AtcReplay { last: 2, got: 2 })
+    );
     assert_eq!(e.queue.head().unwrap().0, 2);
 }
 
@@ -191,20 +291,40 @@ fn bad_configuration_values_get_clear_errors() {
     let path = shop.dir.path().join("terminal.toml");
     let good = std::fs::read_to_string(&path).unwrap();
     for (edit, needle) in [
-        (good.replace("currency = \"CNY\"", "currency = \"yuan\""), "ISO 4217"),
-        (good.replace("emu:phones/alice.toml", "usb:1"), "reader.connection"),
-        (good.replace("floor_limit = 10000", "floor_limit = -5"), "floor_limit"),
+        (
+            good.replace("currency = \"CNY\"", "currency = \"yuan\""),
+            "ISO 4217",
+        ),
+        (
+            good.replace("emu:phones/alice.toml", "usb:1"),
+            "reader.connection",
+        ),
+        (
+            good.replace("floor_limit = 10000", "floor_limit = -5"),
+            "floor_limit",
+        ),
         (good.replace("[queue]", "[queue]\nsize = 3"), "size"),
-        (good.replace("floor_limit = 10000", "floor_limit = 100"), "cvm_limit"),
+        (
+            good.replace("floor_limit = 10000", "floor_limit = 100"),
+            "cvm_limit",
+        ),
     ] {
         std::fs::write(&path, &edit).unwrap();
-        let err = Config::load(&path, std::iter::empty()).unwrap_err().to_string();
+        let err = Config::load(&path, std::iter::empty())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(needle), "{needle}: {err}");
     }
     std::fs::write(&path, &good).unwrap();
-    let env = [("TAPSTACK_RISK_FLOOR_LIMIT".to_string(), "7000".to_string()), ("TAPSTACK_READER_CONNECTION".into(), "pcsc:ACS".into())];
+    let env = [
+        ("TAPSTACK_RISK_FLOOR_LIMIT".to_string(), "7000".to_string()),
+        ("TAPSTACK_READER_CONNECTION".into(), "pcsc:ACS".into()),
+    ];
     let c = Config::load(&path, env).unwrap();
-    assert_eq!((c.risk.floor_limit, c.reader.connection.as_str()), (7000, "pcsc:ACS"));
+    assert_eq!(
+        (c.risk.floor_limit, c.reader.connection.as_str()),
+        (7000, "pcsc:ACS")
+    );
     let bad_env = [("TAPSTACK_RISK_FLOOR_LIMIT".to_string(), "lots".to_string())];
     assert!(Config::load(&path, bad_env).is_err());
 }

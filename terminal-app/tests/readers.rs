@@ -21,7 +21,10 @@ use tapstack_terminal::upload;
 use tapstack_tests::{workspace_binary, Child, Pcscd, VPCD_READER};
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 struct World {
@@ -39,19 +42,56 @@ fn world() -> World {
     let d = dir.path();
     tapstack_certs::init(&d.join("pki"), now(), &mut OsRng).unwrap();
     let pki = tapstack_certs::Pki::load(&d.join("pki")).unwrap();
-    let t = pki.issue_terminal("Tea House #12", d, &LeafOptions { file_stem: Some("terminal".into()), ..Default::default() }, now(), &mut OsRng).unwrap();
-    let phone = tapstack_emulator::profile::create(&d.join("pki"), "alice", &d.join("phones"), now(), &mut OsRng).unwrap();
+    let t = pki
+        .issue_terminal(
+            "Tea House #12",
+            d,
+            &LeafOptions {
+                file_stem: Some("terminal".into()),
+                ..Default::default()
+            },
+            now(),
+            &mut OsRng,
+        )
+        .unwrap();
+    let phone = tapstack_emulator::profile::create(
+        &d.join("pki"),
+        "alice",
+        &d.join("phones"),
+        now(),
+        &mut OsRng,
+    )
+    .unwrap();
     let w = tapstack_emulator::profile::load(&phone).unwrap();
-    let req = tapstack_certs::CredentialRequest { wallet: &w.context.certificate, site: "LOCKER-7", slot: 12, parcel: "SF1", days: None };
-    pki.issue_credential(&req, &d.join("parcel.cred"), now(), &mut OsRng).unwrap();
+    let req = tapstack_certs::CredentialRequest {
+        wallet: &w.context.certificate,
+        site: "LOCKER-7",
+        slot: 12,
+        parcel: "SF1",
+        days: None,
+    };
+    pki.issue_credential(&req, &d.join("parcel.cred"), now(), &mut OsRng)
+        .unwrap();
     tapstack_emulator::profile::add_credential(&phone, &d.join("parcel.cred")).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&d.join("host-store")).unwrap());
     let host = Host::from_pki(&pki, store.clone(), HostOptions::default()).unwrap();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     rt.spawn(host.serve(listener, std::future::pending::<()>()));
-    World { terminal: *t.identity.cert.hash(), dir, store, rt, addr }
+    World {
+        terminal: *t.identity.cert.hash(),
+        dir,
+        store,
+        rt,
+        addr,
+    }
 }
 
 fn config(w: &World, connection: &str) -> Config {
@@ -73,7 +113,12 @@ fn tap(engine: &mut Engine, field: &mut dyn Field, intent: &Intent) -> TapResult
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "no phone within 30 s");
-        if let Some(r) = field.with_phone(left, &mut |link| engine.tap(intent, link, now(), &mut OsRng)).unwrap() {
+        if let Some(r) = field
+            .with_phone(left, &mut |link| {
+                engine.tap(intent, link, now(), &mut OsRng)
+            })
+            .unwrap()
+        {
             return r;
         }
     }
@@ -92,29 +137,93 @@ fn every_scenario(w: &World, connection: &str) {
     let mut engine = app::engine(&config).unwrap();
     let mut field = app::field(&config).unwrap();
     let cny = Currency::new("CNY").unwrap();
-    let pay = approved(tap(&mut engine, field.as_mut(), &Intent::Pay { amount: Amount { minor: 1250, currency: cny } }), "pay");
+    let pay = approved(
+        tap(
+            &mut engine,
+            field.as_mut(),
+            &Intent::Pay {
+                amount: Amount {
+                    minor: 1250,
+                    currency: cny,
+                },
+            },
+        ),
+        "pay",
+    );
     assert!(pay.receipt_delivered, "the phone saw its receipt");
-    let cart = Cart { currency: cny, items: vec![CartItem { sku: "TEA-01".into(), name: "Jasmine tea".into(), qty: 2, unit_price: 800 }] };
-    let order = approved(tap(&mut engine, field.as_mut(), &Intent::Order { cart }), "order");
+    let cart = Cart {
+        currency: cny,
+        items: vec![CartItem {
+            sku: "TEA-01".into(),
+            name: "Jasmine tea".into(),
+            qty: 2,
+            unit_price: 800,
+        }],
+    };
+    let order = approved(
+        tap(&mut engine, field.as_mut(), &Intent::Order { cart }),
+        "order",
+    );
     assert_eq!(order.order_number.as_deref(), Some("A2"));
-    let pickup = approved(tap(&mut engine, field.as_mut(), &Intent::Pickup { site: "LOCKER-7".into() }), "pickup");
-    assert_eq!((pickup.slot, pickup.parcel.as_deref()), (Some(12), Some("SF1")));
+    let pickup = approved(
+        tap(
+            &mut engine,
+            field.as_mut(),
+            &Intent::Pickup {
+                site: "LOCKER-7".into(),
+            },
+        ),
+        "pickup",
+    );
+    assert_eq!(
+        (pickup.slot, pickup.parcel.as_deref()),
+        (Some(12), Some("SF1"))
+    );
     // 250.00 is above the phone's own limit (100.00) and the terminal's CVM limit.
-    let big = Intent::Pay { amount: Amount { minor: 25_000, currency: cny } };
-    assert_eq!(tap(&mut engine, field.as_mut(), &big), TapResult::ConfirmOnPhone);
+    let big = Intent::Pay {
+        amount: Amount {
+            minor: 25_000,
+            currency: cny,
+        },
+    };
+    assert_eq!(
+        tap(&mut engine, field.as_mut(), &big),
+        TapResult::ConfirmOnPhone
+    );
     let second = approved(tap(&mut engine, field.as_mut(), &big), "second tap");
     assert_eq!((second.seq, second.cvm), (4, "confirmed_on_phone"));
 
     let client = upload::client(&config, &engine.ctx).unwrap();
-    let report = w.rt.block_on(upload::sync(&engine.queue, &client, 100, &mut engine.ctx, None)).unwrap();
-    assert_eq!((report.accepted, report.acked_seq, report.pruned), (4, 4, 4), "{report:?}");
+    let report =
+        w.rt.block_on(upload::sync(
+            &engine.queue,
+            &client,
+            100,
+            &mut engine.ctx,
+            None,
+        ))
+        .unwrap();
+    assert_eq!(
+        (report.accepted, report.acked_seq, report.pruned),
+        (4, 4, 4),
+        "{report:?}"
+    );
     assert_eq!(w.store.head(&w.terminal).unwrap().map(|h| h.seq), Some(4));
 }
 
 fn emu(args: &[&str], dir: &Path) -> Child {
     let bin = workspace_binary("tap-emu");
-    assert!(bin.exists(), "{} missing: `cargo build --workspace --bins` first (make test does)", bin.display());
-    Child::spawn("tap-emu", Command::new(bin).args(args), Some(&dir.join("emu.log"))).unwrap()
+    assert!(
+        bin.exists(),
+        "{} missing: `cargo build --workspace --bins` first (make test does)",
+        bin.display()
+    );
+    Child::spawn(
+        "tap-emu",
+        Command::new(bin).args(args),
+        Some(&dir.join("emu.log")),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -123,7 +232,20 @@ fn every_scenario_through_pcscd_and_vpcd_then_upload() {
     let w = world();
     let phone = w.dir.path().join("phones/alice.toml");
     let port = pcscd.port.to_string();
-    let _emu = emu(&["vpcd", "--port", &port, "--wallet", phone.to_str().unwrap(), "--idle-ms", "400", "--gap-ms", "1000"], w.dir.path());
+    let _emu = emu(
+        &[
+            "vpcd",
+            "--port",
+            &port,
+            "--wallet",
+            phone.to_str().unwrap(),
+            "--idle-ms",
+            "400",
+            "--gap-ms",
+            "1000",
+        ],
+        w.dir.path(),
+    );
     every_scenario(&w, &format!("pcsc:{VPCD_READER}"));
 }
 
@@ -132,10 +254,26 @@ fn every_scenario_through_a_pn532_on_a_pty_then_upload() {
     let w = world();
     let phone = w.dir.path().join("phones/alice.toml");
     let link = w.dir.path().join("pn532");
-    let _emu = emu(&["pn532", "--link", link.to_str().unwrap(), "--wallet", phone.to_str().unwrap(), "--idle-ms", "400", "--gap-ms", "300"], w.dir.path());
+    let _emu = emu(
+        &[
+            "pn532",
+            "--link",
+            link.to_str().unwrap(),
+            "--wallet",
+            phone.to_str().unwrap(),
+            "--idle-ms",
+            "400",
+            "--gap-ms",
+            "300",
+        ],
+        w.dir.path(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !link.exists() {
-        assert!(Instant::now() < deadline, "tap-emu pn532 did not create its link");
+        assert!(
+            Instant::now() < deadline,
+            "tap-emu pn532 did not create its link"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     every_scenario(&w, &format!("pn532:{}", link.display()));

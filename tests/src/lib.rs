@@ -45,15 +45,21 @@ impl Child {
     /// Spawn `cmd` (stdout and stderr to `log` if given).
     pub fn spawn(name: &str, cmd: &mut Command, log: Option<&Path>) -> Result<Self, HarnessError> {
         if let Some(log) = log {
-            let f = File::create(log).map_err(|e| err(format!("{name}: log {}: {e}", log.display())))?;
+            let f = File::create(log)
+                .map_err(|e| err(format!("{name}: log {}: {e}", log.display())))?;
             let f2 = f.try_clone().map_err(|e| err(format!("{name}: {e}")))?;
             cmd.stdout(f).stderr(f2);
         } else {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
         cmd.stdin(Stdio::null());
-        let child = cmd.spawn().map_err(|e| err(format!("cannot start {name}: {e}")))?;
-        Ok(Child { child, name: name.to_owned() })
+        let child = cmd
+            .spawn()
+            .map_err(|e| err(format!("cannot start {name}: {e}")))?;
+        Ok(Child {
+            child,
+            name: name.to_owned(),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -110,7 +116,9 @@ pub fn free_port_pair() -> Result<u16, HarnessError> {
     for _ in 0..50 {
         let l = TcpListener::bind("127.0.0.1:0").map_err(|e| err(format!("bind: {e}")))?;
         let port = l.local_addr().map_err(|e| err(e.to_string()))?.port();
-        let Some(next) = port.checked_add(1) else { continue };
+        let Some(next) = port.checked_add(1) else {
+            continue;
+        };
         let next_free = TcpListener::bind(("0.0.0.0", next)).is_ok();
         drop(l);
         if next_free && TcpListener::bind(("0.0.0.0", port)).is_ok() {
@@ -158,21 +166,28 @@ pub struct Pcscd {
 pub const VPCD_READER: &str = "Virtual PCD 00 00";
 
 fn running_pcscd() -> Option<u32> {
-    fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = fs::read_to_string(e.path().join("comm")).ok()?;
-        // A zombie (state Z) holds no socket.
-        let stat = fs::read_to_string(e.path().join("stat")).ok()?;
-        let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        (comm.trim() == "pcscd" && !zombie).then_some(pid)
-    })
+    fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = fs::read_to_string(e.path().join("comm")).ok()?;
+            // A zombie (state Z) holds no socket.
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            (comm.trim() == "pcscd" && !zombie).then_some(pid)
+        })
 }
 
 impl Pcscd {
     /// Start pcscd; waits until vpcd listens and the client socket exists.
     pub fn start() -> Result<Self, HarnessError> {
         if !Path::new(VPCD_DRIVER).exists() {
-            return Err(err(format!("{VPCD_DRIVER} missing: install Debian's vsmartcard-vpcd (make test does)")));
+            return Err(err(format!(
+                "{VPCD_DRIVER} missing: install Debian's vsmartcard-vpcd (make test does)"
+            )));
         }
         let lock_file = File::options()
             .create(true)
@@ -180,7 +195,8 @@ impl Pcscd {
             .write(true)
             .open(LOCK)
             .map_err(|e| err(format!("{LOCK}: {e}")))?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| err(format!("lock {LOCK}: {e}")))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| err(format!("lock {LOCK}: {e}")))?;
         if let Some(pid) = running_pcscd() {
             return Err(err(format!(
                 "another pcscd (pid {pid}) is running; the tests start their own. Stop it (systemctl stop pcscd.socket pcscd) and retry"
@@ -199,10 +215,18 @@ impl Pcscd {
         let log = dir.path().join("pcscd.log");
         let child = Child::spawn(
             "pcscd",
-            Command::new("pcscd").arg("--foreground").arg("--config").arg(&conf),
+            Command::new("pcscd")
+                .arg("--foreground")
+                .arg("--config")
+                .arg(&conf),
             Some(&log),
         )?;
-        let mut me = Pcscd { port, dir, child: Some(child), _lock: lock };
+        let mut me = Pcscd {
+            port,
+            dir,
+            child: Some(child),
+            _lock: lock,
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         while !(is_listening(port) && Path::new(PCSCD_SOCKET).exists()) {
             if let Some(c) = me.child.as_mut() {
@@ -236,7 +260,14 @@ impl Pcscd {
         self.stop();
         let conf = self.dir.path().join("reader.conf.d");
         let log = self.dir.path().join("pcscd-restarted.log");
-        let child = Child::spawn("pcscd", Command::new("pcscd").arg("--foreground").arg("--config").arg(&conf), Some(&log))?;
+        let child = Child::spawn(
+            "pcscd",
+            Command::new("pcscd")
+                .arg("--foreground")
+                .arg("--config")
+                .arg(&conf),
+            Some(&log),
+        )?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while !(is_listening(self.port) && Path::new(PCSCD_SOCKET).exists()) {

@@ -70,6 +70,27 @@ enum Command {
     Serve,
 }
 
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic
+/// Gregorian).
+fn utc(t: u64) -> String {
+    let (days, secs) = (t / 86_400, t % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -305,17 +326,19 @@ fn main() -> Result<()> {
                 head,
                 engine.queue.acked()?
             );
-            println!(
-                "queued amount {} minor units, oldest {:?}",
-                engine.risk.queued_amount, engine.risk.oldest
-            );
+            let queued = Amount {
+                minor: engine.risk.queued_amount,
+                currency: engine.currency,
+            };
+            let oldest = engine.risk.oldest.map_or_else(|| "-".to_owned(), utc);
+            println!("queued {queued}, oldest from {oldest}");
             for s in engine.queue.recent(last)? {
                 let r: TransactionRecord = s.record()?;
                 println!(
                     "  #{} {} at {}{}",
                     s.seq,
                     hex::encode(&s.hash[..8]),
-                    r.recorded_at,
+                    utc(r.recorded_at),
                     r.order_number
                         .map(|n| format!(" order {n}"))
                         .unwrap_or_default()
@@ -362,4 +385,17 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_formats_unix_seconds() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_780_000_000), "2026-05-28 20:26:40 UTC");
+        assert_eq!(utc(4_102_444_799), "2099-12-31 23:59:59 UTC");
+    }
 }

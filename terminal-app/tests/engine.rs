@@ -2,11 +2,12 @@
 //! through the engine, hostile phones, replays, restarts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
 
 use rand_core::OsRng;
-use tapstack_certs::LeafOptions;
 use tapstack_emulator::{Fault, FaultScript};
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency};
 use tapstack_terminal::app::{self, EmuField, Field};
@@ -15,72 +16,32 @@ use tapstack_terminal::queue::QueueStore;
 use tapstack_terminal::risk::RiskDecline;
 use tapstack_terminal::tap::{Decline, Engine, Intent, TapResult};
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+use common::now;
 
 struct Shop {
-    dir: tempfile::TempDir,
-    phones: Vec<PathBuf>,
+    base: common::Shop,
+}
+
+impl std::ops::Deref for Shop {
+    type Target = common::Shop;
+    fn deref(&self) -> &common::Shop {
+        &self.base
+    }
 }
 
 impl Shop {
+    /// The common shop (PKI, terminal, phones asking above 30.00, alice's
+    /// parcel credential) with `emu:` phones and these risk limits.
     fn new(risk: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        tapstack_certs::init(&d.join("pki"), now(), &mut OsRng).unwrap();
-        let pki = tapstack_certs::Pki::load(&d.join("pki")).unwrap();
-        pki.issue_terminal(
-            "Tea House #12",
-            d,
-            &LeafOptions {
-                file_stem: Some("terminal".into()),
-                ..Default::default()
-            },
-            now(),
-            &mut OsRng,
-        )
-        .unwrap();
-        let mut phones = Vec::new();
-        for name in ["alice", "bob"] {
-            let p = tapstack_emulator::profile::create(
-                &d.join("pki"),
-                name,
-                &d.join("phones"),
-                now(),
-                &mut OsRng,
-            )
-            .unwrap();
-            // The phones ask for confirmation above 30.00 (the terminal's CVM limit is 50.00).
-            let text = std::fs::read_to_string(&p)
-                .unwrap()
-                .replace("limit = 10000", "limit = 3000");
-            std::fs::write(&p, text).unwrap();
-            phones.push(p);
-        }
-        let cred = d.join("parcel.cred");
-        let w = tapstack_emulator::profile::load(&phones[0]).unwrap();
-        let req = tapstack_certs::CredentialRequest {
-            wallet: &w.context.certificate,
-            site: "LOCKER-7",
-            slot: 12,
-            parcel: "SF1",
-            days: None,
-        };
-        pki.issue_credential(&req, &cred, now(), &mut OsRng)
-            .unwrap();
-        tapstack_emulator::profile::add_credential(&phones[0], &cred).unwrap();
+        let base = common::Shop::new();
         std::fs::write(
-            d.join("terminal.toml"),
+            base.dir.path().join("terminal.toml"),
             format!(
                 "[terminal]\ncertificate = \"terminal.pem\"\nkey = \"terminal.key\"\ncurrency = \"CNY\"\n\n[reader]\nconnection = \"emu:phones/alice.toml\"\n\n[trust]\nroot = \"pki/root.pem\"\nissuers = [\"pki/issuer.pem\"]\noperators = [\"pki/operator.pem\"]\nrevocations = \"pki/revocations.tlv\"\n\n[queue]\npath = \"queue\"\n\n[risk]\n{risk}\n"
             ),
         )
         .unwrap();
-        Shop { dir, phones }
+        Shop { base }
     }
 
     fn config(&self) -> Config {

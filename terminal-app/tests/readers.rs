@@ -4,15 +4,13 @@
 //! real `tap-host` over HTTPS with mutual TLS.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rand_core::OsRng;
-use tapstack_certs::LeafOptions;
-use tapstack_host::server::{Host, HostOptions};
-use tapstack_host::store::{SledStore, Store};
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency};
 use tapstack_terminal::app::{self, Field};
 use tapstack_terminal::config::Config;
@@ -20,79 +18,7 @@ use tapstack_terminal::tap::{Engine, Intent, TapResult};
 use tapstack_terminal::upload;
 use tapstack_tests::{workspace_binary, Child, Pcscd, VPCD_READER};
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-struct World {
-    dir: tempfile::TempDir,
-    terminal: [u8; 32],
-    store: Arc<dyn Store>,
-    rt: tokio::runtime::Runtime,
-    addr: std::net::SocketAddr,
-}
-
-/// A PKI, a terminal certificate, one phone with a pickup credential, and a
-/// tap-host serving HTTPS on 127.0.0.1.
-fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    tapstack_certs::init(&d.join("pki"), now(), &mut OsRng).unwrap();
-    let pki = tapstack_certs::Pki::load(&d.join("pki")).unwrap();
-    let t = pki
-        .issue_terminal(
-            "Tea House #12",
-            d,
-            &LeafOptions {
-                file_stem: Some("terminal".into()),
-                ..Default::default()
-            },
-            now(),
-            &mut OsRng,
-        )
-        .unwrap();
-    let phone = tapstack_emulator::profile::create(
-        &d.join("pki"),
-        "alice",
-        &d.join("phones"),
-        now(),
-        &mut OsRng,
-    )
-    .unwrap();
-    let w = tapstack_emulator::profile::load(&phone).unwrap();
-    let req = tapstack_certs::CredentialRequest {
-        wallet: &w.context.certificate,
-        site: "LOCKER-7",
-        slot: 12,
-        parcel: "SF1",
-        days: None,
-    };
-    pki.issue_credential(&req, &d.join("parcel.cred"), now(), &mut OsRng)
-        .unwrap();
-    tapstack_emulator::profile::add_credential(&phone, &d.join("parcel.cred")).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&d.join("host-store")).unwrap());
-    let host = Host::from_pki(&pki, store.clone(), HostOptions::default()).unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt.spawn(host.serve(listener, std::future::pending::<()>()));
-    World {
-        terminal: *t.identity.cert.hash(),
-        dir,
-        store,
-        rt,
-        addr,
-    }
-}
+use common::{now, Shop as World};
 
 fn config(w: &World, connection: &str) -> Config {
     let text = format!(
@@ -101,7 +27,7 @@ fn config(w: &World, connection: &str) -> Config {
          [trust]\nroot = \"pki/root.pem\"\nissuers = [\"pki/issuer.pem\"]\noperators = [\"pki/operator.pem\"]\n\n\
          [queue]\npath = \"queue-{}\"\n\n[host]\nurl = \"https://{}\"\nca = \"pki/root.pem\"\n",
         connection.split(':').next().unwrap_or("x"),
-        w.addr
+        w.host_addr
     );
     let path = w.dir.path().join("terminal.toml");
     std::fs::write(&path, text).unwrap();
@@ -179,7 +105,7 @@ fn every_scenario(w: &World, connection: &str) {
         (pickup.slot, pickup.parcel.as_deref()),
         (Some(12), Some("SF1"))
     );
-    // 250.00 is above the phone's own limit (100.00) and the terminal's CVM limit.
+    // 250.00 is above the phone's own limit (30.00) and the terminal's CVM limit.
     let big = Intent::Pay {
         amount: Amount {
             minor: 25_000,
@@ -208,7 +134,10 @@ fn every_scenario(w: &World, connection: &str) {
         (4, 4, 4),
         "{report:?}"
     );
-    assert_eq!(w.store.head(&w.terminal).unwrap().map(|h| h.seq), Some(4));
+    assert_eq!(
+        w.host_store.head(&w.terminal).unwrap().map(|h| h.seq),
+        Some(4)
+    );
 }
 
 fn emu(args: &[&str], dir: &Path) -> Child {
@@ -229,7 +158,7 @@ fn emu(args: &[&str], dir: &Path) -> Child {
 #[test]
 fn every_scenario_through_pcscd_and_vpcd_then_upload() {
     let pcscd = Pcscd::start().unwrap();
-    let w = world();
+    let w = World::new();
     let phone = w.dir.path().join("phones/alice.toml");
     let port = pcscd.port.to_string();
     let _emu = emu(
@@ -251,7 +180,7 @@ fn every_scenario_through_pcscd_and_vpcd_then_upload() {
 
 #[test]
 fn every_scenario_through_a_pn532_on_a_pty_then_upload() {
-    let w = world();
+    let w = World::new();
     let phone = w.dir.path().join("phones/alice.toml");
     let link = w.dir.path().join("pn532");
     let _emu = emu(

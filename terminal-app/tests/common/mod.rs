@@ -1,0 +1,102 @@
+//! Shared by the terminal's integration tests: a shop with its PKI, a
+//! terminal certificate, two phones and a `tap-host` over mutual TLS.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand_core::OsRng;
+use tapstack_certs::LeafOptions;
+use tapstack_host::server::{Host, HostOptions};
+use tapstack_host::store::{SledStore, Store};
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A PKI, a terminal certificate, two phones (alice holds a pickup
+/// credential for LOCKER-7 slot 12; both ask for confirmation above 30.00),
+/// and a `tap-host` on a port of its own.
+pub struct Shop {
+    pub dir: tempfile::TempDir,
+    pub phones: Vec<PathBuf>,
+    pub rt: tokio::runtime::Runtime,
+    pub host_addr: SocketAddr,
+    pub host_store: Arc<dyn Store>,
+    pub terminal: [u8; 32],
+}
+
+impl Shop {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        tapstack_certs::init(&d.join("pki"), now(), &mut OsRng).unwrap();
+        let pki = tapstack_certs::Pki::load(&d.join("pki")).unwrap();
+        let t = pki
+            .issue_terminal(
+                "Tea House #12",
+                d,
+                &LeafOptions {
+                    file_stem: Some("terminal".into()),
+                    ..Default::default()
+                },
+                now(),
+                &mut OsRng,
+            )
+            .unwrap();
+        let mut phones = Vec::new();
+        for name in ["alice", "bob"] {
+            let p = tapstack_emulator::profile::create(
+                &d.join("pki"),
+                name,
+                &d.join("phones"),
+                now(),
+                &mut OsRng,
+            )
+            .unwrap();
+            let text = std::fs::read_to_string(&p)
+                .unwrap()
+                .replace("limit = 10000", "limit = 3000");
+            std::fs::write(&p, text).unwrap();
+            phones.push(p);
+        }
+        let cred = d.join("parcel.cred");
+        let w = tapstack_emulator::profile::load(&phones[0]).unwrap();
+        let req = tapstack_certs::CredentialRequest {
+            wallet: &w.context.certificate,
+            site: "LOCKER-7",
+            slot: 12,
+            parcel: "SF1",
+            days: None,
+        };
+        pki.issue_credential(&req, &cred, now(), &mut OsRng)
+            .unwrap();
+        tapstack_emulator::profile::add_credential(&phones[0], &cred).unwrap();
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let host_store: Arc<dyn Store> = Arc::new(SledStore::open(&d.join("host-store")).unwrap());
+        let host = Host::from_pki(&pki, host_store.clone(), HostOptions::default()).unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let host_addr = listener.local_addr().unwrap();
+        rt.spawn(host.serve(listener, std::future::pending::<()>()));
+        Shop {
+            terminal: *t.identity.cert.hash(),
+            dir,
+            phones,
+            rt,
+            host_addr,
+            host_store,
+        }
+    }
+}

@@ -407,6 +407,19 @@ pub enum LinkError {
     Idle,
 }
 
+/// Most wire APDUs one logical exchange may take (chained pieces plus GET
+/// RESPONSEs): a hostile card answering `61 00` forever ends here.
+pub const MAX_EXCHANGE_APDUS: usize = 256;
+
+/// Why [`TerminalLink::exchange`] did not produce a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeError<E> {
+    /// The transport (reader, socket, loopback) failed.
+    Transport(E),
+    /// The card's answers did not make a response.
+    Link(LinkError),
+}
+
 /// Terminal side: turns logical commands into wire APDUs (chaining) and wire
 /// responses into logical responses (GET RESPONSE).
 #[derive(Debug)]
@@ -454,6 +467,29 @@ impl TerminalLink {
         let bytes = cmd.to_bytes();
         self.last = Some(cmd);
         Some(bytes)
+    }
+
+    /// Carry `cmd` to the card over `transmit` (one wire APDU in, its
+    /// response out) until the logical response is complete: chaining and
+    /// GET RESPONSE included, at most [`MAX_EXCHANGE_APDUS`] wire APDUs.
+    pub fn exchange<E>(
+        &mut self,
+        cmd: Command,
+        mut transmit: impl FnMut(&[u8]) -> Result<Vec<u8>, E>,
+    ) -> Result<Response, ExchangeError<E>> {
+        self.send(cmd);
+        for _ in 0..MAX_EXCHANGE_APDUS {
+            let Some(wire) = self.poll_transmit() else {
+                break;
+            };
+            let reply = transmit(&wire).map_err(ExchangeError::Transport)?;
+            if let Some(resp) = self.handle_response(&reply).map_err(ExchangeError::Link)? {
+                return Ok(resp);
+            }
+        }
+        self.queue.clear();
+        self.in_flight = false;
+        Err(ExchangeError::Link(LinkError::Idle))
     }
 
     /// Feed the wire response to the last transmitted APDU. Returns the

@@ -9,7 +9,7 @@
 use p256::ecdsa::SigningKey;
 use rand_core::CryptoRngCore;
 
-use crate::apdu::{CardInput, CardLink, LinkLimits, Response, TerminalLink};
+use crate::apdu::{CardInput, CardLink, ExchangeError, LinkLimits, Response, TerminalLink};
 use crate::crypto::{compress, IssuerMasterKey};
 use crate::error::Error;
 use crate::pki::{self, CertSpec, Certificate, Role, TrustStore};
@@ -305,38 +305,35 @@ impl Loopback {
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Response, Error> {
-        self.terminal_link.send(cmd);
-        let mut guard = 0;
-        while let Some(mut bytes) = self.terminal_link.poll_transmit() {
-            guard += 1;
-            if guard > 64 {
-                break;
+        let (card_link, session, wire) = (&mut self.card_link, &mut self.wallet, &mut self.wire);
+        let (tamper_command, tamper_response) =
+            (&mut self.tamper_command, &mut self.tamper_response);
+        let result = self.terminal_link.exchange(cmd, |bytes| {
+            let mut bytes = bytes.to_vec();
+            if let Some(f) = tamper_command.as_mut() {
+                f(wire.len(), &mut bytes);
             }
-            if let Some(f) = self.tamper_command.as_mut() {
-                f(self.wire.len(), &mut bytes);
-            }
-            let mut reply = match self.card_link.handle_command(&bytes) {
+            let mut reply = match card_link.handle_command(&bytes) {
                 CardInput::Reply(r) => r,
                 CardInput::Command(c) => {
-                    let resp = self.wallet.handle_command(wallet, &c, now, rng);
-                    self.card_link.respond(resp, c.le)
+                    let resp = session.handle_command(wallet, &c, now, rng);
+                    card_link.respond(resp, c.le)
                 }
             };
-            if let Some(f) = self.tamper_response.as_mut() {
-                f(self.wire.len(), &mut reply);
+            if let Some(f) = tamper_response.as_mut() {
+                f(wire.len(), &mut reply);
             }
-            self.wire.push(WireExchange {
+            wire.push(WireExchange {
                 command: bytes,
                 response: reply.clone(),
             });
-            if let Some(resp) = self.terminal_link.handle_response(&reply)? {
-                return Ok(resp);
-            }
+            Ok::<_, core::convert::Infallible>(reply)
+        });
+        match result {
+            Ok(r) => Ok(r),
+            Err(ExchangeError::Link(e)) => Err(e.into()),
+            Err(ExchangeError::Transport(never)) => match never {},
         }
-        Err(Error::UnexpectedMessage {
-            state: "loopback",
-            got: "no response",
-        })
     }
 
     /// Run a whole tap: SELECT, AUTHORIZE (and what follows) until the

@@ -40,7 +40,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tapstack_protocol::apdu::{Command, LinkError, LinkLimits, Response, TerminalLink};
+use tapstack_protocol::apdu::{
+    Command, ExchangeError, LinkError, LinkLimits, Response, TerminalLink,
+};
 
 pub mod asynch;
 mod connection;
@@ -340,20 +342,12 @@ pub trait Session {
         cmd: Command,
         limits: LinkLimits,
     ) -> Result<Response, ReaderError> {
-        let mut link = TerminalLink::new(limits);
-        link.send(cmd);
-        // Every exchange either completes or queues one more APDU; bound it
-        // anyway (MAX_ASSEMBLED / 1 byte per GET RESPONSE).
-        for _ in 0..16_384 {
-            let Some(wire) = link.poll_transmit() else {
-                break;
-            };
-            let reply = self.transmit(&wire)?;
-            if let Some(resp) = link.handle_response(&reply)? {
-                return Ok(resp);
-            }
-        }
-        Err(ReaderError::Link(LinkError::Idle))
+        TerminalLink::new(limits)
+            .exchange(cmd, |wire| self.transmit(wire))
+            .map_err(|e| match e {
+                ExchangeError::Transport(e) => e,
+                ExchangeError::Link(e) => ReaderError::Link(e),
+            })
     }
 
     /// SELECT by name (`00 A4 04 00 Lc AID 00`).

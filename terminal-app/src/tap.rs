@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rand_core::CryptoRngCore;
 use serde::Serialize;
-use tapstack_protocol::apdu::{Command, LinkLimits, Response, TerminalLink};
+use tapstack_protocol::apdu::{Command, ExchangeError, LinkLimits, Response, TerminalLink};
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::messages::{AuthBody, Cvm, WalletBody};
 use tapstack_protocol::record::TransactionRecord;
@@ -233,29 +233,15 @@ enum Step {
 }
 
 fn exchange(tl: &mut TerminalLink, link: &mut dyn Link, cmd: Command) -> Result<Response, Decline> {
-    tl.send(cmd);
-    let mut guard = 0;
-    while let Some(wire) = tl.poll_transmit() {
-        guard += 1;
-        if guard > 256 {
-            break;
-        }
-        let reply = link.transmit(&wire).map_err(|e| Decline::Transport {
-            detail: e.to_string(),
-        })?;
-        match tl.handle_response(&reply) {
-            Ok(Some(r)) => return Ok(r),
-            Ok(None) => {}
-            Err(e) => {
-                return Err(Decline::Transport {
-                    detail: format!("bad response from the phone: {e}"),
-                })
-            }
-        }
-    }
-    Err(Decline::Transport {
-        detail: "the exchange did not complete".into(),
-    })
+    tl.exchange(cmd, |wire| link.transmit(wire))
+        .map_err(|e| match e {
+            ExchangeError::Transport(e) => Decline::Transport {
+                detail: e.to_string(),
+            },
+            ExchangeError::Link(e) => Decline::Transport {
+                detail: format!("bad response from the phone: {e}"),
+            },
+        })
 }
 
 impl Engine {

@@ -168,6 +168,7 @@ fn queue_bench() {
                 wallet: *o.wallet.hash(),
                 atc: o.atc,
                 credential: None,
+                intent: None,
             };
             Prepared {
                 facts,
@@ -208,12 +209,12 @@ fn queue_bench() {
             let s = Instant::now();
             match op {
                 0 => {
-                    let st = queue.append(p.facts, &mut |_, _| p.record.clone()).unwrap();
+                    let st = queue.append(p.facts.clone(), &mut |_, _| p.record.clone()).unwrap();
                     stored_hashes.push((st.seq, st.hash));
                 }
                 1 => {
                     signing_queue
-                        .append(p.facts, &mut |seq, prev| {
+                        .append(p.facts.clone(), &mut |seq, prev| {
                             TransactionRecord::new(
                                 &outcomes[i],
                                 cert,
@@ -243,7 +244,7 @@ fn queue_bench() {
                 }
                 _ => {
                     fsync_queue
-                        .append(p.facts, &mut |_, _| p.record.clone())
+                        .append(p.facts.clone(), &mut |_, _| p.record.clone())
                         .unwrap();
                     sled_file.sync_all().unwrap();
                 }

@@ -16,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod daemon;
+pub mod mark;
 pub mod queue;
 pub mod readers;
 pub mod risk;
@@ -33,6 +34,10 @@ pub enum Error {
     Config { path: PathBuf, reason: String },
     #[error("queue: {detail}")]
     Store { detail: String },
+    #[error("queue {path} is damaged — the terminal approves nothing until it is repaired: {detail} (see `tap-terminal queue verify`)")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("queue {path} is in use by another tap-terminal process (is `tap-terminal serve` running? use its API)")]
+    Locked { path: PathBuf },
     #[error("queue holds a corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error(transparent)]

@@ -373,6 +373,7 @@ impl Engine {
             wallet,
             atc: outcome.atc,
             credential: outcome.credential.as_ref().map(|c| c.id),
+            intent: None,
         };
         let prefix = self.order_prefix.clone();
         let is_order = cart.is_some();

@@ -209,7 +209,9 @@ fn queue_bench() {
             let s = Instant::now();
             match op {
                 0 => {
-                    let st = queue.append(p.facts.clone(), &mut |_, _| p.record.clone()).unwrap();
+                    let st = queue
+                        .append(p.facts.clone(), &mut |_, _| p.record.clone())
+                        .unwrap();
                     stored_hashes.push((st.seq, st.hash));
                 }
                 1 => {

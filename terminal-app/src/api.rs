@@ -782,6 +782,8 @@ struct QueueView {
     /// Highest sequence number the host acknowledged.
     acked_seq: u64,
     intents: IntentsView,
+    /// The queue's integrity: damage found, storage errors.
+    integrity: crate::queue::Integrity,
     /// `null` without a `[host]` section.
     last_sync: Option<SyncStatus>,
 }
@@ -825,6 +827,7 @@ async fn queue_view(shared: &Arc<Shared>) -> Result<QueueView, ApiError> {
             open: shared.open_intents().len(),
             active: shared.reader_status().active_intent,
         },
+        integrity: shared.queue.integrity(),
         last_sync: shared.uploader.as_ref().map(|u| u.status()),
     })
 }
@@ -938,19 +941,33 @@ async fn sync(shared: &Arc<Shared>) -> Handled {
 fn health(shared: &Arc<Shared>) -> Resp {
     let reader = shared.reader_status();
     let stopping = shared.shutting_down.load(Ordering::SeqCst);
+    let queue = shared.queue.integrity();
     let status = if stopping {
         "shutting_down"
-    } else if !reader.ok || !reader.running {
+    } else if !reader.ok || !reader.running || !queue.is_ok() {
         "degraded"
     } else {
         "ok"
     };
+    // Why it is degraded, in stable words: storage / queue_damaged / reader.
+    let mut problems = Vec::new();
+    if queue.storage_error.is_some() {
+        problems.push("storage");
+    }
+    if !queue.damaged.is_empty() {
+        problems.push("queue_damaged");
+    }
+    if !reader.ok || !reader.running {
+        problems.push("reader");
+    }
     let body = serde_json::json!({
         "status": status,
         "terminal": shared.terminal.name,
         "currency": shared.terminal.currency.to_string(),
         "version": env!("CARGO_PKG_VERSION"),
         "reader": reader,
+        "problems": problems,
+        "queue": queue,
         "host_configured": shared.uploader.is_some(),
         "last_sync_ok": shared.uploader.as_ref().and_then(|u| u.status().ok),
     });

@@ -88,6 +88,7 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
         currency: config.currency(),
         order_prefix: config.terminal.order_prefix.clone(),
         send_certificate: config.terminal.send_certificate,
+        require_host_check: config.host.is_some(),
     })
 }
 

@@ -46,7 +46,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::app::Field;
 use crate::config::Config;
-use crate::queue::Queue;
+use crate::queue::{IntentKey, Queue, RememberedOutcome};
 use crate::tap::{Approved, Decline, Engine, Intent, TapResult};
 use crate::upload::{self, SyncReport};
 use crate::Error;
@@ -123,7 +123,7 @@ pub(crate) enum State {
     ConfirmOnPhone,
     Approved(Box<Approved>),
     Declined {
-        code: &'static str,
+        code: String,
         message: String,
     },
     Cancelled(CancelReason),
@@ -194,7 +194,7 @@ pub(crate) struct Event {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct DeclineView {
-    pub code: &'static str,
+    pub code: String,
     pub message: String,
 }
 
@@ -327,7 +327,7 @@ impl IntentCell {
             },
             declined: match &g.state {
                 State::Declined { code, message } => Some(DeclineView {
-                    code,
+                    code: code.clone(),
                     message: message.clone(),
                 }),
                 _ => None,
@@ -380,7 +380,7 @@ impl IntentCell {
                 },
                 declined: match &to {
                     State::Declined { code, message } => Some(DeclineView {
-                        code,
+                        code: code.clone(),
                         message: message.clone(),
                     }),
                     _ => None,
@@ -522,6 +522,43 @@ impl Shared {
         lock(&self.registry).intents.get(id).cloned()
     }
 
+    /// The outcome the queue remembers for `key` (durable across restarts).
+    fn recall(
+        &self,
+        key: &str,
+        request: &serde_json::Value,
+    ) -> Result<Option<State>, CreateRefused> {
+        let remembered = match self.queue.recall(key) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look up an idempotency key");
+                return Ok(None);
+            }
+        };
+        if serde_json::from_str::<serde_json::Value>(&remembered.request)
+            .ok()
+            .as_ref()
+            != Some(request)
+        {
+            return Err(CreateRefused::KeyConflict(
+                "an intent from before the last restart".into(),
+            ));
+        }
+        Ok(Some(match remembered.outcome {
+            RememberedOutcome::Approved { record } => {
+                match hex::decode(&record)
+                    .ok()
+                    .and_then(|b| crate::tap::Approved::from_record(&b).ok())
+                {
+                    Some(a) => State::Approved(Box::new(a)),
+                    None => return Ok(None),
+                }
+            }
+            RememberedOutcome::Declined { code, message } => State::Declined { code, message },
+        }))
+    }
+
     /// Create the intent, or return the one created under the same key
     /// (`Ok((cell, false))`).
     pub(crate) fn create(
@@ -529,12 +566,21 @@ impl Shared {
         cell: IntentCell,
     ) -> Result<(Arc<IntentCell>, bool), CreateRefused> {
         let mut reg = lock(&self.registry);
-        if let Some(key) = &cell.key {
+        if let Some(key) = cell.key.clone() {
+            let key = &key;
             if let Some(existing) = reg.keys.get(key).and_then(|id| reg.intents.get(id)) {
                 if existing.request == cell.request {
                     return Ok((existing.clone(), false));
                 }
                 return Err(CreateRefused::KeyConflict(existing.id.clone()));
+            }
+            // Not in memory: an intent from before a restart?
+            if let Some(state) = self.recall(key, &cell.request)? {
+                cell.settle(state);
+                let cell = Arc::new(cell);
+                reg.keys.insert(key.clone(), cell.id.clone());
+                reg.intents.insert(cell.id.clone(), cell.clone());
+                return Ok((cell, false));
             }
         }
         if self.shutting_down.load(Ordering::SeqCst) {
@@ -701,6 +747,22 @@ impl Uploader {
 
 // ---------------------------------------------------------------- reader
 
+/// How long an intent waits for the start-up sync of a fresh queue.
+const SYNC_WAIT: Duration = Duration::from_secs(5);
+
+/// Store a decline under the intent's idempotency key (so a retry after a
+/// restart gets it); a failure to store is logged, not fatal.
+fn remember_decline(queue: &Queue, cell: &IntentCell, d: &Decline) {
+    let Some(key) = &cell.key else { return };
+    let key = IntentKey {
+        key: key.clone(),
+        request: serde_json::to_vec(&cell.request).unwrap_or_default(),
+    };
+    if let Err(e) = queue.remember_decline(&key, d.code(), &d.to_string()) {
+        tracing::warn!(intent = %cell.id, error = %e, "could not remember the decline for its idempotency key");
+    }
+}
+
 /// How one tap ended, for the reader loop.
 #[derive(Debug, Clone, Copy)]
 enum Outcome {
@@ -730,6 +792,10 @@ impl Reader {
                 // Idle: keep the revocation list and risk state current.
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.apply_updates();
+                    if self.engine.queue.integrity().storage_error.is_some() {
+                        // Try to recover (disk has room again?).
+                        let _ = self.engine.queue.ready();
+                    }
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -775,10 +841,53 @@ impl Reader {
         }
     }
 
+    /// Decline `cell` without a tap, remembering the outcome under its key.
+    fn decline(&self, cell: &IntentCell, d: &Decline) {
+        tracing::info!(intent = %cell.id, code = d.code(), "declined");
+        remember_decline(&self.engine.queue, cell, d);
+        cell.settle(State::Declined {
+            code: d.code().into(),
+            message: d.to_string(),
+        });
+    }
+
+    /// Before asking for a phone: can the terminal approve at all? A queue
+    /// that has not learnt the host's head yet gets a few seconds for the
+    /// start-up sync.
+    fn check_ready(&mut self, cell: &IntentCell) -> bool {
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.engine.ready() {
+                Ok(()) => return true,
+                Err(Decline::SyncRequired) if waited < SYNC_WAIT => {
+                    if let Some(up) = &self.shared.uploader {
+                        up.kick.notify_one();
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                    waited += Duration::from_millis(50);
+                    if cell.is_final() {
+                        return false;
+                    }
+                }
+                Err(d) => {
+                    self.decline(cell, &d);
+                    return false;
+                }
+            }
+        }
+    }
+
     fn run_intent(&mut self, cell: &Arc<IntentCell>) {
         if !cell.activate() {
             return; // cancelled or expired while queued
         }
+        if !self.check_ready(cell) {
+            return;
+        }
+        let key = cell.key.as_ref().map(|k| IntentKey {
+            key: k.clone(),
+            request: serde_json::to_vec(&cell.request).unwrap_or_default(),
+        });
         loop {
             self.apply_updates();
             if cell.is_final() {
@@ -806,7 +915,7 @@ impl Reader {
                         detail: "intent no longer open".into(),
                     });
                 }
-                let r = engine.tap(&cell.intent, link, unix_now(), &mut OsRng);
+                let r = engine.tap_keyed(&cell.intent, key.clone(), link, unix_now(), &mut OsRng);
                 // Publish at once: the field may wait a while for the phone
                 // to leave before `with_phone` returns.
                 match &r {
@@ -820,8 +929,9 @@ impl Reader {
                     }
                     TapResult::Declined(d) => {
                         tracing::info!(intent = %cell.id, code = d.code(), "declined");
+                        remember_decline(&engine.queue, cell, d);
                         cell.settle(State::Declined {
-                            code: d.code(),
+                            code: d.code().into(),
                             message: d.to_string(),
                         });
                         outcome = Some(Outcome::Declined);

@@ -241,6 +241,12 @@ fn main() -> Result<()> {
     }
     let config = Config::load(&cli.config, std::env::vars())?;
     let mut engine = app::engine(&config)?;
+    if matches!(
+        cli.command,
+        Command::Pay { .. } | Command::Order { .. } | Command::Kiosk { .. }
+    ) {
+        upload::ensure_host_checked(&config, &mut engine)?;
+    }
     let timeout = Duration::from_secs(config.terminal.tap_timeout_secs);
     match cli.command {
         Command::Init { .. } | Command::Readers => unreachable!(),

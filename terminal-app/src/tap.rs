@@ -14,7 +14,7 @@ use tapstack_protocol::terminal::{
     TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
 };
 
-use crate::queue::{Queue, QueueStore, RecordFacts};
+use crate::queue::{IntentKey, Queue, QueueStore, RecordFacts};
 use crate::risk::{self, RiskDecline, RiskLimits, RiskState};
 use crate::Error;
 
@@ -99,6 +99,13 @@ pub enum Decline {
     Storage {
         detail: String,
     },
+    /// The queue found a record missing or damaged: no approvals until it
+    /// is repaired (`tap-terminal queue verify`).
+    QueueDamaged {
+        detail: String,
+    },
+    /// A queue that has never synced must learn the host's head first.
+    SyncRequired,
 }
 
 impl Decline {
@@ -119,6 +126,8 @@ impl Decline {
             Decline::AtcReplay { .. } => "atc_replay",
             Decline::CredentialUsed => "credential_used",
             Decline::Storage { .. } => "storage",
+            Decline::QueueDamaged { .. } => "queue_damaged",
+            Decline::SyncRequired => "sync_required",
         }
     }
 }
@@ -137,6 +146,10 @@ impl core::fmt::Display for Decline {
             ),
             Decline::CredentialUsed => f.write_str("this parcel was already collected here"),
             Decline::Storage { detail } => write!(f, "could not store the transaction: {detail}"),
+            Decline::QueueDamaged { detail } => write!(f, "the transaction queue is damaged: {detail}"),
+            Decline::SyncRequired => f.write_str(
+                "this queue has never synced with the host: connect and run `tap-terminal upload` (or let `serve` sync) first",
+            ),
         }
     }
 }
@@ -158,6 +171,57 @@ pub struct Approved {
     pub slot: Option<u16>,
     pub parcel: Option<String>,
     pub receipt_delivered: bool,
+}
+
+impl Approved {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        scenario: &Scenario,
+        seq: u64,
+        record_id: [u8; 32],
+        atc: u32,
+        cvm: Cvm,
+        wallet: [u8; 32],
+        order_number: Option<String>,
+        credential: Option<&tapstack_protocol::scenario::PickupCredential>,
+    ) -> Approved {
+        Approved {
+            seq,
+            record_id,
+            kind: scenario.kind(),
+            amount: scenario.amount().map(|a| a.minor),
+            currency: scenario.amount().map(|a| a.currency.to_string()),
+            atc,
+            cvm: cvm_name(cvm),
+            wallet,
+            order_number,
+            slot: credential.map(|c| c.slot),
+            parcel: credential.map(|c| c.parcel.clone()),
+            receipt_delivered: false,
+        }
+    }
+
+    /// The approval a stored record stands for (the receipt's delivery is
+    /// not recorded: `receipt_delivered` is false).
+    pub fn from_record(bytes: &[u8]) -> Result<Approved, Error> {
+        let corrupt = |e: tapstack_protocol::codec::DecodeError| Error::Corrupt {
+            what: "record",
+            detail: e.to_string(),
+        };
+        let r = TransactionRecord::decode(bytes).map_err(corrupt)?;
+        let auth = AuthBody::decode(&r.transcript.auth_body).map_err(corrupt)?;
+        let body = WalletBody::decode(&r.transcript.wallet_body).map_err(corrupt)?;
+        Ok(Approved::new(
+            &auth.scenario,
+            r.seq,
+            tapstack_protocol::crypto::sha256(&[bytes]),
+            body.atc,
+            body.cvm,
+            body.wallet_cert_hash,
+            r.order_number,
+            body.credential.as_ref(),
+        ))
+    }
 }
 
 mod hex_bytes {
@@ -193,6 +257,10 @@ pub struct Engine {
     pub currency: tapstack_protocol::scenario::Currency,
     pub order_prefix: String,
     pub send_certificate: bool,
+    /// A host is configured: a queue must have learnt the host's head
+    /// before it approves (a fresh queue under a known certificate would
+    /// reuse the host's sequence numbers).
+    pub require_host_check: bool,
 }
 
 impl core::fmt::Debug for Engine {
@@ -301,6 +369,24 @@ impl Engine {
         })
     }
 
+    /// Can this terminal approve a tap now? Checked before a phone is asked
+    /// for, and again inside every tap.
+    pub fn ready(&self) -> Result<(), Decline> {
+        match self.queue.ready() {
+            Ok(()) => {}
+            Err(Error::Damaged { detail, .. }) => return Err(Decline::QueueDamaged { detail }),
+            Err(e) => {
+                return Err(Decline::Storage {
+                    detail: e.to_string(),
+                })
+            }
+        }
+        if self.require_host_check && !self.queue.integrity().host_checked {
+            return Err(Decline::SyncRequired);
+        }
+        Ok(())
+    }
+
     /// Run one tap of `intent` with the phone behind `link`.
     pub fn tap(
         &mut self,
@@ -309,7 +395,20 @@ impl Engine {
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> TapResult {
-        match self.tap_inner(intent, link, now, rng) {
+        self.tap_keyed(intent, None, link, now, rng)
+    }
+
+    /// [`Engine::tap`] for an intent with an idempotency key: the key and
+    /// its outcome are stored with the record.
+    pub fn tap_keyed(
+        &mut self,
+        intent: &Intent,
+        key: Option<IntentKey>,
+        link: &mut dyn Link,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> TapResult {
+        match self.tap_inner(intent, key, link, now, rng) {
             Ok(r) => r,
             Err(d) => TapResult::Declined(d),
         }
@@ -318,10 +417,12 @@ impl Engine {
     fn tap_inner(
         &mut self,
         intent: &Intent,
+        key: Option<IntentKey>,
         link: &mut dyn Link,
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<TapResult, Decline> {
+        self.ready()?;
         let scenario = intent.scenario()?;
         if let Some(a) = scenario.amount() {
             if a.currency != self.currency {
@@ -373,7 +474,7 @@ impl Engine {
             wallet,
             atc: outcome.atc,
             credential: outcome.credential.as_ref().map(|c| c.id),
-            intent: None,
+            intent: key,
         };
         let prefix = self.order_prefix.clone();
         let is_order = cart.is_some();
@@ -413,19 +514,17 @@ impl Engine {
                 }
             }
         }
-        Ok(TapResult::Approved(Approved {
-            seq: stored.seq,
-            record_id: stored.hash,
-            kind: scenario.kind(),
-            amount: scenario.amount().map(|a| a.minor),
-            currency: scenario.amount().map(|a| a.currency.to_string()),
-            atc: outcome.atc,
-            cvm: cvm_name(outcome.cvm),
+        let mut approved = Approved::new(
+            &scenario,
+            stored.seq,
+            stored.hash,
+            outcome.atc,
+            outcome.cvm,
             wallet,
             order_number,
-            slot,
-            parcel: outcome.credential.map(|c| c.parcel),
-            receipt_delivered,
-        }))
+            outcome.credential.as_ref(),
+        );
+        approved.receipt_delivered = receipt_delivered;
+        Ok(TapResult::Approved(approved))
     }
 }

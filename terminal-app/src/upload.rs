@@ -74,7 +74,9 @@ pub async fn sync(
     let mut report = SyncReport::default();
     loop {
         let pending = queue.pending(batch)?;
-        if pending.is_empty() {
+        // Nothing to send, but the host's head is still unknown to this
+        // queue: an empty batch asks for it.
+        if pending.is_empty() && queue.integrity().host_checked {
             break;
         }
         let bytes: Vec<Vec<u8>> = pending.iter().map(|s| s.bytes.clone()).collect();
@@ -85,15 +87,19 @@ pub async fn sync(
         report.declined += resp.declined;
         report.rejected += resp.rejected;
         let before = queue.acked()?;
-        if resp.acked_seq > before {
-            let hash: [u8; 32] = resp
-                .head_hash
-                .as_deref()
-                .and_then(|h| hex::decode(h).ok())
-                .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| upload_err("host acknowledged without a head hash"))?;
-            report.pruned += queue.ack(resp.acked_seq, hash)?;
+        let hash: Option<[u8; 32]> = match resp.head_hash.as_deref() {
+            None => None,
+            Some(h) => Some(
+                hex::decode(h)
+                    .ok()
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or_else(|| upload_err("host sent a malformed head hash"))?,
+            ),
+        };
+        if resp.acked_seq > 0 && hash.is_none() {
+            return Err(upload_err("host acknowledged without a head hash"));
         }
+        report.pruned += queue.host_head(resp.acked_seq, hash)?;
         report.acked_seq = resp.acked_seq;
         if let Some(r) = resp
             .results
@@ -107,7 +113,7 @@ pub async fn sync(
                 r.reason.map(|x| x.as_str()).unwrap_or("?")
             )));
         }
-        if resp.acked_seq <= before {
+        if pending.is_empty() || resp.acked_seq <= before {
             break;
         }
     }
@@ -131,6 +137,35 @@ pub async fn sync(
         ctx.revocations = Some(list);
     }
     Ok(report)
+}
+
+/// Before the first tap of a queue under a configured host: learn the
+/// host's head (one sync) so the queue continues the host's chain. Does
+/// nothing when the queue already knows it or no host is configured.
+pub fn ensure_host_checked(config: &Config, engine: &mut crate::tap::Engine) -> Result<(), Error> {
+    if !engine.require_host_check || engine.queue.integrity().host_checked {
+        return Ok(());
+    }
+    let client = client(config, &engine.ctx)?;
+    let batch = config.host.as_ref().map_or(200, |h| h.batch_size);
+    let revocations = config.trust.revocations.as_ref().map(|p| config.path(p));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(upload_err)?;
+    rt.block_on(sync(
+        &engine.queue,
+        &client,
+        batch,
+        &mut engine.ctx,
+        revocations,
+    ))
+    .map_err(|e| {
+        upload_err(format!(
+            "this queue has never synced with the host and must before its first tap: {e}"
+        ))
+    })?;
+    Ok(())
 }
 
 /// Exponential backoff with full jitter: attempt 0 → up to 1 s, doubling to

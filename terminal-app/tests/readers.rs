@@ -61,6 +61,7 @@ fn approved(r: TapResult, what: &str) -> tapstack_terminal::tap::Approved {
 fn every_scenario(w: &World, connection: &str) {
     let config = config(w, connection);
     let mut engine = app::engine(&config).unwrap();
+    tapstack_terminal::upload::ensure_host_checked(&config, &mut engine).unwrap();
     let mut field = app::field(&config).unwrap();
     let cny = Currency::new("CNY").unwrap();
     let pay = approved(

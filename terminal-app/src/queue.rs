@@ -1033,7 +1033,7 @@ impl QueueStore for Queue {
             .min()
             .map_or(a.seq, |d| d.saturating_sub(1).min(a.seq));
         let whole_store_damaged = g.damaged.iter().any(|d| d.from.is_none());
-        if whole_store_damaged {
+        if whole_store_damaged || (g.sled.is_none() && !g.damaged.is_empty()) {
             return Ok(Vec::new());
         }
         self.with_sled(&g, |s| {

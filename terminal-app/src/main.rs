@@ -55,10 +55,13 @@ enum Command {
         #[arg(long)]
         taps: Option<usize>,
     },
-    /// Show what waits for upload and the last transactions.
+    /// Show what waits for upload and the last transactions (exits 1 when
+    /// the queue is damaged).
     Queue {
         #[arg(long, default_value_t = 10)]
         last: usize,
+        #[command(subcommand)]
+        action: Option<QueueAction>,
     },
     /// Upload now (and fetch the revocation list).
     Upload,
@@ -68,6 +71,21 @@ enum Command {
     /// (docs/terminal-api.yaml) and upload in the background, until SIGTERM
     /// or Ctrl-C. Prints `listening on http://ADDR` first.
     Serve,
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Check every record from the host's acknowledged point to the
+    /// high-water mark (checksums, hash chain, nothing missing). Exits 0
+    /// when intact, 1 when damaged, naming the damaged seqs.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a damaged queue from what the host already holds (asks the
+    /// host for its head). Refuses when approved records would be lost.
+    Repair,
 }
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic
@@ -209,6 +227,36 @@ fn open_slot(command: &[String], slot: u16) -> Result<()> {
     Ok(())
 }
 
+/// `queue repair`: ask the host for its head, rebuild from it.
+fn repair(config: &Config) -> Result<()> {
+    let path = config.path(&config.queue.path);
+    let (seq, hash) = {
+        let engine = app::engine(config)?;
+        let integrity = engine.queue.integrity();
+        if integrity.is_ok() {
+            println!("queue {}: intact; nothing to repair", integrity.path);
+            return Ok(());
+        }
+        let client = upload::client(config, &engine.ctx)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let resp = rt
+            .block_on(client.upload(&[]))
+            .map_err(|e| anyhow::anyhow!("asking the host for its head: {e}"))?;
+        let hash: Option<[u8; 32]> = resp
+            .head_hash
+            .as_deref()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|v| v.try_into().ok());
+        (resp.acked_seq, hash)
+    };
+    println!("the host holds this terminal's records up to #{seq}");
+    let done = tapstack_terminal::queue::Queue::repair(&path, seq, hash)?;
+    println!("{done}");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let level = if cli.verbose {
@@ -240,6 +288,13 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let config = Config::load(&cli.config, std::env::vars())?;
+    if let Command::Queue {
+        action: Some(QueueAction::Repair),
+        ..
+    } = &cli.command
+    {
+        return repair(&config);
+    }
     let mut engine = app::engine(&config)?;
     if matches!(
         cli.command,
@@ -322,7 +377,44 @@ fn main() -> Result<()> {
                 }
             }
         }
-        Command::Queue { last } => {
+        Command::Queue {
+            action: Some(QueueAction::Verify { json }),
+            ..
+        } => {
+            let report = engine.queue.integrity();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "queue {}: {} — approved up to #{}, host holds up to #{}",
+                    report.path,
+                    report.summary(),
+                    report.approved,
+                    report.acked
+                );
+                if !report.set_aside.is_empty() {
+                    println!(
+                        "set aside (appends that never completed, never approved): {:?}",
+                        report.set_aside
+                    );
+                }
+                if !report.damaged.is_empty() {
+                    println!("the terminal approves nothing until this is repaired: see `tap-terminal queue repair` and docs/operations.md");
+                }
+            }
+            if !report.is_ok() {
+                std::process::exit(1);
+            }
+        }
+        Command::Queue { last, .. } => {
+            let integrity = engine.queue.integrity();
+            if !integrity.is_ok() {
+                eprintln!(
+                    "queue {}: {} — run `tap-terminal queue verify`",
+                    integrity.path,
+                    integrity.summary()
+                );
+            }
             let pending = engine.queue.pending(usize::MAX)?;
             let (head, _) = engine.queue.head()?;
             println!(
@@ -349,6 +441,9 @@ fn main() -> Result<()> {
                         .map(|n| format!(" order {n}"))
                         .unwrap_or_default()
                 );
+            }
+            if !integrity.is_ok() {
+                std::process::exit(1);
             }
         }
         Command::Serve => {

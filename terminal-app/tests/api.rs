@@ -1184,3 +1184,173 @@ fn serve_binary_prints_its_address_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     assert_eq!(queue_head(&shop), 1);
 }
+
+// ------------------------------------------------- the binary under attack
+
+/// `tap-terminal serve` as a child, killed (SIGKILL) when dropped.
+struct Serve(Child, SocketAddr);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(cfg: &Path, env: &[(&str, &str)]) -> Serve {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-terminal"));
+    cmd.args(["--config", cfg.to_str().unwrap(), "serve"])
+        .env("TAPSTACK_API_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("first line: {line:?}"))
+        .parse()
+        .unwrap();
+    Serve(child, addr)
+}
+
+/// A retry with the same Idempotency-Key after the daemon was killed gets
+/// the original approval — not a second charge.
+#[test]
+fn idempotency_keys_survive_kill_9_of_the_daemon() {
+    let shop = Shop::new();
+    let cfg = shop.write_config("", Some("sync_interval_secs = 3600"));
+    let d = serve(&cfg, &[]);
+    let r = post_intent(d.1, Some("sale-1"), &pay("1.00"));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let first = outcome(d.1, &id);
+    assert_eq!(first["state"], "approved", "{first}");
+    drop(d); // kill -9: the daemon's memory is gone
+
+    let d = serve(&cfg, &[]);
+    let r = post_intent(d.1, Some("sale-1"), &pay("1.00"));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let again = r.json();
+    assert_eq!(again["state"], "approved", "{again}");
+    assert_eq!(again["approved"]["seq"], first["approved"]["seq"]);
+    assert_eq!(
+        again["approved"]["record_id"],
+        first["approved"]["record_id"]
+    );
+    // Another request under the same key is a conflict, as before a restart.
+    let r = post_intent(d.1, Some("sale-1"), &pay("2.00"));
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    let r = request(d.1, "POST", "/v1/sync", &[], None);
+    assert_eq!(r.status, 200);
+    drop(d);
+    assert_eq!(shop.host_head(), 1, "one tap, one record");
+}
+
+/// The queue on a full disk (a 2 MiB tmpfs): taps are declined `storage`,
+/// health says so, nothing declined reaches the host, and the daemon
+/// recovers by itself once there is room.
+#[test]
+fn a_full_disk_under_serve_declines_storage_and_recovers() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+    if !root {
+        assert!(
+            std::env::var_os("TAPSTACK_NO_MOUNT").is_some(),
+            "this test mounts a tmpfs and needs root (TAPSTACK_NO_MOUNT=1 skips it)"
+        );
+        return;
+    }
+    struct Mount(PathBuf);
+    impl Drop for Mount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let shop = Shop::new();
+    let mnt = shop.dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
+    let _mount = Mount(mnt.clone());
+    let cfg = shop.write_config("", Some("sync_interval_secs = 3600"));
+    let queue = mnt.join("queue");
+    let d = serve(&cfg, &[("TAPSTACK_QUEUE_PATH", queue.to_str().unwrap())]);
+    let mut approved = Vec::new();
+    let id = create(d.1, &pay("1.00"));
+    let v = outcome(d.1, &id);
+    assert_eq!(v["state"], "approved", "{v}");
+    approved.push(v["approved"].clone());
+    let filler = mnt.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0x55u8; 4096];
+        while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
+    }
+    let mut declined = None;
+    for _ in 0..100 {
+        let id = create(d.1, &pay("1.00"));
+        let v = outcome(d.1, &id);
+        match v["state"].as_str() {
+            Some("approved") => approved.push(v["approved"].clone()),
+            Some("declined") => {
+                declined = Some(v);
+                break;
+            }
+            _ => panic!("{v}"),
+        }
+    }
+    let v = declined.expect("a full disk never declined a tap");
+    assert_eq!(v["declined"]["code"], "storage", "{v}");
+    let (_, h) = get(d.1, "/v1/health");
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(
+        h["problems"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("storage")),
+        "{h}"
+    );
+    // Still full: still declined, up front.
+    let v = outcome(d.1, &create(d.1, &pay("1.00")));
+    assert_eq!(v["declined"]["code"], "storage", "{v}");
+    // Room again: recovered without a restart; the next seq follows.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for(d.1, "recovery", |a| {
+        get(a, "/v1/health").1["status"] == "ok"
+    });
+    let v = outcome(d.1, &create(d.1, &pay("1.00")));
+    assert_eq!(v["state"], "approved", "{v}");
+    assert_eq!(
+        v["approved"]["seq"].as_u64(),
+        Some(approved.len() as u64 + 1),
+        "{v}"
+    );
+    approved.push(v["approved"].clone());
+    let r = request(d.1, "POST", "/v1/sync", &[], None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    drop(d);
+    // The host holds exactly the approved taps: none declined, none lost.
+    assert_eq!(shop.host_head(), approved.len() as u64);
+    for a in &approved {
+        let seq = a["seq"].as_u64().unwrap();
+        let held = shop.host_store.record_hash(&shop.terminal, seq).unwrap();
+        assert_eq!(
+            held.map(hex::encode).as_deref(),
+            a["record_id"].as_str(),
+            "host's #{seq}"
+        );
+    }
+}

@@ -136,6 +136,14 @@ pub async fn sync(
         report.revocation_list = Some(list.number);
         ctx.revocations = Some(list);
     }
+    // What could be uploaded was; records past damage cannot be.
+    let integrity = queue.integrity();
+    if !integrity.damaged.is_empty() {
+        return Err(Error::Damaged {
+            detail: integrity.summary(),
+            path: integrity.path.into(),
+        });
+    }
     Ok(report)
 }
 

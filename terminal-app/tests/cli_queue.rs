@@ -1,0 +1,167 @@
+//! The CLI's queue under damage, through the `tap-terminal` binary: taps
+//! with `pay`, the log truncated where a record begins, then `queue`,
+//! `queue verify`, `pay` and `queue repair` as an operator would run them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::Shop;
+use tapstack_terminal::queue::{Queue, QueueStore, Stored};
+
+fn config(shop: &Shop) -> PathBuf {
+    let text = format!(
+        "[terminal]\ncertificate = \"terminal.pem\"\nkey = \"terminal.key\"\ncurrency = \"CNY\"\ntap_timeout_secs = 5\n\n\
+         [reader]\nconnection = \"emu:phones/alice.toml\"\n\n\
+         [trust]\nroot = \"pki/root.pem\"\nissuers = [\"pki/issuer.pem\"]\noperators = [\"pki/operator.pem\"]\n\n\
+         [queue]\npath = \"queue\"\n\n[host]\nurl = \"https://{}\"\nca = \"pki/root.pem\"\n",
+        shop.host_addr
+    );
+    let path = shop.dir.path().join("terminal.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(cfg: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tap-terminal"))
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn records(dir: &Path) -> Vec<Stored> {
+    Queue::open(dir).unwrap().pending(usize::MAX).unwrap()
+}
+
+fn truncate_at(dir: &Path, record: &Stored) {
+    let db = std::fs::read(dir.join("db")).unwrap();
+    let at = db
+        .windows(32)
+        .position(|w| w == record.hash)
+        .expect("record in the log");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("db"))
+        .unwrap();
+    f.set_len(at as u64).unwrap();
+}
+
+#[test]
+fn a_truncated_queue_is_reported_refuses_taps_and_is_repaired_from_the_host() {
+    let shop = Shop::new();
+    let cfg = config(&shop);
+    let qdir = shop.dir.path().join("queue");
+    for seq in 1..=4 {
+        let o = run(&cfg, &["pay", "1.00", "CNY"]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains(&format!("queued #{seq}")), "{}", text(&o));
+    }
+    let o = run(&cfg, &["queue", "verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("intact"), "{}", text(&o));
+    let held = records(&qdir);
+    assert_eq!(held.len(), 4);
+    let backup = shop.dir.path().join("backup-db");
+    std::fs::copy(qdir.join("db"), &backup).unwrap();
+
+    // The log loses record #4 (a crash of the disk, not of the process).
+    truncate_at(&qdir, &held[3]);
+    let o = run(&cfg, &["queue"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("damaged"), "{}", text(&o));
+    let o = run(&cfg, &["queue", "verify", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // sled either loses #4 or refuses the whole log: the range names #4.
+    let from = report["damaged"][0]["from"].as_u64().unwrap();
+    assert!(from <= 4, "{report}");
+    assert_eq!(report["damaged"][0]["to"], 4, "{report}");
+    // No tap is approved, and #4 is not handed out again.
+    let o = run(&cfg, &["pay", "1.00", "CNY"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("damaged"), "{}", text(&o));
+    assert!(!text(&o).contains("queued #"), "{}", text(&o));
+    // The host never received #4: repair refuses to paper over the loss.
+    let o = run(&cfg, &["queue", "repair"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("restore"), "{}", text(&o));
+
+    // The operator restores the log from the backup: intact again; upload.
+    std::fs::copy(&backup, qdir.join("db")).unwrap();
+    let o = run(&cfg, &["queue", "verify"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&cfg, &["upload"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        shop.host_store.head(&shop.terminal).unwrap().map(|h| h.seq),
+        Some(4)
+    );
+    // #5, made after the upload, then lost: the host does not hold it, so
+    // repair refuses, and with the log gone upload says the queue is damaged.
+    let o = run(&cfg, &["pay", "1.00", "CNY"]);
+    assert!(text(&o).contains("queued #5"), "{}", text(&o));
+    let held = records(&qdir);
+    truncate_at(&qdir, held.last().unwrap());
+    let o = run(&cfg, &["queue", "repair"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "#5 is not at the host: {}",
+        text(&o)
+    );
+    std::fs::remove_file(qdir.join("db")).unwrap();
+    let o = run(&cfg, &["queue", "verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = run(&cfg, &["upload"]);
+    assert!(
+        !o.status.success(),
+        "a damaged queue cannot upload #5: {}",
+        text(&o)
+    );
+}
+
+#[test]
+fn a_fresh_queue_under_a_known_certificate_continues_the_hosts_chain() {
+    let shop = Shop::new();
+    let cfg = config(&shop);
+    for _ in 0..2 {
+        let o = run(&cfg, &["pay", "1.00", "CNY"]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let o = run(&cfg, &["upload"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The same certificate with a new, empty queue (another path, say).
+    let o = Command::new(env!("CARGO_BIN_EXE_tap-terminal"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["pay", "1.00", "CNY"])
+        .env("TAPSTACK_QUEUE_PATH", shop.dir.path().join("queue-2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("queued #3"), "not #1 again: {}", text(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_tap-terminal"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("upload")
+        .env("TAPSTACK_QUEUE_PATH", shop.dir.path().join("queue-2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        shop.host_store.head(&shop.terminal).unwrap().map(|h| h.seq),
+        Some(3)
+    );
+}

@@ -5,7 +5,9 @@
 //! `TAPSTACK_CRASH_CYCLES` times (default 1000). After every kill:
 //! every approved tap is in the queue or at the host, no record is
 //! half-written, none is duplicated or replaced at the host, sequence numbers
-//! never repeat and the hash chain verifies.
+//! never repeat and the hash chain verifies. Every 100th cycle one damage
+//! (truncation, a byte flip, the high-water mark deleted) is injected and
+//! must be reported by the queue before the files are put back.
 //!
 //! Speaks enough of libtest's command line for `cargo test` and nextest.
 
@@ -203,6 +205,7 @@ fn parent() {
     // Every seq ever approved, with the record id it was approved with.
     let mut approved: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
     let (mut syncs, mut killed_mid_run) = (0usize, 0usize);
+    let mut damages = 0usize;
     for cycle in 0..cycles {
         let mut child = Command::new(&exe)
             .env("TAPSTACK_CRASH_CHILD", w.dir.path())
@@ -246,6 +249,9 @@ fn parent() {
             }
         }
         check(&w, &approved, cycle);
+        if cycle % 100 == 99 && inject_damage(&w, cycle) {
+            damages += 1;
+        }
     }
     let host_head = w
         .store
@@ -253,14 +259,84 @@ fn parent() {
         .expect("head")
         .map_or(0, |h| h.seq);
     println!(
-        "{cycles} kill -9 cycles: {} approved taps, {syncs} uploads, host holds #1..#{host_head}, all checks passed",
+        "{cycles} kill -9 cycles: {} approved taps, {syncs} uploads, host holds #1..#{host_head}, {damages} injected damages all reported, all checks passed",
         approved.len()
     );
     assert!(
         approved.len() > cycles / 10,
         "too few taps completed for the test to mean anything"
     );
+    assert!(
+        cycles < 100 || damages > 0,
+        "no damage was injected: nothing was ever pending at a check"
+    );
     let _ = killed_mid_run;
+}
+
+/// Between two cycles, damage the queue one of three ways (truncate the log
+/// where the newest pending record begins, flip a byte in every copy of a
+/// pending record, delete the high-water mark), check that the queue
+/// reports it and refuses to approve, then put the files back. `false`
+/// when nothing was pending to damage.
+fn inject_damage(w: &World, cycle: usize) -> bool {
+    let dir = w.dir.path().join("queue");
+    let mark = tapstack_terminal::mark::mark_path(&dir);
+    let pending = Queue::open(&dir)
+        .expect("open")
+        .pending(usize::MAX)
+        .expect("pending");
+    let Some(victim) = pending.last() else {
+        return false;
+    };
+    let db_path = dir.join("db");
+    let (db, mark_bytes) = (
+        std::fs::read(&db_path).expect("db"),
+        std::fs::read(&mark).expect("mark"),
+    );
+    let at: Vec<usize> = db
+        .windows(32)
+        .enumerate()
+        .filter(|(_, w)| *w == victim.hash)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        !at.is_empty(),
+        "cycle {cycle}: #{} not in the log",
+        victim.seq
+    );
+    let kind = (cycle / 100) % 3;
+    match kind {
+        0 => std::fs::write(&db_path, &db[..at[0]]).expect("truncate"),
+        1 => {
+            let mut d = db.clone();
+            for i in &at {
+                d[i + 32 + victim.bytes.len() / 2] ^= 0x81;
+            }
+            std::fs::write(&db_path, d).expect("flip");
+        }
+        _ => std::fs::remove_file(&mark).expect("rm mark"),
+    }
+    let q = Queue::open(&dir).expect("a damaged queue still opens to report");
+    let integrity = q.integrity();
+    assert!(
+        !integrity.damaged.is_empty(),
+        "cycle {cycle}: damage {kind} to #{} went unreported: {integrity:?}",
+        victim.seq
+    );
+    assert!(
+        q.ready().is_err(),
+        "cycle {cycle}: a damaged queue is ready to approve"
+    );
+    drop(q);
+    std::fs::write(&db_path, db).expect("restore db");
+    std::fs::write(&mark, mark_bytes).expect("restore mark");
+    let q = Queue::open(&dir).expect("reopen");
+    assert!(
+        q.integrity().is_ok(),
+        "cycle {cycle}: restored queue: {:?}",
+        q.integrity()
+    );
+    true
 }
 
 fn check(w: &World, approved: &BTreeMap<u64, [u8; 32]>, cycle: usize) {

@@ -143,11 +143,7 @@ fn queue_runs() -> usize {
 }
 
 /// One interleaved run over fresh files; latencies per operation, sorted.
-fn queue_run(
-    prepared: &[Prepared],
-    outcomes: &[TapOutcome],
-    pki: &Pki,
-) -> (Vec<Vec<f64>>, String) {
+fn queue_run(prepared: &[Prepared], outcomes: &[TapOutcome], pki: &Pki) -> (Vec<Vec<f64>>, String) {
     let (cert, key) = (&pki.terminal.cert, &pki.terminal.key);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -78,6 +78,7 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
     let mut ctx = TerminalContext::new(cert, key, trust);
     ctx.revocations = revocations;
     let queue = Arc::new(Queue::open(&config.path(&config.queue.path))?);
+    queue.bind_currency(&config.currency().to_string())?;
     let risk = crate::tap::risk_state(&queue)?;
     let _ = queue.head()?;
     Ok(Engine {

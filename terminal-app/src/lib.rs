@@ -38,6 +38,13 @@ pub enum Error {
     Damaged { path: PathBuf, detail: String },
     #[error("queue {path} is in use by another tap-terminal process (is `tap-terminal serve` running? use its API)")]
     Locked { path: PathBuf },
+    #[error("queue {path} holds {queued} record(s) in {was} waiting for upload; the configuration now says {now}: upload them (`tap-terminal upload`) before changing the currency, or set it back")]
+    CurrencyChange {
+        path: PathBuf,
+        queued: usize,
+        was: String,
+        now: String,
+    },
     #[error("queue holds a corrupt {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error(transparent)]

@@ -179,6 +179,7 @@ pub trait QueueStore: Send + Sync {
 }
 
 const ACKED: &[u8] = b"acked";
+const CURRENCY: &[u8] = b"currency";
 
 /// sled's trees.
 struct Sled {
@@ -615,16 +616,18 @@ impl Queue {
     /// append left. Stays failed, with the new reason, if the disk still
     /// refuses.
     fn recover(&self, g: &mut Inner) -> Result<(), Error> {
-        g.sled = None;
         let approved = g.approved;
-        let attempt = (|| -> Result<Sled, Error> {
-            if let Some(m) = g.mark.as_mut() {
-                m.write(approved)
-                    .map_err(|e| store_err(m.path(), "rewrite", e))?;
+        // The mark first: while the disk refuses even that, keep the old
+        // handle (reads still work) and stay failed.
+        if let Some(m) = g.mark.as_mut() {
+            if let Err(e) = m.write(approved) {
+                let e = store_err(m.path(), "rewrite", e);
+                g.storage_error = Some(e.to_string());
+                return Err(e);
             }
-            open_sled(&self.dir)
-        })();
-        match attempt {
+        }
+        g.sled = None;
+        match open_sled(&self.dir) {
             Ok(s) => {
                 g.sled = Some(s);
                 g.storage_error = None;
@@ -677,6 +680,34 @@ impl Queue {
                 .map(Ok)
                 .collect()
         })
+    }
+
+    /// The queue's records are in one currency: record it on first use, and
+    /// refuse another while records in the old one wait for upload (they
+    /// would be shown, counted and limited in the wrong currency).
+    pub fn bind_currency(&self, code: &str) -> Result<(), Error> {
+        let waiting = self.pending(usize::MAX)?.len();
+        let g = lock(&self.inner);
+        let Some(s) = &g.sled else { return Ok(()) };
+        let current = s
+            .meta
+            .get(CURRENCY)
+            .map_err(|e| store_err(&self.dir, "currency", e))?;
+        match current {
+            Some(c) if c.as_ref() == code.as_bytes() => Ok(()),
+            Some(c) if waiting > 0 => Err(Error::CurrencyChange {
+                path: self.dir.clone(),
+                queued: waiting,
+                was: String::from_utf8_lossy(&c).into_owned(),
+                now: code.into(),
+            }),
+            _ => {
+                s.meta
+                    .insert(CURRENCY, code.as_bytes())
+                    .map_err(|e| store_err(&self.dir, "currency", e))?;
+                s.sync().map_err(|e| store_err(&self.dir, "sync", e))
+            }
+        }
     }
 
     /// Remember a declined outcome for an idempotency key.

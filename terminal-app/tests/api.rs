@@ -1354,3 +1354,52 @@ fn a_full_disk_under_serve_declines_storage_and_recovers() {
         );
     }
 }
+
+/// A queue damaged while the daemon was down: `serve` starts, reports it in
+/// `/v1/health` and `/v1/queue`, approves nothing, and uploads only what
+/// is intact.
+#[test]
+fn a_damaged_queue_under_serve_is_reported_and_approves_nothing() {
+    let shop = Shop::new();
+    let cfg = shop.write_config("", Some("sync_interval_secs = 3600"));
+    let d = serve(&cfg, &[]);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let v = outcome(d.1, &create(d.1, &pay("1.00")));
+        assert_eq!(v["state"], "approved", "{v}");
+        ids.push(v["approved"]["record_id"].as_str().unwrap().to_string());
+    }
+    drop(d); // kill -9
+             // The log loses record #3 where it begins.
+    let qdir = shop.dir.path().join("queue");
+    let db = std::fs::read(qdir.join("db")).unwrap();
+    let hash = hex::decode(&ids[2]).unwrap();
+    let at = db.windows(32).position(|w| w == hash).unwrap();
+    std::fs::write(qdir.join("db"), &db[..at]).unwrap();
+
+    let d = serve(&cfg, &[]);
+    let (_, h) = get(d.1, "/v1/health");
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(
+        h["problems"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("queue_damaged")),
+        "{h}"
+    );
+    assert_eq!(h["queue"]["damaged"][0]["to"], 3, "{h}");
+    let v = outcome(d.1, &create(d.1, &pay("1.00")));
+    assert_eq!(v["declined"]["code"], "queue_damaged", "{v}");
+    let (_, q) = get(d.1, "/v1/queue");
+    assert_eq!(q["head_seq"], 3, "{q}");
+    assert!(
+        !q["integrity"]["damaged"].as_array().unwrap().is_empty(),
+        "{q}"
+    );
+    // The sync sends the intact prefix and says the queue is damaged.
+    let r = request(d.1, "POST", "/v1/sync", &[], None);
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains("damaged"));
+    drop(d);
+    assert!(shop.host_head() < 3, "the host cannot hold what was lost");
+}

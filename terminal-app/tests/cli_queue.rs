@@ -165,3 +165,38 @@ fn a_fresh_queue_under_a_known_certificate_continues_the_hosts_chain() {
         Some(3)
     );
 }
+
+#[test]
+fn the_currency_cannot_change_under_queued_records() {
+    let shop = Shop::new();
+    let cfg = config(&shop);
+    let o = run(&cfg, &["pay", "10.01", "CNY"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let usd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tap-terminal"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("TAPSTACK_TERMINAL_CURRENCY", "USD")
+            .output()
+            .unwrap()
+    };
+    // The CNY record would be shown and limited as USD: refused.
+    let o = usd(&["queue"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("in CNY waiting for upload"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("now says USD"), "{}", text(&o));
+    let o = usd(&["pay", "1.00", "USD"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(!text(&o).contains("queued #"), "{}", text(&o));
+    // Once uploaded, the terminal may change currency.
+    let o = run(&cfg, &["upload"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = usd(&["pay", "1.00", "USD"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("queued #2"), "{}", text(&o));
+}

@@ -94,6 +94,9 @@ pub fn decline_reason(e: &tapstack_protocol::Error) -> Reason {
         } => Reason::TerminalCertificate,
         E::BadSignature {
             party: Party::Terminal,
+        }
+        | E::HighSSignature {
+            party: Party::Terminal,
         } => Reason::TranscriptSignature,
         E::Certificate {
             party: Party::Wallet,
@@ -108,6 +111,9 @@ pub fn decline_reason(e: &tapstack_protocol::Error) -> Reason {
         } => Reason::WalletCertificate,
         E::BadSignature {
             party: Party::Wallet,
+        }
+        | E::HighSSignature {
+            party: Party::Wallet,
         } => Reason::WalletSignature,
         E::MissingCryptogram => Reason::MissingCryptogram,
         E::Credential(_)
@@ -116,6 +122,9 @@ pub fn decline_reason(e: &tapstack_protocol::Error) -> Reason {
             ..
         }
         | E::BadSignature {
+            party: Party::Operator,
+        }
+        | E::HighSSignature {
             party: Party::Operator,
         } => Reason::CredentialInvalid,
         E::ScenarioUnsupported { .. }
@@ -445,12 +454,13 @@ impl Ingestor {
             };
             return Ok(reject(rec, reason, detail));
         }
-        if check_record_signature(&record, terminal, self.signatures()).is_err() {
-            return Ok(reject(
-                rec,
-                Reason::TerminalSignature,
-                "the terminal's signature over the record does not verify",
-            ));
+        if let Err(e) = check_record_signature(&record, terminal, self.signatures()) {
+            let message = if matches!(e, tapstack_protocol::Error::HighSSignature { .. }) {
+                "the terminal's signature over the record is high-S (only low-S is accepted)"
+            } else {
+                "the terminal's signature over the record does not verify"
+            };
+            return Ok(reject(rec, Reason::TerminalSignature, message));
         }
         let verdict = self.verify(&record, terminal, revs, *terminal_known);
         let (disposition, detail) = match &verdict {

@@ -16,7 +16,7 @@
 
 use p256::ecdsa::{Signature, VerifyingKey};
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
-use tapstack_protocol::crypto::SignatureVerifier;
+use tapstack_protocol::crypto::{is_low_s, SignatureVerifier};
 
 /// ECDSA P-256/SHA-256 with ring.
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,9 +24,45 @@ pub struct Ring;
 
 impl SignatureVerifier for Ring {
     fn verify_signature(&self, key: &VerifyingKey, msg: &[u8], sig: &Signature) -> bool {
+        // ring accepts both s and n − s; tapstack only the low one.
+        if !is_low_s(sig) {
+            return false;
+        }
         let point = key.to_encoded_point(false);
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point.as_bytes())
             .verify(msg, &sig.to_bytes())
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tapstack_protocol::crypto::{sign, verify_with, CryptoError};
+    use tapstack_protocol::testkit::s_twin;
+
+    #[test]
+    fn ring_refuses_the_high_s_twin_it_would_otherwise_accept() {
+        for i in 0..32u32 {
+            let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+            let msg = i.to_be_bytes();
+            let sig = sign(&key, &msg);
+            let twin = s_twin(&sig).unwrap();
+            let vk = key.verifying_key();
+            let low = Signature::from_slice(&sig).unwrap();
+            let high = Signature::from_slice(&twin).unwrap();
+            assert!(Ring.verify_signature(vk, &msg, &low));
+            assert!(!Ring.verify_signature(vk, &msg, &high));
+            // ring's own primitive accepts both forms: the check is ours.
+            let point = vk.to_encoded_point(false);
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point.as_bytes())
+                .verify(&msg, &twin)
+                .unwrap();
+            assert_eq!(
+                verify_with(&Ring, vk, &msg, &twin).unwrap_err(),
+                CryptoError::HighS
+            );
+        }
     }
 }

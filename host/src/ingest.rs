@@ -10,16 +10,19 @@
 //!                                                                      + issuer cryptogram
 //!                                                   accepted / declined ◀─┘
 //!  … first rejection: the rest of the batch is `after_rejection`
-//!  append(all new records, expected head) ─▶ sync (durable) ─▶ response
+//!  append(all new records, expected head, ATC policy)
+//!     └ in the same transaction: TH1 / (wallet, ATC) / ATC window checks turn
+//!       an accepted record into declined duplicate_tap / cloned_wallet / atc_*
+//!  ─▶ sync (fdatasync, group commit) ─▶ response
 //! ```
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tapstack_protocol::codec::Codec;
-use tapstack_protocol::crypto::{sha256, IssuerMasterKey};
+use tapstack_protocol::crypto::{compress, sha256, IssuerMasterKey};
 use tapstack_protocol::error::Party;
-use tapstack_protocol::messages::{AuthBody, WalletBody};
+use tapstack_protocol::messages::{th1, AuthBody, WalletBody};
 use tapstack_protocol::pki::{CertError, Certificate, TrustStore};
 use tapstack_protocol::record::{check_chain, TransactionRecord, VerifiedRecord};
 use tapstack_protocol::revocation::RevocationList;
@@ -27,7 +30,9 @@ use tapstack_protocol::scenario::Scenario;
 
 use crate::fastverify::Ring;
 use crate::revocations::Revocations;
-use crate::store::{ChainHead, Disposition, RecordSummary, ScenarioKind, Store, StoredRecord};
+use crate::store::{
+    AtcPolicy, ChainHead, Disposition, RecordSummary, ScenarioKind, Store, StoredRecord,
+};
 use crate::wire::{BatchResponse, Flag, Reason, RecordResult, RecordStatus};
 use crate::Error;
 use tapstack_protocol::crypto::{RustCrypto, SignatureVerifier};
@@ -54,14 +59,18 @@ pub struct Ingestor {
     issuer_master_key: IssuerMasterKey,
     revocations: Arc<Revocations>,
     mode: VerifyMode,
+    atc_policy: AtcPolicy,
     locks: Mutex<HashMap<[u8; 32], Arc<Mutex<()>>>>,
 }
 
 enum Step {
-    New(Box<StoredRecord>, Option<String>),
+    New(Box<StoredRecord>),
     Duplicate {
         seq: u64,
         hash: [u8; 32],
+        /// The stored verdict when it was a decline (so a retry after a
+        /// lost answer still learns it).
+        declined: Option<(Reason, Option<String>)>,
     },
     Rejected {
         seq: Option<u64>,
@@ -94,6 +103,9 @@ pub fn decline_reason(e: &tapstack_protocol::Error) -> Reason {
         } => Reason::TerminalCertificate,
         E::BadSignature {
             party: Party::Terminal,
+        }
+        | E::HighSSignature {
+            party: Party::Terminal,
         } => Reason::TranscriptSignature,
         E::Certificate {
             party: Party::Wallet,
@@ -108,6 +120,9 @@ pub fn decline_reason(e: &tapstack_protocol::Error) -> Reason {
         } => Reason::WalletCertificate,
         E::BadSignature {
             party: Party::Wallet,
+        }
+        | E::HighSSignature {
+            party: Party::Wallet,
         } => Reason::WalletSignature,
         E::MissingCryptogram => Reason::MissingCryptogram,
         E::Credential(_)
@@ -117,6 +132,9 @@ pub fn decline_reason(e: &tapstack_protocol::Error) -> Reason {
         }
         | E::BadSignature {
             party: Party::Operator,
+        }
+        | E::HighSSignature {
+            party: Party::Operator,
         } => Reason::CredentialInvalid,
         E::ScenarioUnsupported { .. }
         | E::ReceiptMismatch
@@ -124,6 +142,13 @@ pub fn decline_reason(e: &tapstack_protocol::Error) -> Reason {
         | E::UnexpectedField { .. } => Reason::ScenarioInvalid,
         _ => Reason::VerificationFailed,
     }
+}
+
+/// The id of the wallet an ATC belongs to: SHA-256 of its compressed public
+/// key, hex.
+pub fn wallet_key_id(wallet: &Certificate) -> String {
+    let key = p256::PublicKey::from(wallet.public_key());
+    hex::encode(sha256(&[&compress(&key)]))
 }
 
 /// Best-effort summary of a record for the ledger (declined records may
@@ -153,6 +178,13 @@ fn summarize(record: &TransactionRecord, terminal_name: &str) -> RecordSummary {
         s.credential = body.credential.as_ref().map(|c| hex::encode(c.id));
     }
     s.wallet = Some(hex::encode(sha256(&[&record.wallet_certificate])));
+    s.wallet_key = Certificate::from_der(&record.wallet_certificate)
+        .ok()
+        .map(|c| wallet_key_id(&c));
+    s.th1 = Some(hex::encode(th1(
+        &record.transcript.fci,
+        &record.transcript.auth_body,
+    )));
     s.order_number = record.order_number.clone();
     s
 }
@@ -173,8 +205,20 @@ impl Ingestor {
             issuer_master_key,
             revocations,
             mode,
+            atc_policy: AtcPolicy::default(),
             locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Use `policy` for wallets' transaction counters (default window
+    /// [`crate::store::DEFAULT_ATC_WINDOW`]).
+    pub fn with_atc_policy(mut self, policy: AtcPolicy) -> Self {
+        self.atc_policy = policy;
+        self
+    }
+
+    pub fn atc_policy(&self) -> AtcPolicy {
+        self.atc_policy
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -281,7 +325,7 @@ impl Ingestor {
                 &mut terminal_known,
             )?;
             match &step {
-                Step::New(r, _) => {
+                Step::New(r) => {
                     cur = Some(ChainHead {
                         seq: r.seq,
                         hash: r.hash,
@@ -294,12 +338,14 @@ impl Ingestor {
             steps.push(step);
         }
         if !pending.is_empty() {
-            self.store.append(&th, head, &mut pending)?;
+            self.store
+                .append(&th, head, &mut pending, &self.atc_policy)?;
             self.store.sync()?;
         }
-        // Flags come back from the store (index collisions).
-        let mut flags: HashMap<u64, Vec<Flag>> =
-            pending.into_iter().map(|r| (r.seq, r.flags)).collect();
+        // The final verdicts come back from the store: it declines repeats
+        // and marks credential reuse inside the appending transaction.
+        let mut stored: HashMap<u64, StoredRecord> =
+            pending.into_iter().map(|r| (r.seq, r)).collect();
         let mut resp = BatchResponse {
             terminal: hex::encode(th),
             acked_seq: cur.map_or(0, |h| h.seq),
@@ -312,7 +358,8 @@ impl Ingestor {
         };
         for (index, step) in steps.into_iter().enumerate() {
             let r = match step {
-                Step::New(r, detail) => {
+                Step::New(r) => {
+                    let r = stored.remove(&r.seq).unwrap_or(*r);
                     let (status, reason, message) = match r.disposition {
                         Disposition::Accepted => {
                             resp.accepted += 1;
@@ -320,7 +367,7 @@ impl Ingestor {
                         }
                         Disposition::Declined(reason) => {
                             resp.declined += 1;
-                            (RecordStatus::Declined, Some(reason), detail)
+                            (RecordStatus::Declined, Some(reason), r.detail)
                         }
                     };
                     RecordResult {
@@ -330,18 +377,23 @@ impl Ingestor {
                         status,
                         reason,
                         message,
-                        flags: flags.remove(&r.seq).unwrap_or_default(),
+                        flags: r.flags,
                     }
                 }
-                Step::Duplicate { seq, hash } => {
+                Step::Duplicate {
+                    seq,
+                    hash,
+                    declined,
+                } => {
                     resp.duplicates += 1;
+                    let (reason, message) = declined.map_or((None, None), |(r, m)| (Some(r), m));
                     RecordResult {
                         index,
                         seq: Some(seq),
                         record_id: Some(hex::encode(hash)),
                         status: RecordStatus::Duplicate,
-                        reason: None,
-                        message: None,
+                        reason,
+                        message,
                         flags: Vec::new(),
                     }
                 }
@@ -407,14 +459,21 @@ impl Ingestor {
                     usize::try_from(record.seq - base - 1)
                         .ok()
                         .and_then(|i| pending.get(i))
-                        .map(|r| r.hash)
+                        .map(|r| (r.hash, None))
                 } else {
-                    self.store.record_hash(th, record.seq)?
+                    self.store.record(th, record.seq)?.map(|r| {
+                        let declined = match r.disposition {
+                            Disposition::Declined(reason) => Some((reason, r.detail)),
+                            Disposition::Accepted => None,
+                        };
+                        (r.hash, declined)
+                    })
                 };
                 return Ok(match stored {
-                    Some(h) if h == hash => Step::Duplicate {
+                    Some((h, declined)) if h == hash => Step::Duplicate {
                         seq: record.seq,
                         hash,
+                        declined,
                     },
                     Some(_) => reject(
                         rec,
@@ -445,12 +504,13 @@ impl Ingestor {
             };
             return Ok(reject(rec, reason, detail));
         }
-        if check_record_signature(&record, terminal, self.signatures()).is_err() {
-            return Ok(reject(
-                rec,
-                Reason::TerminalSignature,
-                "the terminal's signature over the record does not verify",
-            ));
+        if let Err(e) = check_record_signature(&record, terminal, self.signatures()) {
+            let message = if matches!(e, tapstack_protocol::Error::HighSSignature { .. }) {
+                "the terminal's signature over the record is high-S (only low-S is accepted)"
+            } else {
+                "the terminal's signature over the record does not verify"
+            };
+            return Ok(reject(rec, Reason::TerminalSignature, message));
         }
         let verdict = self.verify(&record, terminal, revs, *terminal_known);
         let (disposition, detail) = match &verdict {
@@ -489,19 +549,17 @@ impl Ingestor {
         {
             flags.push(Flag::FutureTime);
         }
-        Ok(Step::New(
-            Box::new(StoredRecord {
-                terminal: *th,
-                seq: record.seq,
-                hash,
-                received_at: now,
-                disposition,
-                flags,
-                summary,
-                bytes: bytes.to_vec(),
-            }),
+        Ok(Step::New(Box::new(StoredRecord {
+            terminal: *th,
+            seq: record.seq,
+            hash,
+            received_at: now,
+            disposition,
+            flags,
             detail,
-        ))
+            summary,
+            bytes: bytes.to_vec(),
+        })))
     }
 
     fn check_cryptogram(&self, v: &VerifiedRecord) -> Result<(), Reason> {
@@ -517,5 +575,130 @@ impl Ingestor {
             }
             Scenario::Pickup { .. } => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::SledStore;
+    use tapstack_protocol::scenario::{Amount, Currency};
+    use tapstack_protocol::terminal::TapParams;
+    use tapstack_protocol::testkit::{s_twin, Pki};
+
+    fn setup() -> (Pki, Ingestor, tempfile::TempDir) {
+        let pki = Pki::generate(&mut rand_core::OsRng);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let revs = Arc::new(Revocations::fixed(
+            RevocationList::default(),
+            pki.host_trust(),
+        ));
+        let host = Ingestor::new(
+            store,
+            pki.host_trust(),
+            pki.issuer_master_key.clone(),
+            revs,
+            VerifyMode::Ring,
+        )
+        .unwrap();
+        (pki, host, dir)
+    }
+
+    fn tap(pki: &Pki, seq: u64, prev: [u8; 32]) -> TransactionRecord {
+        let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
+        let pay = Scenario::Pay {
+            amount: Amount::parse("50.00", Currency::new("CNY").unwrap()).unwrap(),
+        };
+        let params = TapParams {
+            scenario: pay,
+            cvm_limit: 1_000_000,
+            send_certificate: true,
+        };
+        let run = pki.run_tap(&mut t, &mut w, params, &mut rand_core::OsRng);
+        TransactionRecord::new(
+            &run.outcome.unwrap(),
+            &pki.terminal.cert,
+            &pki.terminal.key,
+            seq,
+            prev,
+            pki.now,
+            None,
+            None,
+        )
+    }
+
+    fn verdicts(r: &BatchResponse) -> Vec<(RecordStatus, Option<Reason>)> {
+        r.results.iter().map(|x| (x.status, x.reason)).collect()
+    }
+
+    #[test]
+    fn high_s_twin_is_rejected_and_stores_nothing() {
+        let (pki, host, _dir) = setup();
+        let rec = tap(&pki, 1, [0; 32]);
+        let mut twin = rec.clone();
+        twin.signature = s_twin(&rec.signature).unwrap();
+        let r = host
+            .ingest(&pki.terminal.cert, &[twin.to_bytes()], pki.now)
+            .unwrap();
+        assert_eq!(
+            verdicts(&r),
+            vec![(RecordStatus::Rejected, Some(Reason::TerminalSignature))]
+        );
+        assert_eq!(r.acked_seq, 0);
+        assert!(host.store().records().unwrap().is_empty());
+        let r = host
+            .ingest(&pki.terminal.cert, &[rec.to_bytes()], pki.now)
+            .unwrap();
+        assert_eq!(verdicts(&r), vec![(RecordStatus::Accepted, None)]);
+        // The twin of a stored record is a conflict, not a second copy.
+        let r = host
+            .ingest(&pki.terminal.cert, &[twin.to_bytes()], pki.now)
+            .unwrap();
+        assert_eq!(
+            verdicts(&r),
+            vec![(RecordStatus::Rejected, Some(Reason::Conflict))]
+        );
+        assert_eq!(host.store().records().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_same_tap_under_two_seqs_settles_once() {
+        let (pki, host, _dir) = setup();
+        let one = tap(&pki, 1, [0; 32]);
+        let mut two = one.clone();
+        two.seq = 2;
+        two.prev_hash = one.hash();
+        two.signature = tapstack_protocol::crypto::sign(&pki.terminal.key, &two.signed_bytes());
+        let r = host
+            .ingest(
+                &pki.terminal.cert,
+                &[one.to_bytes(), two.to_bytes()],
+                pki.now,
+            )
+            .unwrap();
+        assert_eq!(
+            verdicts(&r),
+            vec![
+                (RecordStatus::Accepted, None),
+                (RecordStatus::Declined, Some(Reason::DuplicateTap))
+            ]
+        );
+        assert_eq!(r.acked_seq, 2);
+        let stored = host.store().records().unwrap();
+        assert_eq!(
+            stored[1].disposition,
+            Disposition::Declined(Reason::DuplicateTap)
+        );
+        assert!(stored[1].detail.as_deref().unwrap().contains("seq 1"));
+        let th1: [u8; 32] = hex::decode(stored[0].summary.th1.as_deref().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        assert_eq!(host.store().tap(&th1).unwrap().map(|r| r.seq), Some(1));
+        let ledger = crate::ledger::Ledger::from_records(&stored);
+        assert_eq!((ledger.settled, ledger.declined), (1, 1));
+        assert_eq!(ledger.totals[0].amount_minor, 5000);
     }
 }

@@ -1,5 +1,14 @@
-//! `tap-host ledger`: accepted records per terminal, scenario and day, with
-//! totals. Declined records are counted apart and never in amounts.
+//! `tap-host ledger`: what the host holds per terminal, scenario and day.
+//!
+//! Three kinds of stored record, never mixed:
+//!
+//! * **settled** — accepted and not flagged: the only records in the
+//!   `count`/`amount_minor` columns and in `totals`;
+//! * **held** — accepted but flagged for review (`credential_reused`,
+//!   `future_time`): reported apart (`held`, `held_totals`), not in totals;
+//! * **declined** — kept as evidence (a duplicate tap, a cloned wallet, an
+//!   ATC out of window, a bad cryptogram…): reported apart (`declined`,
+//!   `declined_totals`, `declined_reasons`), never in totals.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -23,17 +32,19 @@ pub struct LedgerRow {
     /// ISO 4217 code (absent for pickups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
-    /// Accepted records.
+    /// Settled records.
     pub count: u64,
-    /// Sum of accepted amounts, minor units.
+    /// Sum of settled amounts, minor units.
     pub amount_minor: u64,
-    /// Accepted records carrying a flag (clone suspected, credential reused…).
-    pub flagged: u64,
-    /// Declined records (stored as evidence, not counted).
+    /// Held records (accepted, flagged for review; not in `count`).
+    pub held: u64,
+    pub held_amount_minor: u64,
+    /// Declined records (stored as evidence; not in `count`).
     pub declined: u64,
+    pub declined_amount_minor: u64,
 }
 
-/// Totals over all rows, per currency (pickups under `None`).
+/// Count and amount per currency (pickups under `None`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerTotal {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,10 +57,17 @@ pub struct LedgerTotal {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     pub rows: Vec<LedgerRow>,
+    /// Settled records only.
     pub totals: Vec<LedgerTotal>,
-    pub accepted: u64,
+    /// Held records (not in `totals`).
+    pub held_totals: Vec<LedgerTotal>,
+    /// Declined records (not in `totals`).
+    pub declined_totals: Vec<LedgerTotal>,
+    /// Declined records per reason (`duplicate_tap`, `cloned_wallet`, …).
+    pub declined_reasons: BTreeMap<String, u64>,
+    pub settled: u64,
+    pub held: u64,
     pub declined: u64,
-    pub flagged: u64,
     pub terminals: u64,
 }
 
@@ -71,11 +89,23 @@ pub fn utc_day(secs: u64) -> String {
 
 type Key = (String, String, String, Option<String>);
 
+fn add_to(totals: &mut BTreeMap<Option<String>, LedgerTotal>, cur: &Option<String>, amount: u64) {
+    let t = totals.entry(cur.clone()).or_insert_with(|| LedgerTotal {
+        currency: cur.clone(),
+        count: 0,
+        amount_minor: 0,
+    });
+    t.count += 1;
+    t.amount_minor = t.amount_minor.saturating_add(amount);
+}
+
 impl Ledger {
     /// Aggregate stored records.
     pub fn from_records<'a>(records: impl IntoIterator<Item = &'a StoredRecord>) -> Ledger {
         let mut rows: BTreeMap<Key, LedgerRow> = BTreeMap::new();
-        let mut totals: BTreeMap<Option<String>, LedgerTotal> = BTreeMap::new();
+        let mut totals = BTreeMap::new();
+        let mut held_totals = BTreeMap::new();
+        let mut declined_totals = BTreeMap::new();
         let mut ledger = Ledger::default();
         let mut terminals = std::collections::BTreeSet::new();
         for r in records {
@@ -97,37 +127,41 @@ impl Ledger {
                 currency: s.currency.clone(),
                 count: 0,
                 amount_minor: 0,
-                flagged: 0,
+                held: 0,
+                held_amount_minor: 0,
                 declined: 0,
+                declined_amount_minor: 0,
             });
+            let amount = s.amount_minor.unwrap_or(0);
             match r.disposition {
-                Disposition::Accepted => {
-                    let amount = s.amount_minor.unwrap_or(0);
+                Disposition::Accepted if r.is_settled() => {
                     row.count += 1;
                     row.amount_minor = row.amount_minor.saturating_add(amount);
-                    ledger.accepted += 1;
-                    if !r.flags.is_empty() {
-                        row.flagged += 1;
-                        ledger.flagged += 1;
-                    }
-                    let t = totals
-                        .entry(s.currency.clone())
-                        .or_insert_with(|| LedgerTotal {
-                            currency: s.currency.clone(),
-                            count: 0,
-                            amount_minor: 0,
-                        });
-                    t.count += 1;
-                    t.amount_minor = t.amount_minor.saturating_add(amount);
+                    ledger.settled += 1;
+                    add_to(&mut totals, &s.currency, amount);
                 }
-                Disposition::Declined(_) => {
+                Disposition::Accepted => {
+                    row.held += 1;
+                    row.held_amount_minor = row.held_amount_minor.saturating_add(amount);
+                    ledger.held += 1;
+                    add_to(&mut held_totals, &s.currency, amount);
+                }
+                Disposition::Declined(reason) => {
                     row.declined += 1;
+                    row.declined_amount_minor = row.declined_amount_minor.saturating_add(amount);
                     ledger.declined += 1;
+                    add_to(&mut declined_totals, &s.currency, amount);
+                    *ledger
+                        .declined_reasons
+                        .entry(reason.as_str().to_owned())
+                        .or_default() += 1;
                 }
             }
         }
         ledger.rows = rows.into_values().collect();
         ledger.totals = totals.into_values().collect();
+        ledger.held_totals = held_totals.into_values().collect();
+        ledger.declined_totals = declined_totals.into_values().collect();
         ledger.terminals = terminals.len() as u64;
         ledger
     }
@@ -142,41 +176,56 @@ impl Ledger {
         };
         let _ = writeln!(
             out,
-            "{:<24} {:<8} {:<10} {:>7} {:>18} {:>7} {:>8}",
-            "terminal", "scenario", "day", "count", "amount", "flagged", "declined"
+            "{:<24} {:<8} {:<10} {:>7} {:>18} {:>5} {:>8}",
+            "terminal", "scenario", "day", "settled", "amount", "held", "declined"
         );
         for r in &self.rows {
             let name: String = if r.terminal_name.is_empty() {
-                r.terminal[..16].to_owned()
+                r.terminal.chars().take(16).collect()
             } else {
                 r.terminal_name.chars().take(24).collect()
             };
             let _ = writeln!(
                 out,
-                "{:<24} {:<8} {:<10} {:>7} {:>18} {:>7} {:>8}",
+                "{:<24} {:<8} {:<10} {:>7} {:>18} {:>5} {:>8}",
                 name,
                 r.scenario,
                 r.day,
                 r.count,
                 money(r.amount_minor, &r.currency),
-                r.flagged,
+                r.held,
                 r.declined
             );
         }
-        let _ = writeln!(out, "totals:");
-        for t in &self.totals {
-            let what = t.currency.as_deref().unwrap_or("pickups");
-            let _ = writeln!(
-                out,
-                "  {what:<8} {:>7} records {:>18}",
-                t.count,
-                money(t.amount_minor, &t.currency)
-            );
+        let section = |out: &mut String, title: &str, totals: &[LedgerTotal]| {
+            let _ = writeln!(out, "{title}");
+            if totals.is_empty() {
+                let _ = writeln!(out, "  none");
+            }
+            for t in totals {
+                let what = t.currency.as_deref().unwrap_or("pickups");
+                let _ = writeln!(
+                    out,
+                    "  {what:<8} {:>7} records {:>18}",
+                    t.count,
+                    money(t.amount_minor, &t.currency)
+                );
+            }
+        };
+        section(&mut out, "totals (settled only):", &self.totals);
+        section(
+            &mut out,
+            "held for review (not in totals):",
+            &self.held_totals,
+        );
+        section(&mut out, "declined (not in totals):", &self.declined_totals);
+        for (reason, n) in &self.declined_reasons {
+            let _ = writeln!(out, "  {reason:<22} {n:>7}");
         }
         let _ = writeln!(
             out,
-            "{} accepted ({} flagged), {} declined, {} terminals",
-            self.accepted, self.flagged, self.declined, self.terminals
+            "{} settled, {} held, {} declined, {} terminals",
+            self.settled, self.held, self.declined, self.terminals
         );
         out
     }
@@ -184,7 +233,67 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use super::utc_day;
+    use super::*;
+    use crate::store::{RecordSummary, ScenarioKind};
+    use crate::wire::{Flag, Reason};
+
+    fn rec(seq: u64, minor: u64, disposition: Disposition, flags: Vec<Flag>) -> StoredRecord {
+        StoredRecord {
+            terminal: [7; 32],
+            seq,
+            hash: [seq as u8; 32],
+            received_at: 0,
+            disposition,
+            flags,
+            detail: None,
+            summary: RecordSummary {
+                terminal_name: "Tea House".into(),
+                scenario: Some(ScenarioKind::Pay),
+                amount_minor: Some(minor),
+                currency: Some("CNY".into()),
+                tap_time: Some(1_780_000_000),
+                ..Default::default()
+            },
+            bytes: vec![],
+        }
+    }
+
+    #[test]
+    fn totals_hold_only_settled_records() {
+        let records = [
+            rec(1, 5000, Disposition::Accepted, vec![]),
+            rec(2, 5000, Disposition::Declined(Reason::DuplicateTap), vec![]),
+            rec(3, 700, Disposition::Declined(Reason::ClonedWallet), vec![]),
+            rec(4, 300, Disposition::Accepted, vec![Flag::FutureTime]),
+            rec(5, 1200, Disposition::Accepted, vec![]),
+        ];
+        let l = Ledger::from_records(&records);
+        assert_eq!((l.settled, l.held, l.declined, l.terminals), (2, 1, 2, 1));
+        let total = |t: &[LedgerTotal]| (t[0].count, t[0].amount_minor);
+        assert_eq!(total(&l.totals), (2, 6200));
+        assert_eq!(total(&l.held_totals), (1, 300));
+        assert_eq!(total(&l.declined_totals), (2, 5700));
+        assert_eq!(l.declined_reasons.get("duplicate_tap"), Some(&1));
+        assert_eq!(l.declined_reasons.get("cloned_wallet"), Some(&1));
+        let row = &l.rows[0];
+        assert_eq!(
+            (row.count, row.amount_minor, row.held, row.held_amount_minor),
+            (2, 6200, 1, 300)
+        );
+        assert_eq!((row.declined, row.declined_amount_minor), (2, 5700));
+        let text = l.to_text();
+        assert!(
+            text.contains("totals (settled only):\n  CNY            2 records          62.00 CNY"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2 settled, 1 held, 2 declined, 1 terminals"),
+            "{text}"
+        );
+        // JSON round trip (what `tap-host ledger --json` prints).
+        let back: Ledger = serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
+        assert_eq!(back, l);
+    }
 
     #[test]
     fn days() {

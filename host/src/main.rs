@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tapstack_host::ingest::VerifyMode;
 use tapstack_host::ledger::Ledger;
 use tapstack_host::server::{Host, HostOptions, Limits};
-use tapstack_host::store::{SledStore, Store};
+use tapstack_host::store::{AtcPolicy, SledStore, Store};
 use tapstack_host::tls::TlsIdentity;
 
 #[derive(Debug, Parser)]
@@ -68,6 +68,11 @@ enum Command {
         /// Seconds to receive a request body.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         body_timeout: u64,
+        /// How far a wallet's ATC may be from its highest settled ATC, ahead
+        /// (beyond: declined atc_jump) or behind (beyond: declined atc_regression).
+        #[arg(long, value_name = "N", default_value_t = tapstack_host::store::DEFAULT_ATC_WINDOW,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        atc_window: u32,
     },
     /// Report accepted records per terminal, scenario and day (the server must be stopped: sled locks its directory).
     Ledger {
@@ -93,6 +98,7 @@ fn main() -> Result<()> {
             max_connections,
             ingest_concurrency,
             body_timeout,
+            atc_window,
         } => {
             let pki = tapstack_certs::Pki::load(&pki)
                 .with_context(|| format!("loading the PKI in {}", pki.display()))?;
@@ -122,6 +128,7 @@ fn main() -> Result<()> {
                     tls,
                     verify_mode,
                     limits,
+                    atc_policy: AtcPolicy { window: atc_window },
                 },
             )?;
             let rt = tokio::runtime::Builder::new_multi_thread()

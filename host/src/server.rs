@@ -39,7 +39,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::credentials;
 use crate::ingest::{Ingestor, VerifyMode};
 use crate::revocations::Revocations;
-use crate::store::Store;
+use crate::store::{AtcPolicy, Store};
 use crate::tls::{self, ClientVerifier, TlsIdentity};
 use crate::wire::{
     self, BatchRequest, CredentialRequest, CredentialResponse, ErrorBody, DEFAULT_MAX_BODY,
@@ -99,6 +99,8 @@ pub struct HostOptions {
     pub tls: Option<TlsIdentity>,
     pub verify_mode: VerifyMode,
     pub limits: Limits,
+    /// The wallets' ATC window (`--atc-window`).
+    pub atc_policy: AtcPolicy,
 }
 
 /// Unix seconds now.
@@ -145,13 +147,16 @@ impl Host {
             &pki.path(tapstack_certs::REVOCATIONS_FILE),
             trust.clone(),
         )?);
-        let ingestor = Arc::new(Ingestor::new(
-            store,
-            trust,
-            pki.issuer_master_key().clone(),
-            revocations,
-            opts.verify_mode,
-        )?);
+        let ingestor = Arc::new(
+            Ingestor::new(
+                store,
+                trust,
+                pki.issuer_master_key().clone(),
+                revocations,
+                opts.verify_mode,
+            )?
+            .with_atc_policy(opts.atc_policy),
+        );
         let identity = match opts.tls {
             Some(id) => id,
             None => {

@@ -11,10 +11,18 @@
 //!   indices all at once, and only if the head is still the one the caller
 //!   read (optimistic concurrency, [`Error::HeadMoved`] otherwise) — two
 //!   host instances racing on one terminal cannot both extend its chain;
-//! * collisions in the indices are detected inside that same atomic step and
-//!   marked on the records ([`Flag::CloneSuspected`],
-//!   [`Flag::CredentialReused`]), on the new record and on the earlier ones;
-//! * nothing appended is durable before [`Store::sync`] returns: the ingest
+//! * one tap settles once: inside that same atomic step, a record the ingest
+//!   accepted is checked against the settled records — the same transcript
+//!   hash (TH1) makes it `declined: duplicate_tap`, the same (wallet, ATC)
+//!   with another transcript `declined: cloned_wallet`, an ATC outside the
+//!   wallet's [`AtcPolicy`] window `declined: atc_jump` / `atc_regression`
+//!   — and only records that stay accepted enter the indices (TH1, wallet +
+//!   ATC, the wallet's highest ATC, pickup credentials). A declined record is
+//!   still appended (it is the terminal's record; its chain goes on);
+//! * pickup-credential reuse is marked on the records
+//!   ([`Flag::CredentialReused`]), on the new record and on the earlier ones;
+//! * nothing appended is durable before [`Store::sync`] returns, and `sync`
+//!   reaches the device (fdatasync), not only the page cache: the ingest
 //!   layer acknowledges only after it.
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +31,7 @@ use crate::wire::{Flag, Reason};
 use crate::Error;
 
 mod sled_store;
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, SyncCounts};
 
 /// The last record of a terminal's chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +57,47 @@ pub enum Disposition {
     /// good) but the tap does not hold up: kept as evidence, chain advances,
     /// never counted.
     Declined(Reason),
+}
+
+/// How far a wallet's transaction counter may move from the highest ATC the
+/// host has settled for that wallet (in either direction) and still settle.
+///
+/// Offline terminals upload late and out of order, so an ATC below the
+/// highest is normal (the wallet tapped at a terminal that synced later);
+/// an exact repeat is caught by the (wallet, ATC) uniqueness, not here.
+/// Beyond the window ahead: `atc_jump` (a clone skipping ahead of the real
+/// wallet's counter); beyond it behind: `atc_regression`. A wallet's first
+/// settled record sets its baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtcPolicy {
+    /// At least 1.
+    pub window: u32,
+}
+
+/// Default [`AtcPolicy::window`] (`tap-host serve --atc-window`).
+pub const DEFAULT_ATC_WINDOW: u32 = 1000;
+
+impl Default for AtcPolicy {
+    fn default() -> Self {
+        AtcPolicy {
+            window: DEFAULT_ATC_WINDOW,
+        }
+    }
+}
+
+impl AtcPolicy {
+    /// The decline reason for `atc` given the wallet's highest settled ATC.
+    pub fn check(&self, highest: Option<u32>, atc: u32) -> Option<Reason> {
+        let h = highest?;
+        let w = self.window.max(1);
+        if atc > h.saturating_add(w) {
+            Some(Reason::AtcJump)
+        } else if atc < h.saturating_sub(w) {
+            Some(Reason::AtcRegression)
+        } else {
+            None
+        }
+    }
 }
 
 /// The scenario of a record, as the ledger groups it.
@@ -87,7 +136,14 @@ pub struct RecordSummary {
     pub tap_time: Option<u64>,
     /// SHA-256 of the wallet certificate, hex.
     pub wallet: Option<String>,
+    /// SHA-256 of the wallet's compressed public key, hex: the wallet the
+    /// ATC belongs to (it survives a re-issued certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wallet_key: Option<String>,
     pub atc: Option<u32>,
+    /// The tap's transcript hash TH1, hex: one tap, one TH1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub th1: Option<String>,
     /// Pickup credential id, hex.
     pub credential: Option<String>,
     pub order_number: Option<String>,
@@ -105,6 +161,8 @@ pub struct StoredRecord {
     pub received_at: u64,
     pub disposition: Disposition,
     pub flags: Vec<Flag>,
+    /// Why a declined record was declined (human-readable).
+    pub detail: Option<String>,
     pub summary: RecordSummary,
     /// The record's canonical `Codec` encoding.
     pub bytes: Vec<u8>,
@@ -118,13 +176,31 @@ impl StoredRecord {
         }
     }
 
-    /// The (wallet certificate hash, ATC) an accepted record is indexed by.
+    /// The (wallet key hash, ATC) an accepted record is indexed by.
     pub fn wallet_atc(&self) -> Option<([u8; 32], u32)> {
         if self.disposition != Disposition::Accepted {
             return None;
         }
-        let wallet = self.summary.wallet.as_deref().and_then(hex_array::<32>)?;
+        let wallet = self
+            .summary
+            .wallet_key
+            .as_deref()
+            .and_then(hex_array::<32>)?;
         Some((wallet, self.summary.atc?))
+    }
+
+    /// The transcript hash an accepted record is indexed by.
+    pub fn th1(&self) -> Option<[u8; 32]> {
+        if self.disposition != Disposition::Accepted {
+            return None;
+        }
+        self.summary.th1.as_deref().and_then(hex_array::<32>)
+    }
+
+    /// Whether the record counts in the ledger's totals: accepted and not
+    /// marked for review.
+    pub fn is_settled(&self) -> bool {
+        self.disposition == Disposition::Accepted && self.flags.is_empty()
     }
 
     /// The pickup credential id an accepted record used.
@@ -161,24 +237,57 @@ pub trait Store: Send + Sync + core::fmt::Debug {
     fn record(&self, terminal: &[u8; 32], seq: u64) -> Result<Option<StoredRecord>, Error>;
 
     /// Atomically append `records` (contiguous seqs following `expected`)
-    /// if the head is still `expected`; marks index collisions in `flags`
-    /// of the given records (and of the earlier records they collide with).
+    /// if the head is still `expected`. In the same step, accepted records
+    /// that repeat a settled tap, reuse a wallet's ATC or leave `policy`'s
+    /// window are turned into declined ones (`disposition` and `detail` of
+    /// the given records are updated), and credential reuse is marked in
+    /// `flags` (of these records and of the earlier ones they collide with).
     fn append(
         &self,
         terminal: &[u8; 32],
         expected: Option<ChainHead>,
         records: &mut [StoredRecord],
+        policy: &AtcPolicy,
     ) -> Result<(), Error>;
 
-    /// Make everything appended so far durable.
+    /// Make everything appended so far durable on the device (fdatasync or
+    /// equivalent, not only written to the page cache).
     fn sync(&self) -> Result<(), Error>;
 
     /// Every stored record, ordered by terminal hash, then seq.
     fn records(&self) -> Result<Vec<StoredRecord>, Error>;
 
-    /// Accepted records with this (wallet certificate hash, ATC).
+    /// The accepted record with this (wallet key hash, ATC), if any.
     fn wallet_uses(&self, wallet: &[u8; 32], atc: u32) -> Result<Vec<RecordRef>, Error>;
+
+    /// The accepted record of the tap with this transcript hash, if any.
+    fn tap(&self, th1: &[u8; 32]) -> Result<Option<RecordRef>, Error>;
+
+    /// The highest ATC settled for this wallet (key hash), if any.
+    fn highest_atc(&self, wallet: &[u8; 32]) -> Result<Option<u32>, Error>;
 
     /// Accepted records that used this pickup credential.
     fn credential_uses(&self, id: &[u8; 16]) -> Result<Vec<RecordRef>, Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atc_window_is_inclusive_both_ways() {
+        let p = AtcPolicy { window: 10 };
+        assert_eq!(
+            p.check(None, u32::MAX),
+            None,
+            "first sighting sets the baseline"
+        );
+        assert_eq!(p.check(Some(100), 110), None);
+        assert_eq!(p.check(Some(100), 111), Some(Reason::AtcJump));
+        assert_eq!(p.check(Some(100), 90), None);
+        assert_eq!(p.check(Some(100), 89), Some(Reason::AtcRegression));
+        assert_eq!(p.check(Some(5), 0), None);
+        assert_eq!(p.check(Some(u32::MAX), u32::MAX), None);
+        assert_eq!(AtcPolicy::default().window, DEFAULT_ATC_WINDOW);
+    }
 }

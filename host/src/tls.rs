@@ -226,7 +226,7 @@ pub fn server_certificate(
     };
     let tbs_der = tbs.to_der().map_err(bad("tbs"))?;
     use p256::ecdsa::signature::Signer;
-    let sig: Signature = issuer.1.sign(&tbs_der);
+    let sig: Signature = tapstack_protocol::crypto::normalize_s(issuer.1.sign(&tbs_der));
     let cert = x509_cert::Certificate {
         tbs_certificate: tbs,
         signature_algorithm: alg,
@@ -262,7 +262,7 @@ fn cert_error(e: &CertError) -> rustls::Error {
         CertError::UnknownIssuer { .. } | CertError::UntrustedRoot | CertError::UnknownSigner => {
             CertificateError::UnknownIssuer
         }
-        CertError::BadSignature => CertificateError::BadSignature,
+        CertError::BadSignature | CertError::HighSSignature => CertificateError::BadSignature,
         CertError::WrongRole { .. } | CertError::NoRole | CertError::Constraints { .. } => {
             CertificateError::InvalidPurpose
         }

@@ -61,18 +61,30 @@ impl BatchRequest {
                 max: MAX_BATCH_RECORDS,
             });
         }
+        // Base64 of up to MAX_RECORD_LEN bytes is at most this long; a
+        // longer string is refused before decoding (bounded work), and the
+        // decoded length is then checked exactly: 4 base64 characters carry
+        // 3 bytes, so the string length alone cannot tell 16,384 bytes from
+        // 16,385 or 16,386.
         let max_b64 = MAX_RECORD_LEN.div_ceil(3) * 4;
         req.records
             .iter()
             .enumerate()
             .map(|(index, s)| {
+                let too_large = BatchError::RecordTooLarge {
+                    index,
+                    max: MAX_RECORD_LEN,
+                };
                 if s.len() > max_b64 {
-                    return Err(BatchError::RecordTooLarge {
-                        index,
-                        max: MAX_RECORD_LEN,
-                    });
+                    return Err(too_large);
                 }
-                B64.decode(s).map_err(|_| BatchError::BadEncoding { index })
+                let bytes = B64
+                    .decode(s)
+                    .map_err(|_| BatchError::BadEncoding { index })?;
+                if bytes.len() > MAX_RECORD_LEN {
+                    return Err(too_large);
+                }
+                Ok(bytes)
             })
             .collect()
     }
@@ -169,6 +181,19 @@ pub enum Reason {
     ScenarioInvalid,
     /// Any other verification failure.
     VerificationFailed,
+    /// The same tap (same transcript hash TH1) is already settled, under
+    /// another seq of this terminal: a terminal that recorded or re-signed
+    /// one tap twice.
+    DuplicateTap,
+    /// Another settled tap has the same wallet and ATC with a different
+    /// transcript: a cloned wallet (or a replayed counter).
+    ClonedWallet,
+    /// The ATC is further ahead of the wallet's highest settled ATC than
+    /// the host's window (`--atc-window`): a clone skipping ahead.
+    AtcJump,
+    /// The ATC is further behind the wallet's highest settled ATC than the
+    /// window.
+    AtcRegression,
 }
 
 impl Reason {
@@ -209,6 +234,10 @@ impl Reason {
             Reason::CredentialInvalid => "credential_invalid",
             Reason::ScenarioInvalid => "scenario_invalid",
             Reason::VerificationFailed => "verification_failed",
+            Reason::DuplicateTap => "duplicate_tap",
+            Reason::ClonedWallet => "cloned_wallet",
+            Reason::AtcJump => "atc_jump",
+            Reason::AtcRegression => "atc_regression",
         }
     }
 }
@@ -219,14 +248,14 @@ impl core::fmt::Display for Reason {
     }
 }
 
-/// Marks on an accepted record for review.
+/// Marks on an accepted record for review: a flagged record is *held*, not
+/// counted in the ledger's totals until someone clears it. (A repeated tap
+/// or a reused wallet counter is not a flag but a decline:
+/// [`Reason::DuplicateTap`], [`Reason::ClonedWallet`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Flag {
-    /// Another accepted record has the same (wallet, ATC): a likely cloned
-    /// wallet (or a terminal that recorded one tap twice).
-    CloneSuspected,
     /// Another accepted record used the same pickup credential (single use
     /// across the site was broken, e.g. by two offline kiosks).
     CredentialReused,
@@ -306,4 +335,61 @@ pub struct CredentialResponse {
 
 pub(crate) fn b64_decode(s: &str) -> Option<Vec<u8>> {
     B64.decode(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn batch_of(sizes: &[usize]) -> Vec<u8> {
+        BatchRequest {
+            records: sizes
+                .iter()
+                .map(|&n| encode_record(&vec![0xE6; n]))
+                .collect(),
+        }
+        .to_json()
+    }
+
+    #[test]
+    fn record_size_limit_is_exact() {
+        for n in [0, 1, MAX_RECORD_LEN - 1, MAX_RECORD_LEN] {
+            let got = BatchRequest::decode(&batch_of(&[10, n])).unwrap();
+            assert_eq!(got[1].len(), n);
+        }
+        // 16,385 and 16,386 bytes encode to as many base64 characters as
+        // 16,384 (21,848): refused all the same, naming the record.
+        for n in [MAX_RECORD_LEN + 1, MAX_RECORD_LEN + 2, MAX_RECORD_LEN + 3] {
+            assert_eq!(
+                BatchRequest::decode(&batch_of(&[10, n])),
+                Err(BatchError::RecordTooLarge {
+                    index: 1,
+                    max: MAX_RECORD_LEN
+                }),
+                "{n} bytes"
+            );
+        }
+        assert_eq!(
+            BatchError::RecordTooLarge { index: 0, max: 1 }.code(),
+            "record_too_large"
+        );
+    }
+
+    #[test]
+    fn record_count_limit_is_exact() {
+        for n in [MAX_BATCH_RECORDS - 1, MAX_BATCH_RECORDS] {
+            assert_eq!(
+                BatchRequest::decode(&batch_of(&vec![1; n])).unwrap().len(),
+                n
+            );
+        }
+        assert_eq!(
+            BatchRequest::decode(&batch_of(&vec![1; MAX_BATCH_RECORDS + 1])),
+            Err(BatchError::TooManyRecords {
+                count: MAX_BATCH_RECORDS + 1,
+                max: MAX_BATCH_RECORDS
+            })
+        );
+    }
 }

@@ -296,6 +296,6 @@ async fn lossy_duplicating_reordering_network_stores_every_record_exactly_once()
         );
     }
     let ledger = tapstack_host::ledger::Ledger::from_records(&stored);
-    assert_eq!(ledger.accepted, (TERMINALS * RECORDS) as u64);
+    assert_eq!(ledger.settled, (TERMINALS * RECORDS) as u64);
     host.stop().await;
 }

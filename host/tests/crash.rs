@@ -176,13 +176,14 @@ async fn kill_9_mid_upload_loses_nothing_acknowledged() {
         String::from_utf8_lossy(&out.stderr)
     );
     let ledger: tapstack_host::ledger::Ledger = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(ledger.accepted, (TERMINALS * RECORDS) as u64);
+    assert_eq!(ledger.settled, (TERMINALS * RECORDS) as u64);
     assert_eq!(ledger.terminals, TERMINALS as u64);
     let text = Command::new(env!("CARGO_BIN_EXE_tap-host"))
         .args(["ledger", "--store"])
         .arg(&store)
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&text.stdout)
-        .contains(&format!("{} accepted", TERMINALS * RECORDS)));
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains(&format!("{} settled", TERMINALS * RECORDS))
+    );
 }

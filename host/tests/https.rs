@@ -69,7 +69,7 @@ async fn good_batch_of_every_scenario_is_stored_and_acknowledged() {
         assert!(s.flags.is_empty());
     }
     let ledger = tapstack_host::ledger::Ledger::from_records(&stored);
-    assert_eq!(ledger.accepted, 3);
+    assert_eq!((ledger.settled, ledger.held, ledger.declined), (3, 0, 0));
     let cny = ledger
         .totals
         .iter()
@@ -166,7 +166,7 @@ async fn forged_record_is_rejected_and_changes_nothing() {
     );
     assert_eq!(resp.acked_seq, 2);
     let ledger = tapstack_host::ledger::Ledger::from_records(&host.records());
-    assert_eq!((ledger.accepted, ledger.declined), (1, 1));
+    assert_eq!((ledger.settled, ledger.declined), (1, 1));
     host.stop().await;
 }
 
@@ -380,7 +380,7 @@ async fn revoked_terminal_is_refused_and_the_list_is_published() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_wallet_and_atc_from_two_terminals_is_flagged_as_a_clone() {
+async fn same_wallet_and_atc_from_two_terminals_is_declined_as_a_cloned_wallet() {
     let fx = Fixture::new();
     let host = Running::start(&fx, Limits::default()).await;
     let wallet = fx.kit.new_wallet(&mut OsRng);
@@ -398,29 +398,33 @@ async fn same_wallet_and_atc_from_two_terminals_is_flagged_as_a_clone() {
         .upload(&bytes(&[ra]))
         .await
         .unwrap();
-    assert_eq!(first.results[0].flags, vec![]);
-    let second = fx
-        .client(host.addr, Some(&b))
-        .upload(&bytes(&[rb]))
+    assert_eq!(statuses(&first), vec![(RecordStatus::Accepted, None)]);
+    let client_b = fx.client(host.addr, Some(&b));
+    let second = client_b
+        .upload(&bytes(std::slice::from_ref(&rb)))
         .await
         .unwrap();
-    assert_eq!(second.results[0].status, RecordStatus::Accepted);
-    assert_eq!(second.results[0].flags, vec![Flag::CloneSuspected]);
-    // Both stored records carry the flag now; the wallet index has both.
+    assert_eq!(
+        statuses(&second),
+        vec![(RecordStatus::Declined, Some(Reason::ClonedWallet))]
+    );
+    assert!(second.results[0].flags.is_empty());
+    // Declined, the record is still terminal b's seq 1: its chain goes on.
+    assert_eq!(second.acked_seq, 1);
+    // A retry (the answer was lost) is acknowledged as held, with the verdict.
+    let again = client_b.upload(&bytes(&[rb])).await.unwrap();
+    assert_eq!(
+        statuses(&again),
+        vec![(RecordStatus::Duplicate, Some(Reason::ClonedWallet))]
+    );
     let stored = host.records();
     assert_eq!(stored.len(), 2);
-    assert!(
-        stored.iter().all(|r| r.flags == vec![Flag::CloneSuspected]),
-        "{stored:?}"
-    );
+    assert!(stored.iter().all(|r| r.flags.is_empty()), "{stored:?}");
+    let key = hex::decode(stored[0].summary.wallet_key.as_deref().unwrap()).unwrap();
+    let key: [u8; 32] = key.try_into().unwrap();
     let atc = stored[0].summary.atc.unwrap();
-    assert_eq!(
-        host.store
-            .wallet_uses(wallet.cert.hash(), atc)
-            .unwrap()
-            .len(),
-        2
-    );
+    // Only the settled record is in the wallet index.
+    assert_eq!(host.store.wallet_uses(&key, atc).unwrap().len(), 1);
     // A different ATC of the same wallet is no clone.
     let rc = ta.tap(&fx.kit, &mut original, pay(100));
     let third = fx
@@ -428,9 +432,73 @@ async fn same_wallet_and_atc_from_two_terminals_is_flagged_as_a_clone() {
         .upload(&bytes(&[rc]))
         .await
         .unwrap();
-    assert_eq!(third.results[0].flags, vec![]);
+    assert_eq!(statuses(&third), vec![(RecordStatus::Accepted, None)]);
     let ledger = tapstack_host::ledger::Ledger::from_records(&host.records());
-    assert_eq!((ledger.accepted, ledger.flagged), (3, 2));
+    assert_eq!((ledger.settled, ledger.held, ledger.declined), (2, 0, 1));
+    assert_eq!(ledger.totals[0].amount_minor, 500 + 100);
+    assert_eq!(ledger.declined_totals[0].amount_minor, 700);
+    host.stop().await;
+}
+
+/// A clone that skips its counter ahead of the real wallet's (so its ATCs
+/// never collide) is declined beyond the window; at the window's edge it
+/// still settles. Behind the highest settled ATC, late uploads settle within
+/// the window, and beyond it are a regression.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_counter_beyond_the_atc_window_is_declined() {
+    let fx = Fixture::new();
+    let window = 50;
+    let host = Running::start_with(
+        &fx,
+        tapstack_host::server::HostOptions {
+            atc_policy: tapstack_host::store::AtcPolicy { window },
+            ..Default::default()
+        },
+    )
+    .await;
+    let wallet = fx.kit.new_wallet(&mut OsRng);
+    let mut t = fx.sim(fx.kit.terminal.clone());
+    let client = fx.client(host.addr, Some(&fx.kit.terminal));
+    // A phone with this wallet whose next tap uses ATC `atc`, at a terminal
+    // that forgot the wallet's counter (the host must not rely on
+    // terminals' own ATC checks: it sees many terminals, some hostile).
+    let mut tap_at = |atc: u32, amount: u64| {
+        let mut w = fx.kit.wallet_context_for(&wallet);
+        w.atc = atc - 1;
+        t.ctx = fx.kit.terminal_context_for(&t.id);
+        t.tap(&fx.kit, &mut w, pay(amount))
+    };
+    let batch = [
+        tap_at(1, 100),      // first sighting: the baseline
+        tap_at(52, 5000),    // 1 + 50 + 1: a jump
+        tap_at(51, 200),     // 1 + 50: the edge, settles (highest 51)
+        tap_at(101, 300),    // 51 + 50: settles (highest 101)
+        tap_at(51 + 2, 400), // 101 − 48 behind: a late upload, settles
+        tap_at(51, 1),       // settled already: a clone's repeat
+        tap_at(50, 600),     // 101 − 51: beyond the window behind
+    ];
+    let resp = client.upload(&bytes(&batch)).await.unwrap();
+    assert_eq!(
+        statuses(&resp),
+        vec![
+            (RecordStatus::Accepted, None),
+            (RecordStatus::Declined, Some(Reason::AtcJump)),
+            (RecordStatus::Accepted, None),
+            (RecordStatus::Accepted, None),
+            (RecordStatus::Accepted, None),
+            (RecordStatus::Declined, Some(Reason::ClonedWallet)),
+            (RecordStatus::Declined, Some(Reason::AtcRegression)),
+        ],
+        "{resp:?}"
+    );
+    // Declined records do not stop the terminal's chain.
+    assert_eq!(resp.acked_seq, 7);
+    let ledger = tapstack_host::ledger::Ledger::from_records(&host.records());
+    assert_eq!(ledger.totals[0].amount_minor, 100 + 200 + 300 + 400);
+    assert_eq!((ledger.settled, ledger.declined), (4, 3));
+    for r in ["atc_jump", "cloned_wallet", "atc_regression"] {
+        assert_eq!(ledger.declined_reasons.get(r), Some(&1), "{r}");
+    }
     host.stop().await;
 }
 
@@ -497,10 +565,16 @@ async fn bad_cryptogram_is_declined_and_reused_credential_is_flagged() {
         .unwrap();
     assert_eq!(r2.results[0].flags, vec![Flag::CredentialReused], "{r2:?}");
     let ledger = tapstack_host::ledger::Ledger::from_records(&host.records());
-    assert_eq!(
-        (ledger.accepted, ledger.declined, ledger.flagged),
-        (3, 1, 2)
-    );
+    // Both pickups are held for review, not settled; the bad cryptogram is
+    // declined; only the good payment counts.
+    assert_eq!((ledger.settled, ledger.declined, ledger.held), (1, 1, 2));
+    assert_eq!(ledger.declined_reasons.get("bad_cryptogram"), Some(&1));
+    let cny: Vec<_> = ledger
+        .totals
+        .iter()
+        .map(|t| (t.currency.clone(), t.count))
+        .collect();
+    assert_eq!(cny, vec![(Some("CNY".to_owned()), 1)]);
     host.stop().await;
 }
 

@@ -42,6 +42,12 @@ pub enum CryptoError {
     BadSignature,
     #[error("signature does not verify")]
     SignatureMismatch,
+    /// `s` is in the upper half of the group order. ECDSA accepts both `s`
+    /// and `n − s`; tapstack accepts only the low one, so a signed object
+    /// has exactly one valid encoding (its hash, e.g. a record id, cannot be
+    /// changed by a third party).
+    #[error("signature is not in low-S form")]
+    HighS,
     #[error("MAC does not verify")]
     MacMismatch,
     #[error("ciphertext shorter than its MAC")]
@@ -261,11 +267,24 @@ impl SessionKeys {
     }
 }
 
-/// ECDSA P-256/SHA-256 over `msg` (RFC 6979 nonce), raw `r ‖ s`.
+/// Whether `s` is in the lower half of the group order: the only form
+/// tapstack signs and accepts.
+pub fn is_low_s(sig: &Signature) -> bool {
+    sig.normalize_s().is_none()
+}
+
+/// The low-S twin of `sig` (`s → n − s` when `s > n/2`, with `p256`'s own
+/// scalar negation); a low-S signature is returned as it is.
+pub fn normalize_s(sig: Signature) -> Signature {
+    sig.normalize_s().unwrap_or(sig)
+}
+
+/// ECDSA P-256/SHA-256 over `msg` (RFC 6979 nonce), raw `r ‖ s`, low-S.
 pub fn sign(key: &SigningKey, msg: &[u8]) -> [u8; SIG_LEN] {
     // The table-based signer gives the same bytes as `p256`'s; it can only
     // fail for a nonce of zero, where `p256`'s own retry logic takes over.
     let sig: Signature = crate::ecc::sign(key, msg).unwrap_or_else(|| key.sign(msg));
+    let sig = normalize_s(sig);
     let mut out = [0u8; SIG_LEN];
     out.copy_from_slice(&sig.to_bytes());
     out
@@ -277,6 +296,9 @@ pub fn sign(key: &SigningKey, msg: &[u8]) -> [u8; SIG_LEN] {
 /// ingest) into the very same checks instead of re-implementing them.
 pub trait SignatureVerifier: Sync {
     /// Whether `sig` (already parsed, `r` and `s` in range) signs `msg`.
+    /// Implementations answer `false` for a high-S signature ([`is_low_s`]);
+    /// [`verify_with`] refuses those before asking, with
+    /// [`CryptoError::HighS`].
     fn verify_signature(&self, key: &VerifyingKey, msg: &[u8], sig: &Signature) -> bool;
 }
 
@@ -286,7 +308,7 @@ pub struct RustCrypto;
 
 impl SignatureVerifier for RustCrypto {
     fn verify_signature(&self, key: &VerifyingKey, msg: &[u8], sig: &Signature) -> bool {
-        crate::ecc::verify(key.as_affine(), msg, sig)
+        is_low_s(sig) && crate::ecc::verify(key.as_affine(), msg, sig)
     }
 }
 
@@ -295,7 +317,8 @@ pub fn verify(key: &VerifyingKey, msg: &[u8], sig: &[u8]) -> Result<(), CryptoEr
     verify_with(&RustCrypto, key, msg, sig)
 }
 
-/// [`verify`] with another backend.
+/// [`verify`] with another backend. A high-S signature is refused
+/// ([`CryptoError::HighS`]) whether or not it would verify.
 pub fn verify_with(
     v: &dyn SignatureVerifier,
     key: &VerifyingKey,
@@ -303,6 +326,9 @@ pub fn verify_with(
     sig: &[u8],
 ) -> Result<(), CryptoError> {
     let sig = Signature::from_slice(sig).map_err(|_| CryptoError::BadSignature)?;
+    if !is_low_s(&sig) {
+        return Err(CryptoError::HighS);
+    }
     if v.verify_signature(key, msg, &sig) {
         Ok(())
     } else {
@@ -491,6 +517,39 @@ mod tests {
             verify(key.verifying_key(), b"transcript", &sig[..63]).unwrap_err(),
             CryptoError::BadSignature
         );
+    }
+
+    #[test]
+    fn signatures_are_low_s_and_high_s_twins_are_refused() {
+        let mut saw_p256_high = false;
+        for i in 0..64u32 {
+            let key = SigningKey::random(&mut rand_core::OsRng);
+            let msg = i.to_be_bytes();
+            let plain: Signature = key.sign(&msg);
+            saw_p256_high |= !is_low_s(&plain);
+            let sig = sign(&key, &msg);
+            assert!(is_low_s(&Signature::from_slice(&sig).unwrap()));
+            verify(key.verifying_key(), &msg, &sig).unwrap();
+            let high = crate::testkit::s_twin(&sig).unwrap();
+            assert_ne!(high, sig);
+            // The twin is a valid ECDSA signature: p256 itself accepts it...
+            let high_sig = Signature::from_slice(&high).unwrap();
+            assert!(!is_low_s(&high_sig));
+            assert!(crate::ecc::verify(
+                key.verifying_key().as_affine(),
+                &msg,
+                &high_sig
+            ));
+            // ...tapstack does not, with the typed error, on every backend.
+            assert_eq!(
+                verify(key.verifying_key(), &msg, &high).unwrap_err(),
+                CryptoError::HighS
+            );
+            assert!(!RustCrypto.verify_signature(key.verifying_key(), &msg, &high_sig));
+            assert_eq!(normalize_s(high_sig).to_bytes().as_slice(), &sig);
+        }
+        // p256 alone signs high-S about half the time: normalizing matters.
+        assert!(saw_p256_high);
     }
 
     #[test]

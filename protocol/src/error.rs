@@ -74,6 +74,10 @@ pub enum Error {
     ScenarioUnsupported { scenario: &'static str },
     #[error("{party} signature does not verify")]
     BadSignature { party: Party },
+    /// A signature in high-S form (`s > n/2`): refused even when it would
+    /// verify, so no one but the signer can make a second valid encoding.
+    #[error("{party} signature is not in low-S form")]
+    HighSSignature { party: Party },
     #[error("secure messaging MAC does not verify")]
     BadMac,
     #[error("key share is not a P-256 point")]
@@ -99,5 +103,13 @@ pub enum Error {
 impl Error {
     pub(crate) fn cert(party: Party) -> impl Fn(CertError) -> Error {
         move |source| Error::Certificate { party, source }
+    }
+
+    /// A failed signature check of `party`: high-S or not verifying.
+    pub(crate) fn signature(party: Party) -> impl Fn(crate::crypto::CryptoError) -> Error {
+        move |e| match e {
+            crate::crypto::CryptoError::HighS => Error::HighSSignature { party },
+            _ => Error::BadSignature { party },
+        }
     }
 }

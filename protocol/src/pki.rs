@@ -131,6 +131,10 @@ pub enum CertError {
     UnknownIssuer { role: Role, parent: Role },
     #[error("issuer signature does not verify")]
     BadSignature,
+    /// The issuer's signature is in high-S form (refused: see
+    /// [`crate::crypto::CryptoError::HighS`]).
+    #[error("issuer signature is not in low-S form")]
+    HighSSignature,
     #[error("{role} certificate must {what}")]
     Constraints { role: Role, what: &'static str },
     #[error("unknown critical extension")]
@@ -348,16 +352,29 @@ impl Certificate {
         self.is_signed_by_with(issuer, &RustCrypto)
     }
 
-    /// [`Certificate::is_signed_by`] with another signature backend.
+    /// [`Certificate::is_signed_by`] with another signature backend. A
+    /// high-S signature is not a signature here.
     pub fn is_signed_by_with(&self, issuer: &Certificate, v: &dyn SignatureVerifier) -> bool {
+        self.issuer_signature(issuer, v) == IssuerSignature::Valid
+    }
+
+    fn issuer_signature(&self, issuer: &Certificate, v: &dyn SignatureVerifier) -> IssuerSignature {
         if self.issuer != issuer.subject {
-            return false;
+            return IssuerSignature::Invalid;
         }
         let Ok(sig) = Signature::from_der(&self.signature) else {
-            return false;
+            return IssuerSignature::Invalid;
         };
         let tbs = self.der.get(self.tbs.clone()).unwrap_or_default();
-        v.verify_signature(&issuer.key, tbs, &sig)
+        // (r, s) verifies iff (r, n − s) does: check the low form, then say
+        // whether it was the one presented.
+        if !v.verify_signature(&issuer.key, tbs, &crate::crypto::normalize_s(sig)) {
+            IssuerSignature::Invalid
+        } else if crate::crypto::is_low_s(&sig) {
+            IssuerSignature::Valid
+        } else {
+            IssuerSignature::HighS
+        }
     }
 
     fn check_time(&self, now: u64) -> Result<(), CertError> {
@@ -503,9 +520,19 @@ impl TrustStore {
                 parent,
             });
         }
-        candidates
-            .find(|p| cert.is_signed_by_with(p, v))
-            .ok_or(CertError::BadSignature)
+        let mut high_s = false;
+        for p in candidates {
+            match cert.issuer_signature(p, v) {
+                IssuerSignature::Valid => return Ok(p),
+                IssuerSignature::HighS => high_s = true,
+                IssuerSignature::Invalid => {}
+            }
+        }
+        Err(if high_s {
+            CertError::HighSSignature
+        } else {
+            CertError::BadSignature
+        })
     }
 
     /// The CA that issued `cert`, by name and role only (its signature on
@@ -611,6 +638,15 @@ impl TrustStore {
         }
         Err(CertError::UntrustedRoot)
     }
+}
+
+/// The outcome of checking an issuer's signature on a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IssuerSignature {
+    Valid,
+    /// Would verify, but `s` is high: refused.
+    HighS,
+    Invalid,
 }
 
 /// What a new certificate should say.
@@ -757,7 +793,7 @@ fn build(
     };
     let tbs_der = tbs.to_der().map_err(malformed("tbs"))?;
     use p256::ecdsa::signature::Signer;
-    let sig: Signature = signer.sign(&tbs_der);
+    let sig: Signature = crate::crypto::normalize_s(signer.sign(&tbs_der));
     let cert = x509_cert::Certificate {
         tbs_certificate: tbs,
         signature_algorithm: alg,

@@ -227,9 +227,7 @@ pub fn check_record_signature(
         &record.signed_bytes(),
         &record.signature,
     )
-    .map_err(|_| Error::BadSignature {
-        party: Party::Terminal,
-    })
+    .map_err(Error::signature(Party::Terminal))
 }
 
 /// Everything [`verify_record`] checks after the record signature, with
@@ -269,11 +267,8 @@ pub fn verify_contents(
         });
     }
     let th1 = messages::th1(&t.fci, &t.auth_body);
-    crypto::verify_with(v, terminal.public_key(), &th1, &t.terminal_sig).map_err(|_| {
-        Error::BadSignature {
-            party: Party::Terminal,
-        }
-    })?;
+    crypto::verify_with(v, terminal.public_key(), &th1, &t.terminal_sig)
+        .map_err(Error::signature(Party::Terminal))?;
     let body = WalletBody::decode(&t.wallet_body)?;
     let wallet =
         Certificate::from_der(&record.wallet_certificate).map_err(Error::cert(Party::Wallet))?;

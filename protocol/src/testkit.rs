@@ -437,3 +437,14 @@ pub fn hex_spaced(bytes: &[u8]) -> String {
     }
     s
 }
+
+/// The twin `(r, n − s)` of a raw `r ‖ s` signature: equally valid ECDSA,
+/// opposite S form (what an attacker makes to change a signed object's
+/// bytes without a key). `None` if `sig` is not a signature encoding.
+pub fn s_twin(sig: &[u8]) -> Option<[u8; crate::crypto::SIG_LEN]> {
+    let sig = p256::ecdsa::Signature::from_slice(sig).ok()?;
+    let (r, s) = sig.split_scalars();
+    let twin =
+        p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s.as_ref()).to_bytes()).ok()?;
+    Some(twin.to_bytes().into())
+}

@@ -119,11 +119,8 @@ pub fn verify_wallet_half_with(
         .verify_with(wallet, Role::Wallet, now, revocations, wallet_known, v)
         .map_err(Error::cert(Party::Wallet))?;
     let th2 = messages::th2(half.th1, half.terminal_sig, half.body_bytes);
-    crypto::verify_with(v, wallet.public_key(), &th2, half.wallet_sig).map_err(|_| {
-        Error::BadSignature {
-            party: Party::Wallet,
-        }
-    })?;
+    crypto::verify_with(v, wallet.public_key(), &th2, half.wallet_sig)
+        .map_err(Error::signature(Party::Wallet))?;
     match scenario {
         Scenario::Pay { .. } | Scenario::Order { .. } => {
             if body.cryptogram.is_none() {

@@ -1137,3 +1137,82 @@ fn out_of_order_and_garbage_commands_get_status_words() {
     ));
     assert!(session.poll_command().is_none());
 }
+
+/// Every signature a record carries has exactly one accepted form: the
+/// high-S twin of each (equally valid ECDSA) is refused with a typed error,
+/// and what tapstack signs is always low-S.
+#[test]
+fn high_s_twins_of_record_transcript_and_wallet_signatures_are_refused() {
+    use tapstack_protocol::testkit::s_twin;
+    let pki = Pki::generate(&mut OsRng);
+    let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
+    let trust = pki.host_trust();
+    for _ in 0..4 {
+        let run = pki.run_tap(&mut t, &mut w, pay(1250), &mut OsRng);
+        let rec = record_of(&pki, &run, 1, [0; 32], None, None);
+        verify_record(&rec, &pki.terminal.cert, &trust, None).unwrap();
+        for sig in [
+            &rec.signature[..],
+            &rec.transcript.terminal_sig[..],
+            &rec.transcript.wallet_sig[..],
+        ] {
+            let low = p256::ecdsa::Signature::from_slice(sig).unwrap();
+            assert!(crypto::is_low_s(&low));
+        }
+        let mut twin = rec.clone();
+        twin.signature = s_twin(&rec.signature).unwrap();
+        assert_eq!(
+            verify_record(&twin, &pki.terminal.cert, &trust, None).unwrap_err(),
+            Error::HighSSignature {
+                party: Party::Terminal
+            }
+        );
+        // Re-signed by the terminal so the outer signature holds: the inner
+        // high-S signatures are still refused.
+        let resign = |mut r: TransactionRecord| {
+            r.signature = crypto::sign(&pki.terminal.key, &r.signed_bytes());
+            r
+        };
+        let mut twin = rec.clone();
+        twin.transcript.terminal_sig = s_twin(&rec.transcript.terminal_sig).unwrap();
+        assert_eq!(
+            verify_record(&resign(twin), &pki.terminal.cert, &trust, None).unwrap_err(),
+            Error::HighSSignature {
+                party: Party::Terminal
+            }
+        );
+        let mut twin = rec.clone();
+        twin.transcript.wallet_sig = s_twin(&rec.transcript.wallet_sig).unwrap();
+        assert_eq!(
+            verify_record(&resign(twin), &pki.terminal.cert, &trust, None).unwrap_err(),
+            Error::HighSSignature {
+                party: Party::Wallet
+            }
+        );
+    }
+}
+
+/// A certificate whose issuer signature is the high-S twin of a valid one
+/// is refused with its own error; the low-S original is accepted.
+#[test]
+fn high_s_twin_of_a_certificate_signature_is_refused() {
+    use der::{Decode as _, Encode as _};
+    let pki = Pki::generate(&mut OsRng);
+    let trust = pki.host_trust();
+    let der = pki.wallet.cert.der();
+    let mut x = x509_cert::Certificate::from_der(der).unwrap();
+    let sig = p256::ecdsa::Signature::from_der(x.signature.raw_bytes()).unwrap();
+    assert!(crypto::is_low_s(&sig));
+    let twin_raw = tapstack_protocol::testkit::s_twin(&sig.to_bytes()).unwrap();
+    let twin = p256::ecdsa::Signature::from_slice(&twin_raw).unwrap();
+    x.signature = der::asn1::BitString::from_bytes(twin.to_der().as_bytes()).unwrap();
+    let twin_cert = pki::Certificate::from_der(&x.to_der().unwrap()).unwrap();
+    assert_ne!(twin_cert.hash(), pki.wallet.cert.hash());
+    trust
+        .verify(&pki.wallet.cert, Role::Wallet, pki.now, None)
+        .unwrap();
+    assert_eq!(
+        trust.verify(&twin_cert, Role::Wallet, pki.now, None),
+        Err(CertError::HighSSignature)
+    );
+}

@@ -5,23 +5,31 @@
 //! ```text
 //! records      terminal(32) ‖ seq(8)  → 01 ‖ hash(32) ‖ meta_len(4) ‖ meta JSON ‖ record bytes
 //! heads        terminal(32)           → seq(8) ‖ hash(32)
-//! wallet_atc   wallet(32) ‖ atc(4)    → [terminal(32) ‖ seq(8)]*   (accepted records)
+//! taps         th1(32)                → terminal(32) ‖ seq(8)        (accepted records)
+//! wallet_atc   wallet key(32) ‖ atc(4) → terminal(32) ‖ seq(8)       (accepted records)
+//! wallet_high  wallet key(32)         → atc(4)   highest accepted ATC
 //! credentials  credential id(16)      → [terminal(32) ‖ seq(8)]*   (accepted records)
 //! ```
 //!
-//! sled makes writes durable only on `flush` (or its 500 ms background
-//! flush); [`SledStore::sync`] is a group commit: concurrent callers share
-//! one `flush`, and each returns only after a flush that *started* after its
-//! own writes has completed.
+//! Durability: sled's `flush` writes its log with `pwrite` and
+//! `sync_file_range`, which does not reach the device cache, and its
+//! background thread `fsync`s only every 500 ms. [`SledStore::sync`] is a
+//! group commit: one leader runs `flush`, then `fdatasync`s any new blob
+//! file and the log file `db`; concurrent callers share that one device
+//! sync, and each returns only after a sync that *started* after its own
+//! writes has completed. [`SledStore::sync_counts`] tells how many device
+//! syncs started and completed (tests check acknowledgements against it).
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use super::{ChainHead, Disposition, RecordRef, RecordSummary, Store, StoredRecord};
-use crate::wire::Flag;
+use super::{AtcPolicy, ChainHead, Disposition, RecordRef, RecordSummary, Store, StoredRecord};
+use crate::wire::{Flag, Reason};
 use crate::Error;
 
 const VALUE_FORMAT: u8 = 1;
@@ -33,9 +41,12 @@ pub struct SledStore {
     db: sled::Db,
     records: sled::Tree,
     heads: sled::Tree,
+    taps: sled::Tree,
     wallet_atc: sled::Tree,
+    wallet_high: sled::Tree,
     credentials: sled::Tree,
     flusher: GroupFlush,
+    device: DeviceSync,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -43,6 +54,8 @@ struct Meta {
     received_at: u64,
     disposition: Disposition,
     flags: Vec<Flag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
     summary: RecordSummary,
 }
 
@@ -58,6 +71,7 @@ fn encode_value(r: &StoredRecord) -> Vec<u8> {
         received_at: r.received_at,
         disposition: r.disposition,
         flags: r.flags.clone(),
+        detail: r.detail.clone(),
         summary: r.summary.clone(),
     };
     let meta = serde_json::to_vec(&meta).unwrap_or_default();
@@ -112,6 +126,7 @@ fn decode_value(key: &[u8], v: &[u8]) -> Result<StoredRecord, Error> {
         received_at: meta.received_at,
         disposition: meta.disposition,
         flags: meta.flags,
+        detail: meta.detail,
         summary: meta.summary,
         bytes,
     })
@@ -176,14 +191,23 @@ impl SledStore {
             .open()
             .map_err(Error::store("open"))?;
         let tree = |name: &str| db.open_tree(name).map_err(Error::store("open tree"));
+        let device = DeviceSync::open(dir)?;
         Ok(SledStore {
             records: tree("records")?,
             heads: tree("heads")?,
+            taps: tree("taps")?,
             wallet_atc: tree("wallet_atc")?,
+            wallet_high: tree("wallet_high")?,
             credentials: tree("credentials")?,
             db,
             flusher: GroupFlush::default(),
+            device,
         })
+    }
+
+    /// Device syncs (fdatasync of the log) started and completed so far.
+    pub fn sync_counts(&self) -> SyncCounts {
+        self.flusher.counts()
     }
 
     fn refs(tree: &sled::Tree, key: &[u8]) -> Result<Vec<RecordRef>, Error> {
@@ -228,6 +252,7 @@ impl Store for SledStore {
         terminal: &[u8; 32],
         expected: Option<ChainHead>,
         records: &mut [StoredRecord],
+        policy: &AtcPolicy,
     ) -> Result<(), Error> {
         let Some(last) = records.last() else {
             return Ok(());
@@ -246,87 +271,94 @@ impl Store for SledStore {
             hash: last.hash,
         };
         let batch: &[StoredRecord] = records;
-        let result = (
+        let trees = (
             &self.records,
             &self.heads,
+            &self.taps,
             &self.wallet_atc,
+            &self.wallet_high,
             &self.credentials,
-        )
-            .transaction(|(rt, ht, wt, ct)| {
-                let abort = |a| ConflictableTransactionError::Abort(a);
-                let current = match ht.get(terminal)? {
-                    Some(v) => {
-                        Some(decode_head(&v).map_err(|_| abort(Abort::Corrupt("chain head")))?)
-                    }
-                    None => None,
-                };
-                if current != expected {
-                    return Err(abort(Abort::HeadMoved));
+        );
+        let result = trees.transaction(|(rt, ht, tt, wt, hit, ct)| {
+            let abort = |a| ConflictableTransactionError::Abort(a);
+            let current = match ht.get(terminal)? {
+                Some(v) => Some(decode_head(&v).map_err(|_| abort(Abort::Corrupt("chain head")))?),
+                None => None,
+            };
+            if current != expected {
+                return Err(abort(Abort::HeadMoved));
+            }
+            // Work on copies: sled may run this closure more than once.
+            let mut out: Vec<StoredRecord> = batch.to_vec();
+            let mut earlier: Vec<RecordRef> = Vec::new();
+            for i in 0..out.len() {
+                let me = out[i].reference();
+                // One tap, one settlement: decided here, in the transaction
+                // that appends, against every settled record.
+                if let Some((reason, detail)) = settle_check(&out[i], tt, wt, hit, policy)? {
+                    out[i].disposition = Disposition::Declined(reason);
+                    out[i].detail = Some(detail);
                 }
-                let mut flags: Vec<Vec<Flag>> = batch.iter().map(|r| r.flags.clone()).collect();
-                let mut earlier: Vec<(RecordRef, Flag)> = Vec::new();
-                for (i, r) in batch.iter().enumerate() {
-                    let me = r.reference();
-                    let indexed: [(Option<Vec<u8>>, Flag, &sled::transaction::TransactionalTree);
-                        2] = [
-                        (
-                            r.wallet_atc()
-                                .map(|(w, a)| index_key_wallet(&w, a).to_vec()),
-                            Flag::CloneSuspected,
-                            wt,
-                        ),
-                        (
-                            r.credential_id().map(|id| id.to_vec()),
-                            Flag::CredentialReused,
-                            ct,
-                        ),
-                    ];
-                    for (key, flag, tree) in indexed {
-                        let Some(key) = key else { continue };
-                        let old = tree.get(&key)?;
-                        let others = decode_refs(old.as_deref())
-                            .map_err(|_| abort(Abort::Corrupt("index entry")))?;
-                        if !others.is_empty() {
-                            add(&mut flags[i], flag);
-                            for o in others {
-                                if &o.terminal == terminal && o.seq > base {
-                                    // An earlier record of this same append.
-                                    if let Some(f) = usize::try_from(o.seq - base - 1)
-                                        .ok()
-                                        .and_then(|j| flags.get_mut(j))
-                                    {
-                                        add(f, flag);
-                                    }
-                                } else {
-                                    earlier.push((o, flag));
+                if out[i].disposition != Disposition::Accepted {
+                    continue;
+                }
+                if let Some(th1) = out[i].th1() {
+                    tt.insert(&th1[..], &record_key(&me.terminal, me.seq)[..])?;
+                }
+                if let Some((w, atc)) = out[i].wallet_atc() {
+                    wt.insert(
+                        &index_key_wallet(&w, atc)[..],
+                        &record_key(&me.terminal, me.seq)[..],
+                    )?;
+                    let high = read_atc(hit.get(w)?.as_deref())
+                        .map_err(|_| abort(Abort::Corrupt("wallet ATC")))?;
+                    if high.is_none_or(|h| atc > h) {
+                        hit.insert(&w[..], &atc.to_be_bytes()[..])?;
+                    }
+                }
+                if let Some(id) = out[i].credential_id() {
+                    let old = ct.get(id)?;
+                    let others = decode_refs(old.as_deref())
+                        .map_err(|_| abort(Abort::Corrupt("index entry")))?;
+                    if !others.is_empty() {
+                        out[i].add_flag(Flag::CredentialReused);
+                        for o in others {
+                            if &o.terminal == terminal && o.seq > base {
+                                // An earlier record of this same append.
+                                if let Some(r) = usize::try_from(o.seq - base - 1)
+                                    .ok()
+                                    .and_then(|j| out.get_mut(j))
+                                {
+                                    r.add_flag(Flag::CredentialReused);
                                 }
+                            } else {
+                                earlier.push(o);
                             }
                         }
-                        tree.insert(key, push_ref(old.as_deref(), &me))?;
                     }
+                    ct.insert(&id[..], push_ref(old.as_deref(), &me))?;
                 }
-                for (o, flag) in earlier {
-                    let key = record_key(&o.terminal, o.seq);
-                    let Some(v) = rt.get(key)? else {
-                        return Err(abort(Abort::Corrupt("index points at no record")));
-                    };
-                    let mut rec = decode_value(&key, &v)
-                        .map_err(|_| abort(Abort::Corrupt("record value")))?;
-                    rec.add_flag(flag);
-                    rt.insert(&key[..], encode_value(&rec))?;
-                }
-                for (r, f) in batch.iter().zip(&flags) {
-                    let mut r = r.clone();
-                    r.flags = f.clone();
-                    rt.insert(&record_key(terminal, r.seq)[..], encode_value(&r))?;
-                }
-                ht.insert(&terminal[..], &encode_head(&new_head)[..])?;
-                Ok(flags)
-            });
+            }
+            for o in earlier {
+                let key = record_key(&o.terminal, o.seq);
+                let Some(v) = rt.get(key)? else {
+                    return Err(abort(Abort::Corrupt("index points at no record")));
+                };
+                let mut rec =
+                    decode_value(&key, &v).map_err(|_| abort(Abort::Corrupt("record value")))?;
+                rec.add_flag(Flag::CredentialReused);
+                rt.insert(&key[..], encode_value(&rec))?;
+            }
+            for r in &out {
+                rt.insert(&record_key(terminal, r.seq)[..], encode_value(r))?;
+            }
+            ht.insert(&terminal[..], &encode_head(&new_head)[..])?;
+            Ok(out)
+        });
         match result {
-            Ok(flags) => {
-                for (r, f) in records.iter_mut().zip(flags) {
-                    r.flags = f;
+            Ok(out) => {
+                for (r, o) in records.iter_mut().zip(out) {
+                    *r = o;
                 }
                 Ok(())
             }
@@ -340,7 +372,10 @@ impl Store for SledStore {
     }
 
     fn sync(&self) -> Result<(), Error> {
-        self.flusher.flush(&self.db)
+        self.flusher.flush(|| {
+            self.db.flush().map_err(Error::store("flush"))?;
+            self.device.sync()
+        })
     }
 
     fn records(&self) -> Result<Vec<StoredRecord>, Error> {
@@ -357,19 +392,176 @@ impl Store for SledStore {
         Self::refs(&self.wallet_atc, &index_key_wallet(wallet, atc))
     }
 
+    fn tap(&self, th1: &[u8; 32]) -> Result<Option<RecordRef>, Error> {
+        Ok(Self::refs(&self.taps, th1)?.into_iter().next())
+    }
+
+    fn highest_atc(&self, wallet: &[u8; 32]) -> Result<Option<u32>, Error> {
+        let v = self
+            .wallet_high
+            .get(wallet)
+            .map_err(Error::store("read index"))?;
+        read_atc(v.as_deref())
+    }
+
     fn credential_uses(&self, id: &[u8; 16]) -> Result<Vec<RecordRef>, Error> {
         Self::refs(&self.credentials, id)
     }
 }
 
-fn add(flags: &mut Vec<Flag>, flag: Flag) {
-    if !flags.contains(&flag) {
-        flags.push(flag);
-        flags.sort();
+fn read_atc(v: Option<&[u8]>) -> Result<Option<u32>, Error> {
+    v.map(|v| {
+        <[u8; 4]>::try_from(v)
+            .map(u32::from_be_bytes)
+            .map_err(|_| corrupt("wallet ATC"))
+    })
+    .transpose()
+}
+
+fn hex_ref(r: &RecordRef) -> String {
+    format!(
+        "seq {} of terminal {}",
+        r.seq,
+        hex::encode(&r.terminal[..8])
+    )
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
+
+/// Why an accepted record may not settle: its tap (TH1) is settled already,
+/// its (wallet, ATC) is, or its ATC is outside the wallet's window.
+fn settle_check(
+    r: &StoredRecord,
+    taps: &sled::transaction::TransactionalTree,
+    wallet_atc: &sled::transaction::TransactionalTree,
+    wallet_high: &sled::transaction::TransactionalTree,
+    policy: &AtcPolicy,
+) -> TxResult<Option<(Reason, String)>> {
+    let abort = |w| ConflictableTransactionError::Abort(Abort::Corrupt(w));
+    if r.disposition != Disposition::Accepted {
+        return Ok(None);
+    }
+    if let Some(th1) = r.th1() {
+        let v = taps.get(th1)?;
+        if let Some(o) = decode_refs(v.as_deref())
+            .map_err(|_| abort("index entry"))?
+            .first()
+        {
+            return Ok(Some((
+                Reason::DuplicateTap,
+                format!(
+                    "this tap (same transcript) is already settled as {}",
+                    hex_ref(o)
+                ),
+            )));
+        }
+    }
+    let Some((w, atc)) = r.wallet_atc() else {
+        return Ok(None);
+    };
+    let v = wallet_atc.get(index_key_wallet(&w, atc))?;
+    if let Some(o) = decode_refs(v.as_deref())
+        .map_err(|_| abort("index entry"))?
+        .first()
+    {
+        return Ok(Some((
+            Reason::ClonedWallet,
+            format!(
+                "the wallet already settled ATC {atc} in another tap ({}): a cloned wallet",
+                hex_ref(o)
+            ),
+        )));
+    }
+    let high = read_atc(wallet_high.get(w)?.as_deref()).map_err(|_| abort("wallet ATC"))?;
+    Ok(policy.check(high, atc).map(|reason| {
+        let h = high.unwrap_or(0);
+        let detail = format!(
+            "ATC {atc} is more than {} {} the wallet's highest settled ATC {h}",
+            policy.window,
+            if reason == Reason::AtcJump {
+                "ahead of"
+            } else {
+                "behind"
+            }
+        );
+        (reason, detail)
+    }))
+}
+
+/// Device syncs started and completed by a [`SledStore`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    pub started: u64,
+    pub completed: u64,
+}
+
+/// `fdatasync` of sled's files: the log `db` and every blob file (values
+/// too large for the log; sled never syncs those itself).
+#[derive(Debug)]
+struct DeviceSync {
+    dir: PathBuf,
+    log: File,
+    blobs_synced: Mutex<HashSet<std::ffi::OsString>>,
+}
+
+impl DeviceSync {
+    fn open(dir: &Path) -> Result<Self, Error> {
+        let path = dir.join("db");
+        let log = File::open(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        // The directory entries of a new store must be durable too.
+        let d = File::open(dir).map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        d.sync_all().map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(DeviceSync {
+            dir: dir.to_owned(),
+            log,
+            blobs_synced: Mutex::new(HashSet::new()),
+        })
+    }
+
+    fn sync(&self) -> Result<(), Error> {
+        let io = |path: PathBuf| move |source| Error::Io { path, source };
+        let blobs = self.dir.join("blobs");
+        let mut synced = self
+            .blobs_synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut new_blob = false;
+        if let Ok(entries) = std::fs::read_dir(&blobs) {
+            let names: HashSet<_> = entries
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .collect();
+            for name in &names {
+                if !synced.contains(name) {
+                    let path = blobs.join(name);
+                    // A blob sled removed meanwhile needs no sync.
+                    if let Ok(f) = File::open(&path) {
+                        f.sync_data().map_err(io(path))?;
+                    }
+                    new_blob = true;
+                }
+            }
+            // Forget blobs sled garbage-collected.
+            *synced = names;
+        }
+        if new_blob {
+            File::open(&blobs)
+                .and_then(|d| d.sync_all())
+                .map_err(io(blobs.clone()))?;
+        }
+        self.log.sync_data().map_err(io(self.dir.join("db")))
     }
 }
 
-/// Group commit over `sled::Db::flush`.
+/// Group commit: one device sync shared by concurrent callers.
 #[derive(Debug, Default)]
 struct GroupFlush {
     state: Mutex<FlushState>,
@@ -382,16 +574,26 @@ struct FlushState {
     requested: u64,
     /// Every ticket up to this one is durable.
     completed: u64,
-    /// A flush is running.
+    /// A sync is running.
     running: bool,
+    counts: SyncCounts,
 }
 
 impl GroupFlush {
-    fn flush(&self, db: &sled::Db) -> Result<(), Error> {
-        fn lock(m: &Mutex<FlushState>) -> std::sync::MutexGuard<'_, FlushState> {
-            m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-        }
-        let mut s = lock(&self.state);
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn counts(&self) -> SyncCounts {
+        self.lock().counts
+    }
+
+    /// Return once a run of `sync` that started after this call has
+    /// succeeded (leading one if none is running).
+    fn flush(&self, sync: impl Fn() -> Result<(), Error>) -> Result<(), Error> {
+        let mut s = self.lock();
         s.requested += 1;
         let ticket = s.requested;
         loop {
@@ -399,16 +601,18 @@ impl GroupFlush {
                 return Ok(());
             }
             if !s.running {
-                // Lead a flush covering every ticket handed out so far: all
+                // Lead a sync covering every ticket handed out so far: all
                 // their writes happened before this point.
                 s.running = true;
+                s.counts.started += 1;
                 let target = s.requested;
                 drop(s);
-                let result = db.flush().map(|_| ()).map_err(Error::store("flush"));
-                s = lock(&self.state);
+                let result = sync();
+                s = self.lock();
                 s.running = false;
                 if result.is_ok() {
                     s.completed = s.completed.max(target);
+                    s.counts.completed += 1;
                 }
                 self.done.notify_all();
                 result?;

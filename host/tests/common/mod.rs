@@ -246,18 +246,21 @@ pub struct Running {
 
 impl Running {
     pub async fn start(fx: &Fixture, limits: Limits) -> Running {
-        let store_dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(store_dir.path()).unwrap());
-        let certs = tapstack_certs::Pki::load(&fx.pki_dir).unwrap();
-        let host = Host::from_pki(
-            &certs,
-            store.clone(),
+        Self::start_with(
+            fx,
             HostOptions {
                 limits,
                 ..Default::default()
             },
         )
-        .unwrap();
+        .await
+    }
+
+    pub async fn start_with(fx: &Fixture, opts: HostOptions) -> Running {
+        let store_dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(store_dir.path()).unwrap());
+        let certs = tapstack_certs::Pki::load(&fx.pki_dir).unwrap();
+        let host = Host::from_pki(&certs, store.clone(), opts).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

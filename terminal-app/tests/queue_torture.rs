@@ -431,3 +431,19 @@ fn a_full_disk_declines_keeps_nothing_it_did_not_approve_and_recovers() {
         .any(|e| e.file_name().to_string_lossy().ends_with(".generating"));
     assert!(!stale);
 }
+
+/// What a full disk leaves when it hits sled's snapshot writer: an empty
+/// `snap.*.generating` file. The queue removes it and opens intact.
+#[test]
+fn a_stale_snapshot_left_by_a_full_disk_is_removed() {
+    let m = Maker::new(N as usize);
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("queue");
+    let approved = filled(&m, &dir);
+    let stale = dir.join("snap.00000000000001F4.generating");
+    std::fs::write(&stale, b"").unwrap();
+    let q = Queue::open(&dir).unwrap();
+    assert!(q.integrity().is_ok(), "{:?}", q.integrity());
+    assert_eq!(q.pending(usize::MAX).unwrap(), approved);
+    assert!(!stale.exists());
+}

@@ -3,8 +3,10 @@
 //! The upload endpoint of tapstack (`tap-host`): terminals come back online
 //! and upload their offline-signed transaction records in batches over
 //! HTTPS with mutual TLS; the host authenticates the terminal, verifies
-//! every record, de-duplicates on (terminal, seq), flags clones, stores what
-//! it accepted durably and only then acknowledges. It also publishes the
+//! every record, de-duplicates on (terminal, seq), settles each tap once
+//! (a repeated transcript, a reused wallet counter or one outside the ATC
+//! window is declined), stores what it decided durably (fdatasync) and only
+//! then acknowledges. It also publishes the
 //! signed revocation list and issues pickup credentials.
 //!
 //! ```text
@@ -14,7 +16,7 @@
 //!                                       ingest::Ingestor ── protocol::record::verify_contents with the ring backend
 //!                                               │            + issuer cryptogram, revocation, chain
 //!                                               ▼
-//!                                       store::Store (SledStore) ── append (atomic) ── sync (group fsync)
+//!                                       store::Store (SledStore) ── append (atomic, one tap one settlement) ── sync (group fdatasync)
 //!                                               │
 //!  terminal ◀══ wire::BatchResponse (per-record status, acked_seq) ◀──┘
 //! ```

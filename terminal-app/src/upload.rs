@@ -60,6 +60,18 @@ pub struct SyncReport {
     pub pruned: usize,
     pub acked_seq: u64,
     pub revocation_list: Option<u64>,
+    /// Records the host stored but will not settle (a repeated tap, a cloned
+    /// wallet, a counter out of its window …): approved here, not paid.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_settled: Vec<NotSettled>,
+}
+
+/// A record the host declined to settle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotSettled {
+    pub seq: Option<u64>,
+    pub reason: String,
+    pub message: Option<String>,
 }
 
 /// Upload everything pending, prune what the host acknowledged, refresh the
@@ -98,6 +110,20 @@ pub async fn sync(
         };
         if resp.acked_seq > 0 && hash.is_none() {
             return Err(upload_err("host acknowledged without a head hash"));
+        }
+        for r in &resp.results {
+            // A decline, or a duplicate of a record declined before.
+            let declined = r.status == RecordStatus::Declined
+                || (r.status == RecordStatus::Duplicate && r.reason.is_some());
+            if declined {
+                let reason = r.reason.map_or("declined", |x| x.as_str()).to_string();
+                tracing::warn!(seq = ?r.seq, reason = %reason, message = ?r.message, "the host will not settle this record");
+                report.not_settled.push(NotSettled {
+                    seq: r.seq,
+                    reason,
+                    message: r.message.clone(),
+                });
+            }
         }
         report.pruned += queue.host_head(resp.acked_seq, hash)?;
         report.acked_seq = resp.acked_seq;

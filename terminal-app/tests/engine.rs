@@ -257,6 +257,10 @@ fn bad_configuration_values_get_clear_errors() {
             "ISO 4217",
         ),
         (
+            good.replace("currency = \"CNY\"", "currency = \"XYZ\""),
+            "terminal.currency: XYZ is not an active ISO 4217 currency code",
+        ),
+        (
             good.replace("emu:phones/alice.toml", "usb:1"),
             "reader.connection",
         ),

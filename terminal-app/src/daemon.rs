@@ -39,7 +39,6 @@ use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 use tapstack_host::client::HostClient;
 use tapstack_protocol::revocation::RevocationList;
-use tapstack_protocol::scenario::Currency;
 use tapstack_protocol::terminal::TerminalContext;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -494,8 +493,9 @@ pub(crate) struct SyncStatus {
 #[derive(Debug, Clone)]
 pub(crate) struct TerminalInfo {
     pub name: String,
-    pub currency: Currency,
-    pub floor_limit: u64,
+    /// Currency, floor limit, certificate validity: what every intent is
+    /// checked against when it is created.
+    pub terms: crate::tap::Terms,
     pub kiosk_site: Option<String>,
     pub tap_timeout: Duration,
 }
@@ -968,8 +968,7 @@ impl Daemon {
             shutting_down: AtomicBool::new(false),
             terminal: TerminalInfo {
                 name: engine.ctx.certificate.common_name().to_string(),
-                currency: engine.currency,
-                floor_limit: engine.limits.floor_limit,
+                terms: engine.terms(),
                 kiosk_site: config.kiosk.as_ref().map(|k| k.site.clone()),
                 tap_timeout: Duration::from_secs(config.terminal.tap_timeout_secs),
             },

@@ -728,6 +728,8 @@ fn bad_input_gets_codes_and_writes_nothing() {
         (item(json!({"colour": "red"})).to_string().into_bytes(), 400, "unknown_field"),
         (item(json!({"qty": 20, "price": "8.00"})).to_string().into_bytes(), 422, "floor_limit"),
         (br#"{"kind":"order","cart":{"currency":"CNY","items":[]}}"#.to_vec(), 422, "bad_cart"),
+        (br#"{"kind":"order","cart":{"currency":"CNY","items":[{"sku":"W","name":"W","qty":2,"price":"0.00"}]}}"#.to_vec(), 422, "bad_amount"),
+        (br#"{"kind":"pay","amount":"1.00","currency":"XYZ"}"#.to_vec(), 422, "bad_currency"),
         (br#"{"kind":"order","cart":{"currency":"EUR","items":[{"sku":"A","name":"A","qty":1,"price":"1.00"}]}}"#.to_vec(), 422, "wrong_currency"),
         (br#"{"kind":"pickup","site":""}"#.to_vec(), 422, "bad_site"),
         (br#"{"kind":"pickup","site":"LOCKER-8"}"#.to_vec(), 422, "wrong_site"),

@@ -338,6 +338,11 @@ async fn create_intent(shared: &Arc<Shared>, req: Request<Incoming>) -> Handled 
         Err(r) => return Ok(r),
     };
     let (intent, request) = parse_intent(shared, &body)?;
+    // What may have changed since a first request with this key (the clock,
+    // the queue) is checked for new intents only: a retry gets its intent.
+    if !key.as_deref().is_some_and(|k| shared.knows_key(k)) {
+        check_now(shared, &intent).await?;
+    }
     let cell = IntentCell::new(intent, request, key, shared.terminal.tap_timeout);
     match shared.create(cell) {
         Ok((cell, created)) => {
@@ -467,13 +472,39 @@ fn parse_intent(shared: &Shared, body: &[u8]) -> Result<(Intent, Value), ApiErro
             ))
         }
     };
-    // The checks the CLI runs too (tap::Terms): the terminal's certificate,
-    // the currency, an amount above zero and within the floor limit.
+    // The checks the CLI runs too (tap::Terms): the currency, an amount
+    // above zero and within the floor limit.
     terminal
         .terms
-        .check(&intent, crate::unix_now())
+        .check_request(&intent)
         .map_err(|d| ApiError::invalid(d.code(), terminal.terms.explain(&d)))?;
     Ok((intent, value))
+}
+
+/// The rest of the CLI's checks before a tap (`tap::check_intent`): the
+/// terminal's certificate now, and the queue's caps given what it holds. A
+/// queue that cannot be read is left to the tap (declined `storage`).
+async fn check_now(shared: &Arc<Shared>, intent: &Intent) -> Result<(), ApiError> {
+    let queue = shared.queue.clone();
+    let queued = tokio::task::spawn_blocking(move || crate::tap::risk_state(&queue)).await;
+    let queued = match queued {
+        Ok(Ok(state)) => state,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "queue unreadable: the caps are checked at the tap");
+            crate::risk::RiskState::default()
+        }
+        Err(_) => crate::risk::RiskState::default(),
+    };
+    let terms = &shared.terminal.terms;
+    crate::tap::check_intent(
+        terms,
+        &shared.terminal.limits,
+        &queued,
+        intent,
+        crate::unix_now(),
+    )
+    .map(|_| ())
+    .map_err(|d| ApiError::invalid(d.code(), terms.explain(&d)))
 }
 
 fn only_fields(obj: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), ApiError> {

@@ -496,6 +496,8 @@ pub(crate) struct TerminalInfo {
     /// Currency, floor limit, certificate validity: what every intent is
     /// checked against when it is created.
     pub terms: crate::tap::Terms,
+    /// The queue caps a new intent is checked against.
+    pub limits: crate::risk::RiskLimits,
     pub kiosk_site: Option<String>,
     pub tap_timeout: Duration,
 }
@@ -520,6 +522,12 @@ impl Shared {
 
     pub(crate) fn get(&self, id: &str) -> Option<Arc<IntentCell>> {
         lock(&self.registry).intents.get(id).cloned()
+    }
+
+    /// Whether an intent was created under this idempotency key (a retry:
+    /// it gets that intent back, whatever changed since).
+    pub(crate) fn knows_key(&self, key: &str) -> bool {
+        lock(&self.registry).keys.contains_key(key)
     }
 
     /// Create the intent, or return the one created under the same key
@@ -969,6 +977,7 @@ impl Daemon {
             terminal: TerminalInfo {
                 name: engine.ctx.certificate.common_name().to_string(),
                 terms: engine.terms(),
+                limits: engine.limits.clone(),
                 kiosk_site: config.kiosk.as_ref().map(|k| k.site.clone()),
                 tap_timeout: Duration::from_secs(config.terminal.tap_timeout_secs),
             },

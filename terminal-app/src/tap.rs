@@ -235,6 +235,12 @@ impl Terms {
     /// and within the floor limit. Returns the intent's scenario.
     pub fn check(&self, intent: &Intent, now: u64) -> Result<Scenario, Decline> {
         self.check_certificate(now)?;
+        self.check_request(intent)
+    }
+
+    /// [`Terms::check`] without the certificate: what depends on the
+    /// request alone (the same answer whenever it is asked).
+    pub fn check_request(&self, intent: &Intent) -> Result<Scenario, Decline> {
         let scenario = intent.scenario()?;
         if let Some(a) = scenario.amount() {
             self.check_currency(a.currency)?;
@@ -249,6 +255,21 @@ impl Terms {
         }
         Ok(scenario)
     }
+}
+
+/// The checks before a phone is asked for, given what the queue holds:
+/// [`Terms::check`], then the queue's caps ([`risk::before_tap`]). The CLI
+/// (through [`Engine::check_intent`]) and the API (for a new intent) run this.
+pub fn check_intent(
+    terms: &Terms,
+    limits: &RiskLimits,
+    queued: &RiskState,
+    intent: &Intent,
+    now: u64,
+) -> Result<Scenario, Decline> {
+    let scenario = terms.check(intent, now)?;
+    risk::before_tap(limits, queued, &scenario, now).map_err(|rule| Decline::Risk { rule })?;
+    Ok(scenario)
 }
 
 /// An approved, durably queued tap.
@@ -426,10 +447,7 @@ impl Engine {
     /// queue's caps ([`risk::before_tap`]). The CLI runs this before it
     /// opens the reader; [`Engine::tap`] runs it again before the handshake.
     pub fn check_intent(&self, intent: &Intent, now: u64) -> Result<Scenario, Decline> {
-        let scenario = self.terms().check(intent, now)?;
-        risk::before_tap(&self.limits, &self.risk, &scenario, now)
-            .map_err(|rule| Decline::Risk { rule })?;
-        Ok(scenario)
+        check_intent(&self.terms(), &self.limits, &self.risk, intent, now)
     }
 
     /// Run one tap of `intent` with the phone behind `link`.

@@ -1186,3 +1186,46 @@ fn serve_binary_prints_its_address_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     assert_eq!(queue_head(&shop), 1);
 }
+
+/// Past a queue cap a new intent is refused at once, as the CLI refuses
+/// before asking for a tap; a retry of an earlier request still gets its
+/// intent back.
+#[test]
+fn past_a_queue_cap_new_intents_are_refused_at_once_but_retries_replay() {
+    let shop = Shop::new();
+    let cfg = shop.write_config("", None);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("queue_max_count = 1000"));
+    std::fs::write(
+        &cfg,
+        text.replace("queue_max_count = 1000", "queue_max_count = 1"),
+    )
+    .unwrap();
+    let d = start(&shop, &cfg, Options::default());
+    let a = d.addr;
+    let r = post_intent(a, Some("lane1-1"), &pay("1.00"));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    d.tap();
+    assert_eq!(outcome(a, &id)["state"], "approved");
+
+    let r = post_intent(a, Some("lane1-2"), &pay("1.00"));
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (422, Some("queue_count_cap")),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = post_intent(a, Some("lane1-1"), &pay("1.00"));
+    assert_eq!(
+        (
+            r.status,
+            r.json()["id"].as_str(),
+            r.json()["state"].as_str()
+        ),
+        (200, Some(id.as_str()), Some("approved"))
+    );
+    assert_eq!(d.used.load(Ordering::SeqCst), 1, "one phone asked for");
+    d.stop(&shop);
+    assert_eq!(queue_head(&shop), 1);
+}

@@ -28,7 +28,7 @@ Exit status of pay, order and kiosk:
   2  a phone tapped and the tap was declined
   3  timed out (no phone within terminal.tap_timeout_secs) or cancelled
      (Ctrl-C or SIGTERM while waiting for a phone)
-Other commands exit 0 on success and 1 on an error.
+Other commands exit 0 on success and 1 on an error; a usage error exits 1.
 --json prints one JSON object per outcome on stdout (docs/operations.md, \"JSON output\").";
 
 #[derive(Parser)]
@@ -350,7 +350,18 @@ fn open_slot(out: &mut Out, command: &[String], slot: u16) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error: here 2 means declined.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::ERROR)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
     let level = if cli.verbose {
         tracing::Level::INFO
     } else {

@@ -690,4 +690,10 @@ fn help_documents_the_exit_statuses() {
             assert!(r.stdout().contains(needle), "{needle}: {r:?}");
         }
     }
+    // A usage error is an error (1), not clap's 2, which means declined here.
+    for args in [&["pay", "1.00"][..], &["pay", "1.00", "CNY", "--tip"]] {
+        let r = c.run(args);
+        assert_eq!(r.code(), 1, "{r:?}");
+        assert!(!r.stderr().contains(PHONE_CAME), "{r:?}");
+    }
 }

@@ -697,3 +697,21 @@ fn help_documents_the_exit_statuses() {
         assert!(!r.stderr().contains(PHONE_CAME), "{r:?}");
     }
 }
+
+#[test]
+fn kiosk_json_prints_one_object_per_tap_and_exits_with_the_last() {
+    let c = Counter::new();
+    // alice holds no credential for LOCKER-7: every pickup is declined.
+    let r = c.run(&["kiosk", "--site", "LOCKER-7", "--taps", "2", "--json"]);
+    assert_eq!(r.code(), 2, "{r:?}");
+    let lines: Vec<Value> = r
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {r:?}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{r:?}");
+    for v in &lines {
+        assert_eq!(v["status"].as_str(), Some("declined"), "{v}");
+        assert!(v["code"].is_string() && v["message"].is_string(), "{v}");
+    }
+}

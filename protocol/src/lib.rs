@@ -36,6 +36,7 @@ pub mod codec;
 pub mod crypto;
 mod ecc;
 pub mod error;
+mod iso4217;
 pub mod messages;
 pub mod pki;
 pub mod record;

@@ -5,21 +5,51 @@ use crate::codec::{fixed, text, u16_be, u32_be, u64_be, Codec, DecodeError};
 use crate::crypto::{sha256, POINT_LEN, SIG_LEN};
 use crate::tlv::{self, Reader};
 
-/// ISO 4217 alphabetic currency code (three uppercase ASCII letters).
+/// An active ISO 4217 alphabetic currency code (see [`Currency::parse`]):
+/// every value of this type is in the table, so its
+/// [`exponent`](Currency::exponent) is the one ISO lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Currency([u8; 3]);
 
+/// Why a text is not a [`Currency`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CurrencyError {
+    /// Not three capital letters.
+    #[error("{0:?} is not an ISO 4217 currency code: three capital letters such as \"CNY\"")]
+    Malformed(String),
+    /// Three capital letters, but no active ISO 4217 currency (`XYZ`), or
+    /// one without minor units (`XAU`, `XTS`, `XXX`).
+    #[error("{0} is not an active ISO 4217 currency code")]
+    Unknown(String),
+}
+
 impl Currency {
+    /// An active ISO 4217 code such as `CNY`; `None` otherwise (see
+    /// [`Currency::parse`] for why).
     pub fn new(code: &str) -> Option<Self> {
-        let b: [u8; 3] = code.as_bytes().try_into().ok()?;
-        b.iter().all(u8::is_ascii_uppercase).then_some(Currency(b))
+        Self::parse(code).ok()
+    }
+
+    /// An active ISO 4217 code, or why not.
+    pub fn parse(code: &str) -> Result<Self, CurrencyError> {
+        let shown = || code.chars().take(16).collect::<String>();
+        let b: [u8; 3] = code
+            .as_bytes()
+            .try_into()
+            .map_err(|_| CurrencyError::Malformed(shown()))?;
+        if !b.iter().all(u8::is_ascii_uppercase) {
+            return Err(CurrencyError::Malformed(shown()));
+        }
+        match crate::iso4217::exponent(&b) {
+            Some(_) => Ok(Currency(b)),
+            None => Err(CurrencyError::Unknown(shown())),
+        }
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<Self, DecodeError> {
         let arr = fixed::<3>("currency", b)?;
-        arr.iter()
-            .all(u8::is_ascii_uppercase)
-            .then_some(Currency(arr))
+        crate::iso4217::exponent(&arr)
+            .map(|_| Currency(arr))
             .ok_or(DecodeError::InvalidValue { field: "currency" })
     }
 
@@ -31,13 +61,10 @@ impl Currency {
         core::str::from_utf8(&self.0).unwrap_or("???")
     }
 
-    /// Number of minor-unit digits (ISO 4217); 2 unless listed.
+    /// Number of minor-unit digits, as ISO 4217 lists it (0 for JPY, 3 for
+    /// KWD, 4 for CLF).
     pub fn exponent(&self) -> u32 {
-        match &self.0 {
-            b"JPY" | b"KRW" | b"VND" | b"CLP" | b"ISK" | b"UGX" | b"XAF" | b"XOF" | b"PYG" => 0,
-            b"BHD" | b"KWD" | b"OMR" | b"JOD" | b"TND" | b"LYD" | b"IQD" => 3,
-            _ => 2,
-        }
+        crate::iso4217::exponent(&self.0).map_or(2, u32::from)
     }
 }
 
@@ -544,6 +571,38 @@ mod tests {
             "0.07 CNY"
         );
         assert!(Currency::new("cny").is_none() && Currency::new("CN").is_none());
+    }
+
+    #[test]
+    fn only_active_iso_4217_codes_are_currencies() {
+        assert_eq!(
+            Currency::parse("XYZ"),
+            Err(CurrencyError::Unknown("XYZ".into()))
+        );
+        assert_eq!(
+            Currency::parse("XYZ").unwrap_err().to_string(),
+            "XYZ is not an active ISO 4217 currency code"
+        );
+        for bad in ["cny", "CN", "CNYY", "", "C1Y", "ÄBC"] {
+            assert_eq!(
+                Currency::parse(bad),
+                Err(CurrencyError::Malformed(bad.into())),
+                "{bad}"
+            );
+        }
+        assert!(Currency::parse("XXX").is_err() && Currency::parse("XAU").is_err());
+        assert_eq!(Currency::parse("KWD").unwrap().exponent(), 3);
+        assert_eq!(Currency::parse("BIF").unwrap().exponent(), 0);
+        assert_eq!(Currency::parse("CLF").unwrap().exponent(), 4);
+        assert_eq!(
+            Amount::parse("1.2345", Currency::parse("CLF").unwrap())
+                .unwrap()
+                .to_string(),
+            "1.2345 CLF"
+        );
+        // On the wire too: a scenario in XYZ does not decode.
+        assert!(Currency::from_bytes(b"XYZ").is_err());
+        assert_eq!(Currency::from_bytes(b"CNY"), Ok(cny()));
     }
 
     fn cart() -> Cart {

@@ -33,14 +33,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tapstack_protocol::codec::Codec;
-use tapstack_protocol::messages::AuthBody;
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, MAX_CART_ITEMS, MAX_SITE};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::daemon::{CancelRefused, CreateRefused, Event, IntentCell, Shared, SyncStatus};
+use crate::daemon::{
+    CancelRefused, CreateRefused, Event, IntentCell, Shared, SyncStatus, TerminalInfo,
+};
 use crate::queue::QueueStore;
 use crate::tap::Intent;
 
@@ -338,6 +338,11 @@ async fn create_intent(shared: &Arc<Shared>, req: Request<Incoming>) -> Handled 
         Err(r) => return Ok(r),
     };
     let (intent, request) = parse_intent(shared, &body)?;
+    // What may have changed since a first request with this key (the clock,
+    // the queue) is checked for new intents only: a retry gets its intent.
+    if !key.as_deref().is_some_and(|k| shared.knows_key(k)) {
+        check_now(shared, &intent).await?;
+    }
     let cell = IntentCell::new(intent, request, key, shared.terminal.tap_timeout);
     match shared.create(cell) {
         Ok((cell, created)) => {
@@ -406,12 +411,8 @@ fn parse_intent(shared: &Shared, body: &[u8]) -> Result<(Intent, Value), ApiErro
     let intent = match kind {
         "pay" => {
             only_fields(obj, "", &["kind", "amount", "currency"])?;
-            let currency = currency_field(terminal.currency, obj, "", "currency")?;
+            let currency = currency_field(terminal, obj, "", "currency")?;
             let amount = amount_field(obj.get("amount"), "amount", currency)?;
-            if amount.minor == 0 {
-                return Err(ApiError::invalid("bad_amount", "amount must be above zero"));
-            }
-            floor_limit(shared, amount.minor)?;
             Intent::Pay { amount }
         }
         "order" => {
@@ -431,11 +432,9 @@ fn parse_intent(shared: &Shared, body: &[u8]) -> Result<(Intent, Value), ApiErro
                     ))
                 }
             };
-            let cart = parse_cart(terminal.currency, cart)?;
-            let total = cart
-                .validate()
+            let cart = parse_cart(terminal, cart)?;
+            cart.validate()
                 .map_err(|e| ApiError::invalid("bad_cart", format!("cart: {e}")))?;
-            floor_limit(shared, total)?;
             Intent::Order { cart }
         }
         "pickup" => {
@@ -473,7 +472,39 @@ fn parse_intent(shared: &Shared, body: &[u8]) -> Result<(Intent, Value), ApiErro
             ))
         }
     };
+    // The checks the CLI runs too (tap::Terms): the currency, an amount
+    // above zero and within the floor limit.
+    terminal
+        .terms
+        .check_request(&intent)
+        .map_err(|d| ApiError::invalid(d.code(), terminal.terms.explain(&d)))?;
     Ok((intent, value))
+}
+
+/// The rest of the CLI's checks before a tap (`tap::check_intent`): the
+/// terminal's certificate now, and the queue's caps given what it holds. A
+/// queue that cannot be read is left to the tap (declined `storage`).
+async fn check_now(shared: &Arc<Shared>, intent: &Intent) -> Result<(), ApiError> {
+    let queue = shared.queue.clone();
+    let queued = tokio::task::spawn_blocking(move || crate::tap::risk_state(&queue)).await;
+    let queued = match queued {
+        Ok(Ok(state)) => state,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "queue unreadable: the caps are checked at the tap");
+            crate::risk::RiskState::default()
+        }
+        Err(_) => crate::risk::RiskState::default(),
+    };
+    let terms = &shared.terminal.terms;
+    crate::tap::check_intent(
+        terms,
+        &shared.terminal.limits,
+        &queued,
+        intent,
+        crate::unix_now(),
+    )
+    .map(|_| ())
+    .map_err(|d| ApiError::invalid(d.code(), terms.explain(&d)))
 }
 
 fn only_fields(obj: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), ApiError> {
@@ -487,11 +518,12 @@ fn only_fields(obj: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(
 }
 
 fn currency_field(
-    expected: Currency,
+    terminal: &TerminalInfo,
     obj: &Map<String, Value>,
     at: &str,
     name: &str,
 ) -> Result<Currency, ApiError> {
+    let expected = terminal.terms.currency;
     let text = match obj.get(name) {
         Some(Value::String(s)) => s,
         Some(_) => {
@@ -507,18 +539,13 @@ fn currency_field(
             ))
         }
     };
-    let currency = Currency::new(text).ok_or_else(|| {
-        ApiError::invalid(
-            "bad_currency",
-            format!("{at}{name} {text:?} is not an ISO 4217 code like \"{expected}\""),
-        )
-    })?;
-    if currency != expected {
-        return Err(ApiError::invalid(
-            "wrong_currency",
-            format!("this terminal takes {expected} only, not {currency}"),
-        ));
-    }
+    let currency = Currency::parse(text)
+        .map_err(|e| ApiError::invalid("bad_currency", format!("{at}{name}: {e}")))?;
+    // Before the amounts are parsed: they are read in the currency's minor units.
+    terminal
+        .terms
+        .check_currency(currency)
+        .map_err(|d| ApiError::invalid(d.code(), d.to_string()))?;
     Ok(currency)
 }
 
@@ -543,26 +570,9 @@ fn amount_field(v: Option<&Value>, name: &str, currency: Currency) -> Result<Amo
     })
 }
 
-fn floor_limit(shared: &Shared, minor: u64) -> Result<(), ApiError> {
-    if minor > shared.terminal.floor_limit {
-        let limit = Amount {
-            minor: shared.terminal.floor_limit,
-            currency: shared.terminal.currency,
-        };
-        return Err(ApiError::invalid(
-            "floor_limit",
-            format!(
-                "{} (largest offline tap: {limit})",
-                crate::risk::RiskDecline::FloorLimit.message()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn parse_cart(expected: Currency, cart: &Map<String, Value>) -> Result<Cart, ApiError> {
+fn parse_cart(terminal: &TerminalInfo, cart: &Map<String, Value>) -> Result<Cart, ApiError> {
     only_fields(cart, "cart.", &["currency", "items"])?;
-    let currency = currency_field(expected, cart, "cart.", "currency")?;
+    let currency = currency_field(terminal, cart, "cart.", "currency")?;
     let items = match cart.get("items") {
         Some(Value::Array(a)) => a,
         Some(_) => return Err(ApiError::bad("bad_field", "cart.items must be an array")),
@@ -819,7 +829,7 @@ async fn queue_view(shared: &Arc<Shared>) -> Result<QueueView, ApiError> {
     Ok(QueueView {
         pending: state.queued_count,
         pending_amount: state.queued_amount,
-        currency: shared.terminal.currency.to_string(),
+        currency: shared.terminal.terms.currency.to_string(),
         oldest: state.oldest,
         head_seq: head,
         acked_seq: acked,
@@ -830,20 +840,6 @@ async fn queue_view(shared: &Arc<Shared>) -> Result<QueueView, ApiError> {
         integrity: shared.queue.integrity(),
         last_sync: shared.uploader.as_ref().map(|u| u.status()),
     })
-}
-
-#[derive(Debug, Serialize)]
-struct TransactionView {
-    seq: u64,
-    record_id: String,
-    kind: &'static str,
-    /// Minor units; `null` for pickups.
-    amount: Option<u64>,
-    currency: Option<String>,
-    order_number: Option<String>,
-    recorded_at: u64,
-    /// The host acknowledged it (about to be pruned).
-    uploaded: bool,
 }
 
 async fn transactions(shared: &Arc<Shared>, query: &str) -> Handled {
@@ -861,34 +857,8 @@ async fn transactions(shared: &Arc<Shared>, query: &str) -> Handled {
     };
     let queue = shared.queue.clone();
     let result =
-        tokio::task::spawn_blocking(move || -> Result<Vec<TransactionView>, crate::Error> {
-            let acked = queue.acked()?;
-            queue
-                .recent(limit)?
-                .into_iter()
-                .map(|s| {
-                    let r = s.record()?;
-                    let auth = AuthBody::decode(&r.transcript.auth_body).map_err(|e| {
-                        crate::Error::Corrupt {
-                            what: "record",
-                            detail: e.to_string(),
-                        }
-                    })?;
-                    let amount = auth.scenario.amount();
-                    Ok(TransactionView {
-                        seq: s.seq,
-                        record_id: hex::encode(s.hash),
-                        kind: auth.scenario.kind(),
-                        amount: amount.map(|a| a.minor),
-                        currency: amount.map(|a| a.currency.to_string()),
-                        order_number: r.order_number,
-                        recorded_at: r.recorded_at,
-                        uploaded: s.seq <= acked,
-                    })
-                })
-                .collect()
-        })
-        .await;
+        tokio::task::spawn_blocking(move || crate::report::TransactionView::recent(&queue, limit))
+            .await;
     match result {
         Ok(Ok(list)) => Ok(json(
             StatusCode::OK,
@@ -942,14 +912,10 @@ fn health(shared: &Arc<Shared>) -> Resp {
     let reader = shared.reader_status();
     let stopping = shared.shutting_down.load(Ordering::SeqCst);
     let queue = shared.queue.integrity();
-    let status = if stopping {
-        "shutting_down"
-    } else if !reader.ok || !reader.running || !queue.is_ok() {
-        "degraded"
-    } else {
-        "ok"
-    };
-    // Why it is degraded, in stable words: storage / queue_damaged / reader.
+    // The terminal's own certificate: expired or not yet valid, every
+    // intent is refused (`terminal_certificate_expired`, …).
+    let certificate = shared.terminal.terms.check_certificate(crate::unix_now());
+    // Why it is degraded, in stable words.
     let mut problems = Vec::new();
     if queue.storage_error.is_some() {
         problems.push("storage");
@@ -957,17 +923,38 @@ fn health(shared: &Arc<Shared>) -> Resp {
     if !queue.damaged.is_empty() {
         problems.push("queue_damaged");
     }
+    if certificate.is_err() {
+        problems.push("certificate");
+    }
     if !reader.ok || !reader.running {
         problems.push("reader");
     }
+    let status = if stopping {
+        "shutting_down"
+    } else if !problems.is_empty() {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let terms = &shared.terminal.terms;
+    let certificate = serde_json::json!({
+        "status": match &certificate {
+            Ok(()) => "valid",
+            Err(d) => d.code(),
+        },
+        "not_before": terms.not_before,
+        "not_after": terms.not_after,
+        "message": certificate.err().map(|d| d.to_string()),
+    });
     let body = serde_json::json!({
         "status": status,
         "terminal": shared.terminal.name,
-        "currency": shared.terminal.currency.to_string(),
+        "currency": shared.terminal.terms.currency.to_string(),
         "version": env!("CARGO_PKG_VERSION"),
         "reader": reader,
         "problems": problems,
         "queue": queue,
+        "certificate": certificate,
         "host_configured": shared.uploader.is_some(),
         "last_sync_ok": shared.uploader.as_ref().and_then(|u| u.status().ok),
     });

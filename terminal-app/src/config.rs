@@ -207,11 +207,8 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if Currency::new(&self.terminal.currency).is_none() {
-            return Err(format!(
-                "terminal.currency {:?} is not an ISO 4217 code like \"CNY\"",
-                self.terminal.currency
-            ));
+        if let Err(e) = Currency::parse(&self.terminal.currency) {
+            return Err(format!("terminal.currency: {e}"));
         }
         if self.terminal.order_prefix.len() > 4
             || self

@@ -39,7 +39,6 @@ use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 use tapstack_host::client::HostClient;
 use tapstack_protocol::revocation::RevocationList;
-use tapstack_protocol::scenario::Currency;
 use tapstack_protocol::terminal::TerminalContext;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -494,8 +493,11 @@ pub(crate) struct SyncStatus {
 #[derive(Debug, Clone)]
 pub(crate) struct TerminalInfo {
     pub name: String,
-    pub currency: Currency,
-    pub floor_limit: u64,
+    /// Currency, floor limit, certificate validity: what every intent is
+    /// checked against when it is created.
+    pub terms: crate::tap::Terms,
+    /// The queue caps a new intent is checked against.
+    pub limits: crate::risk::RiskLimits,
     pub kiosk_site: Option<String>,
     pub tap_timeout: Duration,
 }
@@ -557,6 +559,13 @@ impl Shared {
             }
             RememberedOutcome::Declined { code, message } => State::Declined { code, message },
         }))
+    }
+
+    /// Whether an intent was created under this idempotency key (a retry:
+    /// it gets that intent back, whatever changed since) — in memory, or
+    /// remembered by the queue from before a restart.
+    pub(crate) fn knows_key(&self, key: &str) -> bool {
+        lock(&self.registry).keys.contains_key(key) || matches!(self.queue.recall(key), Ok(Some(_)))
     }
 
     /// Create the intent, or return the one created under the same key
@@ -1078,8 +1087,8 @@ impl Daemon {
             shutting_down: AtomicBool::new(false),
             terminal: TerminalInfo {
                 name: engine.ctx.certificate.common_name().to_string(),
-                currency: engine.currency,
-                floor_limit: engine.limits.floor_limit,
+                terms: engine.terms(),
+                limits: engine.limits.clone(),
                 kiosk_site: config.kiosk.as_ref().map(|k| k.site.clone()),
                 tap_timeout: Duration::from_secs(config.terminal.tap_timeout_secs),
             },

@@ -1,26 +1,42 @@
 //! `tap-terminal`: the tapstack terminal for a person at the counter, a
 //! locker kiosk, or point-of-sale software.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use rand_core::OsRng;
-use serde::Deserialize;
-use tapstack_protocol::record::TransactionRecord;
+use serde::{Deserialize, Serialize};
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency};
-use tapstack_terminal::app::{self, Field};
+use tapstack_terminal::app;
 use tapstack_terminal::config::{Config, EXAMPLE};
-use tapstack_terminal::queue::QueueStore;
+use tapstack_terminal::report::{exit, Outcome, QueueReport};
 use tapstack_terminal::tap::{Engine, Intent, TapResult};
-use tapstack_terminal::upload;
+use tapstack_terminal::{unix_now, upload, utc};
+
+const EXIT_HELP: &str = "\
+Exit status of pay, order and kiosk:
+  0  approved (kiosk: its last tap was approved)
+  1  error, or refused before any phone was asked for: an amount of zero,
+     another currency than terminal.currency, an unknown currency code, above
+     risk.floor_limit, past a queue cap, the terminal's certificate expired or
+     not yet valid (no tap is taken)
+  2  a phone tapped and the tap was declined
+  3  timed out (no phone within terminal.tap_timeout_secs) or cancelled
+     (Ctrl-C or SIGTERM while waiting for a phone)
+Other commands exit 0 on success and 1 on an error; a usage error exits 1.
+--json prints one JSON object per outcome on stdout (docs/operations.md, \"JSON output\").";
 
 #[derive(Parser)]
 #[command(
     name = "tap-terminal",
     version,
-    about = "tapstack NFC tap-to-pay terminal"
+    about = "tapstack NFC tap-to-pay terminal",
+    after_help = EXIT_HELP
 )]
 struct Cli {
     /// Configuration file.
@@ -41,19 +57,34 @@ enum Command {
         out: PathBuf,
     },
     /// Take a payment: `tap-terminal pay 12.50 CNY`.
-    Pay { amount: String, currency: String },
+    #[command(after_help = EXIT_HELP)]
+    Pay {
+        amount: String,
+        currency: String,
+        /// Print the outcome as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take an itemized order from a cart file (JSON).
+    #[command(after_help = EXIT_HELP)]
     Order {
         #[arg(long)]
         cart: PathBuf,
+        /// Print the outcome as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Locker kiosk: hand out parcels to phones with pickup credentials, forever
     /// (or `--taps N`).
+    #[command(after_help = EXIT_HELP)]
     Kiosk {
         #[arg(long)]
         site: Option<String>,
         #[arg(long)]
         taps: Option<usize>,
+        /// Print each tap's outcome as one JSON object (a line) on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Show what waits for upload and the last transactions (exits 1 when
     /// the queue is damaged).
@@ -62,6 +93,9 @@ enum Command {
         last: usize,
         #[command(subcommand)]
         action: Option<QueueAction>,
+        /// Print the counts and the records as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Upload now (and fetch the revocation list).
     Upload,
@@ -88,34 +122,6 @@ enum QueueAction {
     Repair,
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic
-/// Gregorian).
-fn utc(t: u64) -> String {
-    let (days, secs) = (t / 86_400, t % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The cart file: amounts as decimal strings in the cart's currency.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,91 +140,225 @@ struct CartLine {
     price: String,
 }
 
-fn read_cart(path: &Path) -> Result<Cart> {
+/// Where the CLI writes. Stdout may be a pipe closed early (`tap-terminal
+/// queue | head`): then writing stops quietly. With `--json` stdout carries
+/// only JSON; the lines for a person go to stderr.
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    json: bool,
+    closed: bool,
+}
+
+impl Out {
+    fn new(json: bool) -> Self {
+        Out {
+            json,
+            closed: false,
+        }
+    }
+
+    /// A line on stdout; false once nobody reads it any more.
+    fn line(&mut self, line: &str) -> bool {
+        if self.closed {
+            return false;
+        }
+        let mut o = std::io::stdout().lock();
+        if writeln!(o, "{line}").and_then(|()| o.flush()).is_err() {
+            self.closed = true;
+        }
+        !self.closed
+    }
+
+    /// A line for the person at the counter.
+    fn say(&mut self, line: &str) {
+        if self.json {
+            note(line);
+        } else {
+            self.line(line);
+        }
+    }
+
+    fn json<T: Serialize>(&mut self, v: &T) -> bool {
+        match serde_json::to_string(v) {
+            Ok(s) => self.line(&s),
+            Err(e) => {
+                note(&format!("error: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Report an outcome: JSON, or a line for a person.
+    fn outcome(&mut self, o: &Outcome) {
+        if self.json {
+            self.json(o);
+            return;
+        }
+        match o {
+            Outcome::Approved(a) => {
+                let mut line = format!("approved — queued #{}", a.seq);
+                if let Some(n) = &a.order_number {
+                    line.push_str(&format!(", order {n}"));
+                }
+                if let (Some(s), Some(p)) = (a.slot, &a.parcel) {
+                    line.push_str(&format!(", slot {s} for parcel {p}"));
+                }
+                if !a.receipt_delivered {
+                    line.push_str(" (receipt not shown on the phone)");
+                }
+                self.line(&line);
+            }
+            Outcome::Declined { code, message } => {
+                self.line(&format!("declined: {message} [{code}]"));
+            }
+            Outcome::Refused { code, message } => note(&format!("refused: {message} [{code}]")),
+            Outcome::TimedOut { message } | Outcome::Cancelled { message } => {
+                self.line(message);
+            }
+            Outcome::Error { message } => note(&format!("error: {message}")),
+        }
+    }
+}
+
+/// A line on stderr (never panics, even if stderr is closed).
+fn note(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+fn refused(code: &'static str, message: String) -> Outcome {
+    Outcome::Refused { code, message }
+}
+
+/// Read a cart file: `Err` if it cannot be read, `Ok(Err(refusal))` if
+/// it is not a valid cart.
+fn read_cart(path: &Path) -> Result<std::result::Result<Cart, Outcome>> {
     let meta = std::fs::metadata(path).with_context(|| format!("cart {}", path.display()))?;
     if meta.len() > 64 * 1024 {
         bail!("cart {} is larger than 64 KiB", path.display());
     }
-    let f: CartFile = serde_json::from_slice(&std::fs::read(path)?)
-        .with_context(|| format!("cart {}", path.display()))?;
-    let currency = Currency::new(&f.currency)
-        .with_context(|| format!("cart currency {:?} is not an ISO 4217 code", f.currency))?;
-    let items = f
-        .items
-        .into_iter()
-        .map(|l| {
-            let price = Amount::parse(&l.price, currency)
-                .with_context(|| format!("item {}: price {:?}", l.sku, l.price))?;
-            Ok(CartItem {
-                sku: l.sku,
-                name: l.name,
-                qty: l.qty,
-                unit_price: price.minor,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let bytes = std::fs::read(path).with_context(|| format!("cart {}", path.display()))?;
+    let bad = |code, what: String| {
+        Ok(Err(refused(
+            code,
+            format!("cart {}: {what}", path.display()),
+        )))
+    };
+    let f: CartFile = match serde_json::from_slice(&bytes) {
+        Ok(f) => f,
+        Err(e) => return bad("bad_cart", e.to_string()),
+    };
+    let currency = match Currency::parse(&f.currency) {
+        Ok(c) => c,
+        Err(e) => return bad("bad_currency", format!("currency: {e}")),
+    };
+    let mut items = Vec::with_capacity(f.items.len());
+    for l in f.items {
+        let Some(price) = Amount::parse(&l.price, currency) else {
+            return bad(
+                "bad_amount",
+                format!(
+                    "item {}: price {:?} is not an amount in {currency}",
+                    l.sku, l.price
+                ),
+            );
+        };
+        items.push(CartItem {
+            sku: l.sku,
+            name: l.name,
+            qty: l.qty,
+            unit_price: price.minor,
+        });
+    }
     let cart = Cart { currency, items };
-    cart.validate()
-        .map_err(|e| anyhow::anyhow!("cart {}: {e}", path.display()))?;
-    Ok(cart)
+    if let Err(e) = cart.validate() {
+        return bad("bad_cart", e.to_string());
+    }
+    Ok(Ok(cart))
 }
 
-/// Run one intent to its end: wait for phones (a second tap after "confirm
-/// on your phone"), until approved, declined or out of time.
-fn run_intent(
-    engine: &mut Engine,
-    field: &mut dyn Field,
-    intent: &Intent,
-    timeout: Duration,
-) -> Result<Option<TapResult>> {
+/// Ctrl-C or SIGTERM while `pay` or `order` waits for a phone: report
+/// `cancelled` and exit 3. Never while a phone is being read: the tap
+/// finishes and its outcome is reported instead. The flag is true once an
+/// outcome is known.
+fn cancel_on_signal(settled: Arc<Mutex<bool>>, out: Out) {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(tapstack_terminal::daemon::shutdown_signal());
+            let settled = settled.lock().unwrap_or_else(PoisonError::into_inner);
+            if *settled {
+                return; // the main thread reports the outcome
+            }
+            let mut out = out;
+            out.outcome(&Outcome::Cancelled {
+                message: "cancelled: no tap was taken".into(),
+            });
+            // Holding the lock: no tap can start.
+            std::process::exit(i32::from(exit::TIMED_OUT));
+        });
+    if let Err(e) = spawned {
+        note(&format!(
+            "warning: Ctrl-C will not be reported as cancelled: {e}"
+        ));
+    }
+}
+
+/// Take one intent: the checks first (no phone is asked for if they
+/// fail), then wait for phones (a second tap after "confirm on your
+/// phone") until approved, declined or out of time.
+fn take(engine: &mut Engine, config: &Config, intent: &Intent, out: &mut Out) -> Result<Outcome> {
+    if let Err(d) = engine.check_intent(intent, unix_now()) {
+        return Ok(Outcome::refused(&engine.terms(), &d));
+    }
+    let mut field = app::field(config)?;
+    let settled = Arc::new(Mutex::new(false));
+    cancel_on_signal(settled.clone(), *out);
+    let timeout = Duration::from_secs(config.terminal.tap_timeout_secs);
     let deadline = Instant::now() + timeout;
-    println!("tap your phone …");
+    out.say("tap your phone …");
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            println!("timed out: no phone");
-            return Ok(None);
+            let mut settled = settled.lock().unwrap_or_else(PoisonError::into_inner);
+            *settled = true;
+            return Ok(Outcome::TimedOut {
+                message: "timed out: no phone".into(),
+            });
         }
         let result = field.with_phone(left, &mut |link| {
-            println!("reading …");
-            engine.tap(intent, link, now(), &mut OsRng)
+            let mut settled = settled.lock().unwrap_or_else(PoisonError::into_inner);
+            out.say("reading …");
+            let r = engine.tap(intent, link, unix_now(), &mut OsRng);
+            *settled = !matches!(r, TapResult::ConfirmOnPhone);
+            r
         })?;
-        match result {
-            None => continue,
-            Some(TapResult::ConfirmOnPhone) => println!("confirm on your phone, then tap again"),
-            Some(r) => return Ok(Some(r)),
+        match result.as_ref().and_then(Outcome::from_tap) {
+            Some(o) => return Ok(o),
+            None if result.is_some() => out.say("confirm on your phone, then tap again"),
+            None => {}
         }
     }
 }
 
-fn report(r: &TapResult) {
-    match r {
-        TapResult::Approved(a) => {
-            let mut line = format!("approved — queued #{}", a.seq);
-            if let Some(n) = &a.order_number {
-                line.push_str(&format!(", order {n}"));
-            }
-            if let (Some(s), Some(p)) = (a.slot, &a.parcel) {
-                line.push_str(&format!(", slot {s} for parcel {p}"));
-            }
-            if !a.receipt_delivered {
-                line.push_str(" (receipt not shown on the phone)");
-            }
-            println!("{line}");
-        }
-        TapResult::Declined(d) => println!("declined: {d} [{}]", d.code()),
-        TapResult::ConfirmOnPhone => println!("confirm on your phone, then tap again"),
-    }
-}
-
-fn open_slot(command: &[String], slot: u16) -> Result<()> {
+fn open_slot(out: &mut Out, command: &[String], slot: u16) -> Result<()> {
     let Some((prog, args)) = command.split_first() else {
-        println!("open slot {slot} (no open_command configured)");
+        out.say(&format!("open slot {slot} (no open_command configured)"));
         return Ok(());
     };
     let status = std::process::Command::new(prog)
         .args(args)
         .arg(slot.to_string())
+        .stdout(if out.json {
+            std::process::Stdio::null()
+        } else {
+            std::process::Stdio::inherit()
+        })
         .status()
         .with_context(|| format!("open_command {prog}"))?;
     if !status.success() {
@@ -228,14 +368,14 @@ fn open_slot(command: &[String], slot: u16) -> Result<()> {
 }
 
 /// `queue repair`: ask the host for its head, rebuild from it.
-fn repair(config: &Config) -> Result<()> {
+fn repair(config: &Config) -> Result<u8> {
     let path = config.path(&config.queue.path);
     let (seq, hash) = {
         let engine = app::engine(config)?;
         let integrity = engine.queue.integrity();
         if integrity.is_ok() {
             println!("queue {}: intact; nothing to repair", integrity.path);
-            return Ok(());
+            return Ok(0);
         }
         let client = upload::client(config, &engine.ctx)?;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -254,11 +394,22 @@ fn repair(config: &Config) -> Result<()> {
     println!("the host holds this terminal's records up to #{seq}");
     let done = tapstack_terminal::queue::Queue::repair(&path, seq, hash)?;
     println!("{done}");
-    Ok(())
+    Ok(0)
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    // clap exits 2 on a usage error: here 2 means declined.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::ERROR)
+            } else {
+                ExitCode::SUCCESS // --help, --version
+            };
+        }
+    };
     let level = if cli.verbose {
         tracing::Level::INFO
     } else {
@@ -269,23 +420,48 @@ fn main() -> Result<()> {
         .with_target(false)
         .with_max_level(level)
         .init();
-    if let Command::Init { out } = &cli.command {
-        if out.exists() {
-            bail!("{} exists; not overwriting", out.display());
+    let json = match &cli.command {
+        Command::Pay { json, .. }
+        | Command::Order { json, .. }
+        | Command::Kiosk { json, .. }
+        | Command::Queue { json, .. } => *json,
+        _ => false,
+    };
+    let mut out = Out::new(json);
+    match run(cli, &mut out) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            out.outcome(&Outcome::Error {
+                message: format!("{e:#}"),
+            });
+            if out.json {
+                note(&format!("error: {e:#}"));
+            }
+            ExitCode::from(exit::ERROR)
         }
-        std::fs::write(out, EXAMPLE).with_context(|| format!("writing {}", out.display()))?;
-        println!("wrote {}", out.display());
-        return Ok(());
+    }
+}
+
+fn run(cli: Cli, out: &mut Out) -> Result<u8> {
+    if let Command::Init { out: path } = &cli.command {
+        if path.exists() {
+            bail!("{} exists; not overwriting", path.display());
+        }
+        std::fs::write(path, EXAMPLE).with_context(|| format!("writing {}", path.display()))?;
+        out.line(&format!("wrote {}", path.display()));
+        return Ok(0);
     }
     if let Command::Readers = &cli.command {
         let found = tapstack_reader::discover();
         if found.is_empty() {
-            println!("no reader found (PC/SC readers need pcscd running; serial PN532 boards are probed on /dev/ttyUSB* and /dev/ttyACM*)");
+            out.line("no reader found (PC/SC readers need pcscd running; serial PN532 boards are probed on /dev/ttyUSB* and /dev/ttyACM*)");
         }
         for r in found {
-            println!("{:<8} {:<40} {}", r.driver, r.connection, r.name);
+            if !out.line(&format!("{:<8} {:<40} {}", r.driver, r.connection, r.name)) {
+                break;
+            }
         }
-        return Ok(());
+        return Ok(0);
     }
     let config = Config::load(&cli.config, std::env::vars())?;
     if let Command::Queue {
@@ -302,80 +478,92 @@ fn main() -> Result<()> {
     ) {
         upload::ensure_host_checked(&config, &mut engine)?;
     }
-    let timeout = Duration::from_secs(config.terminal.tap_timeout_secs);
     match cli.command {
         Command::Init { .. } | Command::Readers => unreachable!(),
-        Command::Pay { amount, currency } => {
-            let cur = Currency::new(&currency)
-                .with_context(|| format!("{currency:?} is not an ISO 4217 code like CNY"))?;
-            let amount = Amount::parse(&amount, cur)
-                .with_context(|| format!("{amount:?} is not an amount in {cur} (like 12.50)"))?;
-            println!("pay {amount} at {}", engine.ctx.certificate.common_name());
-            let mut field = app::field(&config)?;
-            if let Some(r) = run_intent(
-                &mut engine,
-                field.as_mut(),
-                &Intent::Pay { amount },
-                timeout,
-            )? {
-                report(&r);
-                if matches!(r, TapResult::Declined(_)) {
-                    std::process::exit(2);
-                }
-            }
-        }
-        Command::Order { cart } => {
-            let cart = read_cart(&cart)?;
-            let total = Amount {
-                minor: cart.total().unwrap_or(0),
-                currency: cart.currency,
+        Command::Pay {
+            amount, currency, ..
+        } => {
+            let outcome = match Currency::parse(&currency) {
+                Err(e) => refused("bad_currency", e.to_string()),
+                Ok(cur) => match Amount::parse(&amount, cur) {
+                    None => refused(
+                        "bad_amount",
+                        format!(
+                            "{amount:?} is not an amount in {cur}: digits, at most {} decimals",
+                            cur.exponent()
+                        ),
+                    ),
+                    Some(amount) => {
+                        out.say(&format!(
+                            "pay {amount} at {}",
+                            engine.ctx.certificate.common_name()
+                        ));
+                        take(&mut engine, &config, &Intent::Pay { amount }, out)?
+                    }
+                },
             };
-            println!("order of {} item(s), total {total}", cart.items.len());
-            let mut field = app::field(&config)?;
-            if let Some(r) = run_intent(
-                &mut engine,
-                field.as_mut(),
-                &Intent::Order { cart },
-                timeout,
-            )? {
-                report(&r);
-                if matches!(r, TapResult::Declined(_)) {
-                    std::process::exit(2);
-                }
-            }
+            out.outcome(&outcome);
+            Ok(outcome.exit_code())
         }
-        Command::Kiosk { site, taps } => {
+        Command::Order { cart, .. } => {
+            let outcome = match read_cart(&cart)? {
+                Err(refusal) => refusal,
+                Ok(cart) => {
+                    let total = Amount {
+                        minor: cart.total().unwrap_or(0),
+                        currency: cart.currency,
+                    };
+                    out.say(&format!(
+                        "order of {} item(s), total {total}",
+                        cart.items.len()
+                    ));
+                    take(&mut engine, &config, &Intent::Order { cart }, out)?
+                }
+            };
+            out.outcome(&outcome);
+            Ok(outcome.exit_code())
+        }
+        Command::Kiosk { site, taps, .. } => {
             let kiosk = config.kiosk.clone();
             let site = site
                 .or_else(|| kiosk.as_ref().map(|k| k.site.clone()))
                 .context("no site: pass --site or set [kiosk] site")?;
             let command = kiosk.map(|k| k.open_command).unwrap_or_default();
+            let intent = Intent::Pickup { site: site.clone() };
+            if let Err(d) = engine.check_intent(&intent, unix_now()) {
+                let outcome = Outcome::refused(&engine.terms(), &d);
+                out.outcome(&outcome);
+                return Ok(outcome.exit_code());
+            }
+            let timeout = Duration::from_secs(config.terminal.tap_timeout_secs);
             let mut field = app::field(&config)?;
-            println!("kiosk at {site}: tap your phone to collect a parcel");
+            out.say(&format!(
+                "kiosk at {site}: tap your phone to collect a parcel"
+            ));
             let mut done = 0;
+            let mut last = exit::TIMED_OUT;
             while taps.is_none_or(|n| done < n) {
                 let result = field.with_phone(timeout, &mut |link| {
-                    engine.tap(
-                        &Intent::Pickup { site: site.clone() },
-                        link,
-                        now(),
-                        &mut OsRng,
-                    )
+                    engine.tap(&intent, link, unix_now(), &mut OsRng)
                 })?;
-                let Some(r) = result else { continue };
+                let Some(outcome) = result.as_ref().and_then(Outcome::from_tap) else {
+                    continue;
+                };
                 done += 1;
-                report(&r);
-                if let TapResult::Approved(a) = &r {
+                out.outcome(&outcome);
+                last = outcome.exit_code();
+                if let Outcome::Approved(a) = &outcome {
                     if let Some(slot) = a.slot {
-                        if let Err(e) = open_slot(&command, slot) {
-                            eprintln!(
+                        if let Err(e) = open_slot(out, &command, slot) {
+                            note(&format!(
                                 "{e:#} — the pickup is recorded (#{}); open slot {slot} by hand",
                                 a.seq
-                            );
+                            ));
                         }
                     }
                 }
             }
+            Ok(last)
         }
         Command::Queue {
             action: Some(QueueAction::Verify { json }),
@@ -402,49 +590,57 @@ fn main() -> Result<()> {
                     println!("the terminal approves nothing until this is repaired: see `tap-terminal queue repair` and docs/operations.md");
                 }
             }
-            if !report.is_ok() {
-                std::process::exit(1);
-            }
+            Ok(if report.is_ok() { 0 } else { exit::ERROR })
         }
         Command::Queue { last, .. } => {
-            let integrity = engine.queue.integrity();
-            if !integrity.is_ok() {
-                eprintln!(
+            let report = QueueReport::of(&engine, last)?;
+            let damaged = !report.integrity.is_ok();
+            if damaged {
+                note(&format!(
                     "queue {}: {} — run `tap-terminal queue verify`",
-                    integrity.path,
-                    integrity.summary()
-                );
+                    report.integrity.path,
+                    report.integrity.summary()
+                ));
             }
-            let pending = engine.queue.pending(usize::MAX)?;
-            let (head, _) = engine.queue.head()?;
-            println!(
-                "terminal {} — {} record(s) waiting for upload, {} in total, host holds up to #{}",
-                engine.ctx.certificate.common_name(),
-                pending.len(),
-                head,
-                engine.queue.acked()?
-            );
+            let code = if damaged { exit::ERROR } else { 0 };
+            if out.json {
+                out.json(&report);
+                return Ok(code);
+            }
             let queued = Amount {
-                minor: engine.risk.queued_amount,
+                minor: report.pending_amount,
                 currency: engine.currency,
             };
-            let oldest = engine.risk.oldest.map_or_else(|| "-".to_owned(), utc);
-            println!("queued {queued}, oldest from {oldest}");
-            for s in engine.queue.recent(last)? {
-                let r: TransactionRecord = s.record()?;
-                println!(
+            let oldest = report.oldest.map_or_else(|| "-".to_owned(), utc);
+            let lines = [
+                format!(
+                    "terminal {} — {} record(s) waiting for upload, {} in total, host holds up to #{}",
+                    report.terminal, report.pending, report.head_seq, report.acked_seq
+                ),
+                format!("queued {queued}, oldest from {oldest}"),
+            ];
+            let records = report.records.iter().map(|r| {
+                format!(
                     "  #{} {} at {}{}",
-                    s.seq,
-                    hex::encode(&s.hash[..8]),
+                    r.seq,
+                    r.record_id.get(..16).unwrap_or(&r.record_id),
                     utc(r.recorded_at),
                     r.order_number
+                        .as_ref()
                         .map(|n| format!(" order {n}"))
                         .unwrap_or_default()
-                );
+                )
+            });
+            for line in lines.into_iter().chain(records) {
+                if !out.line(&line) {
+                    break; // `queue | head`: the reader has what it wanted
+                }
             }
-            if !integrity.is_ok() {
-                std::process::exit(1);
-            }
+            Ok(if report.integrity.is_ok() {
+                0
+            } else {
+                exit::ERROR
+            })
         }
         Command::Serve => {
             let field = app::field(&config)?;
@@ -455,7 +651,7 @@ fn main() -> Result<()> {
                 let listener = tokio::net::TcpListener::bind(&config.api.listen)
                     .await
                     .with_context(|| format!("api.listen {}", config.api.listen))?;
-                println!("listening on http://{}", listener.local_addr()?);
+                out.line(&format!("listening on http://{}", listener.local_addr()?));
                 let daemon = tapstack_terminal::daemon::Daemon::new(
                     &config,
                     engine,
@@ -467,6 +663,7 @@ fn main() -> Result<()> {
                     .await?;
                 anyhow::Ok(())
             })?;
+            Ok(0)
         }
         Command::Upload => {
             let client = upload::client(&config, &engine.ctx)?;
@@ -482,21 +679,8 @@ fn main() -> Result<()> {
                 &mut engine.ctx,
                 revocations,
             ))?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            out.line(&serde_json::to_string_pretty(&report)?);
+            Ok(0)
         }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc;
-
-    #[test]
-    fn utc_formats_unix_seconds() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(utc(1_780_000_000), "2026-05-28 20:26:40 UTC");
-        assert_eq!(utc(4_102_444_799), "2099-12-31 23:59:59 UTC");
     }
 }

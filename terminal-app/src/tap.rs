@@ -9,7 +9,7 @@ use tapstack_protocol::apdu::{Command, ExchangeError, LinkLimits, Response, Term
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::messages::{AuthBody, Cvm, WalletBody};
 use tapstack_protocol::record::TransactionRecord;
-use tapstack_protocol::scenario::{Amount, Cart, Receipt, Scenario};
+use tapstack_protocol::scenario::{Amount, Cart, Currency, Receipt, Scenario};
 use tapstack_protocol::terminal::{
     TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
 };
@@ -78,6 +78,19 @@ pub enum Decline {
     },
     WrongCurrency {
         expected: String,
+        got: String,
+    },
+    /// A payment of nothing (`pay 0`, a cart whose total is zero).
+    ZeroAmount,
+    /// The terminal's own certificate has expired: it cannot sign records
+    /// the host will accept.
+    TerminalCertificateExpired {
+        not_after: u64,
+    },
+    /// The terminal's own certificate is not valid yet (a clock behind, or
+    /// a certificate issued for later).
+    TerminalCertificateNotYetValid {
+        not_before: u64,
     },
     BadIntent {
         detail: String,
@@ -120,6 +133,9 @@ impl Decline {
                 RiskDecline::QueueAgeCap => "queue_age_cap",
             },
             Decline::WrongCurrency { .. } => "wrong_currency",
+            Decline::ZeroAmount => "bad_amount",
+            Decline::TerminalCertificateExpired { .. } => "terminal_certificate_expired",
+            Decline::TerminalCertificateNotYetValid { .. } => "terminal_certificate_not_yet_valid",
             Decline::BadIntent { .. } => "bad_intent",
             Decline::Protocol { .. } => "protocol",
             Decline::Transport { .. } => "transport",
@@ -136,7 +152,23 @@ impl core::fmt::Display for Decline {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Decline::Risk { rule } => f.write_str(rule.message()),
-            Decline::WrongCurrency { expected } => write!(f, "this terminal takes {expected} only"),
+            Decline::WrongCurrency { expected, got } => {
+                write!(f, "this terminal takes {expected} only, not {got}")
+            }
+            Decline::ZeroAmount => f.write_str("the amount must be above zero"),
+            Decline::TerminalCertificateExpired { not_after } => write!(
+                f,
+                "terminal certificate expired at {}, renew it with `tap-certs terminal` \
+                 and point terminal.certificate and terminal.key at the new files",
+                crate::utc(*not_after)
+            ),
+            Decline::TerminalCertificateNotYetValid { not_before } => write!(
+                f,
+                "terminal certificate not valid before {}: check this machine's clock \
+                 (now {})",
+                crate::utc(*not_before),
+                crate::utc(crate::unix_now())
+            ),
             Decline::BadIntent { detail } => write!(f, "invalid request: {detail}"),
             Decline::Protocol { detail } => f.write_str(detail),
             Decline::Transport { detail } => f.write_str(detail),
@@ -152,6 +184,105 @@ impl core::fmt::Display for Decline {
             ),
         }
     }
+}
+
+/// What this terminal takes: the checks every intent passes before a phone
+/// is asked for. The CLI (`pay`, `order`, `kiosk`), the local API (when an
+/// intent is created) and [`Engine::tap`] (before the handshake) all run
+/// [`Terms::check`], so they refuse the same intents with the same codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    pub currency: Currency,
+    /// Largest amount of one offline tap (minor units).
+    pub floor_limit: u64,
+    /// Validity of the terminal's own certificate (Unix seconds, inclusive).
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+impl Terms {
+    /// The terminal's own certificate at `now`.
+    pub fn check_certificate(&self, now: u64) -> Result<(), Decline> {
+        if now < self.not_before {
+            return Err(Decline::TerminalCertificateNotYetValid {
+                not_before: self.not_before,
+            });
+        }
+        if now > self.not_after {
+            return Err(Decline::TerminalCertificateExpired {
+                not_after: self.not_after,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn check_currency(&self, currency: Currency) -> Result<(), Decline> {
+        if currency == self.currency {
+            Ok(())
+        } else {
+            Err(Decline::WrongCurrency {
+                expected: self.currency.to_string(),
+                got: currency.to_string(),
+            })
+        }
+    }
+
+    /// `d`'s message, with the limit for `floor_limit`.
+    pub fn explain(&self, d: &Decline) -> String {
+        match d {
+            Decline::Risk {
+                rule: RiskDecline::FloorLimit,
+            } => {
+                let limit = Amount {
+                    minor: self.floor_limit,
+                    currency: self.currency,
+                };
+                format!("{d} (largest offline tap: {limit})")
+            }
+            _ => d.to_string(),
+        }
+    }
+
+    /// Everything about `intent` that needs no phone and no queue: the
+    /// certificate, a well-formed cart, the currency, an amount above zero
+    /// and within the floor limit. Returns the intent's scenario.
+    pub fn check(&self, intent: &Intent, now: u64) -> Result<Scenario, Decline> {
+        self.check_certificate(now)?;
+        self.check_request(intent)
+    }
+
+    /// [`Terms::check`] without the certificate: what depends on the
+    /// request alone (the same answer whenever it is asked).
+    pub fn check_request(&self, intent: &Intent) -> Result<Scenario, Decline> {
+        let scenario = intent.scenario()?;
+        if let Some(a) = scenario.amount() {
+            self.check_currency(a.currency)?;
+            if a.minor == 0 {
+                return Err(Decline::ZeroAmount);
+            }
+            if a.minor > self.floor_limit {
+                return Err(Decline::Risk {
+                    rule: RiskDecline::FloorLimit,
+                });
+            }
+        }
+        Ok(scenario)
+    }
+}
+
+/// The checks before a phone is asked for, given what the queue holds:
+/// [`Terms::check`], then the queue's caps ([`risk::before_tap`]). The CLI
+/// (through [`Engine::check_intent`]) and the API (for a new intent) run this.
+pub fn check_intent(
+    terms: &Terms,
+    limits: &RiskLimits,
+    queued: &RiskState,
+    intent: &Intent,
+    now: u64,
+) -> Result<Scenario, Decline> {
+    let scenario = terms.check(intent, now)?;
+    risk::before_tap(limits, queued, &scenario, now).map_err(|rule| Decline::Risk { rule })?;
+    Ok(scenario)
 }
 
 /// An approved, durably queued tap.
@@ -387,6 +518,25 @@ impl Engine {
         Ok(())
     }
 
+    /// What this terminal takes (currency, floor limit, its certificate's
+    /// validity).
+    pub fn terms(&self) -> Terms {
+        Terms {
+            currency: self.currency,
+            floor_limit: self.limits.floor_limit,
+            not_before: self.ctx.certificate.not_before(),
+            not_after: self.ctx.certificate.not_after(),
+        }
+    }
+
+    /// The checks before a phone is asked for: [`Terms::check`], then the
+    /// queue's caps ([`risk::before_tap`]). The CLI runs this before it
+    /// opens the reader; [`Engine::tap`] runs it again before the handshake.
+    pub fn check_intent(&self, intent: &Intent, now: u64) -> Result<Scenario, Decline> {
+        self.ready()?;
+        check_intent(&self.terms(), &self.limits, &self.risk, intent, now)
+    }
+
     /// Run one tap of `intent` with the phone behind `link`.
     pub fn tap(
         &mut self,
@@ -422,17 +572,7 @@ impl Engine {
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<TapResult, Decline> {
-        self.ready()?;
-        let scenario = intent.scenario()?;
-        if let Some(a) = scenario.amount() {
-            if a.currency != self.currency {
-                return Err(Decline::WrongCurrency {
-                    expected: self.currency.to_string(),
-                });
-            }
-        }
-        risk::before_tap(&self.limits, &self.risk, &scenario, now)
-            .map_err(|rule| Decline::Risk { rule })?;
+        let scenario = self.check_intent(intent, now)?;
         let params = TapParams {
             scenario: scenario.clone(),
             cvm_limit: self.limits.cvm_limit,

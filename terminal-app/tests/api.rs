@@ -728,6 +728,8 @@ fn bad_input_gets_codes_and_writes_nothing() {
         (item(json!({"colour": "red"})).to_string().into_bytes(), 400, "unknown_field"),
         (item(json!({"qty": 20, "price": "8.00"})).to_string().into_bytes(), 422, "floor_limit"),
         (br#"{"kind":"order","cart":{"currency":"CNY","items":[]}}"#.to_vec(), 422, "bad_cart"),
+        (br#"{"kind":"order","cart":{"currency":"CNY","items":[{"sku":"W","name":"W","qty":2,"price":"0.00"}]}}"#.to_vec(), 422, "bad_amount"),
+        (br#"{"kind":"pay","amount":"1.00","currency":"XYZ"}"#.to_vec(), 422, "bad_currency"),
         (br#"{"kind":"order","cart":{"currency":"EUR","items":[{"sku":"A","name":"A","qty":1,"price":"1.00"}]}}"#.to_vec(), 422, "wrong_currency"),
         (br#"{"kind":"pickup","site":""}"#.to_vec(), 422, "bad_site"),
         (br#"{"kind":"pickup","site":"LOCKER-8"}"#.to_vec(), 422, "wrong_site"),
@@ -1202,7 +1204,7 @@ fn serve(cfg: &Path, env: &[(&str, &str)]) -> Serve {
     cmd.args(["--config", cfg.to_str().unwrap(), "serve"])
         .env("TAPSTACK_API_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::inherit());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -1264,8 +1266,8 @@ fn a_full_disk_under_serve_declines_storage_and_recovers() {
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
     if !root {
         assert!(
-            std::env::var_os("TAPSTACK_NO_MOUNT").is_some(),
-            "this test mounts a tmpfs and needs root (TAPSTACK_NO_MOUNT=1 skips it)"
+            std::env::var_os("TAPTEST_NO_MOUNT").is_some(),
+            "this test mounts a tmpfs and needs root (TAPTEST_NO_MOUNT=1 skips it)"
         );
         return;
     }
@@ -1402,4 +1404,47 @@ fn a_damaged_queue_under_serve_is_reported_and_approves_nothing() {
     assert!(String::from_utf8_lossy(&r.body).contains("damaged"));
     drop(d);
     assert!(shop.host_head() < 3, "the host cannot hold what was lost");
+}
+
+/// Past a queue cap a new intent is refused at once, as the CLI refuses
+/// before asking for a tap; a retry of an earlier request still gets its
+/// intent back.
+#[test]
+fn past_a_queue_cap_new_intents_are_refused_at_once_but_retries_replay() {
+    let shop = Shop::new();
+    let cfg = shop.write_config("", None);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("queue_max_count = 1000"));
+    std::fs::write(
+        &cfg,
+        text.replace("queue_max_count = 1000", "queue_max_count = 1"),
+    )
+    .unwrap();
+    let d = start(&shop, &cfg, Options::default());
+    let a = d.addr;
+    let r = post_intent(a, Some("lane1-1"), &pay("1.00"));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    d.tap();
+    assert_eq!(outcome(a, &id)["state"], "approved");
+
+    let r = post_intent(a, Some("lane1-2"), &pay("1.00"));
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (422, Some("queue_count_cap")),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = post_intent(a, Some("lane1-1"), &pay("1.00"));
+    assert_eq!(
+        (
+            r.status,
+            r.json()["id"].as_str(),
+            r.json()["state"].as_str()
+        ),
+        (200, Some(id.as_str()), Some("approved"))
+    );
+    assert_eq!(d.used.load(Ordering::SeqCst), 1, "one phone asked for");
+    d.stop(&shop);
+    assert_eq!(queue_head(&shop), 1);
 }

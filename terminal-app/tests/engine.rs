@@ -257,6 +257,10 @@ fn bad_configuration_values_get_clear_errors() {
             "ISO 4217",
         ),
         (
+            good.replace("currency = \"CNY\"", "currency = \"XYZ\""),
+            "terminal.currency: XYZ is not an active ISO 4217 currency code",
+        ),
+        (
             good.replace("emu:phones/alice.toml", "usb:1"),
             "reader.connection",
         ),
@@ -288,4 +292,40 @@ fn bad_configuration_values_get_clear_errors() {
     );
     let bad_env = [("TAPSTACK_RISK_FLOOR_LIMIT".to_string(), "lots".to_string())];
     assert!(Config::load(&path, bad_env).is_err());
+}
+
+/// An intent taken while the certificate was valid but tapped after it
+/// expired (the daemon's case) is declined with a typed reason before the
+/// phone is read; nothing is written.
+#[test]
+fn the_terminal_certificate_is_checked_at_tap_time() {
+    let shop = Shop::new(LIMITS);
+    let mut e = shop.engine();
+    let mut f = shop.field(&[&shop.phones[0]], &[]);
+    let (nb, na) = (
+        e.ctx.certificate.not_before(),
+        e.ctx.certificate.not_after(),
+    );
+    let mut at = |e: &mut Engine, t: u64| {
+        f.with_phone(Duration::from_secs(1), &mut |link| {
+            e.tap(&cny(100), link, t, &mut OsRng)
+        })
+        .unwrap()
+        .unwrap()
+    };
+    assert_eq!(
+        at(&mut e, na + 1),
+        TapResult::Declined(Decline::TerminalCertificateExpired { not_after: na })
+    );
+    assert_eq!(
+        at(&mut e, nb - 1),
+        TapResult::Declined(Decline::TerminalCertificateNotYetValid { not_before: nb })
+    );
+    assert_eq!(
+        e.check_intent(&cny(100), na + 1).map_err(|d| d.code()),
+        Err("terminal_certificate_expired")
+    );
+    assert_eq!(e.queue.head().unwrap().0, 0, "nothing written");
+    // Still valid now.
+    assert_eq!(approved(&at(&mut e, now())).seq, 1);
 }

@@ -352,15 +352,15 @@ fn is_root() -> bool {
 }
 
 /// A real full disk: a 2 MiB tmpfs mounted by the test (needs root, as CI
-/// runs; `TAPSTACK_NO_MOUNT=1` skips it with a message elsewhere).
+/// runs; `TAPTEST_NO_MOUNT=1` skips it with a message elsewhere).
 #[test]
 fn a_full_disk_declines_keeps_nothing_it_did_not_approve_and_recovers() {
     if !is_root() {
-        if std::env::var_os("TAPSTACK_NO_MOUNT").is_some() {
+        if std::env::var_os("TAPTEST_NO_MOUNT").is_some() {
             eprintln!("skipped: mounting a tmpfs needs root");
             return;
         }
-        panic!("this test mounts a tmpfs and needs root (set TAPSTACK_NO_MOUNT=1 to skip)");
+        panic!("this test mounts a tmpfs and needs root (set TAPTEST_NO_MOUNT=1 to skip)");
     }
     struct Mount(PathBuf);
     impl Drop for Mount {

@@ -1,0 +1,166 @@
+//! What the CLI reports: exit statuses, and the JSON objects
+//! `tap-terminal pay|order|kiosk|queue --json` print (one object per
+//! outcome on stdout; field names are stable, see docs/operations.md).
+//! The transaction view is the one `GET /v1/transactions` returns.
+
+use serde::Serialize;
+use tapstack_protocol::codec::Codec;
+use tapstack_protocol::messages::AuthBody;
+
+use crate::queue::{Queue, QueueStore, Stored};
+use crate::tap::{Approved, Decline, Engine, TapResult, Terms};
+use crate::Error;
+
+/// Exit statuses of `tap-terminal pay`, `order` and `kiosk`.
+pub mod exit {
+    /// Approved (kiosk: its last tap was).
+    pub const APPROVED: u8 = 0;
+    /// An error, or an intent refused before any phone was asked for
+    /// (invalid input, wrong currency, floor limit, queue caps, the
+    /// terminal's certificate).
+    pub const ERROR: u8 = 1;
+    /// A phone tapped and the tap was declined.
+    pub const DECLINED: u8 = 2;
+    /// No phone within `tap_timeout_secs`, or cancelled (Ctrl-C, SIGTERM)
+    /// while waiting for one.
+    pub const TIMED_OUT: u8 = 3;
+}
+
+/// One outcome of `pay`, `order` or a `kiosk` tap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The record is on disk: `seq`, `record_id`, `kind`, `amount`, … as in
+    /// the API's `approved`.
+    Approved(Approved),
+    /// A phone tapped and the tap was declined.
+    Declined { code: &'static str, message: String },
+    /// Refused before any phone was asked for.
+    Refused { code: &'static str, message: String },
+    /// No phone in time.
+    TimedOut { message: String },
+    /// Ctrl-C or SIGTERM while waiting for a phone.
+    Cancelled { message: String },
+    /// Anything else (configuration, reader, queue).
+    Error { message: String },
+}
+
+impl Outcome {
+    /// The outcome of a tap (`ConfirmOnPhone` is not an outcome: the CLI
+    /// asks for another tap).
+    pub fn from_tap(r: &TapResult) -> Option<Self> {
+        match r {
+            TapResult::Approved(a) => Some(Outcome::Approved(a.clone())),
+            TapResult::Declined(d) => Some(Outcome::Declined {
+                code: d.code(),
+                message: d.to_string(),
+            }),
+            TapResult::ConfirmOnPhone => None,
+        }
+    }
+
+    /// An intent the terminal refused before asking for a phone.
+    pub fn refused(terms: &Terms, d: &Decline) -> Self {
+        Outcome::Refused {
+            code: d.code(),
+            message: terms.explain(d),
+        }
+    }
+
+    /// The process exit status for this outcome ([`exit`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Approved(_) => exit::APPROVED,
+            Outcome::Declined { .. } => exit::DECLINED,
+            Outcome::TimedOut { .. } | Outcome::Cancelled { .. } => exit::TIMED_OUT,
+            Outcome::Refused { .. } | Outcome::Error { .. } => exit::ERROR,
+        }
+    }
+}
+
+/// One record still held by the queue (`GET /v1/transactions`,
+/// `tap-terminal queue --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransactionView {
+    pub seq: u64,
+    pub record_id: String,
+    pub kind: &'static str,
+    /// Minor units; `null` for pickups.
+    pub amount: Option<u64>,
+    pub currency: Option<String>,
+    pub order_number: Option<String>,
+    pub recorded_at: u64,
+    /// The host acknowledged it (about to be pruned).
+    pub uploaded: bool,
+}
+
+impl TransactionView {
+    /// The view of `s`, given the host's acknowledged sequence number.
+    pub fn of(s: &Stored, acked: u64) -> Result<Self, Error> {
+        let r = s.record()?;
+        let auth = AuthBody::decode(&r.transcript.auth_body).map_err(|e| Error::Corrupt {
+            what: "record",
+            detail: e.to_string(),
+        })?;
+        let amount = auth.scenario.amount();
+        Ok(TransactionView {
+            seq: s.seq,
+            record_id: hex::encode(s.hash),
+            kind: auth.scenario.kind(),
+            amount: amount.map(|a| a.minor),
+            currency: amount.map(|a| a.currency.to_string()),
+            order_number: r.order_number,
+            recorded_at: r.recorded_at,
+            uploaded: s.seq <= acked,
+        })
+    }
+
+    /// The newest `limit` records the queue holds, newest first.
+    pub fn recent(queue: &Queue, limit: usize) -> Result<Vec<Self>, Error> {
+        let acked = queue.acked()?;
+        queue
+            .recent(limit)?
+            .iter()
+            .map(|s| Self::of(s, acked))
+            .collect()
+    }
+}
+
+/// `tap-terminal queue --json`: the counts (named as in `GET /v1/queue`)
+/// and the last records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueReport {
+    /// The terminal certificate's common name.
+    pub terminal: String,
+    pub currency: String,
+    /// Records waiting for upload.
+    pub pending: u32,
+    /// Their total, minor units of `currency` (pickups count 0).
+    pub pending_amount: u64,
+    /// `recorded_at` of the oldest pending record.
+    pub oldest: Option<u64>,
+    /// Newest sequence number used.
+    pub head_seq: u64,
+    /// Highest sequence number the host acknowledged.
+    pub acked_seq: u64,
+    /// The last records held (`--last N`), newest first.
+    pub records: Vec<TransactionView>,
+    /// The queue checked against its high-water mark.
+    pub integrity: crate::queue::Integrity,
+}
+
+impl QueueReport {
+    pub fn of(engine: &Engine, last: usize) -> Result<Self, Error> {
+        Ok(QueueReport {
+            terminal: engine.ctx.certificate.common_name().to_string(),
+            currency: engine.currency.to_string(),
+            pending: engine.risk.queued_count,
+            pending_amount: engine.risk.queued_amount,
+            oldest: engine.risk.oldest,
+            head_seq: engine.queue.head()?.0,
+            acked_seq: engine.queue.acked()?,
+            records: TransactionView::recent(&engine.queue, last)?,
+            integrity: engine.queue.integrity(),
+        })
+    }
+}

@@ -1260,33 +1260,11 @@ fn idempotency_keys_survive_kill_9_of_the_daemon() {
 /// recovers by itself once there is room.
 #[test]
 fn a_full_disk_under_serve_declines_storage_and_recovers() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    if !root {
-        assert!(
-            std::env::var_os("TAPTEST_NO_MOUNT").is_some(),
-            "this test mounts a tmpfs and needs root (TAPTEST_NO_MOUNT=1 skips it)"
-        );
-        return;
-    }
-    struct Mount(PathBuf);
-    impl Drop for Mount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
     let shop = Shop::new();
     let mnt = shop.dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    assert!(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success());
-    let _mount = Mount(mnt.clone());
+    let Some(disk) = common::Tmpfs::mount(&mnt, "2m") else {
+        return;
+    };
     let cfg = shop.write_config("", Some("sync_interval_secs = 3600"));
     let queue = mnt.join("queue");
     let d = serve(&cfg, &[("TAPSTACK_QUEUE_PATH", queue.to_str().unwrap())]);
@@ -1295,12 +1273,7 @@ fn a_full_disk_under_serve_declines_storage_and_recovers() {
     let v = outcome(d.1, &id);
     assert_eq!(v["state"], "approved", "{v}");
     approved.push(v["approved"].clone());
-    let filler = mnt.join("filler");
-    {
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0x55u8; 4096];
-        while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
-    }
+    let filler = disk.fill("filler");
     let mut declined = None;
     for _ in 0..100 {
         let id = create(d.1, &pay("1.00"));

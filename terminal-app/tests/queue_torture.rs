@@ -19,6 +19,8 @@ use tapstack_terminal::mark::mark_path;
 use tapstack_terminal::queue::{Queue, QueueStore, RecordFacts, Stored};
 use tapstack_terminal::Error;
 
+mod common;
+
 const N: u64 = 6;
 
 struct Maker {
@@ -342,54 +344,20 @@ fn repair_rebuilds_from_the_host_only_when_the_host_holds_the_damage() {
     assert_eq!(kept.len(), 1);
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        .unwrap_or(false)
-}
-
 /// A real full disk: a 2 MiB tmpfs mounted by the test (needs root, as CI
 /// runs; `TAPTEST_NO_MOUNT=1` skips it with a message elsewhere).
 #[test]
 fn a_full_disk_declines_keeps_nothing_it_did_not_approve_and_recovers() {
-    if !is_root() {
-        if std::env::var_os("TAPTEST_NO_MOUNT").is_some() {
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return;
-        }
-        panic!("this test mounts a tmpfs and needs root (set TAPTEST_NO_MOUNT=1 to skip)");
-    }
-    struct Mount(PathBuf);
-    impl Drop for Mount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
     let m = Maker::new(4);
     let base = tempfile::tempdir().unwrap();
     let mnt = base.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    let _mount = Mount(mnt.clone());
+    let Some(disk) = common::Tmpfs::mount(&mnt, "2m") else {
+        return;
+    };
     let dir = mnt.join("queue");
     let q = Queue::open(&dir).unwrap();
     let mut approved: Vec<Stored> = (0..2).map(|i| m.append(&q, i).unwrap()).collect();
-    // Fill the disk.
-    let filler = mnt.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0xAAu8; 4096];
-        while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
-    }
+    let filler = disk.fill("filler");
     // Appends fail (sled may fit a few into space it already holds).
     let mut failed = None;
     for i in 0..200 {

@@ -100,3 +100,53 @@ impl Shop {
         }
     }
 }
+
+/// A small tmpfs mounted for a test (a real full disk), unmounted on drop.
+/// Needs root, as CI runs; `None` (the test skips, saying so) only when
+/// not root and `TAPTEST_NO_MOUNT` is set — otherwise not being root fails.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        let root = std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
+        if !root {
+            assert!(
+                std::env::var_os("TAPTEST_NO_MOUNT").is_some(),
+                "this test mounts a tmpfs and needs root (TAPTEST_NO_MOUNT=1 skips it)"
+            );
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs at {}", at.display());
+        Some(Tmpfs(at.to_path_buf()))
+    }
+
+    /// Write a file until the filesystem is full.
+    pub fn fill(&self, name: &str) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0x55u8; 4096];
+        while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}

@@ -472,9 +472,9 @@ impl Queue {
         let existed = dir.join("db").exists();
         let mark = MarkFile::open(&mpath);
         let sled = match open_sled(dir) {
-            Ok(s) => Ok(s),
+            // Another process holds it: not damage, just busy.
             Err(e @ Error::Locked { .. }) => return Err(e),
-            Err(e) => Err(e),
+            other => other,
         };
         let mut inner = Inner {
             sled: None,
@@ -1046,10 +1046,8 @@ impl QueueStore for Queue {
             };
             return Err(failed(&mut g, why));
         }
-        g.approved = next;
-        if let Some(m) = &g.mark {
-            g.approved = m.current();
-        }
+        // The mark's own copy carries the generation just written.
+        g.approved = g.mark.as_ref().map_or(next, MarkFile::current);
         Ok(Stored { seq, hash, bytes })
     }
 

@@ -74,6 +74,13 @@ enum Command {
         #[arg(long, value_name = "TIME")]
         at: Option<String>,
     },
+    /// Re-sign the revocation list with a new next update (now + 7 days); run it
+    /// at least weekly: terminals and wallets stop approving on a list past its
+    /// next update plus their grace.
+    Revocations {
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+    },
     /// Describe a certificate, private key, pickup credential, revocation list or hex key file.
     Inspect {
         file: PathBuf,
@@ -217,6 +224,16 @@ fn run(cli: Cli) -> Result<()> {
                 outcome.list.number,
                 outcome.list.certificates.len(),
                 outcome.list.credentials.len()
+            );
+        }
+        Command::Revocations { pki } => {
+            let mut pki = load(&pki)?;
+            let outcome = pki.resign_revocations(now)?;
+            println!(
+                "re-signed {} as number {}, next update {} (Unix seconds)",
+                outcome.path.display(),
+                outcome.list.number,
+                outcome.list.next_update
             );
         }
         Command::Inspect { file, pki } => {

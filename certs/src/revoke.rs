@@ -100,6 +100,29 @@ pub struct RevokeOutcome {
 }
 
 impl Pki {
+    /// Re-sign the revocation list unchanged but for a new number,
+    /// `this_update = now` and `next_update = now + 7 days`. Holders stop
+    /// relying on a list past `next_update` + their grace, so this runs on
+    /// a schedule (at least weekly) even when nothing is revoked.
+    pub fn resign_revocations(&mut self, now: u64) -> Result<RevokeOutcome, Error> {
+        let path = self.path(REVOCATIONS_FILE);
+        let mut list = read_revocations(&path, self.trust_store())?;
+        list.number = list.number.checked_add(1).ok_or(Error::Invalid {
+            field: "revocation list number",
+            reason: "at its maximum",
+        })?;
+        list.this_update = now;
+        list.next_update = now.saturating_add(REVOCATION_LIFETIME);
+        list.sign(&self.root().cert, &self.root().key);
+        fsio::write_atomic(&path, &list.to_bytes(), Mode::Public)?;
+        self.set_revocations(list.clone());
+        Ok(RevokeOutcome {
+            list,
+            added: false,
+            path,
+        })
+    }
+
     /// Add `target` to the revocation list, revoked from `now` on: read `revocations.tlv` afresh
     /// (and check its signature), add the entry, increment `number`, set
     /// `this_update = now` and `next_update = now + 7 days`, re-sign with the

@@ -316,7 +316,7 @@ path = "queue"                   # sled directory; back it up, never edit it
 
 [host]
 url = "https://127.0.0.1:8443"
-ca = "pki/tls-ca.pem"            # the TLS CA of the host's server certificate (not the payment root)
+ca = "pki/root.pem"
 server_name = "localhost"
 batch_size = 200
 sync_interval_secs = 60          # `serve` uploads this often (and at start-up)

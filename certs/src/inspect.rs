@@ -227,7 +227,7 @@ fn credential_info(credential: PickupCredential, pki: Option<&Pki>, now: u64) ->
             }
         },
     };
-    let revoked = pki.map(|p| p.revocations().is_credential_revoked(&credential.id));
+    let revoked = pki.map(|p| p.revocations().is_credential_revoked(&credential.id, now));
     CredentialInfo {
         credential,
         signature,
@@ -368,13 +368,17 @@ impl fmt::Display for RevocationInfo {
         writeln!(f, "  certificates: {}", l.certificates.len())?;
         entries(
             f,
-            l.certificates.iter().map(hex::encode),
+            l.certificates
+                .iter()
+                .map(|(h, at)| format!("{}  revoked {}", hex::encode(h), date(*at))),
             l.certificates.len(),
         )?;
         writeln!(f, "  credentials:  {}", l.credentials.len())?;
         entries(
             f,
-            l.credentials.iter().map(hex::encode),
+            l.credentials
+                .iter()
+                .map(|(h, at)| format!("{}  revoked {}", hex::encode(h), date(*at))),
             l.credentials.len(),
         )
     }

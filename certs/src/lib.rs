@@ -52,7 +52,7 @@ pub use inspect::{
     inspect, CertificateInfo, CredentialInfo, Inspected, KeyInfo, RevocationInfo, SignatureStatus,
 };
 pub use issue::{file_stem, CredentialRequest, IssuedLeaf, IssuedWallet, LeafOptions};
-pub use revoke::{RevokeOutcome, RevokeTarget};
+pub use revoke::{parse_time, RevokeOutcome, RevokeTarget};
 pub use store::{
     init, init_with, read_certificate, read_private_key, Identity, InitOptions, Pki, CA_ROLES,
     MASTER_KEY_FILE, REVOCATIONS_FILE,

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rand_core::OsRng;
 use tapstack_certs::{
-    init_with, inspect, read_certificate, CredentialRequest, InitOptions, LeafOptions, Pki,
-    RevokeTarget, CA_DAYS,
+    init_with, inspect, parse_time, read_certificate, CredentialRequest, InitOptions, LeafOptions,
+    Pki, RevokeTarget, CA_DAYS,
 };
 
 #[derive(Debug, Parser)]
@@ -68,6 +68,18 @@ enum Command {
         pki: PathBuf,
         #[command(flatten)]
         target: RevokeArgs,
+        /// When the certificate or credential stopped being trustworthy:
+        /// Unix seconds or YYYY-MM-DD[THH:MM:SSZ] (UTC). Taps signed before
+        /// it are still accepted by the host. Default: now.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+    },
+    /// Re-sign the revocation list with a new next update (now + 7 days); run it
+    /// at least weekly: terminals and wallets stop approving on a list past its
+    /// next update plus their grace.
+    Revocations {
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
     },
     /// Describe a certificate, private key, pickup credential, revocation list or hex key file.
     Inspect {
@@ -191,7 +203,8 @@ fn run(cli: Cli) -> Result<()> {
                 wallet.common_name()
             );
         }
-        Command::Revoke { pki, target } => {
+        Command::Revoke { pki, target, at } => {
+            let at = at.as_deref().map(parse_time).transpose()?.unwrap_or(now);
             let target = match (target.cert, target.hash, target.credential) {
                 (Some(path), _, _) => RevokeTarget::certificate_file(&path)?,
                 (_, Some(hex), _) => RevokeTarget::certificate_hash_hex(&hex)?,
@@ -199,9 +212,9 @@ fn run(cli: Cli) -> Result<()> {
                 (None, None, None) => anyhow::bail!("give --cert, --hash or --credential"),
             };
             let mut pki = load(&pki)?;
-            let outcome = pki.revoke(target, now)?;
+            let outcome = pki.revoke_at(target, at, now)?;
             if outcome.added {
-                println!("revoked {target}");
+                println!("revoked {target} from {at} (Unix seconds) on");
             } else {
                 println!("{target} was already revoked; list unchanged");
             }
@@ -211,6 +224,16 @@ fn run(cli: Cli) -> Result<()> {
                 outcome.list.number,
                 outcome.list.certificates.len(),
                 outcome.list.credentials.len()
+            );
+        }
+        Command::Revocations { pki } => {
+            let mut pki = load(&pki)?;
+            let outcome = pki.resign_revocations(now)?;
+            println!(
+                "re-signed {} as number {}, next update {} (Unix seconds)",
+                outcome.path.display(),
+                outcome.list.number,
+                outcome.list.next_update
             );
         }
         Command::Inspect { file, pki } => {

@@ -267,9 +267,9 @@ fn init_issue_credential_inspect_revoke_verify() {
     let list = pki.revocations();
     assert_eq!(list.number, 4);
     assert!(
-        list.is_revoked(terminal.hash())
-            && list.is_revoked(wallet.hash())
-            && !list.is_revoked(noodles.hash())
+        list.is_revoked(terminal.hash(), u64::MAX)
+            && list.is_revoked(wallet.hash(), u64::MAX)
+            && !list.is_revoked(noodles.hash(), u64::MAX)
     );
     assert_eq!(list.credentials.len(), 1);
     let now = common::real_now();
@@ -508,5 +508,71 @@ fn bad_arguments_fail_with_a_clear_message() {
         r.stderr.contains("cannot load the PKI in pki"),
         "{}",
         r.stderr
+    );
+}
+
+#[test]
+fn revoke_at_writes_the_revocation_time_into_the_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--out", "pki"]);
+    ok(
+        d,
+        &[
+            "terminal", "--pki", "pki", "--name", "Kiosk", "--out", "out",
+        ],
+    );
+    ok(
+        d,
+        &["wallet", "--pki", "pki", "--name", "bob", "--out", "out"],
+    );
+    let out = ok(
+        d,
+        &[
+            "revoke",
+            "--pki",
+            "pki",
+            "--cert",
+            "out/kiosk.pem",
+            "--at",
+            "2026-01-02T03:04:05Z",
+        ],
+    );
+    assert!(out.contains("from 1767323045"), "{out}");
+    let before = common::real_now();
+    ok(d, &["revoke", "--pki", "pki", "--cert", "out/bob.pem"]);
+    let after = common::real_now();
+    fails(
+        d,
+        &[
+            "revoke",
+            "--pki",
+            "pki",
+            "--hash",
+            &"ab".repeat(32),
+            "--at",
+            "yesterday",
+        ],
+        "invalid time",
+    );
+    let pki = Pki::load(&d.join("pki")).unwrap();
+    let list = pki.revocations();
+    let kiosk = tapstack_certs::read_certificate(&d.join("out/kiosk.pem")).unwrap();
+    let bob = tapstack_certs::read_certificate(&d.join("out/bob.pem")).unwrap();
+    assert_eq!(list.revoked_at(kiosk.hash()), Some(1_767_323_045));
+    let bob_at = list.revoked_at(bob.hash()).unwrap();
+    assert!((before..=after).contains(&bob_at), "{bob_at}");
+    assert!(!list.is_revoked(kiosk.hash(), 1_767_323_044));
+    assert!(list.is_revoked(kiosk.hash(), 1_767_323_045));
+    let out = ok(d, &["inspect", "pki/revocations.tlv"]);
+    assert!(out.contains("revoked 2026-01-02T03:04:05Z"), "{out}");
+    // Unix seconds work too.
+    assert_eq!(
+        tapstack_certs::parse_time("1767323045").unwrap(),
+        1_767_323_045
+    );
+    assert_eq!(
+        tapstack_certs::parse_time("2026-01-02").unwrap(),
+        1_767_312_000
     );
 }

@@ -458,10 +458,13 @@ fn credentials_verify_with_the_protocol_and_can_be_revoked() {
     let outcome = s.pki.revoke(target, NOW + 60).unwrap();
     assert!(outcome.added);
     let list = read_list(&s.pki_dir);
-    assert!(list.is_credential_revoked(&cred.id));
+    assert!(list.is_credential_revoked(&cred.id, u64::MAX));
     assert_eq!(list.number, 2);
-    let err = verify_credential(&cred, "LOCKER-7", &wallet, &trust, Some(&list), NOW).unwrap_err();
+    let err =
+        verify_credential(&cred, "LOCKER-7", &wallet, &trust, Some(&list), NOW + 60).unwrap_err();
     assert_eq!(err, ProtoError::Credential(CredentialProblem::Revoked));
+    // A pickup made before the revocation time still verifies.
+    verify_credential(&cred, "LOCKER-7", &wallet, &trust, Some(&list), NOW + 59).unwrap();
 }
 
 #[test]
@@ -491,18 +494,23 @@ fn revoking_a_certificate_updates_the_signed_list() {
         (list.this_update, list.next_update),
         (later, later + 7 * DAY)
     );
-    assert!(list.certificates.contains(term.hash()));
+    assert!(list.certificates.contains_key(term.hash()));
     assert_eq!(list.certificates.len(), 1);
     list.verify(&trust).unwrap();
+    assert_eq!(list.revoked_at(term.hash()), Some(later));
     assert_eq!(
-        trust.verify(&term, Role::Terminal, NOW, Some(&list)),
+        trust.verify(&term, Role::Terminal, later, Some(&list)),
         Err(CertError::Revoked)
     );
+    // Revoked from `later` on: before it, the certificate still verifies.
     trust
-        .verify(&wallet, Role::Wallet, NOW, Some(&list))
+        .verify(&term, Role::Terminal, later - 1, Some(&list))
+        .unwrap();
+    trust
+        .verify(&wallet, Role::Wallet, later, Some(&list))
         .unwrap();
     assert!(matches!(
-        Pki::load(&s.pki_dir).unwrap().verify(&term, NOW),
+        Pki::load(&s.pki_dir).unwrap().verify(&term, later),
         Err(Error::Rejected {
             source: CertError::Revoked,
             ..
@@ -517,7 +525,7 @@ fn revoking_a_certificate_updates_the_signed_list() {
     let list = read_list(&s.pki_dir);
     assert_eq!(list.number, 3);
     assert_eq!(
-        trust.verify(&wallet, Role::Wallet, NOW, Some(&list)),
+        trust.verify(&wallet, Role::Wallet, later, Some(&list)),
         Err(CertError::Revoked)
     );
 

@@ -103,6 +103,11 @@ pub struct Profile {
     pub trust: Vec<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocations: Option<PathBuf>,
+    /// How long past its `next_update` the terminal revocation list is
+    /// still relied on; beyond, the phone refuses every terminal until the
+    /// list is refreshed. Default 72 h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_grace_secs: Option<u64>,
     pub state: PathBuf,
     #[serde(default)]
     pub credentials: Vec<PathBuf>,
@@ -232,6 +237,9 @@ pub fn load(path: &Path) -> Result<LoadedWallet, Error> {
         })?;
         context.revocations = Some(list);
     }
+    if let Some(g) = profile.revocation_grace_secs {
+        context.revocation_grace = g;
+    }
     for c in &profile.credentials {
         let p = resolve(base, c);
         let bytes = read_small(&p, 4096)?;
@@ -294,6 +302,7 @@ pub fn create(
         cryptogram_key: rel(out, &issued.cryptogram_key_path),
         trust,
         revocations: Some(PathBuf::from(tapstack_certs::REVOCATIONS_FILE)),
+        revocation_grace_secs: None,
         state: PathBuf::from(format!("{stem}.state")),
         credentials: Vec::new(),
         cvm: CvmSection::default(),

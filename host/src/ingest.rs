@@ -606,6 +606,55 @@ mod tests {
         (pki, host, dir)
     }
 
+    #[test]
+    fn a_tap_before_the_wallets_revocation_is_accepted_one_after_declined() {
+        let (mut pki, _, dir) = setup();
+        let revoked_at = pki.now;
+        let mut list = RevocationList {
+            number: 2,
+            this_update: revoked_at,
+            next_update: revoked_at + 86_400,
+            ..Default::default()
+        };
+        list.certificates
+            .insert(*pki.wallet.cert.hash(), revoked_at);
+        list.sign(&pki.root.cert, &pki.root.key);
+        drop(dir);
+        let dir = tempfile::tempdir().unwrap();
+        let host = Ingestor::new(
+            Arc::new(SledStore::open(dir.path()).unwrap()),
+            pki.host_trust(),
+            pki.issuer_master_key.clone(),
+            Arc::new(Revocations::fixed(list, pki.host_trust())),
+            VerifyMode::Ring,
+        )
+        .unwrap();
+        // Tapped offline a minute before the revocation, uploaded after it.
+        pki.now = revoked_at - 60;
+        let before = tap(&pki, 1, [0; 32]);
+        // Tapped at the revocation time and a minute after.
+        pki.now = revoked_at;
+        let at = tap(&pki, 2, before.hash());
+        pki.now = revoked_at + 60;
+        let after = tap(&pki, 3, at.hash());
+        let r = host
+            .ingest(
+                &pki.terminal.cert,
+                &[before.to_bytes(), at.to_bytes(), after.to_bytes()],
+                revoked_at + 3_600,
+            )
+            .unwrap();
+        assert_eq!(
+            verdicts(&r),
+            vec![
+                (RecordStatus::Accepted, None),
+                (RecordStatus::Declined, Some(Reason::WalletRevoked)),
+                (RecordStatus::Declined, Some(Reason::WalletRevoked)),
+            ]
+        );
+        assert_eq!(r.acked_seq, 3);
+    }
+
     fn tap(pki: &Pki, seq: u64, prev: [u8; 32]) -> TransactionRecord {
         let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
         let pay = Scenario::Pay {

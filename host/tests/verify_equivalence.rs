@@ -170,7 +170,7 @@ fn ring_path_equals_verify_record_on_revocation_and_time() {
     let recs = records(&pki);
     let revoke = |hash: [u8; 32]| {
         let mut l = RevocationList::default();
-        l.certificates.insert(hash);
+        l.certificates.insert(hash, 0);
         l
     };
     for r in &recs {
@@ -185,7 +185,7 @@ fn ring_path_equals_verify_record_on_revocation_and_time() {
             same(&pki, &fast, r, Some(&list), what);
         }
         let mut creds = RevocationList::default();
-        creds.credentials.insert([0; 16]);
+        creds.credentials.insert([0; 16], 0);
         same(&pki, &fast, r, Some(&creds), "unrelated credential");
     }
     // A pickup whose credential is revoked.
@@ -193,7 +193,7 @@ fn ring_path_equals_verify_record_on_revocation_and_time() {
     let body =
         tapstack_protocol::messages::WalletBody::decode(&pickup.transcript.wallet_body).unwrap();
     let mut l = RevocationList::default();
-    l.credentials.insert(body.credential.unwrap().id);
+    l.credentials.insert(body.credential.unwrap().id, 0);
     assert!(!same(&pki, &fast, pickup, Some(&l), "revoked credential"));
 
     // Another PKI's trust store: unknown issuers everywhere.

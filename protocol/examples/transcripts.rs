@@ -1081,8 +1081,8 @@ fn main() {
         ..Default::default()
     };
     list.certificates
-        .insert(*pki.new_wallet(&mut OsRng).cert.hash());
-    list.credentials.insert([0x5A; 16]);
+        .insert(*pki.new_wallet(&mut OsRng).cert.hash(), 0);
+    list.credentials.insert([0x5A; 16], 0);
     list.sign(&pki.root.cert, &pki.root.key);
     list.verify(&pki.terminal_trust()).expect("list verifies");
     let _ = writeln!(

@@ -570,7 +570,9 @@ impl TrustStore {
 
     /// Validate `cert` as a certificate of role `expected` at time `now`
     /// (Unix seconds): role, constraints, validity, signatures up to a trust
-    /// anchor, and revocation of every certificate on the path.
+    /// anchor, and revocation of every certificate on the path (an entry
+    /// revokes from its revocation time on, so `now` is also the time
+    /// revocations are judged at).
     pub fn verify(
         &self,
         cert: &Certificate,
@@ -618,7 +620,7 @@ impl TrustStore {
         for _ in 0..3 {
             current.check_constraints()?;
             current.check_time(now)?;
-            if revoked.is_some_and(|r| r.is_revoked(&current.hash)) {
+            if revoked.is_some_and(|r| r.is_revoked(&current.hash, now)) {
                 return Err(CertError::Revoked);
             }
             if current.role == Role::Root {

@@ -54,7 +54,7 @@ pub fn verify_credential_with(
     if cred.recipient != compress(&wallet_key) {
         return Err(Error::Credential(CredentialProblem::WrongRecipient));
     }
-    if revocations.is_some_and(|r| r.is_credential_revoked(&cred.id)) {
+    if revocations.is_some_and(|r| r.is_credential_revoked(&cred.id, now)) {
         return Err(Error::Credential(CredentialProblem::Revoked));
     }
     Ok(())

@@ -51,6 +51,10 @@ pub struct WalletContext {
     /// Root plus the acquirer CAs this wallet accepts terminals from.
     pub trust: TrustStore,
     pub revocations: Option<RevocationList>,
+    /// How long past its `next_update` the list in `revocations` is still
+    /// relied on; beyond, the wallet refuses every terminal
+    /// ([`RevocationList::check_fresh`]). Default 72 h.
+    pub revocation_grace: u64,
     /// Application transaction counter: last value used.
     pub atc: u32,
     /// Amounts at or below this (minor units) need no verification.
@@ -85,6 +89,7 @@ impl WalletContext {
             cryptogram_key,
             trust,
             revocations: None,
+            revocation_grace: crate::revocation::DEFAULT_GRACE_SECS,
             atc: 0,
             cvm_limit: 0,
             decline_all: false,
@@ -438,6 +443,15 @@ fn authorize_selected(
             .cloned()
             .ok_or(StatusWord::CertificateNeeded)?,
     };
+    // A list past next_update + grace no longer says which terminals are
+    // revoked: fail closed (no list at all is the holder's choice).
+    if ctx
+        .revocations
+        .as_ref()
+        .is_some_and(|r| r.check_fresh(now, ctx.revocation_grace).is_err())
+    {
+        return Err(StatusWord::TerminalNotTrusted);
+    }
     ctx.trust
         .verify(&terminal, Role::Terminal, now, ctx.revocations.as_ref())
         .map_err(|_| StatusWord::TerminalNotTrusted)?;

@@ -213,7 +213,7 @@ fn pickup_tap_checks_credential_offline() {
         number: 2,
         ..Default::default()
     };
-    list.credentials.insert(cred.id);
+    list.credentials.insert(cred.id, 0);
     list.sign(&pki.root.cert, &pki.root.key);
     list.verify(&pki.terminal_trust()).unwrap();
     t.revocations = Some(list);
@@ -703,7 +703,7 @@ fn foreign_expired_and_revoked_certificates() {
         number: 3,
         ..Default::default()
     };
-    list.certificates.insert(*pki.wallet.cert.hash());
+    list.certificates.insert(*pki.wallet.cert.hash(), 0);
     list.sign(&pki.root.cert, &pki.root.key);
     t.revocations = Some(list.clone());
     let mut w = pki.wallet_context();
@@ -715,14 +715,31 @@ fn foreign_expired_and_revoked_certificates() {
             source: CertError::Revoked
         })
     );
+    // A current list that does not name the terminal: the tap goes through.
     let mut list = RevocationList {
         number: 4,
+        this_update: pki.now,
+        next_update: pki.now + 86_400,
         ..Default::default()
     };
-    list.certificates.insert(*pki.terminal.cert.hash());
     list.sign(&pki.root.cert, &pki.root.key);
     let mut t = pki.terminal_context();
-    w.revocations = Some(list);
+    w.revocations = Some(list.clone());
+    let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
+    assert_eq!(run.error, None);
+    // The terminal revoked after now (a scheduled revocation): still accepted.
+    list.certificates
+        .insert(*pki.terminal.cert.hash(), pki.now + 3_600);
+    list.sign(&pki.root.cert, &pki.root.key);
+    let mut t = pki.terminal_context();
+    w.revocations = Some(list.clone());
+    let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
+    assert_eq!(run.error, None);
+    // Revoked at or before now: refused.
+    list.certificates.insert(*pki.terminal.cert.hash(), pki.now);
+    list.sign(&pki.root.cert, &pki.root.key);
+    let mut t = pki.terminal_context();
+    w.revocations = Some(list.clone());
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
     assert_eq!(
         run.error,
@@ -730,6 +747,31 @@ fn foreign_expired_and_revoked_certificates() {
             sw: StatusWord::TerminalNotTrusted
         })
     );
+    // A list past next_update + grace, even one that names nobody: the
+    // wallet fails closed.
+    let mut stale = RevocationList {
+        number: 5,
+        this_update: pki.now - 10 * 86_400,
+        next_update: pki.now - 86_400,
+        ..Default::default()
+    };
+    stale.sign(&pki.root.cert, &pki.root.key);
+    let mut t = pki.terminal_context();
+    w.revocations = Some(stale);
+    w.revocation_grace = 3_600;
+    let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
+    assert_eq!(
+        run.error,
+        Some(Error::WalletRefused {
+            sw: StatusWord::TerminalNotTrusted
+        })
+    );
+    // Within the grace it is still relied on.
+    w.revocation_grace = 2 * 86_400;
+    let mut t = pki.terminal_context();
+    let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
+    assert_eq!(run.error, None);
+    w.revocations = None;
 
     // A revocation list signed by someone else does not verify.
     let mut fake = RevocationList {

@@ -929,6 +929,11 @@ fn health(shared: &Arc<Shared>) -> Resp {
     if !reader.ok || !reader.running {
         problems.push("reader");
     }
+    // Refresh failing, list overdue or past its grace (then nothing is approved).
+    let revocations = shared.revocation_state(crate::unix_now());
+    if revocations.as_ref().is_some_and(|r| r.is_problem()) {
+        problems.push("revocations");
+    }
     let status = if stopping {
         "shutting_down"
     } else if !problems.is_empty() {
@@ -955,6 +960,7 @@ fn health(shared: &Arc<Shared>) -> Resp {
         "problems": problems,
         "queue": queue,
         "certificate": certificate,
+        "revocations": revocations,
         "host_configured": shared.uploader.is_some(),
         "last_sync_ok": shared.uploader.as_ref().and_then(|u| u.status().ok),
     });

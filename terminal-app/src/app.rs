@@ -41,15 +41,25 @@ pub fn trust(config: &Config) -> Result<(TrustStore, Option<RevocationList>), Er
     let revocations = match &config.trust.revocations {
         Some(p) => {
             let p = config.path(p);
-            match std::fs::read(&p) {
-                Ok(bytes) => {
-                    let list = RevocationList::decode(&bytes).map_err(|e| file_err(&p, e))?;
-                    list.verify(&trust).map_err(|e| file_err(&p, e))?;
-                    Some(list)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(file_err(&p, e)),
-            }
+            // Configured means required: a terminal without its list would
+            // approve revoked phones (fail closed).
+            let bytes = std::fs::read(&p).map_err(|e| Error::Revocations {
+                path: p.clone(),
+                detail: if e.kind() == std::io::ErrorKind::NotFound {
+                    "missing".to_owned()
+                } else {
+                    e.to_string()
+                },
+            })?;
+            let list = RevocationList::decode(&bytes).map_err(|e| Error::Revocations {
+                path: p.clone(),
+                detail: format!("not a revocation list: {e}"),
+            })?;
+            list.verify(&trust).map_err(|e| Error::Revocations {
+                path: p.clone(),
+                detail: format!("signature rejected: {e}"),
+            })?;
+            Some(list)
         }
         None => None,
     };
@@ -90,6 +100,7 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
         order_prefix: config.terminal.order_prefix.clone(),
         send_certificate: config.terminal.send_certificate,
         require_host_check: config.host.is_some(),
+        revocation_grace: config.trust.revocation_grace_secs,
     })
 }
 

@@ -55,8 +55,20 @@ pub struct TrustSection {
     pub issuers: Vec<PathBuf>,
     #[serde(default)]
     pub operators: Vec<PathBuf>,
+    /// The signed revocation list. When configured it must exist and verify
+    /// (the terminal does not start otherwise), and it is refreshed from the
+    /// host at every sync.
     #[serde(default)]
     pub revocations: Option<PathBuf>,
+    /// How long past the list's `next_update` the terminal still approves
+    /// on it (a host it cannot reach). Beyond, it approves nothing
+    /// (`revocations_stale`) until a fresh list arrives. Default 72 h.
+    #[serde(default = "default_revocation_grace")]
+    pub revocation_grace_secs: u64,
+}
+
+fn default_revocation_grace() -> u64 {
+    tapstack_protocol::revocation::DEFAULT_GRACE_SECS
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,7 +308,8 @@ connection = "pcsc:ACS ACR122U 00 00"
 root = "pki/root.pem"
 issuers = ["pki/issuer.pem"]       # wallets are issued by these
 operators = ["pki/operator.pem"]   # pickup credentials are signed by these
-revocations = "pki/revocations.tlv"
+revocations = "pki/revocations.tlv"   # must exist: the terminal does not start without it
+revocation_grace_secs = 259200   # 72 h past next_update, then no approvals until refreshed
 
 [queue]
 path = "queue"                   # sled directory; back it up, never edit it

@@ -487,6 +487,8 @@ pub(crate) struct SyncStatus {
     pub consecutive_failures: u32,
     /// When the background uploader tries next (Unix seconds).
     pub next_attempt_at: Option<u64>,
+    /// The last sync could not refresh the revocation list: why.
+    pub revocation_refresh_error: Option<String>,
 }
 
 /// What the terminal is, for validation and `/v1/health`.
@@ -513,6 +515,23 @@ pub(crate) struct Shared {
     pub shutting_down: AtomicBool,
     pub opts: Options,
     pub terminal: TerminalInfo,
+    /// The revocation list in force (kept current by the uploader).
+    pub revocations: Arc<Mutex<Option<RevocationList>>>,
+    /// `[trust] revocation_grace_secs`.
+    pub revocation_grace: u64,
+}
+
+impl Shared {
+    /// The revocation list's state for `/v1/health`.
+    pub(crate) fn revocation_state(&self, now: u64) -> Option<crate::tap::RevocationState> {
+        let list = lock(&self.revocations).clone()?;
+        let mut state = crate::tap::RevocationState::of(&list, self.revocation_grace, now);
+        state.refresh_error = self
+            .uploader
+            .as_ref()
+            .and_then(|u| u.status().revocation_refresh_error);
+        Some(state)
+    }
 }
 
 impl Shared {
@@ -671,6 +690,7 @@ pub(crate) struct Uploader {
     pub(crate) after_taps: u32,
     revocations_path: Option<PathBuf>,
     updates: mpsc::Sender<Update>,
+    revocations: Arc<Mutex<Option<RevocationList>>>,
 }
 
 impl Uploader {
@@ -695,6 +715,7 @@ impl Uploader {
         if let Ok(report) = &result {
             if report.revocation_list.is_some() {
                 if let Some(list) = &ctx.revocations {
+                    *lock(&self.revocations) = Some(list.clone());
                     let _ = self.updates.send(Update::Revocations(list.clone()));
                 }
             }
@@ -704,6 +725,12 @@ impl Uploader {
         drop(guard);
         let mut s = lock(&self.status);
         s.attempted_at = Some(started);
+        s.revocation_refresh_error = match &result {
+            Err(e @ Error::RevocationRefresh { .. }) => Some(e.to_string()),
+            // A sync that failed before the refresh says nothing new about it.
+            Err(_) => s.revocation_refresh_error.take(),
+            Ok(_) => None,
+        };
         match &result {
             Ok(report) => {
                 s.ok = Some(true);
@@ -1050,6 +1077,7 @@ impl Daemon {
     ) -> Result<Self, Error> {
         let (intents_tx, intents_rx) = mpsc::channel();
         let (updates_tx, updates_rx) = mpsc::channel();
+        let revocations = Arc::new(Mutex::new(engine.ctx.revocations.clone()));
         let uploader = match &config.host {
             Some(host) => {
                 let client = upload::client(config, &engine.ctx)?;
@@ -1069,6 +1097,7 @@ impl Daemon {
                     after_taps: host.sync_after_taps,
                     revocations_path: config.trust.revocations.as_ref().map(|p| config.path(p)),
                     updates: updates_tx,
+                    revocations: revocations.clone(),
                 }))
             }
             None => None,
@@ -1085,6 +1114,8 @@ impl Daemon {
                 ..Default::default()
             }),
             shutting_down: AtomicBool::new(false),
+            revocations,
+            revocation_grace: engine.revocation_grace,
             terminal: TerminalInfo {
                 name: engine.ctx.certificate.common_name().to_string(),
                 terms: engine.terms(),

@@ -86,6 +86,14 @@ pub enum Error {
     Upload { detail: String },
     #[error("reader {connection}: {detail}")]
     Reader { connection: String, detail: String },
+    /// The configured revocation list is missing or invalid: the terminal
+    /// does not start.
+    #[error("revocation list {path}: {detail} — the terminal does not run without the list its configuration names: copy a current revocations.tlv from the PKI (`tap-certs revocations`) there, or remove [trust] revocations")]
+    Revocations { path: PathBuf, detail: String },
+    /// The host's revocation list could not be fetched or did not verify;
+    /// the list held stays in force until next_update + grace.
+    #[error("revocation list refresh failed: {detail}")]
+    RevocationRefresh { detail: String },
 }
 
 #[cfg(test)]

@@ -618,6 +618,20 @@ fn run(cli: Cli, out: &mut Out) -> Result<u8> {
                     report.terminal, report.pending, report.head_seq, report.acked_seq
                 ),
                 format!("queued {queued}, oldest from {oldest}"),
+                match &report.revocations {
+                    None => "revocation list: none configured".to_owned(),
+                    Some(r) => format!(
+                        "revocation list #{} {} — next update due {}{}",
+                        r.number,
+                        r.status,
+                        utc(r.next_update),
+                        match r.status {
+                            "overdue" => " (refresh from the host failing; approvals stop after the grace)",
+                            "expired" => " (past the grace: NO approvals until `tap-terminal upload` refreshes it)",
+                            _ => "",
+                        }
+                    ),
+                },
             ];
             let records = report.records.iter().map(|r| {
                 format!(

@@ -147,6 +147,9 @@ pub struct QueueReport {
     pub records: Vec<TransactionView>,
     /// The queue checked against its high-water mark.
     pub integrity: crate::queue::Integrity,
+    /// The revocation list in force (none configured: absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocations: Option<crate::tap::RevocationState>,
 }
 
 impl QueueReport {
@@ -161,6 +164,7 @@ impl QueueReport {
             acked_seq: engine.queue.acked()?,
             records: TransactionView::recent(&engine.queue, last)?,
             integrity: engine.queue.integrity(),
+            revocations: engine.revocation_state(crate::unix_now()),
         })
     }
 }

@@ -119,6 +119,13 @@ pub enum Decline {
     },
     /// A queue that has never synced must learn the host's head first.
     SyncRequired,
+    /// The revocation list is past `next_update + grace`: it no longer
+    /// says which phones are revoked, so nothing is approved.
+    RevocationsStale {
+        number: u64,
+        next_update: u64,
+        grace: u64,
+    },
 }
 
 impl Decline {
@@ -144,6 +151,7 @@ impl Decline {
             Decline::Storage { .. } => "storage",
             Decline::QueueDamaged { .. } => "queue_damaged",
             Decline::SyncRequired => "sync_required",
+            Decline::RevocationsStale { .. } => "revocations_stale",
         }
     }
 }
@@ -181,6 +189,17 @@ impl core::fmt::Display for Decline {
             Decline::QueueDamaged { detail } => write!(f, "the transaction queue is damaged: {detail}"),
             Decline::SyncRequired => f.write_str(
                 "this queue has never synced with the host: connect and run `tap-terminal upload` (or let `serve` sync) first",
+            ),
+            Decline::RevocationsStale {
+                number,
+                next_update,
+                grace,
+            } => write!(
+                f,
+                "revocation list {number} is out of date (next update was due {}, grace {} h): \
+                 sync with the host (`tap-terminal upload`) or install a current list",
+                crate::utc(*next_update),
+                grace / 3600
             ),
         }
     }
@@ -392,6 +411,48 @@ pub struct Engine {
     /// before it approves (a fresh queue under a known certificate would
     /// reuse the host's sequence numbers).
     pub require_host_check: bool,
+    /// `[trust] revocation_grace_secs`.
+    pub revocation_grace: u64,
+}
+
+/// The revocation list as `tap-terminal queue` and `/v1/health` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevocationState {
+    pub number: u64,
+    pub next_update: u64,
+    pub grace_secs: u64,
+    /// `current`; `overdue` (past next_update: refreshes are failing, taps
+    /// are still approved until next_update + grace); `expired` (past
+    /// next_update + grace: nothing is approved).
+    pub status: &'static str,
+    /// The last refresh from the host failed with this (daemon only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_error: Option<String>,
+}
+
+impl RevocationState {
+    /// The state of `list` at `now`.
+    pub fn of(list: &tapstack_protocol::revocation::RevocationList, grace: u64, now: u64) -> Self {
+        let status = if list.check_fresh(now, grace).is_err() {
+            "expired"
+        } else if now > list.next_update {
+            "overdue"
+        } else {
+            "current"
+        };
+        RevocationState {
+            number: list.number,
+            next_update: list.next_update,
+            grace_secs: grace,
+            status,
+            refresh_error: None,
+        }
+    }
+
+    /// Whether it is a problem for `/v1/health`.
+    pub fn is_problem(&self) -> bool {
+        self.status != "current" || self.refresh_error.is_some()
+    }
 }
 
 impl core::fmt::Debug for Engine {
@@ -518,6 +579,29 @@ impl Engine {
         Ok(())
     }
 
+    /// The revocation list in force may still be relied on at `now`
+    /// (`next_update + revocation_grace`); no list configured passes.
+    pub fn check_revocations(&self, now: u64) -> Result<(), Decline> {
+        match &self.ctx.revocations {
+            Some(list) if list.check_fresh(now, self.revocation_grace).is_err() => {
+                Err(Decline::RevocationsStale {
+                    number: list.number,
+                    next_update: list.next_update,
+                    grace: self.revocation_grace,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The revocation list's state at `now`, if one is configured.
+    pub fn revocation_state(&self, now: u64) -> Option<RevocationState> {
+        self.ctx
+            .revocations
+            .as_ref()
+            .map(|l| RevocationState::of(l, self.revocation_grace, now))
+    }
+
     /// What this terminal takes (currency, floor limit, its certificate's
     /// validity).
     pub fn terms(&self) -> Terms {
@@ -534,7 +618,9 @@ impl Engine {
     /// opens the reader; [`Engine::tap`] runs it again before the handshake.
     pub fn check_intent(&self, intent: &Intent, now: u64) -> Result<Scenario, Decline> {
         self.ready()?;
-        check_intent(&self.terms(), &self.limits, &self.risk, intent, now)
+        let scenario = check_intent(&self.terms(), &self.limits, &self.risk, intent, now)?;
+        self.check_revocations(now)?;
+        Ok(scenario)
     }
 
     /// Run one tap of `intent` with the phone behind `link`.

@@ -143,8 +143,13 @@ pub async fn sync(
             break;
         }
     }
-    let list: RevocationList = client.revocations().await.map_err(upload_err)?;
-    list.verify(&ctx.trust).map_err(upload_err)?;
+    let refresh = |detail: String| Error::RevocationRefresh { detail };
+    let list: RevocationList = client
+        .revocations()
+        .await
+        .map_err(|e| refresh(e.to_string()))?;
+    list.verify(&ctx.trust)
+        .map_err(|e| refresh(format!("the host's list does not verify: {e}")))?;
     if ctx
         .revocations
         .as_ref()

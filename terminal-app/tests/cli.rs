@@ -37,7 +37,9 @@ impl Counter {
         let d = dir.path();
         let t0 = now() - 10 * DAY;
         tapstack_certs::init(&d.join("pki"), t0, &mut OsRng).unwrap();
-        let pki = tapstack_certs::Pki::load(&d.join("pki")).unwrap();
+        let mut pki = tapstack_certs::Pki::load(&d.join("pki")).unwrap();
+        // The list of a PKI made 10 days ago is stale by now: re-sign it.
+        pki.resign_revocations(now()).unwrap();
         for (stem, at, days) in [
             ("terminal", now(), None),
             ("expired", t0, Some(1)),
@@ -714,4 +716,65 @@ fn kiosk_json_prints_one_object_per_tap_and_exits_with_the_last() {
         assert_eq!(v["status"].as_str(), Some("declined"), "{v}");
         assert!(v["code"].is_string() && v["message"].is_string(), "{v}");
     }
+}
+
+#[test]
+fn a_revocation_list_past_next_update_and_grace_stops_approvals() {
+    let c = Counter::new();
+    let mut pki = tapstack_certs::Pki::load(&c.path("pki")).unwrap();
+    // Signed 8 days ago: next update was due yesterday.
+    pki.resign_revocations(now() - 8 * DAY).unwrap();
+    // Inside the default grace (72 h): still approved, reported overdue.
+    let r = c.run(&["pay", "1.00", "CNY"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(c.queue()["revocations"]["status"].as_str(), Some("overdue"));
+    // A grace of one hour: nothing is approved, before any phone is asked.
+    let toml = c.path("terminal.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        text.replace(
+            "revocations = \"pki/revocations.tlv\"",
+            "revocations = \"pki/revocations.tlv\"\nrevocation_grace_secs = 3600",
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["pay", "1.00", "CNY"][..],
+        &["kiosk", "--site", "LOCKER-7", "--taps", "1"],
+    ] {
+        let r = c.run(args);
+        r.assert_refused("revocations_stale");
+        assert!(r.stderr().contains("is out of date"), "{r:?}");
+        assert!(!r.stderr().contains(PHONE_CAME), "{r:?}");
+    }
+    let q = c.queue();
+    assert_eq!(q["revocations"]["status"].as_str(), Some("expired"), "{q}");
+    assert_eq!(q["head_seq"].as_u64(), Some(1), "{q}");
+    // A fresh list: approvals resume.
+    pki.resign_revocations(now()).unwrap();
+    let r = c.run(&["pay", "1.00", "CNY"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+    assert_eq!(c.queue()["revocations"]["status"].as_str(), Some("current"));
+}
+
+#[test]
+fn a_missing_or_invalid_revocation_list_stops_the_terminal_from_starting() {
+    let c = Counter::new();
+    let list = c.path("pki/revocations.tlv");
+    std::fs::remove_file(&list).unwrap();
+    for args in [&["pay", "1.00", "CNY"][..], &["queue"]] {
+        let r = c.run(args);
+        assert!(r.code() != 0 && r.code() != 101, "{r:?}");
+        assert!(
+            r.stderr().contains("revocations.tlv: missing")
+                && r.stderr().contains("does not run without"),
+            "{r:?}"
+        );
+        assert!(!r.stderr().contains(PHONE_CAME), "{r:?}");
+    }
+    std::fs::write(&list, b"not a list").unwrap();
+    let r = c.run(&["queue"]);
+    assert!(r.code() != 0 && r.code() != 101, "{r:?}");
+    assert!(r.stderr().contains("not a revocation list"), "{r:?}");
 }

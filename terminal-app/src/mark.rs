@@ -143,6 +143,28 @@ pub struct MarkFile {
     current: Mark,
 }
 
+/// `sync_file_range(fd, offset, len, WAIT_BEFORE | WRITE | WAIT_AFTER)`:
+/// hand the range to the device and wait until the device has it (in its
+/// cache — no cache flush). Neither nix nor rustix wraps it.
+fn sync_file_range(file: &File, offset: u64, len: u64) -> Result<(), std::io::Error> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a plain syscall on a file descriptor that `file` owns and keeps
+    // open for the duration of the call; no memory is passed.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Where the mark of the queue at `queue` lives: beside it, `<queue>.hwm`,
 /// so that restoring the queue directory from an older copy is detected.
 pub fn mark_path(queue: &Path) -> PathBuf {
@@ -214,14 +236,52 @@ impl MarkFile {
     /// Write `mark` (its generation is the next one) into the other slot
     /// and put it on the device. Only then does it become current.
     pub fn write(&mut self, mark: Mark) -> Result<(), std::io::Error> {
+        let next = self.stage(mark)?;
+        self.file.sync_data()?;
+        self.current = next;
+        Ok(())
+    }
+
+    /// The first half of [`MarkFile::write`] for a caller that flushes the
+    /// device itself: the slot is written and handed to the device
+    /// (`sync_file_range`, waiting for the write to complete), but the
+    /// device's cache is not flushed. The slots never grow or move (both
+    /// are allocated and synced at creation), so a later device flush by
+    /// an fdatasync of another file on the same filesystem makes it
+    /// durable — on filesystems that overwrite in place (ext4, xfs); see
+    /// `Queue::append`. Returns the mark to [`MarkFile::commit`] then.
+    pub fn stage(&mut self, mark: Mark) -> Result<Mark, std::io::Error> {
         let next = Mark {
             gen: self.current.gen.wrapping_add(1),
             ..mark
         };
-        self.file.write_all_at(&next.encode(), next.offset())?;
-        self.file.sync_data()?;
-        self.current = next;
-        Ok(())
+        let at = next.offset();
+        self.file.write_all_at(&next.encode(), at)?;
+        sync_file_range(&self.file, at, SLOT as u64)?;
+        Ok(next)
+    }
+
+    /// A staged mark is on the device: it is current.
+    pub fn commit(&mut self, staged: Mark) {
+        self.current = staged;
+    }
+
+    /// The filesystem overwrites the mark's blocks in place and shares its
+    /// device flush with `other` (same filesystem, ext4/xfs/tmpfs), so one
+    /// fdatasync of `other` after [`MarkFile::stage`] makes both durable.
+    pub fn shares_flush_with(&self, other: &Path) -> bool {
+        use nix::sys::statfs::{fstatfs, statfs, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC};
+        use std::os::unix::fs::MetadataExt;
+        let (Ok(mine), Ok(theirs)) = (fstatfs(&self.file), statfs(other)) else {
+            return false;
+        };
+        let in_place =
+            [EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC, TMPFS_MAGIC].contains(&mine.filesystem_type());
+        let same_dev = match (self.file.metadata(), std::fs::metadata(other)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev(),
+            _ => false,
+        };
+        in_place && same_dev && mine.filesystem_type() == theirs.filesystem_type()
     }
 }
 
@@ -303,6 +363,18 @@ mod tests {
         assert_eq!(back.seq, 5);
         assert_eq!(back.hash, [5; 32]);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * SLOT as u64);
+        // Staged (handed to the device, flushed by someone else) then
+        // committed: the same file as a write.
+        let staged = f
+            .stage(Mark {
+                seq: 6,
+                hash: [6; 32],
+                ..f.current()
+            })
+            .unwrap();
+        assert_eq!(f.current().seq, 5, "not current before commit");
+        f.commit(staged);
+        assert_eq!(MarkFile::open(&path).unwrap().unwrap().current(), staged);
         std::fs::write(&path, b"junk").unwrap();
         assert!(MarkFile::open(&path).is_err());
     }

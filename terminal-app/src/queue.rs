@@ -204,6 +204,8 @@ struct Inner {
     damaged: Vec<Damage>,
     storage_error: Option<String>,
     set_aside: Vec<u64>,
+    /// One device flush covers sled's file and the mark ([`flush_both`]).
+    shared_flush: bool,
 }
 
 /// The sled-backed queue with its high-water mark.
@@ -452,6 +454,42 @@ fn scan(s: &Sled, mark: &Mark) -> Scan {
     out
 }
 
+/// Put the appended record and the mark naming it on the device. Where the
+/// mark shares sled's filesystem and that filesystem overwrites in place
+/// (ext4, xfs, tmpfs), one device flush serves both: the mark's slot is
+/// handed to the device first, then sled's data file is fdatasynced, which
+/// flushes the device's cache with both writes in it. Elsewhere the two
+/// fdatasyncs are issued at the same time on two threads.
+fn flush_both(g: &mut Inner, next: Mark) -> Result<(), String> {
+    let Inner {
+        sled,
+        mark,
+        shared_flush,
+        ..
+    } = g;
+    let (Some(s), Some(m)) = (sled.as_ref(), mark.as_mut()) else {
+        return Err("store or mark unavailable".into());
+    };
+    if *shared_flush {
+        let staged = m.stage(next).map_err(|e| format!("high-water mark: {e}"))?;
+        s.data.sync_data().map_err(|e| format!("fdatasync: {e}"))?;
+        m.commit(staged);
+        return Ok(());
+    }
+    let data = &s.data;
+    let (synced, written) = std::thread::scope(|scope| {
+        let h = scope.spawn(|| data.sync_data());
+        let written = m.write(next);
+        (h.join(), written)
+    });
+    match synced {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("fdatasync: {e}")),
+        Err(_) => return Err("fdatasync thread panicked".into()),
+    }
+    written.map_err(|e| format!("high-water mark: {e}"))
+}
+
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // Every update of Inner is a single assignment per field: keep going.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -483,6 +521,7 @@ impl Queue {
             damaged: Vec::new(),
             storage_error: None,
             set_aside: Vec::new(),
+            shared_flush: false,
         };
         match mark {
             Ok(Some(m)) => {
@@ -517,7 +556,13 @@ impl Queue {
             }),
         }
         match sled {
-            Ok(s) => inner.sled = Some(s),
+            Ok(s) => {
+                inner.shared_flush = inner
+                    .mark
+                    .as_ref()
+                    .is_some_and(|m| m.shares_flush_with(&dir.join("db")));
+                inner.sled = Some(s);
+            }
             Err(e) => inner.damaged.push(Damage {
                 from: (inner.approved.seq > inner.approved.acked)
                     .then_some(inner.approved.acked + 1),
@@ -1027,23 +1072,8 @@ impl QueueStore for Queue {
             Ok(Err(why)) => return Err(failed(&mut g, why)),
             Err(e) => return Err(e),
         }
-        // Both device flushes at once: sled's data file and the mark.
         let next = Mark { seq, hash, ..a };
-        let inner = &mut *g;
-        let (data_sync, mark_write) = std::thread::scope(|scope| {
-            let data = inner.sled.as_ref().map(|s| &s.data);
-            let h = scope.spawn(move || data.map(std::fs::File::sync_data));
-            let mark = inner.mark.as_mut().map(|m| m.write(next));
-            (h.join(), mark)
-        });
-        let data_ok = matches!(data_sync, Ok(Some(Ok(()))));
-        let mark_ok = matches!(mark_write, Some(Ok(())));
-        if !(data_ok && mark_ok) {
-            let why = match (data_sync, mark_write) {
-                (Ok(Some(Err(e))), _) => format!("fdatasync: {e}"),
-                (_, Some(Err(e))) => format!("high-water mark: {e}"),
-                _ => "store or mark unavailable".into(),
-            };
+        if let Err(why) = flush_both(&mut g, next) {
             return Err(failed(&mut g, why));
         }
         // The mark's own copy carries the generation just written.

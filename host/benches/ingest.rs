@@ -81,7 +81,7 @@ fn setup() -> Setup {
         operator: id(certs.operator()),
         terminal: ids[0].clone(),
         wallet: id(certs.issuer()),
-        issuer_master_key: certs.issuer_master_key().clone(),
+        issuer_master_key: certs.issuer_master_key().unwrap().clone(),
         now,
     };
     let wallets: Vec<Identity> = (0..WALLETS).map(|_| kit.new_wallet(&mut OsRng)).collect();

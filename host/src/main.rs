@@ -34,6 +34,8 @@ enum Verifier {
     Reference,
 }
 
+// Parsed once at start; the size of `Serve` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the upload API over HTTPS with mutual TLS.

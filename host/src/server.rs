@@ -324,6 +324,11 @@ impl Host {
         .await;
         match result {
             Ok(Ok(resp)) => json(StatusCode::OK, &resp),
+            Ok(Err(e @ Error::IssuerKey { .. })) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "issuer_key_unavailable",
+                &format!("nothing was acknowledged: {e}"),
+            ),
             Ok(Err(e)) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",

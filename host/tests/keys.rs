@@ -332,3 +332,65 @@ fn tap_host_refuses_a_group_readable_key_file() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_hsm_fails_the_batch_instead_of_declining_taps() {
+    use cryptoki::object::{Attribute, ObjectClass};
+    let fx = Fixture::new();
+    let hsm = SoftHsm::new();
+    // The fixture's file key, moved into the token: the same wallets verify.
+    let key = HsmMasterKey::import(
+        &hsm.spec(KEY_LABEL),
+        hsm.pin(),
+        fx.certs.issuer_master_key().unwrap(),
+    )
+    .unwrap();
+    let running = Running::start_with(
+        &fx,
+        tapstack_host::server::HostOptions {
+            issuer_keys: Some(std::sync::Arc::new(key)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(running
+        .host
+        .ingestor()
+        .issuer_key_location()
+        .contains("PKCS#11"));
+    let mut sim = fx.sim(fx.kit.terminal.clone());
+    let records = sim.pays(&fx, 2);
+    let client = fx.client(running.addr, Some(&fx.kit.terminal));
+    let r = client.upload(&bytes(&records[..1])).await.unwrap();
+    assert_eq!(r.accepted, 1);
+
+    // Someone destroys the key in the token under the running host.
+    let ctx = cryptoki::context::Pkcs11::new(&hsm.module).unwrap();
+    let _ = ctx.initialize(cryptoki::context::CInitializeArgs::new(
+        cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+    ));
+    let slot = ctx.get_slots_with_token().unwrap()[0];
+    let session = ctx.open_rw_session(slot).unwrap();
+    let _ = session.login(
+        cryptoki::session::UserType::User,
+        Some(&softhsm::PIN.into()),
+    );
+    for h in session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(KEY_LABEL.as_bytes().to_vec()),
+        ])
+        .unwrap()
+    {
+        session.destroy_object(h).unwrap();
+    }
+    match client.upload(&bytes(&records[1..])).await {
+        Err(tapstack_host::Error::Refused { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (503, "issuer_key_unavailable"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing of the failed batch was stored or declined.
+    assert_eq!(running.records().len(), 1);
+    running.stop().await;
+}

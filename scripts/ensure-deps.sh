@@ -12,8 +12,10 @@ purpose="${1:-test}"
 packages=(openssl pkg-config pcscd vsmartcard-vpcd libpcsclite-dev libclang-dev libnfc-dev)
 case "$purpose" in
   # pcsc-tools: scriptor, the independent PC/SC client of the tests;
-  # libnfc-bin: nfc-list, the independent libnfc client of the PN532 emulator tests.
-  test) packages+=(pcsc-tools libnfc-bin) ;;
+  # libnfc-bin: nfc-list, the independent libnfc client of the PN532 emulator tests;
+  # softhsm2: the PKCS#11 token holding the issuer master key in the tests and
+  # `make bench` (libsofthsm2.so + softhsm2-util).
+  test) packages+=(pcsc-tools libnfc-bin softhsm2) ;;
   demo) ;;
   fuzz) packages+=(g++) ;;
   *) echo "unknown purpose: $purpose" >&2; exit 2 ;;

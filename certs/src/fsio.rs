@@ -57,8 +57,10 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, Error> {
     fs::read(path).map_err(|e| io_error(path, e))
 }
 
-/// Read a file holding secret material; the buffer is wiped on drop.
+/// Read a file holding secret material, after [`check_key_permissions`];
+/// the buffer is wiped on drop.
 pub(crate) fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
+    check_key_permissions(path)?;
     read(path).map(Zeroizing::new)
 }
 
@@ -67,11 +69,42 @@ pub(crate) fn occupied(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
 }
 
+/// Create `dir` and any missing parents, each new one mode 0700 (on Unix):
+/// the directories `tap-certs` creates hold private keys. An existing
+/// directory is left as it is.
 pub(crate) fn create_dir(dir: &Path) -> Result<(), Error> {
     if dir.as_os_str().is_empty() {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(|e| io_error(dir, e))
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|e| io_error(dir, e))
+}
+
+/// Refuse a secret file (private key, master key, PIN) that group or others
+/// may read or write: checked before the file is read. On non-Unix systems
+/// there are no such mode bits and nothing is checked.
+pub fn check_key_permissions(path: &Path) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)
+            .map_err(|e| io_error(path, e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(Error::KeyPermissions {
+                path: path.to_path_buf(),
+                mode: mode & 0o777,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Create `path` (which must not exist), write `bytes`, fsync.

@@ -103,7 +103,8 @@ pub enum Inspected {
 /// credential, a revocation list or a hex AES key. With `pki`, signatures
 /// and chains are checked against it at `now`.
 pub fn inspect(path: &Path, pki: Option<&Pki>, now: u64) -> Result<Inspected, Error> {
-    let bytes = fsio::read_secret(path)?;
+    // Permissions are checked once the file turns out to be a key.
+    let bytes = fsio::read(path).map(p256::elliptic_curve::zeroize::Zeroizing::new)?;
     let unknown = || Error::UnknownFormat {
         path: path.to_path_buf(),
     };
@@ -120,6 +121,7 @@ pub fn inspect(path: &Path, pki: Option<&Pki>, now: u64) -> Result<Inspected, Er
         };
     }
     if trimmed.len() == 32 && trimmed.iter().all(u8::is_ascii_hexdigit) {
+        fsio::check_key_permissions(path)?;
         return Ok(Inspected::SecretKey);
     }
     match bytes.first() {

@@ -12,6 +12,7 @@ use tapstack_protocol::scenario::{PickupCredential, MAX_PARCEL, MAX_SITE};
 use tapstack_protocol::Codec;
 
 use crate::fsio::{self, Mode};
+use crate::hsm::IssuerKeys;
 use crate::store::{after_days, Identity, Pki};
 use crate::{Error, BACKDATE, CREDENTIAL_DAYS, LEAF_DAYS};
 
@@ -39,7 +40,7 @@ pub struct IssuedLeaf {
 #[derive(Debug, Clone)]
 pub struct IssuedWallet {
     pub leaf: IssuedLeaf,
-    /// `issuer_master_key.diversify(cert.serial())`.
+    /// `issuer_master_key.diversify(cert.serial())`, from the file or the HSM.
     pub cryptogram_key: WalletCryptogramKey,
     /// `<stem>.ck`, hex, mode 0600.
     pub cryptogram_key_path: PathBuf,
@@ -147,9 +148,26 @@ impl Pki {
     }
 
     /// Issue a wallet certificate (role wallet, signed by the issuer) and its
-    /// cryptogram key. Writes `<stem>.pem`, `<stem>.key` and `<stem>.ck`.
+    /// cryptogram key, diversified from the master key file. Writes
+    /// `<stem>.pem`, `<stem>.key` and `<stem>.ck`. A PKI whose master key is
+    /// in an HSM issues with [`Pki::issue_wallet_with`].
     pub fn issue_wallet(
         &self,
+        name: &str,
+        out_dir: &Path,
+        opts: &LeafOptions,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<IssuedWallet, Error> {
+        let keys = self.issuer_master_key_file()?;
+        self.issue_wallet_with(keys, name, out_dir, opts, now, rng)
+    }
+
+    /// [`Pki::issue_wallet`] with the cryptogram key from `keys` (an
+    /// [`crate::HsmMasterKey`] derives it inside the token).
+    pub fn issue_wallet_with(
+        &self,
+        keys: &dyn IssuerKeys,
         name: &str,
         out_dir: &Path,
         opts: &LeafOptions,
@@ -159,7 +177,7 @@ impl Pki {
         let (identity, files) = self.new_leaf(Role::Wallet, name, out_dir, opts, now, rng)?;
         let key_pem = key_pem(&identity.key, &files.key)?;
         let cert_pem = identity.cert.to_pem();
-        let cryptogram_key = self.issuer_master_key().diversify(identity.cert.serial());
+        let cryptogram_key = keys.wallet_key(identity.cert.serial())?;
         let ck_hex = Zeroizing::new(format!("{}\n", hex::encode(cryptogram_key.0)));
         let ck_path = files.cert.with_extension("ck");
         fsio::create_dir(out_dir)?;

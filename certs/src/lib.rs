@@ -43,11 +43,14 @@ use tapstack_protocol::pki::{CertError, Role};
 use tapstack_protocol::DecodeError;
 
 mod fsio;
+pub mod hsm;
 mod inspect;
 mod issue;
 mod revoke;
 mod store;
 
+pub use fsio::check_key_permissions;
+pub use hsm::{HsmMasterKey, HsmSpec, IssuerKeys};
 pub use inspect::{
     inspect, CertificateInfo, CredentialInfo, Inspected, KeyInfo, RevocationInfo, SignatureStatus,
 };
@@ -102,6 +105,9 @@ pub enum Error {
         expected: Role,
         got: Role,
     },
+    /// A private or secret key file that group or others may access.
+    #[error("{path} is accessible by group or others (mode {mode:04o}); a private key must be readable by its owner only: run `chmod 600 {path}`")]
+    KeyPermissions { path: PathBuf, mode: u32 },
     /// A file is not a P-256 private key in PEM (PKCS#8 or SEC1).
     #[error(
         "{path}: not a PEM P-256 private key (PKCS#8 \"PRIVATE KEY\" or SEC1 \"EC PRIVATE KEY\")"
@@ -146,6 +152,49 @@ pub enum Error {
         role: Role,
         common_name: String,
         source: CertError,
+    },
+    /// There is no issuer master key file and no HSM was given.
+    #[error("{path} does not exist: this PKI keeps its issuer master key in an HSM; give --hsm MODULE:TOKEN:LABEL")]
+    NoMasterKey { path: PathBuf },
+    /// `--hsm` is not `MODULE:TOKEN:LABEL`.
+    #[error("{spec:?}: expected MODULE:TOKEN:LABEL (the PKCS#11 module, the token's label, the key's label)")]
+    HsmSpec { spec: String },
+    /// No PIN file given and no PIN in the environment.
+    #[error(
+        "no HSM user PIN: give --pin-file FILE or set TAPSTACK_HSM_PIN (never on the command line)"
+    )]
+    HsmPinMissing,
+    /// A PIN file that is empty or not text.
+    #[error("{path}: expected the token's user PIN on its first line")]
+    HsmPinFile { path: PathBuf },
+    /// The token refused the PIN.
+    #[error("the token refused the user PIN")]
+    HsmPinIncorrect,
+    /// The PKCS#11 module could not be loaded or initialised.
+    #[error("PKCS#11 module {module}: cannot load or initialise it")]
+    HsmModule {
+        module: PathBuf,
+        source: cryptoki::error::Error,
+    },
+    /// No token with that label.
+    #[error("no PKCS#11 token labelled {token:?} in {module} (create one with softhsm2-util --init-token)")]
+    HsmToken { module: PathBuf, token: String },
+    /// The key to create is already in the token.
+    #[error("token {token:?} already holds a key labelled {label:?}; refusing to make another")]
+    HsmKeyExists { token: String, label: String },
+    /// The key to use is not in the token.
+    #[error(
+        "token {token:?} holds no AES key labelled {label:?} (create it with tap-certs init --hsm)"
+    )]
+    HsmKeyMissing { token: String, label: String },
+    /// The key in the token may leave it or is not the right kind.
+    #[error("HSM key {label:?} refused: {reason}")]
+    HsmKeyUnsafe { label: String, reason: &'static str },
+    /// A PKCS#11 call failed.
+    #[error("PKCS#11 {op} failed")]
+    Hsm {
+        op: &'static str,
+        source: cryptoki::error::Error,
     },
     /// Revoking the root would leave nothing to sign the revocation list.
     #[error("the root certificate cannot be revoked (it signs the revocation list); create a new PKI instead")]

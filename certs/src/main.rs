@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rand_core::OsRng;
 use tapstack_certs::{
-    init_with, inspect, parse_time, read_certificate, CredentialRequest, InitOptions, LeafOptions,
-    Pki, RevokeTarget, CA_DAYS,
+    init_with, inspect, parse_time, read_certificate, CredentialRequest, HsmMasterKey, InitOptions,
+    LeafOptions, Pki, RevokeTarget, CA_DAYS,
 };
 
 #[derive(Debug, Parser)]
@@ -34,6 +34,8 @@ enum Command {
         /// Validity of the CA and operator certificates, in days.
         #[arg(long, value_name = "N", default_value_t = CA_DAYS)]
         ca_days: u64,
+        #[command(flatten)]
+        hsm: HsmArgs,
     },
     /// Issue a terminal certificate (signed by the acquirer); NAME is the merchant name phones show.
     Terminal(LeafArgs),
@@ -113,6 +115,29 @@ struct LeafArgs {
     /// Base name of the output files (default: NAME lowercased, other characters as '-').
     #[arg(long, value_name = "STEM")]
     file: Option<String>,
+    #[command(flatten)]
+    hsm: HsmArgs,
+}
+
+/// Where the issuer master key is when it is not in `issuer-master.key`.
+#[derive(Debug, Args)]
+struct HsmArgs {
+    /// The issuer master key in a PKCS#11 token: MODULE:TOKEN:LABEL
+    /// (e.g. /usr/lib/softhsm/libsofthsm2.so:tapstack:issuer-master). With
+    /// `init`, the key is generated inside the token (sensitive, not
+    /// extractable) and no issuer-master.key is written; with `wallet`,
+    /// the wallet's cryptogram key is derived inside the token.
+    #[arg(long, value_name = "MODULE:TOKEN:LABEL")]
+    hsm: Option<tapstack_certs::HsmSpec>,
+    /// File holding the token's user PIN (mode 0600); else $TAPSTACK_HSM_PIN.
+    #[arg(long, value_name = "FILE", requires = "hsm")]
+    pin_file: Option<PathBuf>,
+}
+
+impl HsmArgs {
+    fn pin(&self) -> Result<tapstack_certs::hsm::AuthPin> {
+        Ok(tapstack_certs::hsm::read_pin(self.pin_file.as_deref())?)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -144,9 +169,33 @@ fn run(cli: Cli) -> Result<()> {
     let now = now()?;
     let mut rng = OsRng;
     match cli.command {
-        Command::Init { out, ca_days } => {
-            let pki = init_with(&out, &InitOptions { ca_days }, now, &mut rng)?;
+        Command::Init { out, ca_days, hsm } => {
+            let opts = InitOptions {
+                ca_days,
+                master_key_file: hsm.hsm.is_none(),
+            };
+            let pki = match &hsm.hsm {
+                None => init_with(&out, &opts, now, &mut rng)?,
+                Some(spec) => {
+                    // The token first: a PIN or label problem leaves no PKI behind.
+                    HsmMasterKey::generate(spec, hsm.pin()?)
+                        .with_context(|| format!("creating the issuer master key in {spec}"))?;
+                    init_with(&out, &opts, now, &mut rng).with_context(|| {
+                        format!(
+                            "the issuer master key {spec} was created, but the PKI was not; \
+                             delete the key from the token before trying again"
+                        )
+                    })?
+                }
+            };
             println!("created a PKI in {}", out.display());
+            match &hsm.hsm {
+                Some(spec) => println!("  issuer master key generated inside the token: {spec}"),
+                None => println!(
+                    "  issuer master key in {} (development only: use --hsm in production)",
+                    pki.path(tapstack_certs::MASTER_KEY_FILE).display()
+                ),
+            }
             for id in [pki.root(), pki.issuer(), pki.acquirer(), pki.operator()] {
                 println!(
                     "  {:<9} {}  sha256 {}",
@@ -157,13 +206,25 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Terminal(a) => {
+            if a.hsm.hsm.is_some() {
+                anyhow::bail!(
+                    "--hsm is for init and wallet: terminals do not use the issuer master key"
+                );
+            }
             let pki = load(&a.pki)?;
             let issued = pki.issue_terminal(&a.name, &a.out, &leaf_options(&a), now, &mut rng)?;
             print_leaf(&issued.identity.cert, &issued.cert_path, &issued.key_path);
         }
         Command::Wallet(a) => {
             let pki = load(&a.pki)?;
-            let issued = pki.issue_wallet(&a.name, &a.out, &leaf_options(&a), now, &mut rng)?;
+            let issued = match &a.hsm.hsm {
+                Some(spec) => {
+                    let key = HsmMasterKey::open(spec, a.hsm.pin()?)
+                        .with_context(|| format!("opening the issuer master key {spec}"))?;
+                    pki.issue_wallet_with(&key, &a.name, &a.out, &leaf_options(&a), now, &mut rng)?
+                }
+                None => pki.issue_wallet(&a.name, &a.out, &leaf_options(&a), now, &mut rng)?,
+            };
             print_leaf(
                 &issued.leaf.identity.cert,
                 &issued.leaf.cert_path,

@@ -34,11 +34,18 @@ pub struct Identity {
 pub struct InitOptions {
     /// Validity of the root, issuer, acquirer and operator certificates.
     pub ca_days: u64,
+    /// Generate the issuer master key into [`MASTER_KEY_FILE`] (the
+    /// development setup). `false` when it lives in an HSM instead
+    /// ([`crate::HsmMasterKey::generate`]): then no such file is written.
+    pub master_key_file: bool,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { ca_days: CA_DAYS }
+        InitOptions {
+            ca_days: CA_DAYS,
+            master_key_file: true,
+        }
     }
 }
 
@@ -52,7 +59,8 @@ pub struct Pki {
     issuer: Identity,
     acquirer: Identity,
     operator: Identity,
-    issuer_master_key: IssuerMasterKey,
+    /// `None` when the PKI keeps its master key in an HSM.
+    issuer_master_key: Option<IssuerMasterKey>,
     revocations: RevocationList,
     trust: TrustStore,
 }
@@ -97,9 +105,10 @@ pub fn init(dir: &Path, now: u64, rng: &mut impl CryptoRngCore) -> Result<Pki, E
     init_with(dir, &InitOptions::default(), now, rng)
 }
 
-/// Create a new PKI in `dir` (created if missing): root, issuer, acquirer
-/// and operator certificates and keys, a random issuer master key and an
-/// empty revocation list number 1. Refuses if any PKI file is already there.
+/// Create a new PKI in `dir` (created if missing, mode 0700): root, issuer,
+/// acquirer and operator certificates and keys (0600), a random issuer
+/// master key (unless `opts.master_key_file` is false) and an empty
+/// revocation list number 1. Refuses if any PKI file is already there.
 pub fn init_with(
     dir: &Path,
     opts: &InitOptions,
@@ -147,9 +156,11 @@ pub fn init_with(
     let acquirer = child(Role::Acquirer, "tapstack dev acquirer")?;
     let operator = child(Role::Operator, "tapstack dev operator")?;
 
-    let mut imk = Zeroizing::new([0u8; 16]);
-    rng.fill_bytes(imk.as_mut());
-    let issuer_master_key = IssuerMasterKey(*imk);
+    let issuer_master_key = opts.master_key_file.then(|| {
+        let mut imk = Zeroizing::new([0u8; 16]);
+        rng.fill_bytes(imk.as_mut());
+        IssuerMasterKey(*imk)
+    });
 
     let mut revocations = RevocationList {
         number: 1,
@@ -202,7 +213,10 @@ impl Pki {
                 .map_err(|_| Error::PrivateKey { path: key_path })?;
             pems.push((role, id.cert.to_pem(), key_pem));
         }
-        let imk_hex = Zeroizing::new(format!("{}\n", hex::encode(self.issuer_master_key.0)));
+        let imk_hex = self
+            .issuer_master_key
+            .as_ref()
+            .map(|k| Zeroizing::new(format!("{}\n", hex::encode(k.0))));
         let list = self.revocations.to_bytes();
 
         let mut files: Vec<(PathBuf, &[u8], Mode)> = Vec::new();
@@ -218,11 +232,13 @@ impl Pki {
                 Mode::Secret,
             ));
         }
-        files.push((
-            self.dir.join(MASTER_KEY_FILE),
-            imk_hex.as_bytes(),
-            Mode::Secret,
-        ));
+        if let Some(imk_hex) = &imk_hex {
+            files.push((
+                self.dir.join(MASTER_KEY_FILE),
+                imk_hex.as_bytes(),
+                Mode::Secret,
+            ));
+        }
         files.push((self.dir.join(REVOCATIONS_FILE), &list, Mode::Public));
         fsio::write_all_new(&files).map_err(|e| match e {
             Error::Exists { path } => Error::AlreadyInitialized { path },
@@ -239,8 +255,13 @@ impl Pki {
         let acquirer = load_identity(dir, Role::Acquirer, |cert| trust.add_intermediate(cert))?;
         let operator = load_identity(dir, Role::Operator, |cert| trust.add_intermediate(cert))?;
 
+        // Absent when the master key lives in an HSM.
         let imk_path = dir.join(MASTER_KEY_FILE);
-        let issuer_master_key = read_hex_key(&imk_path)?;
+        let issuer_master_key = match read_hex_key(&imk_path) {
+            Ok(k) => Some(k),
+            Err(Error::Missing { .. }) => None,
+            Err(e) => return Err(e),
+        };
 
         let list_path = dir.join(REVOCATIONS_FILE);
         let revocations = read_revocations(&list_path, &trust)?;
@@ -284,8 +305,19 @@ impl Pki {
         }
     }
 
-    pub fn issuer_master_key(&self) -> &IssuerMasterKey {
-        &self.issuer_master_key
+    /// The issuer master key from [`MASTER_KEY_FILE`]; `None` when this
+    /// PKI keeps it in an HSM (no such file).
+    pub fn issuer_master_key(&self) -> Option<&IssuerMasterKey> {
+        self.issuer_master_key.as_ref()
+    }
+
+    /// The master key file, or [`Error::NoMasterKey`] naming it.
+    pub fn issuer_master_key_file(&self) -> Result<&IssuerMasterKey, Error> {
+        self.issuer_master_key
+            .as_ref()
+            .ok_or_else(|| Error::NoMasterKey {
+                path: self.dir.join(MASTER_KEY_FILE),
+            })
     }
 
     /// The current revocation list, as last loaded or written.
@@ -361,6 +393,7 @@ pub fn read_certificate(path: &Path) -> Result<Certificate, Error> {
 }
 
 /// Read a P-256 private key: PEM PKCS#8 (`PRIVATE KEY`) or SEC1 (`EC PRIVATE KEY`).
+/// Refuses a file that group or others may access ([`Error::KeyPermissions`]).
 pub fn read_private_key(path: &Path) -> Result<SigningKey, Error> {
     let bytes = fsio::read_secret(path)?;
     let err = || Error::PrivateKey {

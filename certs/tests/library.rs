@@ -12,7 +12,8 @@ use std::path::Path;
 use common::{copy_dir, setup, NOW};
 use tapstack_certs::{
     file_stem, init, init_with, inspect, CredentialRequest, Error, InitOptions, Inspected,
-    LeafOptions, Pki, RevokeTarget, SignatureStatus, BACKDATE, DAY, REVOCATION_LIFETIME,
+    LeafOptions, Pki, RevokeTarget, SignatureStatus, BACKDATE, DAY, MASTER_KEY_FILE,
+    REVOCATION_LIFETIME,
 };
 use tapstack_protocol::error::{CredentialProblem, Error as ProtoError};
 use tapstack_protocol::pki::{CertError, Role, TrustStore};
@@ -62,9 +63,15 @@ fn init_writes_a_pki_that_loads_back_identically() {
         assert_eq!(b.cert.not_after(), NOW + 3650 * DAY);
         loaded.verify(&b.cert, NOW).unwrap();
     }
-    assert_eq!(made.issuer_master_key().0, loaded.issuer_master_key().0);
+    assert_eq!(
+        made.issuer_master_key().unwrap().0,
+        loaded.issuer_master_key().unwrap().0
+    );
     let hex_key = std::fs::read_to_string(dir.join("issuer-master.key")).unwrap();
-    assert_eq!(hex_key.trim(), hex::encode(loaded.issuer_master_key().0));
+    assert_eq!(
+        hex_key.trim(),
+        hex::encode(loaded.issuer_master_key().unwrap().0)
+    );
 
     let list = read_list(&dir);
     assert_eq!(&list, loaded.revocations());
@@ -175,7 +182,7 @@ fn leaves_chain_to_their_cas_and_wallet_key_is_diversified() {
         &s.wallet.leaf.identity.key
     );
     let ck = std::fs::read_to_string(s.out.join("wallet.ck")).unwrap();
-    let expect = s.pki.issuer_master_key().diversify(w.serial());
+    let expect = s.pki.issuer_master_key().unwrap().diversify(w.serial());
     assert_eq!(ck.trim(), hex::encode(expect.0));
     assert_eq!(s.wallet.cryptogram_key.0, expect.0);
 
@@ -301,7 +308,10 @@ fn leaf_options_and_names_are_checked() {
     // A short-lived PKI: leaves are clamped, and nothing is issued once the CA expired.
     let short = init_with(
         &tmp.path().join("short"),
-        &InitOptions { ca_days: 30 },
+        &InitOptions {
+            ca_days: 30,
+            ..Default::default()
+        },
         NOW,
         &mut rng,
     )
@@ -343,7 +353,10 @@ fn leaf_options_and_names_are_checked() {
     assert!(matches!(
         init_with(
             &tmp.path().join("zero"),
-            &InitOptions { ca_days: 0 },
+            &InitOptions {
+                ca_days: 0,
+                ..Default::default()
+            },
             NOW,
             &mut rng
         ),
@@ -666,6 +679,26 @@ fn loading_a_corrupted_pki_names_the_file() {
         let dir = tmp.path().join("pki");
         copy_dir(src, &dir);
         std::fs::remove_file(dir.join(f)).unwrap();
+        if f == MASTER_KEY_FILE {
+            // A PKI whose master key is in an HSM has no such file.
+            let pki = Pki::load(&dir).unwrap();
+            assert!(pki.issuer_master_key().is_none());
+            let err = pki
+                .issue_wallet(
+                    "w",
+                    &tmp.path().join("w"),
+                    &LeafOptions::default(),
+                    NOW,
+                    &mut rand_core::OsRng,
+                )
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::NoMasterKey { path } if path.ends_with(f)),
+                "{err:?}"
+            );
+            assert!(!tmp.path().join("w").exists());
+            continue;
+        }
         let err = Pki::load(&dir).unwrap_err();
         assert!(
             matches!(&err, Error::Missing { path } if path.ends_with(f)),

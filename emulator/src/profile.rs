@@ -193,6 +193,7 @@ pub fn load(path: &Path) -> Result<LoadedWallet, Error> {
         });
     }
     let ck_path = resolve(base, &profile.cryptogram_key);
+    tapstack_certs::check_key_permissions(&ck_path)?;
     let ck_hex = read_small(&ck_path, 256)?;
     let ck: [u8; 16] = hex::decode(String::from_utf8_lossy(&ck_hex).trim())
         .ok()

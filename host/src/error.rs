@@ -37,6 +37,10 @@ pub enum Error {
     /// The PKI directory could not be loaded.
     #[error("PKI")]
     Pki(#[from] tapstack_certs::Error),
+    /// The issuer master key (file or HSM) could not derive a wallet's
+    /// cryptogram key.
+    #[error("issuer master key")]
+    IssuerKey { source: tapstack_certs::Error },
     /// A certificate, key or revocation list was refused.
     #[error("{what}: {source}")]
     Certificate {

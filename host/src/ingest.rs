@@ -19,8 +19,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use tapstack_certs::IssuerKeys;
 use tapstack_protocol::codec::Codec;
-use tapstack_protocol::crypto::{compress, sha256, IssuerMasterKey};
+use tapstack_protocol::crypto::{compress, sha256};
 use tapstack_protocol::error::Party;
 use tapstack_protocol::messages::{th1, AuthBody, WalletBody};
 use tapstack_protocol::pki::{CertError, Certificate, TrustStore};
@@ -56,7 +57,8 @@ pub const FUTURE_SKEW: u64 = 86_400;
 pub struct Ingestor {
     store: Arc<dyn Store>,
     trust: TrustStore,
-    issuer_master_key: IssuerMasterKey,
+    /// Derives wallets' cryptogram keys: the master key file or an HSM.
+    issuer_keys: Arc<dyn IssuerKeys>,
     revocations: Arc<Revocations>,
     mode: VerifyMode,
     atc_policy: AtcPolicy,
@@ -192,17 +194,20 @@ fn summarize(record: &TransactionRecord, terminal_name: &str) -> RecordSummary {
 impl Ingestor {
     /// `trust` must hold the root and every intermediate (issuer, acquirer,
     /// operator): the host checks terminals, wallets and credentials.
+    /// `issuer_keys` gives each wallet's cryptogram key: an
+    /// [`tapstack_protocol::crypto::IssuerMasterKey`] (the file) or a
+    /// [`tapstack_certs::HsmMasterKey`] (derived inside the token).
     pub fn new(
         store: Arc<dyn Store>,
         trust: TrustStore,
-        issuer_master_key: IssuerMasterKey,
+        issuer_keys: impl IssuerKeys + 'static,
         revocations: Arc<Revocations>,
         mode: VerifyMode,
     ) -> Result<Self, Error> {
         Ok(Ingestor {
             store,
             trust,
-            issuer_master_key,
+            issuer_keys: Arc::new(issuer_keys),
             revocations,
             mode,
             atc_policy: AtcPolicy::default(),
@@ -516,7 +521,7 @@ impl Ingestor {
         let (disposition, detail) = match &verdict {
             Ok(v) => {
                 *terminal_known = true;
-                match self.check_cryptogram(v) {
+                match self.check_cryptogram(v)? {
                     Ok(()) => (Disposition::Accepted, None),
                     Err(reason) => (
                         Disposition::Declined(reason),
@@ -562,19 +567,32 @@ impl Ingestor {
         })))
     }
 
-    fn check_cryptogram(&self, v: &VerifiedRecord) -> Result<(), Reason> {
+    /// The record's verdict on its issuer cryptogram (inner result), or an
+    /// error when the key source failed (an HSM that does not answer is no
+    /// reason to decline a tap: the batch fails and the terminal retries).
+    fn check_cryptogram(&self, v: &VerifiedRecord) -> Result<Result<(), Reason>, Error> {
         match v.scenario {
             Scenario::Pay { .. } | Scenario::Order { .. } => {
-                let ac = v.cryptogram.ok_or(Reason::MissingCryptogram)?;
-                let key = self.issuer_master_key.diversify(v.wallet.serial());
+                let Some(ac) = v.cryptogram else {
+                    return Ok(Err(Reason::MissingCryptogram));
+                };
+                let key = self
+                    .issuer_keys
+                    .wallet_key(v.wallet.serial())
+                    .map_err(|source| Error::IssuerKey { source })?;
                 if key.check(v.atc, &v.th1, v.cvm as u8, &ac) {
-                    Ok(())
+                    Ok(Ok(()))
                 } else {
-                    Err(Reason::BadCryptogram)
+                    Ok(Err(Reason::BadCryptogram))
                 }
             }
-            Scenario::Pickup { .. } => Ok(()),
+            Scenario::Pickup { .. } => Ok(Ok(())),
         }
+    }
+
+    /// Where the issuer master key is (for the start-up log).
+    pub fn issuer_key_location(&self) -> String {
+        self.issuer_keys.location()
     }
 }
 

@@ -34,6 +34,8 @@ enum Verifier {
     Reference,
 }
 
+// Parsed once at start; the size of `Serve` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the upload API over HTTPS with mutual TLS.
@@ -73,6 +75,15 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = tapstack_host::store::DEFAULT_ATC_WINDOW,
               value_parser = clap::value_parser!(u32).range(1..))]
         atc_window: u32,
+        /// The issuer master key in a PKCS#11 token (MODULE:TOKEN:LABEL, as
+        /// made by `tap-certs init --hsm`): wallets' cryptogram keys are
+        /// derived inside the token and the PKI needs no issuer-master.key.
+        /// Without it the host reads issuer-master.key (development only).
+        #[arg(long, value_name = "MODULE:TOKEN:LABEL")]
+        hsm: Option<tapstack_certs::HsmSpec>,
+        /// File holding the token's user PIN (mode 0600); else $TAPSTACK_HSM_PIN.
+        #[arg(long, value_name = "FILE", requires = "hsm")]
+        pin_file: Option<PathBuf>,
     },
     /// Report accepted records per terminal, scenario and day (the server must be stopped: sled locks its directory).
     Ledger {
@@ -99,9 +110,34 @@ fn main() -> Result<()> {
             ingest_concurrency,
             body_timeout,
             atc_window,
+            hsm,
+            pin_file,
         } => {
             let pki = tapstack_certs::Pki::load(&pki)
                 .with_context(|| format!("loading the PKI in {}", pki.display()))?;
+            let issuer_keys: Option<Arc<dyn tapstack_certs::IssuerKeys>> = match &hsm {
+                Some(spec) => {
+                    let pin = tapstack_certs::hsm::read_pin(pin_file.as_deref())?;
+                    let key = tapstack_certs::HsmMasterKey::open(spec, pin)
+                        .with_context(|| format!("opening the issuer master key {spec}"))?;
+                    eprintln!(
+                        "tap-host: issuer master key: {}",
+                        tapstack_certs::IssuerKeys::location(&key)
+                    );
+                    Some(Arc::new(key))
+                }
+                None => {
+                    let path = pki.path(tapstack_certs::MASTER_KEY_FILE);
+                    eprintln!(
+                        "tap-host: WARN: the issuer master key is in a file, {}, and in this \
+                         process's memory: anyone who reads either can make every wallet's \
+                         cryptogram key. Development only: in production keep it in an HSM \
+                         (tap-certs init --hsm, tap-host serve --hsm MODULE:TOKEN:LABEL).",
+                        path.display()
+                    );
+                    None
+                }
+            };
             let db: Arc<dyn Store> = Arc::new(
                 SledStore::open(&store)
                     .with_context(|| format!("opening the store in {}", store.display()))?,
@@ -126,6 +162,7 @@ fn main() -> Result<()> {
                 db,
                 HostOptions {
                     tls,
+                    issuer_keys,
                     verify_mode,
                     limits,
                     atc_policy: AtcPolicy { window: atc_window },

@@ -29,6 +29,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use p256::ecdsa::SigningKey;
 use serde::Serialize;
+use tapstack_certs::IssuerKeys;
 use tapstack_protocol::pki::{Certificate, Role};
 use tapstack_protocol::Codec;
 use tokio::net::TcpListener;
@@ -97,6 +98,10 @@ pub struct Host {
 pub struct HostOptions {
     /// Server certificate and key; generated from the PKI root if `None`.
     pub tls: Option<TlsIdentity>,
+    /// Where wallets' cryptogram keys come from: `None` = the PKI's
+    /// `issuer-master.key` (development); an HSM in production
+    /// ([`tapstack_certs::HsmMasterKey`]).
+    pub issuer_keys: Option<Arc<dyn IssuerKeys>>,
     pub verify_mode: VerifyMode,
     pub limits: Limits,
     /// The wallets' ATC window (`--atc-window`).
@@ -135,7 +140,8 @@ impl Host {
 
     /// A host for a `tap-certs init` directory: trusts its root and
     /// intermediates, enforces (and follows changes of) its revocation list,
-    /// checks cryptograms with its issuer master key, issues credentials
+    /// checks cryptograms with `opts.issuer_keys` (else its issuer master
+    /// key file), issues credentials
     /// with its operator key.
     pub fn from_pki(
         pki: &tapstack_certs::Pki,
@@ -147,15 +153,13 @@ impl Host {
             &pki.path(tapstack_certs::REVOCATIONS_FILE),
             trust.clone(),
         )?);
+        let issuer_keys: Arc<dyn IssuerKeys> = match opts.issuer_keys {
+            Some(keys) => keys,
+            None => Arc::new(pki.issuer_master_key_file()?.clone()),
+        };
         let ingestor = Arc::new(
-            Ingestor::new(
-                store,
-                trust,
-                pki.issuer_master_key().clone(),
-                revocations,
-                opts.verify_mode,
-            )?
-            .with_atc_policy(opts.atc_policy),
+            Ingestor::new(store, trust, issuer_keys, revocations, opts.verify_mode)?
+                .with_atc_policy(opts.atc_policy),
         );
         let identity = match opts.tls {
             Some(id) => id,
@@ -320,6 +324,11 @@ impl Host {
         .await;
         match result {
             Ok(Ok(resp)) => json(StatusCode::OK, &resp),
+            Ok(Err(e @ Error::IssuerKey { .. })) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "issuer_key_unavailable",
+                &format!("nothing was acknowledged: {e}"),
+            ),
             Ok(Err(e)) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_unavailable",

@@ -109,6 +109,7 @@ impl TlsIdentity {
                 what: "no CERTIFICATE block",
             });
         }
+        tapstack_certs::check_key_permissions(key)?;
         let key = PrivateKeyDer::from_pem_file(key).map_err(|_| Error::Pem {
             path: key.to_path_buf(),
             what: "no usable private key",

@@ -319,6 +319,27 @@ fn an_unknown_currency_in_the_configuration_is_refused() {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn a_group_readable_terminal_key_is_refused_with_the_chmod_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Counter::new();
+    let key = c.path("terminal.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let r = c.run(&["pay", "1.00", "CNY"]);
+    assert_ne!(r.code(), 0, "{r:?}");
+    assert!(
+        r.stderr()
+            .contains(&format!("run `chmod 600 {}`", key.display())),
+        "{r:?}"
+    );
+    assert!(!r.stderr().contains(PHONE_CAME), "{r:?}");
+    // Fixed as told, the same command taps.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = c.run(&["pay", "1.00", "CNY"]);
+    assert_eq!(r.code(), 0, "{r:?}");
+}
+
 #[test]
 fn approved_exits_0_declined_2_and_json_has_the_outcome() {
     let c = Counter::new();

@@ -101,7 +101,7 @@ impl Fixture {
             operator: kit_id(certs.operator()),
             terminal: kit_id(&t.identity),
             wallet: kit_id(&w.leaf.identity),
-            issuer_master_key: certs.issuer_master_key().clone(),
+            issuer_master_key: certs.issuer_master_key().unwrap().clone(),
             now,
         };
         Fixture {

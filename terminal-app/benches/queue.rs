@@ -123,7 +123,7 @@ struct Prepared {
 }
 
 const OPS: [&str; 8] = [
-    "`Queue::append`, record signed beforehand (sled transaction over 4 trees + `flush`; the mark's slot written and handed to the device; one fdatasync of sled's file flushes both)",
+    "`Queue::append`, record signed beforehand (record + ATC index inserted, `flush`; the mark's slot written and handed to the device; one fdatasync of sled's file flushes both)",
     "`Queue::append`, record signed inside (as `Engine::tap` calls it)",
     "sled alone: one `insert` + `flush` of the same bytes",
     "bare `write` + `File::sync_all` (fsync) of the same bytes",

@@ -1,13 +1,14 @@
 //! The durable queue of transaction records: sled for the records, and a
 //! high-water mark outside sled ([`crate::mark`]) that sled cannot bypass.
 //!
-//! * **Approval is two durable writes, issued together.** A record's
-//!   sequence number is the mark's plus one. The record is stored in one
-//!   sled transaction and flushed; then sled's data file is `fdatasync`ed
-//!   (sled's own `flush()` is only `sync_file_range`) *while* the mark naming
-//!   the record is written and synced. Only when both are on the device is
-//!   the tap approved. Numbers never repeat (the next one always follows the
-//!   mark) and never skip (the host refuses gaps).
+//! * **The mark is the commit record.** A record's sequence number is the
+//!   mark's plus one. The record (then its index entries) is stored in sled
+//!   and flushed; then the mark naming it is written, and both are put on
+//!   the device ([`flush_both`]: one device flush where the filesystem
+//!   allows, else two fdatasyncs issued together — sled's own `flush()` is
+//!   only `sync_file_range`). Only then is the tap approved. Numbers never
+//!   repeat (the next one always follows the mark) and never skip (the host
+//!   refuses gaps).
 //! * **Damage is detected, never absorbed.** At open every record from the
 //!   host's acknowledged point to the mark is read, its checksum
 //!   (`SHA-256(record) ‖ record`, also the record id and the next record's
@@ -24,14 +25,13 @@
 //!   once the disk has room.
 //! * Records leave only when the host acknowledged them ([`Queue::ack`]).
 //! * The last ATC per wallet, the pickup credentials used here and the local
-//!   API's idempotency keys are written in the record's transaction.
+//!   API's idempotency keys are written with the record, after it; those of
+//!   an append that never completed are dropped when it is set aside.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::crypto::sha256;
 use tapstack_protocol::record::TransactionRecord;
@@ -586,11 +586,41 @@ impl Queue {
         Ok(q)
     }
 
-    /// Check the store against the mark; set aside records past it.
+    /// Check the store against the mark; set aside records past it, and
+    /// drop what their appends indexed (a pickup never approved must not
+    /// count as collected, an idempotency key must not answer "approved").
     fn reconcile(&self, g: &mut Inner) -> Result<(), Error> {
         let Some(s) = &g.sled else { return Ok(()) };
         let found = scan(s, &g.approved);
         g.damaged.extend(found.damaged);
+        let approved = g.approved.seq;
+        let mut dropped = 0usize;
+        for (k, v) in s.credentials.iter().flatten() {
+            let seq = <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes);
+            if seq.is_ok_and(|seq| seq > approved) {
+                let _ = s.credentials.remove(k);
+                dropped += 1;
+            }
+        }
+        for (k, v) in s.intents.iter().flatten() {
+            let seq = serde_json::from_slice::<Remembered>(&v)
+                .ok()
+                .and_then(|r| match r.outcome {
+                    RememberedOutcome::Approved { record } => hex::decode(record)
+                        .ok()
+                        .and_then(|b| TransactionRecord::decode(&b).ok())
+                        .map(|r| r.seq),
+                    RememberedOutcome::Declined { .. } => None,
+                });
+            if seq.is_some_and(|seq| seq > approved) {
+                let _ = s.intents.remove(k);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(queue = %self.dir.display(), dropped, "dropped index entries of appends that never completed");
+            s.sync().map_err(|e| store_err(&self.dir, "sync", e))?;
+        }
         if found.beyond.is_empty() && found.prunable.is_empty() {
             return Ok(());
         }
@@ -608,12 +638,6 @@ impl Queue {
             s.records
                 .remove(st.seq.to_be_bytes())
                 .map_err(|e| store_err(&self.dir, "set aside", e))?;
-            // A pickup that was never approved must not count as used.
-            for kv in s.credentials.iter().flatten() {
-                if kv.1.as_ref() == st.seq.to_be_bytes() {
-                    let _ = s.credentials.remove(kv.0);
-                }
-            }
             tracing::warn!(queue = %self.dir.display(), seq = st.seq, "set aside a record whose append never completed (it was never approved)");
             g.set_aside.push(st.seq);
         }
@@ -1039,24 +1063,23 @@ impl QueueStore for Queue {
         });
         let stored = self.with_sled(&g, |s| {
             Ok((|| {
-                let result: Result<(), TransactionError<()>> =
-                    (&s.records, &s.atc, &s.credentials, &s.intents).transaction(
-                        |(records, atc, creds, intents)| {
-                            records.insert(&seq.to_be_bytes(), value.as_slice())?;
-                            atc.insert(&facts.wallet, &facts.atc.to_be_bytes())?;
-                            if let Some(c) = facts.credential {
-                                creds.insert(&c, &seq.to_be_bytes())?;
-                            }
-                            if let Some((k, v)) = &intent {
-                                intents.insert(k.as_bytes(), v.as_slice())?;
-                            }
-                            Ok::<(), ConflictableTransactionError<()>>(())
-                        },
-                    );
-                result.map_err(|e| match e {
-                    TransactionError::Abort(()) => "transaction aborted".to_string(),
-                    TransactionError::Storage(e) => e.to_string(),
-                })?;
+                // No sled transaction: the mark is the commit record. The
+                // record goes first; whatever of this append reaches the
+                // disk without the mark is set aside (with its index
+                // entries) at the next open or recovery.
+                let e = |e: sled::Error| e.to_string();
+                s.records
+                    .insert(seq.to_be_bytes(), value.as_slice())
+                    .map_err(e)?;
+                s.atc
+                    .insert(facts.wallet, &facts.atc.to_be_bytes())
+                    .map_err(e)?;
+                if let Some(c) = facts.credential {
+                    s.credentials.insert(c, &seq.to_be_bytes()).map_err(e)?;
+                }
+                if let Some((k, v)) = &intent {
+                    s.intents.insert(k.as_bytes(), v.as_slice()).map_err(e)?;
+                }
                 s.db.flush().map_err(|e| format!("flush: {e}"))?;
                 Ok::<_, String>(())
             })())

@@ -16,7 +16,7 @@ use tapstack_protocol::scenario::{Amount, Currency, Scenario};
 use tapstack_protocol::terminal::{TapOutcome, TapParams};
 use tapstack_protocol::testkit::Pki;
 use tapstack_terminal::mark::mark_path;
-use tapstack_terminal::queue::{Queue, QueueStore, RecordFacts, Stored};
+use tapstack_terminal::queue::{IntentKey, Queue, QueueStore, RecordFacts, Stored};
 use tapstack_terminal::Error;
 
 mod common;
@@ -53,14 +53,25 @@ impl Maker {
     }
 
     fn append(&self, q: &Queue, i: usize) -> Result<Stored, Error> {
+        self.append_with(q, i, None, None)
+    }
+
+    /// An append that also uses a pickup credential and an idempotency key.
+    fn append_with(
+        &self,
+        q: &Queue,
+        i: usize,
+        credential: Option<[u8; 16]>,
+        intent: Option<IntentKey>,
+    ) -> Result<Stored, Error> {
         let o = &self.outcomes[i % self.outcomes.len()];
         let (cert, key) = (&self.pki.terminal.cert, &self.pki.terminal.key);
         q.append(
             RecordFacts {
                 wallet: *o.wallet.hash(),
                 atc: o.atc,
-                credential: None,
-                intent: None,
+                credential,
+                intent,
             },
             &mut |seq, prev| {
                 TransactionRecord::new(o, cert, key, seq, prev, 1_800_000_000, None, None)
@@ -289,13 +300,25 @@ fn an_append_that_never_completed_is_set_aside_and_never_uploaded() {
     // state a crash between the two leaves.
     let mark = std::fs::read(mark_path(&dir)).unwrap();
     let q = Queue::open(&dir).unwrap();
-    let orphan = m.append(&q, 5).unwrap();
+    let key = IntentKey {
+        key: "sale-6".into(),
+        request: br#"{"kind":"pickup"}"#.to_vec(),
+    };
+    let orphan = m
+        .append_with(&q, 5, Some([6; 16]), Some(key.clone()))
+        .unwrap();
+    assert!(q.credential_used(&[6; 16]).unwrap());
+    assert!(q.recall(&key.key).unwrap().is_some());
     drop(q);
     std::fs::write(mark_path(&dir), mark).unwrap();
     let q = Queue::open(&dir).unwrap();
     let i = q.integrity();
     assert!(i.is_ok(), "{i:?}");
     assert_eq!(i.set_aside, vec![6]);
+    // What that append indexed is gone with it: the parcel can still be
+    // collected, and a retry of the key does not answer "approved".
+    assert!(!q.credential_used(&[6; 16]).unwrap());
+    assert!(q.recall(&key.key).unwrap().is_none());
     assert_eq!(q.pending(usize::MAX).unwrap(), approved);
     let next = m.append(&q, 0).unwrap();
     assert_eq!(next.seq, 6);

@@ -532,9 +532,7 @@ impl Shared {
             .and_then(|u| u.status().revocation_refresh_error);
         Some(state)
     }
-}
 
-impl Shared {
     pub(crate) fn reader_status(&self) -> ReaderStatus {
         lock(&self.reader).clone()
     }

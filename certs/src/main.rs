@@ -90,6 +90,33 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         pki: Option<PathBuf>,
     },
+    /// Create the TLS CA of the upload host (tls-ca.pem, tls-ca.key) in DIR:
+    /// separate from the payment root, which never signs TLS certificates.
+    /// Terminals trust its certificate as `[host] ca`.
+    TlsCa {
+        /// Directory to write into (created 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, value_name = "N", default_value_t = tapstack_certs::tls::TLS_CA_DAYS)]
+        days: u64,
+    },
+    /// Issue the host's TLS server certificate (tls-server.pem, tls-server.key)
+    /// from the TLS CA; `tap-host serve --tls DIR` reads them.
+    TlsServer {
+        /// The TLS CA's directory (`tap-certs tls-ca`).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// A DNS name or IP address the host is reached at (repeat for more).
+        #[arg(long = "name", value_name = "DNS_OR_IP", required = true)]
+        names: Vec<tapstack_certs::ServerName>,
+        /// Directory to write into (created 0700 if missing; may be the CA's).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity in days (not beyond the CA's).
+        #[arg(long, value_name = "N", default_value_t = tapstack_certs::tls::TLS_SERVER_DAYS)]
+        days: u64,
+    },
     /// Check a certificate against the PKI (role, chain, validity, revocation).
     Verify {
         #[arg(long, value_name = "DIR")]
@@ -296,6 +323,34 @@ fn run(cli: Cli) -> Result<()> {
                 outcome.list.number,
                 outcome.list.next_update
             );
+        }
+        Command::TlsCa { out, days } => {
+            let ca = tapstack_certs::TlsCa::init(&out, days, now, &mut rng)?;
+            println!("created a TLS CA in {}", out.display());
+            println!(
+                "  certificate: {}  (terminals: [host] ca)",
+                out.join(tapstack_certs::tls::TLS_CA_CERT_FILE).display()
+            );
+            println!(
+                "  private key: {}  (keep offline, like the PKI)",
+                out.join(tapstack_certs::tls::TLS_CA_KEY_FILE).display()
+            );
+            drop(ca);
+        }
+        Command::TlsServer {
+            ca,
+            names,
+            out,
+            days,
+        } => {
+            let tls_ca = tapstack_certs::TlsCa::load(&ca)
+                .with_context(|| format!("cannot load the TLS CA in {}", ca.display()))?;
+            let server = tls_ca.issue_server(&names, days, now, &mut rng)?;
+            let (cert, key) = server.write(&out)?;
+            let list: Vec<String> = names.iter().map(ToString::to_string).collect();
+            println!("issued a TLS server certificate for {}", list.join(", "));
+            println!("  certificate: {}", cert.display());
+            println!("  private key: {}", key.display());
         }
         Command::Inspect { file, pki } => {
             let pki = pki.as_deref().map(load).transpose()?;

@@ -18,7 +18,7 @@ use tapstack_protocol::Codec;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::wire::{BatchRequest, BatchResponse, CredentialRequest, CredentialResponse, ErrorBody};
+use crate::wire::{BatchRequest, BatchResponse, ErrorBody};
 use crate::Error;
 
 /// Largest response body the client reads.
@@ -206,16 +206,5 @@ impl HostClient {
                 message: String::new(),
             })
         }
-    }
-
-    /// Ask for a pickup credential (operator certificate required).
-    pub async fn issue_credential(
-        &self,
-        req: &CredentialRequest,
-    ) -> Result<CredentialResponse, Error> {
-        let body = serde_json::to_vec(req).unwrap_or_default();
-        self.request(Method::POST, "/v1/credentials", body)
-            .await?
-            .json("credential response")
     }
 }

@@ -310,33 +310,6 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// `POST /v1/credentials` request body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CredentialRequest {
-    /// The recipient wallet's certificate: base64 of its DER.
-    pub wallet_certificate: String,
-    pub site: String,
-    pub slot: u16,
-    pub parcel: String,
-    /// Validity in days (default 7).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub days: Option<u64>,
-}
-
-/// `POST /v1/credentials` response body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CredentialResponse {
-    /// Credential id, hex.
-    pub id: String,
-    /// Base64 of the credential's TLV encoding (tag `E4`): what the wallet stores.
-    pub credential: String,
-    pub not_after: u64,
-}
-
-pub(crate) fn b64_decode(s: &str) -> Option<Vec<u8>> {
-    B64.decode(s).ok()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

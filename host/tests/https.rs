@@ -8,9 +8,7 @@ use hyper::Method;
 use rand_core::OsRng;
 use tapstack_host::server::Limits;
 use tapstack_host::store::Disposition;
-use tapstack_host::wire::{
-    BatchRequest, BatchResponse, CredentialRequest, Flag, Reason, RecordStatus,
-};
+use tapstack_host::wire::{BatchRequest, BatchResponse, Flag, Reason, RecordStatus};
 use tapstack_protocol::crypto;
 use tapstack_protocol::record::TransactionRecord;
 use tapstack_protocol::scenario::{PickupCredential, Scenario};
@@ -308,13 +306,32 @@ async fn clients_without_a_valid_certificate_cannot_connect() {
     // …and a client of this PKI does not trust a host of another PKI.
     let confused = other.client(host.addr, None);
     assert!(confused.health().await.is_err());
+    // The payment root signs no TLS certificate: a genuine terminal that
+    // trusts the payment root instead of the TLS CA does not trust the host.
+    let root_only = tapstack_host::client::HostClient::new(
+        host.addr,
+        tapstack_host::tls::server_name("localhost").unwrap(),
+        tapstack_host::tls::client_config(
+            fx.certs.root().cert.der(),
+            Some(
+                tapstack_host::tls::TlsIdentity::from_protocol(
+                    &fx.kit.terminal.cert,
+                    &fx.kit.terminal.key,
+                    &[],
+                )
+                .unwrap(),
+            ),
+        )
+        .unwrap(),
+    );
+    assert!(root_only.health().await.is_err());
     // A wallet certificate of this PKI is not a client role.
     let wallet = fx.kit.new_wallet(&mut OsRng);
     let w = tapstack_host::client::HostClient::new(
         host.addr,
         tapstack_host::tls::server_name("localhost").unwrap(),
         tapstack_host::tls::client_config(
-            fx.certs.root().cert.der(),
+            fx.tls_ca.cert_der(),
             Some(
                 tapstack_host::tls::TlsIdentity::from_protocol(
                     &wallet.cert,
@@ -642,16 +659,21 @@ async fn oversized_and_malformed_bodies_get_clear_errors_and_the_server_keeps_se
             .status,
         405
     );
-    // The operator may not upload; a terminal may not issue credentials.
-    let operator = fx.client(host.addr, Some(&fx.operator()));
+    // Credentials are issued offline (tap-certs): no such endpoint.
     assert_eq!(
-        operator
-            .request(Method::POST, "/v1/batches", b"{\"records\":[]}".to_vec())
+        client
+            .request(Method::POST, "/v1/credentials", b"{}".to_vec())
             .await
             .unwrap()
             .status,
-        403
+        404
     );
+    // Only terminals are clients: the operator cannot even connect.
+    let operator = fx.client(host.addr, Some(&fx.operator()));
+    assert!(operator
+        .request(Method::POST, "/v1/batches", b"{\"records\":[]}".to_vec())
+        .await
+        .is_err());
     assert!(host.records().is_empty());
 
     // Still serving: an empty batch tells the head, a real one is stored.
@@ -716,45 +738,30 @@ async fn slow_and_truncated_clients_do_not_stop_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_issues_pickup_credentials_that_wallets_can_use() {
+async fn pickup_credentials_issued_offline_by_tap_certs_are_accepted() {
     let fx = Fixture::new();
     let host = Running::start(&fx, Limits::default()).await;
     let mut wallet = fx.wallet();
-    let req = CredentialRequest {
-        wallet_certificate: tapstack_host::wire::encode_record(wallet.certificate.der()),
-        site: "MALL-1".into(),
+    // What `tap-certs credential` does, on the machine with the operator key.
+    let path = fx.dir.path().join("parcel-42.cred");
+    let req = tapstack_certs::CredentialRequest {
+        wallet: &wallet.certificate,
+        site: "MALL-1",
         slot: 12,
-        parcel: "PARCEL-42".into(),
+        parcel: "PARCEL-42",
         days: Some(2),
     };
-    let operator = fx.client(host.addr, Some(&fx.operator()));
-    let issued = operator.issue_credential(&req).await.unwrap();
-    let der = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        &issued.credential,
-    )
-    .unwrap();
-    let cred = PickupCredential::decode(&der).unwrap();
+    let issued = fx
+        .certs
+        .issue_credential(&req, &path, fx.kit.now, &mut OsRng)
+        .unwrap();
+    let cred = PickupCredential::decode(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(cred.id, issued.id);
     assert_eq!(
         (cred.site.as_str(), cred.slot, cred.parcel.as_str()),
         ("MALL-1", 12, "PARCEL-42")
     );
-    assert_eq!(hex::encode(cred.id), issued.id);
-    // A terminal may not issue; a bad request is a 400.
-    let terminal = fx.client(host.addr, Some(&fx.kit.terminal));
-    assert!(matches!(
-        terminal.issue_credential(&req).await,
-        Err(tapstack_host::Error::Refused { status: 403, .. })
-    ));
-    let bad = CredentialRequest {
-        site: String::new(),
-        ..req.clone()
-    };
-    assert!(matches!(
-        operator.issue_credential(&bad).await,
-        Err(tapstack_host::Error::Refused { status: 400, .. })
-    ));
-    // The wallet picks up with it; the host accepts the record.
+    // The wallet picks up with it; the host (no operator key) accepts the record.
     wallet.credentials.push(cred);
     let mut t = fx.sim(fx.kit.terminal.clone());
     let rec = t.tap(
@@ -764,6 +771,7 @@ async fn operator_issues_pickup_credentials_that_wallets_can_use() {
             site: "MALL-1".into(),
         },
     );
+    let terminal = fx.client(host.addr, Some(&fx.kit.terminal));
     let resp = terminal.upload(&bytes(&[rec])).await.unwrap();
     assert_eq!(resp.results[0].status, RecordStatus::Accepted, "{resp:?}");
     host.stop().await;

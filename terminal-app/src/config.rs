@@ -82,7 +82,9 @@ pub struct QueueSection {
 pub struct HostSection {
     /// `https://host:port`
     pub url: String,
-    /// CA certificate the host's TLS certificate chains to.
+    /// The TLS CA certificate (`tap-certs tls-ca`, PEM or DER) the host's
+    /// TLS server certificate is issued by: not the payment root, which
+    /// signs no TLS certificate.
     pub ca: PathBuf,
     /// Name in the host's certificate.
     #[serde(default = "default_server_name")]
@@ -316,7 +318,7 @@ path = "queue"                   # sled directory; back it up, never edit it
 
 [host]
 url = "https://127.0.0.1:8443"
-ca = "pki/root.pem"
+ca = "tls/tls-ca.pem"             # the TLS CA (`tap-certs tls-ca`), not the payment root
 server_name = "localhost"
 batch_size = 200
 sync_interval_secs = 60          # `serve` uploads this often (and at start-up)

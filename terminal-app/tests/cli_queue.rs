@@ -16,7 +16,7 @@ fn config(shop: &Shop) -> PathBuf {
         "[terminal]\ncertificate = \"terminal.pem\"\nkey = \"terminal.key\"\ncurrency = \"CNY\"\ntap_timeout_secs = 5\n\n\
          [reader]\nconnection = \"emu:phones/alice.toml\"\n\n\
          [trust]\nroot = \"pki/root.pem\"\nissuers = [\"pki/issuer.pem\"]\noperators = [\"pki/operator.pem\"]\n\n\
-         [queue]\npath = \"queue\"\n\n[host]\nurl = \"https://{}\"\nca = \"pki/root.pem\"\n",
+         [queue]\npath = \"queue\"\n\n[host]\nurl = \"https://{}\"\nca = \"tls/tls-ca.pem\"\n",
         shop.host_addr
     );
     let path = shop.dir.path().join("terminal.toml");

@@ -84,7 +84,25 @@ impl Shop {
             .build()
             .unwrap();
         let host_store: Arc<dyn Store> = Arc::new(SledStore::open(&d.join("host-store")).unwrap());
-        let host = Host::from_pki(&pki, host_store.clone(), HostOptions::default()).unwrap();
+        // The host's TLS certificate comes from a TLS CA of its own (not the
+        // payment root); the terminal trusts tls/tls-ca.pem.
+        let tls_ca = tapstack_certs::TlsCa::init(&d.join("tls"), 30, now(), &mut OsRng).unwrap();
+        let server = tls_ca
+            .issue_server(
+                &["localhost".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+                30,
+                now(),
+                &mut OsRng,
+            )
+            .unwrap();
+        server.write(&d.join("tls")).unwrap();
+        let host = Host::from_pki(
+            &pki.public(),
+            host_store.clone(),
+            tapstack_host::tls::TlsIdentity::from_tls_server(&server).unwrap(),
+            HostOptions::default(),
+        )
+        .unwrap();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();

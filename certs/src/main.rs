@@ -38,7 +38,18 @@ enum Command {
         hsm: HsmArgs,
     },
     /// Issue a terminal certificate (signed by the acquirer); NAME is the merchant name phones show.
-    Terminal(LeafArgs),
+    Terminal {
+        #[command(flatten)]
+        leaf: LeafArgs,
+        /// The terminal's stable ID (subject serialNumber; 1 to 64 letters,
+        /// digits or '-'): the host keeps one chain of records per ID.
+        /// Default: 16 random hex digits.
+        #[arg(long, value_name = "ID", conflicts_with = "renew")]
+        id: Option<String>,
+        /// Renew this terminal certificate: same merchant name and ID, new key.
+        #[arg(long, value_name = "OLD.pem")]
+        renew: Option<PathBuf>,
+    },
     /// Issue a wallet certificate (signed by the issuer) and its cryptogram key.
     Wallet(LeafArgs),
     /// Issue an operator-signed pickup credential for a wallet.
@@ -130,9 +141,9 @@ enum Command {
 struct LeafArgs {
     #[arg(long, value_name = "DIR")]
     pki: PathBuf,
-    /// Common name of the certificate.
+    /// Common name of the certificate (with `terminal --renew`: taken from the old one).
     #[arg(long)]
-    name: String,
+    name: Option<String>,
     /// Output directory for NAME.pem, NAME.key (and NAME.ck for wallets).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -232,25 +243,54 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Terminal(a) => {
+        Command::Terminal { leaf: a, id, renew } => {
             if a.hsm.hsm.is_some() {
                 anyhow::bail!(
                     "--hsm is for init and wallet: terminals do not use the issuer master key"
                 );
             }
             let pki = load(&a.pki)?;
-            let issued = pki.issue_terminal(&a.name, &a.out, &leaf_options(&a), now, &mut rng)?;
+            let issued = match &renew {
+                Some(old_path) => {
+                    let old = read_certificate(old_path)?;
+                    if a.name.as_deref().is_some_and(|n| n != old.common_name()) {
+                        anyhow::bail!(
+                            "--name {:?} differs from the renewed certificate's {:?}; leave --name out",
+                            a.name.as_deref().unwrap_or_default(),
+                            old.common_name()
+                        );
+                    }
+                    pki.renew_terminal(&old, &a.out, &leaf_options(&a), now, &mut rng)
+                        .with_context(|| format!("renewing {}", old_path.display()))?
+                }
+                None => pki.issue_terminal_with_id(
+                    a.name
+                        .as_deref()
+                        .ok_or_else(|| anyhow::anyhow!("give --name (or --renew OLD.pem)"))?,
+                    id.as_deref(),
+                    &a.out,
+                    &leaf_options(&a),
+                    now,
+                    &mut rng,
+                )?,
+            };
             print_leaf(&issued.identity.cert, &issued.cert_path, &issued.key_path);
+            if let Some(id) = issued.identity.cert.terminal_id() {
+                println!("  terminal ID:    {id}");
+            }
         }
         Command::Wallet(a) => {
+            let Some(name) = a.name.clone() else {
+                anyhow::bail!("give --name");
+            };
             let pki = load(&a.pki)?;
             let issued = match &a.hsm.hsm {
                 Some(spec) => {
                     let key = HsmMasterKey::open(spec, a.hsm.pin()?)
                         .with_context(|| format!("opening the issuer master key {spec}"))?;
-                    pki.issue_wallet_with(&key, &a.name, &a.out, &leaf_options(&a), now, &mut rng)?
+                    pki.issue_wallet_with(&key, &name, &a.out, &leaf_options(&a), now, &mut rng)?
                 }
-                None => pki.issue_wallet(&a.name, &a.out, &leaf_options(&a), now, &mut rng)?,
+                None => pki.issue_wallet(&name, &a.out, &leaf_options(&a), now, &mut rng)?,
             };
             print_leaf(
                 &issued.leaf.identity.cert,

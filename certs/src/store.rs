@@ -129,6 +129,7 @@ pub fn init_with(
         common_name,
         not_before,
         not_after,
+        terminal_id: None,
     };
 
     let root_key = SigningKey::random(rng);

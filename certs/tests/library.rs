@@ -793,8 +793,14 @@ fn inspect_describes_every_kind_of_file() {
     };
     assert_eq!(info.chain, Some(Ok(())));
     assert_eq!(info.issuer, "CN=tapstack dev acquirer,OU=acquirer");
-    assert_eq!(info.subject, "CN=Tea House #12,OU=terminal");
+    let id = s.terminal.identity.cert.terminal_id().unwrap().to_owned();
+    assert_eq!(id.len(), 16, "a random 16-hex-digit terminal ID by default");
+    assert_eq!(
+        info.subject,
+        format!("SERIALNUMBER={id},CN=Tea House #12,OU=terminal")
+    );
     let text = i.to_string();
+    assert!(text.contains(&format!("terminal ID:  {id}")), "{text}");
     for want in [
         "role:         terminal",
         "Tea House #12",

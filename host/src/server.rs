@@ -275,9 +275,19 @@ impl Host {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let records = match BatchRequest::decode(&body) {
+        let (records, earlier) = match BatchRequest::decode_with_certificates(&body) {
             Ok(r) => r,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
+        };
+        let earlier = match self.ingestor.earlier_certificates(peer, &earlier) {
+            Ok(c) => c,
+            Err(e) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "certificate_rejected",
+                    &e.to_string(),
+                )
+            }
         };
         let Ok(permit) = self.ingest_permits.clone().acquire_owned().await else {
             return error(
@@ -290,7 +300,7 @@ impl Host {
         let peer = peer.clone();
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            ingestor.ingest(&peer, &records, unix_now())
+            ingestor.ingest_with_earlier(&peer, &earlier, &records, unix_now())
         })
         .await;
         match result {

@@ -278,6 +278,7 @@ async fn batch_limits_are_exact_at_the_boundary() {
     ] {
         let body = BatchRequest {
             records: vec![String::new(); n],
+            ..Default::default()
         }
         .to_json();
         let r = post(body).await;

@@ -28,6 +28,11 @@ pub struct TerminalSection {
     /// How long one tap intent waits for a phone.
     #[serde(default = "default_timeout")]
     pub tap_timeout_secs: u64,
+    /// This terminal's earlier certificates (before `tap-certs terminal
+    /// --renew`), sent with every upload so the host accepts the queued
+    /// records signed under them. Same terminal ID and acquirer only.
+    #[serde(default)]
+    pub previous_certificates: Vec<PathBuf>,
 }
 
 fn default_prefix() -> String {
@@ -300,6 +305,7 @@ currency = "CNY"                 # every amount is in this currency
 order_prefix = "A"               # order numbers look like A17
 send_certificate = true          # false: send only its hash (repeat customers)
 tap_timeout_secs = 60            # how long a tap intent waits for a phone
+# previous_certificates = ["terminal-2025.pem"]   # after a renewal: records queued under these still upload
 
 [reader]
 # pcsc:<reader name> | libnfc:<connstring> | pn532:/dev/ttyUSB0?baud=115200

@@ -48,7 +48,17 @@ pub fn client(config: &Config, ctx: &TerminalContext) -> Result<HostClient, Erro
     let tls = client_config(&ca, Some(identity)).map_err(upload_err)?;
     let name =
         rustls::pki_types::ServerName::try_from(host.server_name.clone()).map_err(upload_err)?;
-    Ok(HostClient::new(addr, name, tls).with_timeout(Duration::from_secs(30)))
+    // Earlier certificates of this terminal (before a renewal): queued
+    // records signed under them still upload into the same chain.
+    let earlier = config
+        .terminal
+        .previous_certificates
+        .iter()
+        .map(|p| tapstack_certs::read_certificate(&config.path(p)).map(|c| c.der().to_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HostClient::new(addr, name, tls)
+        .with_timeout(Duration::from_secs(30))
+        .with_earlier_certificates(earlier))
 }
 
 /// What one sync did.

@@ -200,7 +200,7 @@ queue_max_age_secs = 100000
     );
     std::fs::write(d.join("terminal.toml"), config).expect("config");
     World {
-        terminal: *t.identity.cert.hash(),
+        terminal: tapstack_host::ingest::chain_key(&t.identity.cert),
         dir,
         store,
         _rt: rt,

@@ -28,6 +28,7 @@ pub struct Shop {
     pub rt: tokio::runtime::Runtime,
     pub host_addr: SocketAddr,
     pub host_store: Arc<dyn Store>,
+    /// The key of the terminal's chain at the host (`chain_key`).
     pub terminal: [u8; 32],
 }
 
@@ -109,7 +110,7 @@ impl Shop {
         let host_addr = listener.local_addr().unwrap();
         rt.spawn(host.serve(listener, std::future::pending::<()>()));
         Shop {
-            terminal: *t.identity.cert.hash(),
+            terminal: tapstack_host::ingest::chain_key(&t.identity.cert),
             dir,
             phones,
             rt,

@@ -34,8 +34,17 @@ pids+=($!)
 for _ in $(seq 1 100); do [ -e "$demo/pn532" ] && break; sleep 0.1; done
 echo "PN532 on $(readlink "$demo/pn532") (linked at $demo/pn532); the terminal uses its native PN532 driver"
 
-say "4. the host — tap-host serve (HTTPS, mutual TLS)"
-"$bin/tap-host" serve --pki pki --store host-store --listen 127.0.0.1:0 > host.out 2> host.log &
+say "4. the host — tap-host serve (HTTPS, mutual TLS); it gets no CA private key"
+# Its TLS certificate comes from a TLS CA of its own (the payment root signs
+# no TLS certificate), issued offline like everything else.
+"$bin/tap-certs" tls-ca --out tls >/dev/null
+"$bin/tap-certs" tls-server --ca tls --name localhost --name 127.0.0.1 --out host/tls >/dev/null
+# The host's copy of the PKI: certificates and the revocation list, plus the
+# issuer master key file (demo only: production keeps it in an HSM, --hsm).
+mkdir -m 700 -p host/pki
+cp -p pki/*.pem pki/revocations.tlv pki/issuer-master.key host/pki/
+echo "host files: $(cd host && find . -type f | sort | tr '\n' ' ')"
+"$bin/tap-host" serve --pki host/pki --tls host/tls --store host-store --listen 127.0.0.1:0 > host.out 2> host.log &
 pids+=($!)
 for _ in $(seq 1 100); do grep -qE '[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+:[0-9]+' host.out 2>/dev/null && break; sleep 0.1; done
 addr=$(grep -oE '[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+:[0-9]+' host.out | head -1)
@@ -62,7 +71,7 @@ path = "queue"
 
 [host]
 url = "https://$addr"
-ca = "pki/root.pem"
+ca = "tls/tls-ca.pem"
 server_name = "localhost"
 
 [kiosk]

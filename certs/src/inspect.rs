@@ -289,6 +289,9 @@ impl fmt::Display for CertificateInfo {
             }
         )?;
         writeln!(f, "  serial:       {}", hex::encode(c.serial()))?;
+        if let Some(id) = c.terminal_id() {
+            writeln!(f, "  terminal ID:  {id}")?;
+        }
         writeln!(f, "  not before:   {}", date(c.not_before()))?;
         writeln!(f, "  not after:    {}{when}", date(c.not_after()))?;
         writeln!(

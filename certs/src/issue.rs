@@ -131,8 +131,72 @@ impl Pki {
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<IssuedLeaf, Error> {
-        let (identity, files) =
-            self.new_leaf(Role::Terminal, merchant_name, out_dir, opts, now, rng)?;
+        self.issue_terminal_with_id(merchant_name, None, out_dir, opts, now, rng)
+    }
+
+    /// Renew a terminal certificate: a new key and certificate with the
+    /// same merchant name and terminal ID as `old`, which must be a terminal
+    /// certificate of this PKI (its chain and signatures check at its own
+    /// validity, and it is not revoked by then). The host keeps one chain
+    /// of records across both ([`Certificate::terminal_id`]).
+    pub fn renew_terminal(
+        &self,
+        old: &Certificate,
+        out_dir: &Path,
+        opts: &LeafOptions,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<IssuedLeaf, Error> {
+        let at = now.min(old.not_after()).max(old.not_before());
+        self.trust_store()
+            .verify(old, Role::Terminal, at, Some(self.revocations()))
+            .map_err(|source| Error::Rejected {
+                role: old.role(),
+                common_name: old.common_name().to_owned(),
+                source,
+            })?;
+        let id = old.terminal_id().ok_or(Error::Invalid {
+            field: "renew",
+            reason: "the certificate has no terminal ID (issued before IDs); issue a new terminal instead",
+        })?;
+        self.issue_terminal_with_id(old.common_name(), Some(id), out_dir, opts, now, rng)
+    }
+
+    /// Issue a terminal certificate with terminal ID `id` (subject
+    /// serialNumber: 1 to 64 letters, digits or '-'), or a random one (16
+    /// hex digits) when `None`.
+    pub fn issue_terminal_with_id(
+        &self,
+        merchant_name: &str,
+        id: Option<&str>,
+        out_dir: &Path,
+        opts: &LeafOptions,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<IssuedLeaf, Error> {
+        let id = match id {
+            Some(id) if pki::valid_terminal_id(id) => id.to_owned(),
+            Some(_) => {
+                return Err(Error::Invalid {
+                    field: "id",
+                    reason: "must be 1 to 64 letters, digits or '-'",
+                })
+            }
+            None => {
+                let mut b = [0u8; 8];
+                rng.fill_bytes(&mut b);
+                hex::encode(b)
+            }
+        };
+        let (identity, files) = self.new_leaf(
+            Role::Terminal,
+            merchant_name,
+            Some(&id),
+            out_dir,
+            opts,
+            now,
+            rng,
+        )?;
         let key_pem = key_pem(&identity.key, &files.key)?;
         let cert_pem = identity.cert.to_pem();
         fsio::create_dir(out_dir)?;
@@ -174,7 +238,7 @@ impl Pki {
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<IssuedWallet, Error> {
-        let (identity, files) = self.new_leaf(Role::Wallet, name, out_dir, opts, now, rng)?;
+        let (identity, files) = self.new_leaf(Role::Wallet, name, None, out_dir, opts, now, rng)?;
         let key_pem = key_pem(&identity.key, &files.key)?;
         let cert_pem = identity.cert.to_pem();
         let cryptogram_key = keys.wallet_key(identity.cert.serial())?;
@@ -197,10 +261,12 @@ impl Pki {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn new_leaf(
         &self,
         role: Role,
         name: &str,
+        terminal_id: Option<&str>,
         out_dir: &Path,
         opts: &LeafOptions,
         now: u64,
@@ -228,6 +294,7 @@ impl Pki {
             common_name: name,
             not_before: now.saturating_sub(BACKDATE),
             not_after,
+            terminal_id,
         };
         let key = SigningKey::random(&mut *rng);
         let cert = pki::issue(&spec, key.verifying_key(), (&ca.cert, &ca.key), rng)

@@ -12,11 +12,14 @@
 //!   revocations.tlv               signed revocation list (TLV)
 //! ```
 //!
-//! [`init`] creates it, [`Pki::load`] reads it back and checks it,
+//! [`init`] creates it, [`Pki::load`] reads it back and checks it (keys
+//! included), [`PublicPki::load`] reads only what a verifier needs (no CA
+//! key; [`ca_key_files`] lists CA keys that should not be there),
 //! [`Pki::issue_terminal`], [`Pki::issue_wallet`] and
 //! [`Pki::issue_credential`] issue leaves into files, [`Pki::revoke`] updates
 //! the revocation list, [`inspect()`] describes any of these files and
-//! [`Pki::verify`] checks a certificate against the PKI.
+//! [`Pki::verify`] checks a certificate against the PKI. [`tls`] keeps the
+//! upload host's TLS CA and server certificates, apart from the payment root.
 //!
 //! The certificates, keys and lists themselves are the protocol crate's
 //! ([`tapstack_protocol::pki`], [`tapstack_protocol::revocation`]); this
@@ -48,6 +51,7 @@ mod inspect;
 mod issue;
 mod revoke;
 mod store;
+pub mod tls;
 
 pub use fsio::check_key_permissions;
 pub use hsm::{HsmMasterKey, HsmSpec, IssuerKeys};
@@ -57,9 +61,10 @@ pub use inspect::{
 pub use issue::{file_stem, CredentialRequest, IssuedLeaf, IssuedWallet, LeafOptions};
 pub use revoke::{parse_time, RevokeOutcome, RevokeTarget};
 pub use store::{
-    init, init_with, read_certificate, read_private_key, Identity, InitOptions, Pki, CA_ROLES,
-    MASTER_KEY_FILE, REVOCATIONS_FILE,
+    ca_key_files, init, init_with, public_files, read_certificate, read_private_key, Identity,
+    InitOptions, Pki, PublicPki, CA_ROLES, MASTER_KEY_FILE, REVOCATIONS_FILE,
 };
+pub use tls::{read_pem_certificate, ServerName, TlsCa, TlsServer};
 
 /// Seconds in a day.
 pub const DAY: u64 = 86_400;

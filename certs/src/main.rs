@@ -38,7 +38,18 @@ enum Command {
         hsm: HsmArgs,
     },
     /// Issue a terminal certificate (signed by the acquirer); NAME is the merchant name phones show.
-    Terminal(LeafArgs),
+    Terminal {
+        #[command(flatten)]
+        leaf: LeafArgs,
+        /// The terminal's stable ID (subject serialNumber; 1 to 64 letters,
+        /// digits or '-'): the host keeps one chain of records per ID.
+        /// Default: 16 random hex digits.
+        #[arg(long, value_name = "ID", conflicts_with = "renew")]
+        id: Option<String>,
+        /// Renew this terminal certificate: same merchant name and ID, new key.
+        #[arg(long, value_name = "OLD.pem")]
+        renew: Option<PathBuf>,
+    },
     /// Issue a wallet certificate (signed by the issuer) and its cryptogram key.
     Wallet(LeafArgs),
     /// Issue an operator-signed pickup credential for a wallet.
@@ -90,6 +101,33 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         pki: Option<PathBuf>,
     },
+    /// Create the TLS CA of the upload host (tls-ca.pem, tls-ca.key) in DIR:
+    /// separate from the payment root, which never signs TLS certificates.
+    /// Terminals trust its certificate as `[host] ca`.
+    TlsCa {
+        /// Directory to write into (created 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, value_name = "N", default_value_t = tapstack_certs::tls::TLS_CA_DAYS)]
+        days: u64,
+    },
+    /// Issue the host's TLS server certificate (tls-server.pem, tls-server.key)
+    /// from the TLS CA; `tap-host serve --tls DIR` reads them.
+    TlsServer {
+        /// The TLS CA's directory (`tap-certs tls-ca`).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// A DNS name or IP address the host is reached at (repeat for more).
+        #[arg(long = "name", value_name = "DNS_OR_IP", required = true)]
+        names: Vec<tapstack_certs::ServerName>,
+        /// Directory to write into (created 0700 if missing; may be the CA's).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity in days (not beyond the CA's).
+        #[arg(long, value_name = "N", default_value_t = tapstack_certs::tls::TLS_SERVER_DAYS)]
+        days: u64,
+    },
     /// Check a certificate against the PKI (role, chain, validity, revocation).
     Verify {
         #[arg(long, value_name = "DIR")]
@@ -103,9 +141,9 @@ enum Command {
 struct LeafArgs {
     #[arg(long, value_name = "DIR")]
     pki: PathBuf,
-    /// Common name of the certificate.
+    /// Common name of the certificate (with `terminal --renew`: taken from the old one).
     #[arg(long)]
-    name: String,
+    name: Option<String>,
     /// Output directory for NAME.pem, NAME.key (and NAME.ck for wallets).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -205,25 +243,54 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Terminal(a) => {
+        Command::Terminal { leaf: a, id, renew } => {
             if a.hsm.hsm.is_some() {
                 anyhow::bail!(
                     "--hsm is for init and wallet: terminals do not use the issuer master key"
                 );
             }
             let pki = load(&a.pki)?;
-            let issued = pki.issue_terminal(&a.name, &a.out, &leaf_options(&a), now, &mut rng)?;
+            let issued = match &renew {
+                Some(old_path) => {
+                    let old = read_certificate(old_path)?;
+                    if a.name.as_deref().is_some_and(|n| n != old.common_name()) {
+                        anyhow::bail!(
+                            "--name {:?} differs from the renewed certificate's {:?}; leave --name out",
+                            a.name.as_deref().unwrap_or_default(),
+                            old.common_name()
+                        );
+                    }
+                    pki.renew_terminal(&old, &a.out, &leaf_options(&a), now, &mut rng)
+                        .with_context(|| format!("renewing {}", old_path.display()))?
+                }
+                None => pki.issue_terminal_with_id(
+                    a.name
+                        .as_deref()
+                        .ok_or_else(|| anyhow::anyhow!("give --name (or --renew OLD.pem)"))?,
+                    id.as_deref(),
+                    &a.out,
+                    &leaf_options(&a),
+                    now,
+                    &mut rng,
+                )?,
+            };
             print_leaf(&issued.identity.cert, &issued.cert_path, &issued.key_path);
+            if let Some(id) = issued.identity.cert.terminal_id() {
+                println!("  terminal ID:    {id}");
+            }
         }
         Command::Wallet(a) => {
+            let Some(name) = a.name.clone() else {
+                anyhow::bail!("give --name");
+            };
             let pki = load(&a.pki)?;
             let issued = match &a.hsm.hsm {
                 Some(spec) => {
                     let key = HsmMasterKey::open(spec, a.hsm.pin()?)
                         .with_context(|| format!("opening the issuer master key {spec}"))?;
-                    pki.issue_wallet_with(&key, &a.name, &a.out, &leaf_options(&a), now, &mut rng)?
+                    pki.issue_wallet_with(&key, &name, &a.out, &leaf_options(&a), now, &mut rng)?
                 }
-                None => pki.issue_wallet(&a.name, &a.out, &leaf_options(&a), now, &mut rng)?,
+                None => pki.issue_wallet(&name, &a.out, &leaf_options(&a), now, &mut rng)?,
             };
             print_leaf(
                 &issued.leaf.identity.cert,
@@ -296,6 +363,34 @@ fn run(cli: Cli) -> Result<()> {
                 outcome.list.number,
                 outcome.list.next_update
             );
+        }
+        Command::TlsCa { out, days } => {
+            let ca = tapstack_certs::TlsCa::init(&out, days, now, &mut rng)?;
+            println!("created a TLS CA in {}", out.display());
+            println!(
+                "  certificate: {}  (terminals: [host] ca)",
+                out.join(tapstack_certs::tls::TLS_CA_CERT_FILE).display()
+            );
+            println!(
+                "  private key: {}  (keep offline, like the PKI)",
+                out.join(tapstack_certs::tls::TLS_CA_KEY_FILE).display()
+            );
+            drop(ca);
+        }
+        Command::TlsServer {
+            ca,
+            names,
+            out,
+            days,
+        } => {
+            let tls_ca = tapstack_certs::TlsCa::load(&ca)
+                .with_context(|| format!("cannot load the TLS CA in {}", ca.display()))?;
+            let server = tls_ca.issue_server(&names, days, now, &mut rng)?;
+            let (cert, key) = server.write(&out)?;
+            let list: Vec<String> = names.iter().map(ToString::to_string).collect();
+            println!("issued a TLS server certificate for {}", list.join(", "));
+            println!("  certificate: {}", cert.display());
+            println!("  private key: {}", key.display());
         }
         Command::Inspect { file, pki } => {
             let pki = pki.as_deref().map(load).transpose()?;

@@ -129,6 +129,7 @@ pub fn init_with(
         common_name,
         not_before,
         not_after,
+        terminal_id: None,
     };
 
     let root_key = SigningKey::random(rng);
@@ -256,12 +257,7 @@ impl Pki {
         let operator = load_identity(dir, Role::Operator, |cert| trust.add_intermediate(cert))?;
 
         // Absent when the master key lives in an HSM.
-        let imk_path = dir.join(MASTER_KEY_FILE);
-        let issuer_master_key = match read_hex_key(&imk_path) {
-            Ok(k) => Some(k),
-            Err(Error::Missing { .. }) => None,
-            Err(e) => return Err(e),
-        };
+        let issuer_master_key = load_master_key(dir)?;
 
         let list_path = dir.join(REVOCATIONS_FILE);
         let revocations = read_revocations(&list_path, &trust)?;
@@ -275,6 +271,20 @@ impl Pki {
             revocations,
             trust,
         })
+    }
+
+    /// The public half, as [`PublicPki::load`] would read it.
+    pub fn public(&self) -> PublicPki {
+        PublicPki {
+            dir: self.dir.clone(),
+            root: self.root.cert.clone(),
+            issuer: self.issuer.cert.clone(),
+            acquirer: self.acquirer.cert.clone(),
+            operator: self.operator.cert.clone(),
+            issuer_master_key: self.issuer_master_key.clone(),
+            revocations: self.revocations.clone(),
+            trust: self.trust.clone(),
+        }
     }
 
     /// The directory the PKI lives in.
@@ -373,6 +383,143 @@ impl Pki {
     }
 }
 
+/// The public half of a PKI directory: its four certificates (checked as
+/// [`Pki::load`] checks them), the revocation list and, when the directory
+/// has one, the issuer master key file. No CA private key is read: this is
+/// what a verifier (`tap-host`) loads. See [`ca_key_files`] for warning
+/// about CA keys that should not be there.
+#[derive(Debug, Clone)]
+pub struct PublicPki {
+    dir: PathBuf,
+    root: Certificate,
+    issuer: Certificate,
+    acquirer: Certificate,
+    operator: Certificate,
+    issuer_master_key: Option<IssuerMasterKey>,
+    revocations: RevocationList,
+    trust: TrustStore,
+}
+
+impl PublicPki {
+    /// Read and check the certificates and revocation list in `dir`; the
+    /// `*.key` files of the CAs are neither needed nor read.
+    pub fn load(dir: &Path) -> Result<PublicPki, Error> {
+        std::fs::metadata(dir).map_err(|e| fsio::io_error(dir, e))?;
+        let mut trust = TrustStore::new();
+        let root = load_cert(dir, Role::Root, |c| trust.add_root(c))?;
+        let issuer = load_cert(dir, Role::Issuer, |c| trust.add_intermediate(c))?;
+        let acquirer = load_cert(dir, Role::Acquirer, |c| trust.add_intermediate(c))?;
+        let operator = load_cert(dir, Role::Operator, |c| trust.add_intermediate(c))?;
+        let issuer_master_key = load_master_key(dir)?;
+        let revocations = read_revocations(&dir.join(REVOCATIONS_FILE), &trust)?;
+        Ok(PublicPki {
+            dir: dir.to_path_buf(),
+            root,
+            issuer,
+            acquirer,
+            operator,
+            issuer_master_key,
+            revocations,
+            trust,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn root(&self) -> &Certificate {
+        &self.root
+    }
+    pub fn issuer(&self) -> &Certificate {
+        &self.issuer
+    }
+    pub fn acquirer(&self) -> &Certificate {
+        &self.acquirer
+    }
+    pub fn operator(&self) -> &Certificate {
+        &self.operator
+    }
+
+    /// The issuer master key from [`MASTER_KEY_FILE`]; `None` when the
+    /// directory has no such file (the key is in an HSM).
+    pub fn issuer_master_key(&self) -> Option<&IssuerMasterKey> {
+        self.issuer_master_key.as_ref()
+    }
+
+    /// The master key file, or [`Error::NoMasterKey`] naming it.
+    pub fn issuer_master_key_file(&self) -> Result<&IssuerMasterKey, Error> {
+        self.issuer_master_key
+            .as_ref()
+            .ok_or_else(|| Error::NoMasterKey {
+                path: self.dir.join(MASTER_KEY_FILE),
+            })
+    }
+
+    /// The revocation list as loaded.
+    pub fn revocations(&self) -> &RevocationList {
+        &self.revocations
+    }
+
+    /// Path of a file in the PKI directory.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// Root plus all three intermediates.
+    pub fn trust_store(&self) -> &TrustStore {
+        &self.trust
+    }
+}
+
+/// The CA private key files (`root.key`, `issuer.key`, `acquirer.key`,
+/// `operator.key`) present in `dir`, in that order. A verifier warns about
+/// (or, in production, refuses) a directory that holds any.
+pub fn ca_key_files(dir: &Path) -> Vec<PathBuf> {
+    CA_ROLES
+        .iter()
+        .map(|&r| dir.join(key_file(r)))
+        .filter(|p| fsio::occupied(p))
+        .collect()
+}
+
+/// The public files of a PKI directory: what to copy to a verifier.
+pub fn public_files() -> Vec<String> {
+    let mut files: Vec<String> = CA_ROLES.iter().map(|&r| cert_file(r)).collect();
+    files.push(REVOCATIONS_FILE.to_owned());
+    files
+}
+
+/// Read the master key file if there is one (absent: the key is in an HSM).
+fn load_master_key(dir: &Path) -> Result<Option<IssuerMasterKey>, Error> {
+    match read_hex_key(&dir.join(MASTER_KEY_FILE)) {
+        Ok(k) => Ok(Some(k)),
+        Err(Error::Missing { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Read `<role>.pem`, check its role and let `trust` check its chain.
+fn load_cert(
+    dir: &Path,
+    role: Role,
+    trust: impl FnOnce(Certificate) -> Result<(), pki::CertError>,
+) -> Result<Certificate, Error> {
+    let cert_path = dir.join(cert_file(role));
+    let cert = read_certificate(&cert_path)?;
+    if cert.role() != role {
+        return Err(Error::WrongRole {
+            path: cert_path,
+            expected: role,
+            got: cert.role(),
+        });
+    }
+    trust(cert.clone()).map_err(|source| Error::Certificate {
+        path: cert_path,
+        source,
+    })?;
+    Ok(cert)
+}
+
 /// Read a certificate file, PEM or DER.
 pub fn read_certificate(path: &Path) -> Result<Certificate, Error> {
     let bytes = fsio::read(path)?;
@@ -415,25 +562,13 @@ fn load_identity(
     role: Role,
     trust: impl FnOnce(Certificate) -> Result<(), pki::CertError>,
 ) -> Result<Identity, Error> {
-    let cert_path = dir.join(cert_file(role));
+    let cert = load_cert(dir, role, trust)?;
     let key_path = dir.join(key_file(role));
-    let cert = read_certificate(&cert_path)?;
-    if cert.role() != role {
-        return Err(Error::WrongRole {
-            path: cert_path,
-            expected: role,
-            got: cert.role(),
-        });
-    }
-    trust(cert.clone()).map_err(|source| Error::Certificate {
-        path: cert_path.clone(),
-        source,
-    })?;
     let key = read_private_key(&key_path)?;
     if key.verifying_key() != cert.public_key() {
         return Err(Error::KeyMismatch {
             key: key_path,
-            cert: cert_path,
+            cert: dir.join(cert_file(role)),
         });
     }
     Ok(Identity { cert, key })

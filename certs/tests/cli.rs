@@ -576,3 +576,125 @@ fn revoke_at_writes_the_revocation_time_into_the_entry() {
         1_767_312_000
     );
 }
+
+/// Terminal IDs: `--id` sets the subject serialNumber, the default is a
+/// random one, `--renew` keeps name and ID with a new key; junk IDs,
+/// renewing a wallet or another PKI's terminal are refused.
+#[test]
+fn terminal_ids_and_renewal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init", "--out", "pki"]);
+    let out = ok(
+        d,
+        &[
+            "terminal",
+            "--pki",
+            "pki",
+            "--name",
+            "Tea House #12",
+            "--id",
+            "TH-0012",
+            "--out",
+            "t",
+        ],
+    );
+    assert!(out.contains("terminal ID:    TH-0012"), "{out}");
+    let old = tapstack_certs::read_certificate(&d.join("t/tea-house-12.pem")).unwrap();
+    assert_eq!(old.terminal_id(), Some("TH-0012"));
+    // Default: random, different each time.
+    ok(
+        d,
+        &["terminal", "--pki", "pki", "--name", "A", "--out", "t"],
+    );
+    ok(
+        d,
+        &["terminal", "--pki", "pki", "--name", "B", "--out", "t"],
+    );
+    let a = tapstack_certs::read_certificate(&d.join("t/a.pem")).unwrap();
+    let b = tapstack_certs::read_certificate(&d.join("t/b.pem")).unwrap();
+    assert_eq!(a.terminal_id().unwrap().len(), 16);
+    assert_ne!(a.terminal_id(), b.terminal_id());
+    // Renewal: same name and ID, new key and certificate.
+    let out = ok(
+        d,
+        &[
+            "terminal",
+            "--pki",
+            "pki",
+            "--renew",
+            "t/tea-house-12.pem",
+            "--file",
+            "renewed",
+            "--out",
+            "t",
+        ],
+    );
+    assert!(out.contains("terminal ID:    TH-0012"), "{out}");
+    let new = tapstack_certs::read_certificate(&d.join("t/renewed.pem")).unwrap();
+    assert_eq!(
+        (new.common_name(), new.terminal_id()),
+        (old.common_name(), old.terminal_id())
+    );
+    assert_ne!(new.public_key(), old.public_key());
+    assert_ne!(new.serial(), old.serial());
+    // Refusals.
+    fails(
+        d,
+        &[
+            "terminal", "--pki", "pki", "--name", "C", "--id", "bad id!", "--out", "t",
+        ],
+        "invalid id",
+    );
+    ok(
+        d,
+        &["wallet", "--pki", "pki", "--name", "alice", "--out", "w"],
+    );
+    fails(
+        d,
+        &[
+            "terminal",
+            "--pki",
+            "pki",
+            "--renew",
+            "w/alice.pem",
+            "--out",
+            "t",
+        ],
+        "renewing w/alice.pem",
+    );
+    ok(d, &["init", "--out", "other"]);
+    fails(
+        d,
+        &[
+            "terminal",
+            "--pki",
+            "other",
+            "--renew",
+            "t/tea-house-12.pem",
+            "--out",
+            "o",
+        ],
+        "rejected by this PKI",
+    );
+    fails(
+        d,
+        &[
+            "terminal",
+            "--pki",
+            "pki",
+            "--renew",
+            "t/tea-house-12.pem",
+            "--name",
+            "Other",
+            "--out",
+            "o",
+        ],
+        "differs from the renewed certificate",
+    );
+    fails(
+        d,
+        &["terminal", "--pki", "pki", "--out", "o"],
+        "give --name",
+    );
+}

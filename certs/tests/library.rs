@@ -793,8 +793,14 @@ fn inspect_describes_every_kind_of_file() {
     };
     assert_eq!(info.chain, Some(Ok(())));
     assert_eq!(info.issuer, "CN=tapstack dev acquirer,OU=acquirer");
-    assert_eq!(info.subject, "CN=Tea House #12,OU=terminal");
+    let id = s.terminal.identity.cert.terminal_id().unwrap().to_owned();
+    assert_eq!(id.len(), 16, "a random 16-hex-digit terminal ID by default");
+    assert_eq!(
+        info.subject,
+        format!("SERIALNUMBER={id},CN=Tea House #12,OU=terminal")
+    );
     let text = i.to_string();
+    assert!(text.contains(&format!("terminal ID:  {id}")), "{text}");
     for want in [
         "role:         terminal",
         "Tea House #12",
@@ -944,4 +950,56 @@ fn inspect_describes_every_kind_of_file() {
     );
     let err = inspect(&s.out.join("missing.pem"), None, NOW).unwrap_err();
     assert!(matches!(err, Error::Missing { .. }));
+}
+
+/// What a verifier loads: the certificates and the list, no CA key; the CA
+/// keys still present are listed so a verifier can warn about them.
+#[test]
+fn public_pki_loads_without_any_ca_key_and_lists_the_ones_present() {
+    let s = common::setup(common::real_now());
+    let full = tapstack_certs::Pki::load(&s.pki_dir).unwrap();
+    assert_eq!(tapstack_certs::ca_key_files(&s.pki_dir).len(), 4);
+    let public = s.tmp.path().join("public");
+    std::fs::create_dir(&public).unwrap();
+    for f in tapstack_certs::public_files() {
+        std::fs::copy(s.pki_dir.join(&f), public.join(&f)).unwrap();
+    }
+    assert!(tapstack_certs::ca_key_files(&public).is_empty());
+    // The full loader needs the keys; the public one does not.
+    assert!(matches!(
+        tapstack_certs::Pki::load(&public),
+        Err(tapstack_certs::Error::Missing { .. })
+    ));
+    let p = tapstack_certs::PublicPki::load(&public).unwrap();
+    assert_eq!(p.root().der(), full.root().cert.der());
+    assert_eq!(p.acquirer().der(), full.acquirer().cert.der());
+    assert!(p.issuer_master_key().is_none());
+    assert!(matches!(
+        p.issuer_master_key_file(),
+        Err(tapstack_certs::Error::NoMasterKey { .. })
+    ));
+    assert_eq!(p.revocations().number, full.revocations().number);
+    assert_eq!(p.trust_store().intermediates().len(), 3);
+    // It validates leaves like the full PKI.
+    let t = tapstack_certs::read_certificate(&s.out.join("terminal.pem")).unwrap();
+    p.trust_store()
+        .verify(
+            &t,
+            Role::Terminal,
+            common::real_now(),
+            Some(p.revocations()),
+        )
+        .unwrap();
+    // One key back: listed by name.
+    std::fs::copy(s.pki_dir.join("issuer.key"), public.join("issuer.key")).unwrap();
+    assert_eq!(
+        tapstack_certs::ca_key_files(&public),
+        vec![public.join("issuer.key")]
+    );
+    // Still checked like the full load: a certificate of the wrong role is refused.
+    std::fs::copy(s.pki_dir.join("issuer.pem"), public.join("acquirer.pem")).unwrap();
+    assert!(matches!(
+        tapstack_certs::PublicPki::load(&public),
+        Err(tapstack_certs::Error::WrongRole { .. })
+    ));
 }

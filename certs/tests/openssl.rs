@@ -539,3 +539,93 @@ fn rsa_signed_certificates_from_openssl_are_refused() {
         })
     );
 }
+
+/// `tap-certs tls-ca` + `tls-server` through the binary: openssl verifies
+/// the server certificate against the TLS CA for its names, with the
+/// serverAuth purpose; the payment root does not verify it; the keys are
+/// 0600; bad names and overwrites are refused.
+#[test]
+fn tap_certs_tls_ca_and_server_certificate_verify_with_openssl() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup(real_now());
+    let dir = s.tmp.path();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tap-certs"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    };
+    let r = run(&["tls-ca", "--out", "tls"]);
+    assert!(r.status.success(), "{r:?}");
+    let r = run(&[
+        "tls-server",
+        "--ca",
+        "tls",
+        "--name",
+        "host.example",
+        "--name",
+        "10.0.0.5",
+        "--out",
+        "host-tls",
+    ]);
+    assert!(r.status.success(), "{r:?}");
+    for key in ["tls/tls-ca.key", "host-tls/tls-server.key"] {
+        let mode = std::fs::metadata(dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    let verify = |ca: &str, extra: &[&str]| {
+        let mut args = vec!["verify", "-CAfile", ca, "-purpose", "sslserver"];
+        args.extend_from_slice(extra);
+        args.push("host-tls/tls-server.pem");
+        openssl(dir, &args)
+    };
+    assert!(
+        verify("tls/tls-ca.pem", &["-verify_hostname", "host.example"])
+            .status
+            .success()
+    );
+    assert!(verify("tls/tls-ca.pem", &["-verify_ip", "10.0.0.5"])
+        .status
+        .success());
+    assert!(
+        !verify("tls/tls-ca.pem", &["-verify_hostname", "other.example"])
+            .status
+            .success()
+    );
+    let root = format!("{}/root.pem", s.pki_dir.display());
+    assert!(!verify(&root, &[]).status.success());
+    // Not a payment certificate: the payment loader refuses it.
+    assert!(read_certificate(&dir.join("tls/tls-ca.pem")).is_err());
+    // A bad name, and an existing CA or server certificate, are refused
+    // without a panic, saying why.
+    for (args, want) in [
+        (
+            &["tls-server", "--ca", "tls", "--name", "a b", "--out", "x"][..],
+            "not a DNS name or an IP address",
+        ),
+        (&["tls-ca", "--out", "tls"][..], "already exists"),
+        (
+            &[
+                "tls-server",
+                "--ca",
+                "tls",
+                "--name",
+                "h",
+                "--out",
+                "host-tls",
+            ][..],
+            "already exists",
+        ),
+    ] {
+        let r = run(args);
+        assert!(matches!(r.status.code(), Some(1 | 2)), "{args:?}: {r:?}");
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains(want),
+            "{args:?}: {r:?}"
+        );
+    }
+}

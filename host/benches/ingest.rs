@@ -169,7 +169,12 @@ fn run(
     let store_dir = tempfile::tempdir().unwrap();
     rt.block_on(async {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(store_dir.path()).unwrap());
-        let certs = tapstack_certs::Pki::load(&setup.pki_dir).unwrap();
+        let certs = tapstack_certs::PublicPki::load(&setup.pki_dir).unwrap();
+        // The host's TLS identity from a TLS CA of its own (not the payment root).
+        let tls_ca = tapstack_certs::TlsCa::generate(30, unix_now(), &mut OsRng).unwrap();
+        let server = tls_ca
+            .issue_server(&["localhost".parse().unwrap()], 30, unix_now(), &mut OsRng)
+            .unwrap();
         let limits = Limits {
             ingest_concurrency: 8,
             ..Limits::default()
@@ -177,6 +182,7 @@ fn run(
         let host = Host::from_pki(
             &certs,
             store.clone(),
+            TlsIdentity::from_tls_server(&server).unwrap(),
             HostOptions {
                 verify_mode: mode,
                 issuer_keys,
@@ -195,7 +201,7 @@ fn run(
         let mut clients = Vec::new();
         for (id, records) in &setup.terminals {
             let tls = tls::client_config(
-                setup.certs.root().cert.der(),
+                tls_ca.cert_der(),
                 Some(
                     TlsIdentity::from_protocol(&id.cert, &id.key, &[&setup.certs.acquirer().cert])
                         .unwrap(),

@@ -18,7 +18,7 @@ use tapstack_protocol::Codec;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::wire::{BatchRequest, BatchResponse, CredentialRequest, CredentialResponse, ErrorBody};
+use crate::wire::{BatchRequest, BatchResponse, ErrorBody};
 use crate::Error;
 
 /// Largest response body the client reads.
@@ -55,6 +55,8 @@ pub struct HostClient {
     connector: TlsConnector,
     conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
     timeout: Duration,
+    /// The terminal's earlier certificates (DER), sent with every upload.
+    earlier: Vec<Vec<u8>>,
 }
 
 impl core::fmt::Debug for HostClient {
@@ -80,7 +82,16 @@ impl HostClient {
             connector: TlsConnector::from(tls),
             conn: tokio::sync::Mutex::new(None),
             timeout: Duration::from_secs(30),
+            earlier: Vec::new(),
         }
+    }
+
+    /// Send these earlier certificates of the terminal (DER; from before a
+    /// renewal) with every [`HostClient::upload`], so the host accepts
+    /// queued records that name them.
+    pub fn with_earlier_certificates(mut self, earlier: Vec<Vec<u8>>) -> Self {
+        self.earlier = earlier;
+        self
     }
 
     /// Deadline of each call (default 30 s).
@@ -170,7 +181,19 @@ impl HostClient {
 
     /// Upload records (their `Codec` bytes, oldest first).
     pub async fn upload(&self, records: &[Vec<u8>]) -> Result<BatchResponse, Error> {
-        let body = BatchRequest::from_encoded(records.iter().map(Vec::as_slice)).to_json();
+        self.upload_with_certificates(records, &self.earlier).await
+    }
+
+    /// Upload records with the terminal's earlier certificates (DER), which
+    /// records made before a renewal name.
+    pub async fn upload_with_certificates(
+        &self,
+        records: &[Vec<u8>],
+        earlier: &[Vec<u8>],
+    ) -> Result<BatchResponse, Error> {
+        let body = BatchRequest::from_encoded(records.iter().map(Vec::as_slice))
+            .with_certificates(earlier.iter().map(Vec::as_slice))
+            .to_json();
         self.request(Method::POST, "/v1/batches", body)
             .await?
             .json("batch response")
@@ -206,16 +229,5 @@ impl HostClient {
                 message: String::new(),
             })
         }
-    }
-
-    /// Ask for a pickup credential (operator certificate required).
-    pub async fn issue_credential(
-        &self,
-        req: &CredentialRequest,
-    ) -> Result<CredentialResponse, Error> {
-        let body = serde_json::to_vec(req).unwrap_or_default();
-        self.request(Method::POST, "/v1/credentials", body)
-            .await?
-            .json("credential response")
     }
 }

@@ -16,7 +16,7 @@
 //!  ─▶ sync (fdatasync, group commit) ─▶ response
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tapstack_certs::IssuerKeys;
@@ -24,7 +24,7 @@ use tapstack_protocol::codec::Codec;
 use tapstack_protocol::crypto::{compress, sha256};
 use tapstack_protocol::error::Party;
 use tapstack_protocol::messages::{th1, AuthBody, WalletBody};
-use tapstack_protocol::pki::{CertError, Certificate, TrustStore};
+use tapstack_protocol::pki::{CertError, Certificate, Role, TrustStore};
 use tapstack_protocol::record::{check_chain, TransactionRecord, VerifiedRecord};
 use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::scenario::Scenario;
@@ -51,6 +51,41 @@ pub enum VerifyMode {
 
 /// A tap time this far beyond the host clock earns [`Flag::FutureTime`].
 pub const FUTURE_SKEW: u64 = 86_400;
+
+/// The key of a terminal's chain of records: SHA-256 over the acquirer's
+/// name (the certificate's issuer DN) and the terminal ID (subject
+/// serialNumber), which renewals keep, so records under the old and the
+/// new certificate form one chain; the certificate's own hash for a
+/// certificate without an ID.
+pub fn chain_key(cert: &Certificate) -> [u8; 32] {
+    match cert.terminal_id() {
+        Some(id) => {
+            let issuer = cert.issuer_name();
+            let len = u32::try_from(issuer.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes();
+            sha256(&[b"tapstack terminal chain v1", &len, issuer, id.as_bytes()])
+        }
+        None => *cert.hash(),
+    }
+}
+
+/// Why an earlier certificate sent with a batch was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EarlierCertificateError {
+    #[error("certificates[{index}] is not a certificate: {source}")]
+    Malformed { index: usize, source: CertError },
+    #[error("certificates[{index}] is not a terminal certificate")]
+    NotTerminal { index: usize },
+    #[error("certificates[{index}]: the client certificate has no terminal ID, so no earlier certificate can be tied to it")]
+    NoIdentity { index: usize },
+    #[error(
+        "certificates[{index}] has another terminal ID or acquirer than the client certificate"
+    )]
+    OtherTerminal { index: usize },
+    #[error("certificates[{index}] does not chain to this host's acquirer: {source}")]
+    Untrusted { index: usize, source: CertError },
+}
 
 /// Verifies and stores batches. Shared by all connections.
 #[derive(Debug)]
@@ -263,7 +298,54 @@ impl Ingestor {
         records: &[Vec<u8>],
         now: u64,
     ) -> Result<BatchResponse, Error> {
-        let lock = self.terminal_lock(terminal.hash());
+        self.ingest_with_earlier(terminal, &[], records, now)
+    }
+
+    /// Check the earlier certificates a terminal sends with a batch (DER):
+    /// each a terminal certificate with the client certificate's terminal
+    /// ID and acquirer ([`chain_key`]), chaining to this host's acquirer
+    /// (checked within its own validity; each record is checked again at
+    /// its tap time, with revocations, when it is verified).
+    pub fn earlier_certificates(
+        &self,
+        terminal: &Certificate,
+        ders: &[Vec<u8>],
+    ) -> Result<Vec<Certificate>, EarlierCertificateError> {
+        let key = chain_key(terminal);
+        ders.iter()
+            .enumerate()
+            .map(|(index, der)| {
+                let c = Certificate::from_der(der)
+                    .map_err(|source| EarlierCertificateError::Malformed { index, source })?;
+                if c.role() != Role::Terminal {
+                    return Err(EarlierCertificateError::NotTerminal { index });
+                }
+                if terminal.terminal_id().is_none() {
+                    return Err(EarlierCertificateError::NoIdentity { index });
+                }
+                if chain_key(&c) != key {
+                    return Err(EarlierCertificateError::OtherTerminal { index });
+                }
+                self.trust
+                    .verify(&c, Role::Terminal, c.not_before(), None)
+                    .map_err(|source| EarlierCertificateError::Untrusted { index, source })?;
+                Ok(c)
+            })
+            .collect()
+    }
+
+    /// [`Ingestor::ingest`], with earlier certificates of the same terminal
+    /// (from [`Ingestor::earlier_certificates`]): records may name any of
+    /// them or `terminal`, and all extend the one chain of [`chain_key`].
+    pub fn ingest_with_earlier(
+        &self,
+        terminal: &Certificate,
+        earlier: &[Certificate],
+        records: &[Vec<u8>],
+        now: u64,
+    ) -> Result<BatchResponse, Error> {
+        let key = chain_key(terminal);
+        let lock = self.terminal_lock(&key);
         let _guard = lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -272,7 +354,7 @@ impl Ingestor {
         // append: start over (the records it stored are duplicates now).
         let mut attempts = 0;
         loop {
-            match self.try_ingest(terminal, records, now, &revocations) {
+            match self.try_ingest(terminal, earlier, records, now, &revocations) {
                 Err(Error::HeadMoved) if attempts < 3 => attempts += 1,
                 other => return other,
             }
@@ -299,17 +381,19 @@ impl Ingestor {
     fn try_ingest(
         &self,
         terminal: &Certificate,
+        earlier: &[Certificate],
         records: &[Vec<u8>],
         now: u64,
         revs: &RevocationList,
     ) -> Result<BatchResponse, Error> {
-        let th = *terminal.hash();
+        let th = chain_key(terminal);
+        let certs: Vec<&Certificate> = std::iter::once(terminal).chain(earlier).collect();
         let head = self.store.head(&th)?;
         let mut cur = head;
         let mut pending: Vec<StoredRecord> = Vec::new();
         let mut steps: Vec<Step> = Vec::with_capacity(records.len());
         let mut blocked = false;
-        let mut terminal_known = false;
+        let mut terminal_known = HashSet::new();
         for bytes in records {
             if blocked {
                 steps.push(reject(
@@ -320,7 +404,8 @@ impl Ingestor {
                 continue;
             }
             let step = self.examine(
-                terminal,
+                &th,
+                &certs,
                 bytes,
                 head,
                 cur,
@@ -428,16 +513,16 @@ impl Ingestor {
     #[allow(clippy::too_many_arguments)]
     fn examine(
         &self,
-        terminal: &Certificate,
+        th: &[u8; 32],
+        certs: &[&Certificate],
         bytes: &[u8],
         head: Option<ChainHead>,
         cur: Option<ChainHead>,
         pending: &[StoredRecord],
         revs: &RevocationList,
         now: u64,
-        terminal_known: &mut bool,
+        known_terminals: &mut HashSet<[u8; 32]>,
     ) -> Result<Step, Error> {
-        let th = terminal.hash();
         let record = match TransactionRecord::decode(bytes) {
             Ok(r) => r,
             Err(e) => {
@@ -449,13 +534,14 @@ impl Ingestor {
             }
         };
         let rec = Some(&record);
-        if &record.terminal != th {
+        let Some(terminal) = certs.iter().copied().find(|c| c.hash() == &record.terminal) else {
             return Ok(reject(
                 rec,
                 Reason::WrongTerminal,
-                "the record names another terminal than the client certificate",
+                "the record names another terminal certificate than the client certificate (or an earlier certificate of it sent with the batch)",
             ));
-        }
+        };
+        let mut terminal_known = known_terminals.contains(terminal.hash());
         let hash = record.hash();
         if let Some(c) = cur {
             if record.seq <= c.seq {
@@ -517,10 +603,10 @@ impl Ingestor {
             };
             return Ok(reject(rec, Reason::TerminalSignature, message));
         }
-        let verdict = self.verify(&record, terminal, revs, *terminal_known);
+        let verdict = self.verify(&record, terminal, revs, terminal_known);
         let (disposition, detail) = match &verdict {
             Ok(v) => {
-                *terminal_known = true;
+                terminal_known = true;
                 match self.check_cryptogram(v)? {
                     Ok(()) => (Disposition::Accepted, None),
                     Err(reason) => (
@@ -538,7 +624,7 @@ impl Ingestor {
                             ..
                         }
                 ) {
-                    *terminal_known = true;
+                    terminal_known = true;
                 }
                 (
                     Disposition::Declined(decline_reason(e)),
@@ -546,6 +632,9 @@ impl Ingestor {
                 )
             }
         };
+        if terminal_known {
+            known_terminals.insert(*terminal.hash());
+        }
         let summary = summarize(&record, terminal.common_name());
         let mut flags = Vec::new();
         if summary

@@ -7,7 +7,10 @@
 //! (a repeated transcript, a reused wallet counter or one outside the ATC
 //! window is declined), stores what it decided durably (fdatasync) and only
 //! then acknowledges. It also publishes the
-//! signed revocation list and issues pickup credentials.
+//! signed revocation list. It holds no CA private key: it verifies with
+//! certificates only, and everything that is issued (terminals, wallets,
+//! pickup credentials, revocation lists, its own TLS certificate) is issued
+//! offline by `tap-certs`.
 //!
 //! ```text
 //!  terminal ══ mTLS (tls::ClientVerifier) ══▶ server::Host ── POST /v1/batches
@@ -51,7 +54,6 @@
 //! ```
 
 pub mod client;
-pub mod credentials;
 mod error;
 pub mod fastverify;
 pub mod ingest;

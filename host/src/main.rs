@@ -40,7 +40,10 @@ enum Verifier {
 enum Command {
     /// Serve the upload API over HTTPS with mutual TLS.
     Serve {
-        /// The PKI directory (`tap-certs init`): trust, revocations, issuer master key, operator key.
+        /// The PKI directory: its certificates (root, issuer, acquirer,
+        /// operator .pem) and revocations.tlv; issuer-master.key only without
+        /// --hsm. The host reads no CA private key: a directory that holds
+        /// any (root.key …) gets a warning, and --production refuses it.
         #[arg(long, value_name = "DIR")]
         pki: PathBuf,
         /// The store directory (sled; created if missing).
@@ -49,12 +52,22 @@ enum Command {
         /// Address to listen on; port 0 picks a free port (printed on stdout).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
-        /// Server certificate chain (PEM); generated from the PKI root for localhost if absent.
+        /// Directory holding the TLS server certificate and key as
+        /// `tap-certs tls-server` writes them: DIR/tls-server.pem and
+        /// DIR/tls-server.key. Or give --tls-cert and --tls-key.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["tls_cert", "tls_key"])]
+        tls: Option<PathBuf>,
+        /// Server certificate chain (PEM), issued by the TLS CA (`tap-certs tls-server`).
         #[arg(long, value_name = "PEM", requires = "tls_key")]
         tls_cert: Option<PathBuf>,
-        /// Server private key (PEM).
+        /// Server private key (PEM, mode 0600).
         #[arg(long, value_name = "PEM", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Production: refuse to start when the PKI directory holds a CA
+        /// private key or when the issuer master key would come from a file
+        /// (give --hsm).
+        #[arg(long)]
+        production: bool,
         /// Signature verifier of the ingest path.
         #[arg(long, value_enum, default_value = "ring")]
         verifier: Verifier,
@@ -102,8 +115,10 @@ fn main() -> Result<()> {
             pki,
             store,
             listen,
+            tls,
             tls_cert,
             tls_key,
+            production,
             verifier,
             max_body,
             max_connections,
@@ -113,8 +128,50 @@ fn main() -> Result<()> {
             hsm,
             pin_file,
         } => {
-            let pki = tapstack_certs::Pki::load(&pki)
-                .with_context(|| format!("loading the PKI in {}", pki.display()))?;
+            let (tls_cert, tls_key) = match (tls, tls_cert, tls_key) {
+                (Some(dir), _, _) => (
+                    dir.join(tapstack_certs::tls::TLS_SERVER_CERT_FILE),
+                    dir.join(tapstack_certs::tls::TLS_SERVER_KEY_FILE),
+                ),
+                (None, Some(c), Some(k)) => (c, k),
+                _ => anyhow::bail!(
+                    "give the host's TLS certificate: --tls DIR (DIR/tls-server.pem and \
+                     DIR/tls-server.key) or --tls-cert PEM --tls-key PEM; make them offline with \
+                     `tap-certs tls-ca --out DIR` and `tap-certs tls-server --ca DIR --name HOST --out DIR` \
+                     (the host signs no certificate)"
+                ),
+            };
+            let ca_keys = tapstack_certs::ca_key_files(&pki);
+            if !ca_keys.is_empty() {
+                let names: Vec<String> = ca_keys.iter().map(|p| p.display().to_string()).collect();
+                if production {
+                    anyhow::bail!(
+                        "--production: the PKI directory holds CA private keys: {}. The host \
+                         needs none of them; keep them offline with tap-certs and give the host \
+                         a copy of the directory without *.key files",
+                        names.join(", ")
+                    );
+                }
+                eprintln!(
+                    "tap-host: WARN: the PKI directory holds CA private keys: {}. The host \
+                     reads none of them, but anyone who breaks into this machine can use them \
+                     to mint terminals, wallets and credentials. Keep them offline with \
+                     tap-certs and give the host only the *.pem files and revocations.tlv \
+                     (--production refuses to start like this).",
+                    names.join(", ")
+                );
+            }
+            let master_file = pki.join(tapstack_certs::MASTER_KEY_FILE);
+            if production && (hsm.is_none() || master_file.exists()) {
+                anyhow::bail!(
+                    "--production: the issuer master key must be in an HSM and nowhere else: \
+                     give --hsm MODULE:TOKEN:LABEL (and --pin-file or $TAPSTACK_HSM_PIN) and \
+                     remove {}",
+                    master_file.display()
+                );
+            }
+            let pki = tapstack_certs::PublicPki::load(&pki)
+                .with_context(|| format!("loading the PKI certificates in {}", pki.display()))?;
             let issuer_keys: Option<Arc<dyn tapstack_certs::IssuerKeys>> = match &hsm {
                 Some(spec) => {
                     let pin = tapstack_certs::hsm::read_pin(pin_file.as_deref())?;
@@ -142,10 +199,7 @@ fn main() -> Result<()> {
                 SledStore::open(&store)
                     .with_context(|| format!("opening the store in {}", store.display()))?,
             );
-            let tls = match (tls_cert, tls_key) {
-                (Some(c), Some(k)) => Some(TlsIdentity::from_pem_files(&c, &k)?),
-                _ => None,
-            };
+            let tls = TlsIdentity::from_pem_files(&tls_cert, &tls_key)?;
             let limits = Limits {
                 max_body,
                 max_connections,
@@ -160,8 +214,8 @@ fn main() -> Result<()> {
             let host = Host::from_pki(
                 &pki,
                 db,
+                tls,
                 HostOptions {
-                    tls,
                     issuer_keys,
                     verify_mode,
                     limits,

@@ -5,18 +5,20 @@
 //!      client certificate: ClientVerifier) ─▶ HTTP/1.1 keep-alive (header timeout)
 //!      ├─ GET  /v1/health        any client
 //!      ├─ GET  /v1/revocations   any client: the signed list, TLV
-//!      ├─ POST /v1/batches       terminals: body ≤ max_body, read ≤ body_timeout,
+//!      └─ POST /v1/batches       terminals: body ≤ max_body, read ≤ body_timeout,
 //!      │                         then Ingestor::ingest on a blocking thread
-//!      │                         (≤ ingest_concurrency at once)
-//!      └─ POST /v1/credentials   the operator: issue a pickup credential
+//!                                (≤ ingest_concurrency at once)
 //! ```
+//!
+//! The host holds no CA private key: it verifies with certificates only
+//! ([`tapstack_certs::PublicPki`]), its TLS identity is given to it, and
+//! pickup credentials are issued offline (`tap-certs credential`).
 //!
 //! Like mini-redis' `server::run`, [`Host::serve`] takes its listener and a
 //! shutdown future, so tests bind port 0 and stop it when they are done.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,24 +29,19 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use p256::ecdsa::SigningKey;
 use serde::Serialize;
 use tapstack_certs::IssuerKeys;
 use tapstack_protocol::pki::{Certificate, Role};
-use tapstack_protocol::Codec;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use crate::credentials;
 use crate::ingest::{Ingestor, VerifyMode};
 use crate::revocations::Revocations;
 use crate::store::{AtcPolicy, Store};
 use crate::tls::{self, ClientVerifier, TlsIdentity};
-use crate::wire::{
-    self, BatchRequest, CredentialRequest, CredentialResponse, ErrorBody, DEFAULT_MAX_BODY,
-};
+use crate::wire::{BatchRequest, ErrorBody, DEFAULT_MAX_BODY};
 use crate::Error;
 
 /// Resource limits of the server.
@@ -80,15 +77,11 @@ impl Default for Limits {
     }
 }
 
-/// Largest body of `POST /v1/credentials`.
-const MAX_CREDENTIAL_BODY: usize = 16 * 1024;
-
 /// Everything a running host needs.
 #[derive(Debug)]
 pub struct Host {
     ingestor: Arc<Ingestor>,
     tls: Arc<rustls::ServerConfig>,
-    operator: Option<(Certificate, SigningKey)>,
     limits: Limits,
     ingest_permits: Arc<Semaphore>,
 }
@@ -96,8 +89,6 @@ pub struct Host {
 /// How to build a [`Host`] from a PKI directory.
 #[derive(Debug, Clone, Default)]
 pub struct HostOptions {
-    /// Server certificate and key; generated from the PKI root if `None`.
-    pub tls: Option<TlsIdentity>,
     /// Where wallets' cryptogram keys come from: `None` = the PKI's
     /// `issuer-master.key` (development); an HSM in production
     /// ([`tapstack_certs::HsmMasterKey`]).
@@ -120,7 +111,6 @@ impl Host {
     pub fn new(
         ingestor: Arc<Ingestor>,
         identity: TlsIdentity,
-        operator: Option<(Certificate, SigningKey)>,
         limits: Limits,
     ) -> Result<Arc<Self>, Error> {
         let verifier = Arc::new(ClientVerifier::new(
@@ -132,20 +122,20 @@ impl Host {
         Ok(Arc::new(Host {
             ingestor,
             tls,
-            operator,
             limits,
             ingest_permits,
         }))
     }
 
-    /// A host for a `tap-certs init` directory: trusts its root and
-    /// intermediates, enforces (and follows changes of) its revocation list,
-    /// checks cryptograms with `opts.issuer_keys` (else its issuer master
-    /// key file), issues credentials
-    /// with its operator key.
+    /// A host for the public half of a `tap-certs init` directory: trusts
+    /// its root and intermediates, enforces (and follows changes of) its
+    /// revocation list, checks cryptograms with `opts.issuer_keys` (else its
+    /// issuer master key file) and serves TLS as `identity` (issued by the
+    /// TLS CA). It reads and signs with no CA key.
     pub fn from_pki(
-        pki: &tapstack_certs::Pki,
+        pki: &tapstack_certs::PublicPki,
         store: Arc<dyn Store>,
+        identity: TlsIdentity,
         opts: HostOptions,
     ) -> Result<Arc<Self>, Error> {
         let trust = pki.trust_store().clone();
@@ -161,25 +151,7 @@ impl Host {
             Ingestor::new(store, trust, issuer_keys, revocations, opts.verify_mode)?
                 .with_atc_policy(opts.atc_policy),
         );
-        let identity = match opts.tls {
-            Some(id) => id,
-            None => {
-                let root = pki.root();
-                let ips = [
-                    IpAddr::V4(Ipv4Addr::LOCALHOST),
-                    IpAddr::V6(Ipv6Addr::LOCALHOST),
-                ];
-                tls::server_certificate(
-                    (&root.cert, &root.key),
-                    &["localhost"],
-                    &ips,
-                    unix_now(),
-                    &mut rand_core::OsRng,
-                )?
-            }
-        };
-        let operator = Some((pki.operator().cert.clone(), pki.operator().key.clone()));
-        Host::new(ingestor, identity, operator, opts.limits)
+        Host::new(ingestor, identity, opts.limits)
     }
 
     pub fn ingestor(&self) -> &Arc<Ingestor> {
@@ -278,8 +250,7 @@ impl Host {
                 r
             }
             (Method::POST, "/v1/batches") => self.batches(peer, req).await,
-            (Method::POST, "/v1/credentials") => self.credentials(peer, req).await,
-            (_, "/v1/health" | "/v1/revocations" | "/v1/batches" | "/v1/credentials") => error(
+            (_, "/v1/health" | "/v1/revocations" | "/v1/batches") => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "method not allowed on this path",
@@ -304,9 +275,19 @@ impl Host {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let records = match BatchRequest::decode(&body) {
+        let (records, earlier) = match BatchRequest::decode_with_certificates(&body) {
             Ok(r) => r,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.code(), &e.to_string()),
+        };
+        let earlier = match self.ingestor.earlier_certificates(peer, &earlier) {
+            Ok(c) => c,
+            Err(e) => {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "certificate_rejected",
+                    &e.to_string(),
+                )
+            }
         };
         let Ok(permit) = self.ingest_permits.clone().acquire_owned().await else {
             return error(
@@ -319,7 +300,7 @@ impl Host {
         let peer = peer.clone();
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            ingestor.ingest(&peer, &records, unix_now())
+            ingestor.ingest_with_earlier(&peer, &earlier, &records, unix_now())
         })
         .await;
         match result {
@@ -339,75 +320,6 @@ impl Host {
                 "internal",
                 "nothing was acknowledged: ingest task failed",
             ),
-        }
-    }
-
-    async fn credentials(
-        &self,
-        peer: &Arc<Certificate>,
-        req: Request<Incoming>,
-    ) -> Response<Full<Bytes>> {
-        if peer.role() != Role::Operator {
-            return error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "only the operator certificate may issue pickup credentials",
-            );
-        }
-        let Some((op_cert, op_key)) = &self.operator else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "this host does not issue credentials",
-            );
-        };
-        let body = match read_body(req, MAX_CREDENTIAL_BODY, self.limits.body_timeout).await {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let req: CredentialRequest = match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()),
-        };
-        let Some(wallet) =
-            wire::b64_decode(&req.wallet_certificate).and_then(|d| Certificate::from_der(&d).ok())
-        else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_encoding",
-                "wallet_certificate is not base64 of a DER certificate",
-            );
-        };
-        let request = credentials::Request {
-            wallet: &wallet,
-            site: &req.site,
-            slot: req.slot,
-            parcel: &req.parcel,
-            days: req.days,
-        };
-        let revs = self.ingestor.revocations().current();
-        match credentials::issue(
-            (op_cert, op_key),
-            self.ingestor.trust(),
-            &revs,
-            &request,
-            unix_now(),
-            &mut rand_core::OsRng,
-        ) {
-            Ok(c) => json(
-                StatusCode::OK,
-                &CredentialResponse {
-                    id: hex::encode(c.id),
-                    credential: wire::encode_record(&c.to_bytes()),
-                    not_after: c.not_after,
-                },
-            ),
-            Err(e @ Error::Certificate { .. }) => error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "wallet_rejected",
-                &e.to_string(),
-            ),
-            Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
         }
     }
 }

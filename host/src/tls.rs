@@ -1,54 +1,29 @@
 //! Mutual TLS for the host (rustls with the ring provider).
 //!
-//! * Server certificate: given as PEM files, or made at start-up for
-//!   `localhost`, `127.0.0.1` and `::1` and signed by the PKI's root (so
-//!   terminals, which already trust the root, trust the host). The protocol's
-//!   `pki::issue` has no TLS server profile (no subjectAltName, which WebPKI
-//!   requires), so [`server_certificate`] builds one with `x509-cert`.
+//! * Server certificate: PEM files issued offline from the TLS CA
+//!   (`tap-certs tls-ca`, `tap-certs tls-server`; [`tapstack_certs::tls`]).
+//!   The host signs nothing: the payment root never signs a TLS
+//!   certificate, and no CA key is on the host.
 //! * Client certificates: [`ClientVerifier`] accepts a terminal certificate
-//!   that chains through an acquirer CA to the root, or the operator
-//!   certificate (for credential issuance), valid now and not on the
-//!   revocation list in force — the protocol's own `TrustStore::verify`, not
+//!   that chains through an acquirer CA to the root, valid now and not on
+//!   the revocation list in force — the protocol's own `TrustStore::verify`, not
 //!   WebPKI's path building. The handshake signature is checked by rustls'
 //!   ring provider.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use der::asn1::{BitString, Ia5String, ObjectIdentifier, OctetString, SetOfVec, UtcTime};
-use der::{Decode, Encode};
-use p256::ecdsa::{Signature, SigningKey};
-use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
-use rand_core::CryptoRngCore;
+use p256::ecdsa::SigningKey;
+use p256::pkcs8::EncodePrivateKey;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tapstack_protocol::pki::{CertError, Certificate, Role, TrustStore};
-use x509_cert::attr::AttributeTypeAndValue;
-use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName};
-use x509_cert::ext::Extension;
-use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
-use x509_cert::serial_number::SerialNumber;
-use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
-use x509_cert::time::{Time, Validity};
-use x509_cert::{TbsCertificate, Version};
 
 use crate::revocations::Revocations;
 use crate::Error;
-
-const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
-const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
-const OID_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
-const OID_EKU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
-const OID_SAN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
-const OID_KP_SERVER_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1");
-
-/// Validity of a generated server certificate.
-pub const SERVER_CERT_DAYS: u64 = 30;
 
 /// The crypto provider of every host TLS config: ring.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -90,6 +65,15 @@ impl TlsIdentity {
         })
     }
 
+    /// A server certificate made by [`tapstack_certs::TlsCa::issue_server`].
+    pub fn from_tls_server(server: &tapstack_certs::TlsServer) -> Result<Self, Error> {
+        let pkcs8 = server.key_pkcs8_der()?;
+        Ok(TlsIdentity {
+            chain: vec![CertificateDer::from(server.cert_der.clone())],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.to_vec())),
+        })
+    }
+
     /// Certificate chain and key from PEM files.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, Error> {
         use rustls::pki_types::pem::PemObject;
@@ -118,133 +102,8 @@ impl TlsIdentity {
     }
 }
 
-fn bad(what: &'static str) -> impl Fn(der::Error) -> Error {
-    move |_| Error::ServerCertificate { what }
-}
-
-/// Make a TLS server certificate for `dns` names and `ips`, signed by
-/// `issuer` (the PKI root), valid from an hour before `now` for
-/// [`SERVER_CERT_DAYS`].
-pub fn server_certificate(
-    issuer: (&Certificate, &SigningKey),
-    dns: &[&str],
-    ips: &[IpAddr],
-    now: u64,
-    rng: &mut impl CryptoRngCore,
-) -> Result<TlsIdentity, Error> {
-    let key = SigningKey::random(&mut *rng);
-    let issuer_x =
-        x509_cert::Certificate::from_der(issuer.0.der()).map_err(bad("issuer certificate"))?;
-    let cn =
-        der::asn1::Any::new(der::Tag::Utf8String, "tap-host".as_bytes()).map_err(bad("name"))?;
-    let rdn = SetOfVec::try_from(vec![AttributeTypeAndValue {
-        oid: OID_CN,
-        value: cn,
-    }])
-    .map_err(bad("name"))?;
-    let subject: Name = RdnSequence(vec![RelativeDistinguishedName(rdn)]);
-    let spki_der = key
-        .verifying_key()
-        .to_public_key_der()
-        .map_err(|_| Error::ServerCertificate { what: "public key" })?;
-    let spki =
-        SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes()).map_err(bad("public key"))?;
-
-    let mut names = Vec::new();
-    for d in dns {
-        names.push(GeneralName::DnsName(
-            Ia5String::new(d).map_err(bad("DNS name"))?,
-        ));
-    }
-    for ip in ips {
-        let bytes = match ip {
-            IpAddr::V4(v) => v.octets().to_vec(),
-            IpAddr::V6(v) => v.octets().to_vec(),
-        };
-        names.push(GeneralName::IpAddress(
-            OctetString::new(bytes).map_err(bad("IP address"))?,
-        ));
-    }
-    let ext = |oid, critical, value: Vec<u8>| -> Result<Extension, Error> {
-        Ok(Extension {
-            extn_id: oid,
-            critical,
-            extn_value: OctetString::new(value).map_err(bad("extension"))?,
-        })
-    };
-    let extensions = vec![
-        ext(
-            OID_KEY_USAGE,
-            true,
-            KeyUsage(KeyUsages::DigitalSignature.into())
-                .to_der()
-                .map_err(bad("key usage"))?,
-        )?,
-        ext(
-            OID_EKU,
-            false,
-            ExtendedKeyUsage(vec![OID_KP_SERVER_AUTH])
-                .to_der()
-                .map_err(bad("EKU"))?,
-        )?,
-        ext(
-            OID_SAN,
-            false,
-            SubjectAltName(names)
-                .to_der()
-                .map_err(bad("subjectAltName"))?,
-        )?,
-    ];
-    let mut serial = [0u8; 8];
-    rng.fill_bytes(&mut serial);
-    serial[0] = (serial[0] & 0x7F) | 0x40;
-    let time = |secs: u64| -> Result<Time, Error> {
-        UtcTime::from_unix_duration(core::time::Duration::from_secs(secs))
-            .map(Time::UtcTime)
-            .map_err(bad("validity"))
-    };
-    let not_after = now
-        .saturating_add(SERVER_CERT_DAYS * 86_400)
-        .min(issuer.0.not_after());
-    let alg = AlgorithmIdentifierOwned {
-        oid: OID_ECDSA_SHA256,
-        parameters: None,
-    };
-    let tbs = TbsCertificate {
-        version: Version::V3,
-        serial_number: SerialNumber::new(&serial).map_err(bad("serial"))?,
-        signature: alg.clone(),
-        issuer: issuer_x.tbs_certificate.subject.clone(),
-        validity: Validity {
-            not_before: time(now.saturating_sub(3600))?,
-            not_after: time(not_after)?,
-        },
-        subject,
-        subject_public_key_info: spki,
-        issuer_unique_id: None,
-        subject_unique_id: None,
-        extensions: Some(extensions),
-    };
-    let tbs_der = tbs.to_der().map_err(bad("tbs"))?;
-    use p256::ecdsa::signature::Signer;
-    let sig: Signature = tapstack_protocol::crypto::normalize_s(issuer.1.sign(&tbs_der));
-    let cert = x509_cert::Certificate {
-        tbs_certificate: tbs,
-        signature_algorithm: alg,
-        signature: BitString::from_bytes(sig.to_der().as_bytes()).map_err(bad("signature"))?,
-    };
-    let der = cert.to_der().map_err(bad("certificate"))?;
-    let pkcs8 = key.to_pkcs8_der().map_err(|_| Error::ServerCertificate {
-        what: "PKCS#8 encoding of the key",
-    })?;
-    Ok(TlsIdentity {
-        chain: vec![CertificateDer::from(der)],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec())),
-    })
-}
-
-/// Accepts terminal certificates (via an acquirer) and operator
-/// certificates of the host's PKI that are valid now and not revoked.
+/// Accepts terminal certificates (via an acquirer) of the host's PKI that
+/// are valid now and not revoked.
 #[derive(Debug)]
 pub struct ClientVerifier {
     trust: TrustStore,
@@ -253,7 +112,7 @@ pub struct ClientVerifier {
 }
 
 /// The roles a client certificate may have.
-pub const CLIENT_ROLES: [Role; 2] = [Role::Terminal, Role::Operator];
+pub const CLIENT_ROLES: [Role; 1] = [Role::Terminal];
 
 fn cert_error(e: &CertError) -> rustls::Error {
     rustls::Error::InvalidCertificate(match e {
@@ -348,8 +207,8 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// A client configuration trusting `root` (the PKI root, which signs the
-/// generated server certificate) and presenting `identity` (none: no client
+/// A client configuration trusting `root` (the TLS CA certificate, DER,
+/// which signs the host's server certificate) and presenting `identity` (none: no client
 /// certificate, which the host refuses).
 pub fn client_config(
     root: &[u8],

@@ -34,14 +34,31 @@ pub fn encode_record(bytes: &[u8]) -> String {
 pub struct BatchRequest {
     /// Base64 of each record's `Codec` bytes, oldest first.
     pub records: Vec<String>,
+    /// Base64 DER of the terminal's earlier certificates (before a renewal)
+    /// that records of this batch name: same terminal ID and acquirer as
+    /// the client certificate. At most [`MAX_EARLIER_CERTIFICATES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<String>,
 }
+
+/// Most earlier certificates one batch may carry.
+pub const MAX_EARLIER_CERTIFICATES: usize = 8;
+/// Longest certificate accepted in a batch, bytes.
+pub const MAX_CERTIFICATE_LEN: usize = 4096;
 
 impl BatchRequest {
     /// A batch of already encoded records.
     pub fn from_encoded<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Self {
         BatchRequest {
             records: records.into_iter().map(encode_record).collect(),
+            certificates: Vec::new(),
         }
+    }
+
+    /// The same batch, carrying the terminal's earlier certificates (DER).
+    pub fn with_certificates<'a>(mut self, certs: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        self.certificates = certs.into_iter().map(encode_record).collect();
+        self
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -52,9 +69,39 @@ impl BatchRequest {
     /// records themselves: an undecodable record is a per-record verdict
     /// (`malformed_record`), not a bad batch.
     pub fn decode(body: &[u8]) -> Result<Vec<Vec<u8>>, BatchError> {
+        Self::decode_with_certificates(body).map(|(records, _)| records)
+    }
+
+    /// [`BatchRequest::decode`], and the earlier certificates' DER.
+    #[allow(clippy::type_complexity)]
+    pub fn decode_with_certificates(
+        body: &[u8],
+    ) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), BatchError> {
         let req: BatchRequest = serde_json::from_slice(body).map_err(|e| BatchError::BadJson {
             detail: e.to_string(),
         })?;
+        if req.certificates.len() > MAX_EARLIER_CERTIFICATES {
+            return Err(BatchError::BadCertificate {
+                index: MAX_EARLIER_CERTIFICATES,
+            });
+        }
+        let max_cert_b64 = MAX_CERTIFICATE_LEN.div_ceil(3) * 4;
+        let certs = req
+            .certificates
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                if s.len() > max_cert_b64 {
+                    return Err(BatchError::BadCertificate { index });
+                }
+                B64.decode(s)
+                    .map_err(|_| BatchError::BadCertificate { index })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((Self::records(&req)?, certs))
+    }
+
+    fn records(req: &BatchRequest) -> Result<Vec<Vec<u8>>, BatchError> {
         if req.records.len() > MAX_BATCH_RECORDS {
             return Err(BatchError::TooManyRecords {
                 count: req.records.len(),
@@ -102,6 +149,8 @@ pub enum BatchError {
     TooManyRecords { count: usize, max: usize },
     #[error("record {index} is longer than {max} bytes")]
     RecordTooLarge { index: usize, max: usize },
+    #[error("certificates[{index}]: not standard padded base64 of at most 4096 bytes, or more than 8 certificates")]
+    BadCertificate { index: usize },
 }
 
 impl BatchError {
@@ -112,6 +161,7 @@ impl BatchError {
             BatchError::BadEncoding { .. } => "bad_encoding",
             BatchError::TooManyRecords { .. } => "too_many_records",
             BatchError::RecordTooLarge { .. } => "record_too_large",
+            BatchError::BadCertificate { .. } => "bad_certificate",
         }
     }
 }
@@ -310,33 +360,6 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// `POST /v1/credentials` request body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CredentialRequest {
-    /// The recipient wallet's certificate: base64 of its DER.
-    pub wallet_certificate: String,
-    pub site: String,
-    pub slot: u16,
-    pub parcel: String,
-    /// Validity in days (default 7).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub days: Option<u64>,
-}
-
-/// `POST /v1/credentials` response body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CredentialResponse {
-    /// Credential id, hex.
-    pub id: String,
-    /// Base64 of the credential's TLV encoding (tag `E4`): what the wallet stores.
-    pub credential: String,
-    pub not_after: u64,
-}
-
-pub(crate) fn b64_decode(s: &str) -> Option<Vec<u8>> {
-    B64.decode(s).ok()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -348,6 +371,7 @@ mod tests {
                 .iter()
                 .map(|&n| encode_record(&vec![0xE6; n]))
                 .collect(),
+            certificates: Vec::new(),
         }
         .to_json()
     }

@@ -179,7 +179,10 @@ async fn lossy_duplicating_reordering_network_stores_every_record_exactly_once()
         };
         let mut sim = fx.sim(id.clone());
         let records = sim.pays(&fx, RECORDS);
-        expected.insert(*id.cert.hash(), records.iter().map(|r| r.hash()).collect());
+        expected.insert(
+            tapstack_host::ingest::chain_key(&id.cert),
+            records.iter().map(|r| r.hash()).collect(),
+        );
         let encoded = bytes(&records);
         let tls = fx.client_tls(Some(&id));
         // A fresh connection per request, so the proxy picks a fate for each.

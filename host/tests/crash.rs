@@ -23,10 +23,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(pki: &std::path::Path, store: &std::path::Path) -> Server {
+    fn start(fx: &Fixture, store: &std::path::Path) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tap-host"))
             .args(["serve", "--listen", "127.0.0.1:0", "--pki"])
-            .arg(pki)
+            .arg(&fx.pki_dir)
+            .arg("--tls")
+            .arg(&fx.tls_dir)
             .arg("--store")
             .arg(store)
             .stdout(Stdio::piped())
@@ -83,7 +85,7 @@ async fn kill_9_mid_upload_loses_nothing_acknowledged() {
     let mut acked = vec![0u64; TERMINALS];
     let mut interrupted = 0;
     for cycle in 0..=CYCLES {
-        let mut server = Some(Server::start(&fx.pki_dir, &store));
+        let mut server = Some(Server::start(&fx, &store));
         let addr = server.as_ref().unwrap().addr;
         let mut jobs = Vec::new();
         for (k, (id, records)) in terminals.iter().enumerate() {
@@ -137,7 +139,7 @@ async fn kill_9_mid_upload_loses_nothing_acknowledged() {
             interrupted += 1;
         }
         // Nothing acknowledged was lost: a fresh host on the store holds it.
-        let check = Server::start(&fx.pki_dir, &store);
+        let check = Server::start(&fx, &store);
         for (k, (id, records)) in terminals.iter().enumerate() {
             let client = fx.client(check.addr, Some(id));
             let head = client.upload(&[]).await.unwrap();

@@ -41,10 +41,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(pki: &Path, store: &Path) -> Server {
+    fn start(fx: &Fixture, store: &Path) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tap-host"))
             .args(["serve", "--listen", "127.0.0.1:0", "--pki"])
-            .arg(pki)
+            .arg(&fx.pki_dir)
+            .arg("--tls")
+            .arg(&fx.tls_dir)
             .arg("--store")
             .arg(store)
             .stdout(Stdio::piped())
@@ -101,7 +103,7 @@ fn ledger_binary(store: &Path) -> (Ledger, String) {
 async fn a_tap_re_signed_under_a_second_seq_settles_once_through_the_binaries() {
     let fx = Fixture::new();
     let store = fx.dir.path().join("store");
-    let server = Server::start(&fx.pki_dir, &store);
+    let server = Server::start(&fx, &store);
     let id = fx.kit.terminal.clone();
     let mut t = fx.sim(id.clone());
     let wallet = fx.kit.new_wallet(&mut OsRng);
@@ -276,6 +278,7 @@ async fn batch_limits_are_exact_at_the_boundary() {
     ] {
         let body = BatchRequest {
             records: vec![String::new(); n],
+            ..Default::default()
         }
         .to_json();
         let r = post(body).await;
@@ -437,7 +440,7 @@ async fn tap_host_serve_fdatasyncs_its_store_before_acknowledging() {
     assert!(probe.status.success());
     let fx = Fixture::new();
     let store = fx.dir.path().join("store");
-    let server = Server::start(&fx.pki_dir, &store);
+    let server = Server::start(&fx, &store);
     let log = fx.dir.path().join("strace.log");
     let mut strace = Command::new("strace")
         .args([

@@ -8,9 +8,7 @@ use hyper::Method;
 use rand_core::OsRng;
 use tapstack_host::server::Limits;
 use tapstack_host::store::Disposition;
-use tapstack_host::wire::{
-    BatchRequest, BatchResponse, CredentialRequest, Flag, Reason, RecordStatus,
-};
+use tapstack_host::wire::{BatchRequest, BatchResponse, Flag, Reason, RecordStatus};
 use tapstack_protocol::crypto;
 use tapstack_protocol::record::TransactionRecord;
 use tapstack_protocol::scenario::{PickupCredential, Scenario};
@@ -59,7 +57,12 @@ async fn good_batch_of_every_scenario_is_stored_and_acknowledged() {
     );
     assert_eq!(resp.acked_seq, 3);
     assert_eq!(resp.head_hash, Some(hex::encode(records[2].hash())));
-    assert_eq!(resp.terminal, hex::encode(fx.kit.terminal.cert.hash()));
+    // The chain is the terminal's (acquirer, ID), not its certificate's hash.
+    assert_eq!(
+        resp.terminal,
+        hex::encode(tapstack_host::ingest::chain_key(&fx.kit.terminal.cert))
+    );
+    assert_ne!(resp.terminal, hex::encode(fx.kit.terminal.cert.hash()));
 
     let stored = host.records();
     assert_eq!(stored.len(), 3);
@@ -308,13 +311,32 @@ async fn clients_without_a_valid_certificate_cannot_connect() {
     // …and a client of this PKI does not trust a host of another PKI.
     let confused = other.client(host.addr, None);
     assert!(confused.health().await.is_err());
+    // The payment root signs no TLS certificate: a genuine terminal that
+    // trusts the payment root instead of the TLS CA does not trust the host.
+    let root_only = tapstack_host::client::HostClient::new(
+        host.addr,
+        tapstack_host::tls::server_name("localhost").unwrap(),
+        tapstack_host::tls::client_config(
+            fx.certs.root().cert.der(),
+            Some(
+                tapstack_host::tls::TlsIdentity::from_protocol(
+                    &fx.kit.terminal.cert,
+                    &fx.kit.terminal.key,
+                    &[],
+                )
+                .unwrap(),
+            ),
+        )
+        .unwrap(),
+    );
+    assert!(root_only.health().await.is_err());
     // A wallet certificate of this PKI is not a client role.
     let wallet = fx.kit.new_wallet(&mut OsRng);
     let w = tapstack_host::client::HostClient::new(
         host.addr,
         tapstack_host::tls::server_name("localhost").unwrap(),
         tapstack_host::tls::client_config(
-            fx.certs.root().cert.der(),
+            fx.tls_ca.cert_der(),
             Some(
                 tapstack_host::tls::TlsIdentity::from_protocol(
                     &wallet.cert,
@@ -590,6 +612,7 @@ async fn oversized_and_malformed_bodies_get_clear_errors_and_the_server_keeps_se
 
     let huge = BatchRequest {
         records: vec!["A".repeat(300 * 1024)],
+        ..Default::default()
     }
     .to_json();
     let r = client
@@ -619,6 +642,7 @@ async fn oversized_and_malformed_bodies_get_clear_errors_and_the_server_keeps_se
     }
     let many = BatchRequest {
         records: vec![String::new(); tapstack_host::wire::MAX_BATCH_RECORDS + 1],
+        ..Default::default()
     }
     .to_json();
     let r = client
@@ -642,16 +666,21 @@ async fn oversized_and_malformed_bodies_get_clear_errors_and_the_server_keeps_se
             .status,
         405
     );
-    // The operator may not upload; a terminal may not issue credentials.
-    let operator = fx.client(host.addr, Some(&fx.operator()));
+    // Credentials are issued offline (tap-certs): no such endpoint.
     assert_eq!(
-        operator
-            .request(Method::POST, "/v1/batches", b"{\"records\":[]}".to_vec())
+        client
+            .request(Method::POST, "/v1/credentials", b"{}".to_vec())
             .await
             .unwrap()
             .status,
-        403
+        404
     );
+    // Only terminals are clients: the operator cannot even connect.
+    let operator = fx.client(host.addr, Some(&fx.operator()));
+    assert!(operator
+        .request(Method::POST, "/v1/batches", b"{\"records\":[]}".to_vec())
+        .await
+        .is_err());
     assert!(host.records().is_empty());
 
     // Still serving: an empty batch tells the head, a real one is stored.
@@ -716,45 +745,30 @@ async fn slow_and_truncated_clients_do_not_stop_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_issues_pickup_credentials_that_wallets_can_use() {
+async fn pickup_credentials_issued_offline_by_tap_certs_are_accepted() {
     let fx = Fixture::new();
     let host = Running::start(&fx, Limits::default()).await;
     let mut wallet = fx.wallet();
-    let req = CredentialRequest {
-        wallet_certificate: tapstack_host::wire::encode_record(wallet.certificate.der()),
-        site: "MALL-1".into(),
+    // What `tap-certs credential` does, on the machine with the operator key.
+    let path = fx.dir.path().join("parcel-42.cred");
+    let req = tapstack_certs::CredentialRequest {
+        wallet: &wallet.certificate,
+        site: "MALL-1",
         slot: 12,
-        parcel: "PARCEL-42".into(),
+        parcel: "PARCEL-42",
         days: Some(2),
     };
-    let operator = fx.client(host.addr, Some(&fx.operator()));
-    let issued = operator.issue_credential(&req).await.unwrap();
-    let der = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        &issued.credential,
-    )
-    .unwrap();
-    let cred = PickupCredential::decode(&der).unwrap();
+    let issued = fx
+        .certs
+        .issue_credential(&req, &path, fx.kit.now, &mut OsRng)
+        .unwrap();
+    let cred = PickupCredential::decode(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(cred.id, issued.id);
     assert_eq!(
         (cred.site.as_str(), cred.slot, cred.parcel.as_str()),
         ("MALL-1", 12, "PARCEL-42")
     );
-    assert_eq!(hex::encode(cred.id), issued.id);
-    // A terminal may not issue; a bad request is a 400.
-    let terminal = fx.client(host.addr, Some(&fx.kit.terminal));
-    assert!(matches!(
-        terminal.issue_credential(&req).await,
-        Err(tapstack_host::Error::Refused { status: 403, .. })
-    ));
-    let bad = CredentialRequest {
-        site: String::new(),
-        ..req.clone()
-    };
-    assert!(matches!(
-        operator.issue_credential(&bad).await,
-        Err(tapstack_host::Error::Refused { status: 400, .. })
-    ));
-    // The wallet picks up with it; the host accepts the record.
+    // The wallet picks up with it; the host (no operator key) accepts the record.
     wallet.credentials.push(cred);
     let mut t = fx.sim(fx.kit.terminal.clone());
     let rec = t.tap(
@@ -764,7 +778,115 @@ async fn operator_issues_pickup_credentials_that_wallets_can_use() {
             site: "MALL-1".into(),
         },
     );
+    let terminal = fx.client(host.addr, Some(&fx.kit.terminal));
     let resp = terminal.upload(&bytes(&[rec])).await.unwrap();
     assert_eq!(resp.results[0].status, RecordStatus::Accepted, "{resp:?}");
+    host.stop().await;
+}
+
+/// A terminal renewed mid-queue (`tap-certs terminal --renew`: same ID, new
+/// key) uploads the records queued under the old certificate and those
+/// under the new one in one batch, sending the old certificate along: all
+/// accepted, one chain. Earlier certificates of another terminal, or a
+/// certificate that does not chain to the acquirer, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_mid_queue_keeps_one_chain() {
+    let fx = Fixture::new();
+    let host = Running::start(&fx, Limits::default()).await;
+    let old = fx.kit.terminal.clone();
+    let mut t = fx.sim(old.clone());
+    let mut records = t.pays(&fx, 3);
+
+    // Renewal: same merchant name and terminal ID, new key and certificate.
+    let opts = tapstack_certs::LeafOptions {
+        file_stem: Some("renewed".into()),
+        ..Default::default()
+    };
+    let renewed = fx
+        .certs
+        .renew_terminal(
+            &old.cert,
+            &fx.dir.path().join("leaves"),
+            &opts,
+            fx.kit.now,
+            &mut OsRng,
+        )
+        .unwrap();
+    let new = tapstack_protocol::testkit::Identity {
+        cert: renewed.identity.cert.clone(),
+        key: renewed.identity.key.clone(),
+    };
+    assert_ne!(new.cert.hash(), old.cert.hash());
+    assert_eq!(new.cert.terminal_id(), old.cert.terminal_id());
+    assert_eq!(new.cert.common_name(), old.cert.common_name());
+    // The queue goes on: seq 4 chains to seq 3, signed by the new key.
+    t.id = new.clone();
+    t.ctx = fx.kit.terminal_context_for(&new);
+    records.extend(t.pays(&fx, 2));
+    let client = fx.client(host.addr, Some(&new));
+
+    // Without the old certificate the old records name an unknown terminal.
+    let r = client.upload(&bytes(&records)).await.unwrap();
+    assert_eq!(r.results[0].reason, Some(Reason::WrongTerminal), "{r:?}");
+    assert_eq!(r.acked_seq, 0);
+
+    // Another terminal's certificate is no earlier certificate of this one.
+    let other = fx.terminal("Other Shop");
+    let refused = client
+        .upload_with_certificates(&bytes(&records), &[other.cert.der().to_vec()])
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(tapstack_host::Error::Refused { status: 422, code, .. }) if code == "certificate_rejected"
+        ),
+        "{refused:?}"
+    );
+    // Nor is a certificate with the same ID from another PKI's acquirer.
+    let foreign = Fixture::new();
+    let forged = foreign
+        .certs
+        .issue_terminal_with_id(
+            old.cert.common_name(),
+            old.cert.terminal_id(),
+            &foreign.dir.path().join("leaves"),
+            &opts,
+            foreign.kit.now,
+            &mut OsRng,
+        )
+        .unwrap();
+    let refused = client
+        .upload_with_certificates(&bytes(&records), &[forged.identity.cert.der().to_vec()])
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(tapstack_host::Error::Refused { status: 422, .. })
+        ),
+        "{refused:?}"
+    );
+    assert!(host.records().is_empty());
+
+    // With the old certificate: everything accepted, one chain 1..=5.
+    let r = client
+        .upload_with_certificates(&bytes(&records), &[old.cert.der().to_vec()])
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses(&r),
+        vec![(RecordStatus::Accepted, None); 5],
+        "{r:?}"
+    );
+    assert_eq!(r.acked_seq, 5);
+    let chain = tapstack_host::ingest::chain_key(&new.cert);
+    assert_eq!(chain, tapstack_host::ingest::chain_key(&old.cert));
+    assert_eq!(r.terminal, hex::encode(chain));
+    let stored = host.records();
+    assert_eq!(stored.len(), 5);
+    assert!(stored.iter().all(|s| s.terminal == chain));
+    // The renewed terminal learns the same head with an empty upload.
+    let empty = client.upload(&[]).await.unwrap();
+    assert_eq!(empty.acked_seq, 5);
+    assert_eq!(empty.head_hash, Some(hex::encode(records[4].hash())));
     host.stop().await;
 }

@@ -1,8 +1,12 @@
 //! Keys where they belong, black-box through `tap-host serve`:
-//! - the issuer master key in a real SoftHSM2 token: a PKI directory with
-//!   no `issuer-master.key`, wallets whose cryptogram keys the token
-//!   derived at issuance, and the host over real HTTPS + mTLS accepting a
-//!   genuine tap and declining one whose cryptogram is wrong;
+//! - the host holds no CA private key: it runs `--production` from a
+//!   directory whose only `*.key` is its own TLS key (issued offline by a
+//!   TLS CA, not the payment root), with the issuer master key in a real
+//!   SoftHSM2 token: wallets whose cryptogram keys the token derived at
+//!   issuance, and the host over real HTTPS + mTLS accepting a genuine tap
+//!   and declining one whose cryptogram is wrong;
+//! - a PKI directory that holds CA private keys: a loud warning naming
+//!   them, and a refusal under `--production`;
 //! - a private key file that group or others can read stops the host, with
 //!   the file named and the `chmod 600` fix.
 #![cfg(unix)]
@@ -22,7 +26,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use rand_core::OsRng;
 use softhsm::{SoftHsm, KEY_LABEL};
-use tapstack_certs::{init_with, HsmMasterKey, InitOptions, LeafOptions, MASTER_KEY_FILE};
+use tapstack_certs::{
+    init_with, public_files, HsmMasterKey, InitOptions, LeafOptions, TlsCa, MASTER_KEY_FILE,
+};
 use tapstack_host::client::HostClient;
 use tapstack_host::server::unix_now;
 use tapstack_host::store::{Disposition, SledStore, Store};
@@ -104,6 +110,24 @@ fn run_to_exit(args: &[&std::ffi::OsStr]) -> (bool, String) {
     )
 }
 
+/// Every `*.key` file under `dir`, recursively.
+fn key_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(key_files(&p));
+        } else if p.extension().is_some_and(|x| x == "key") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn os(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+    v.iter().map(|s| s.as_os_str()).collect()
+}
+
 fn id(i: &tapstack_certs::Identity) -> Identity {
     Identity {
         cert: i.cert.clone(),
@@ -112,7 +136,7 @@ fn id(i: &tapstack_certs::Identity) -> Identity {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tap_host_verifies_cryptograms_with_the_master_key_in_softhsm() {
+async fn tap_host_runs_in_production_with_no_ca_key_and_the_master_key_in_softhsm() {
     let hsm = SoftHsm::new();
     let spec = hsm.spec(KEY_LABEL);
     let now = unix_now();
@@ -188,11 +212,34 @@ async fn tap_host_verifies_cryptograms_with_the_master_key_in_softhsm() {
     genuine.atc = forged.atc;
     let good2 = sim.tap(&kit, &mut genuine, pay(300));
 
+    // Offline: a TLS CA (not the payment root) issues the host's server
+    // certificate. The host machine gets the PKI's public files and its TLS
+    // certificate and key, nothing else.
+    let tls_ca = TlsCa::init(&dir.join("tls-ca"), 30, now, &mut OsRng).unwrap();
+    let host_dir = dir.join("host");
+    let host_pki = host_dir.join("pki");
+    std::fs::create_dir_all(&host_pki).unwrap();
+    for f in public_files() {
+        std::fs::copy(pki_dir.join(&f), host_pki.join(&f)).unwrap();
+    }
+    let host_tls = host_dir.join("tls");
+    tls_ca
+        .issue_server(&["localhost".parse().unwrap()], 30, now, &mut OsRng)
+        .unwrap()
+        .write(&host_tls)
+        .unwrap();
+    assert_eq!(
+        key_files(&host_dir),
+        vec![host_tls.join(tapstack_certs::tls::TLS_SERVER_KEY_FILE)]
+    );
+
     // Without --hsm this PKI has no master key: the host refuses to start.
     let store = dir.join("store");
     let (ok, err) = run_to_exit(&[
         "--pki".as_ref(),
-        pki_dir.as_os_str(),
+        host_pki.as_os_str(),
+        "--tls".as_ref(),
+        host_tls.as_os_str(),
         "--store".as_ref(),
         store.as_os_str(),
     ]);
@@ -206,8 +253,11 @@ async fn tap_host_verifies_cryptograms_with_the_master_key_in_softhsm() {
     let spec_s = hsm.spec_str(KEY_LABEL);
     let server = serve(
         &[
+            "--production".as_ref(),
             "--pki".as_ref(),
-            pki_dir.as_os_str(),
+            host_pki.as_os_str(),
+            "--tls".as_ref(),
+            host_tls.as_os_str(),
             "--store".as_ref(),
             store.as_os_str(),
             "--hsm".as_ref(),
@@ -223,7 +273,7 @@ async fn tap_host_verifies_cryptograms_with_the_master_key_in_softhsm() {
     assert!(!log.contains("WARN"), "{log}");
 
     let tls = tls::client_config(
-        certs.root().cert.der(),
+        tls_ca.cert_der(),
         Some(
             TlsIdentity::from_protocol(
                 &t.identity.cert,
@@ -267,15 +317,22 @@ async fn tap_host_verifies_cryptograms_with_the_master_key_in_softhsm() {
 }
 
 #[test]
-fn tap_host_warns_loudly_when_the_master_key_is_a_file() {
+fn tap_host_warns_loudly_about_key_files_in_the_pki_directory() {
     let fx = Fixture::new();
     let dir = tempfile::tempdir().unwrap();
     let stderr = dir.path().join("stderr");
     let store = dir.path().join("store");
+    // The host never reads the CA keys: one that group and others can read
+    // does not stop it (it would if the host loaded it) — it is named in
+    // the warning like the others.
+    let root_key = fx.pki_dir.join("root.key");
+    std::fs::set_permissions(&root_key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let server = serve(
         &[
             "--pki".as_ref(),
             fx.pki_dir.as_os_str(),
+            "--tls".as_ref(),
+            fx.tls_dir.as_os_str(),
             "--store".as_ref(),
             store.as_os_str(),
         ],
@@ -288,33 +345,131 @@ fn tap_host_warns_loudly_when_the_master_key_is_a_file() {
         log.contains("WARN") && log.contains(MASTER_KEY_FILE),
         "{log}"
     );
+    let ca_warning = log
+        .lines()
+        .find(|l| l.contains("CA private keys"))
+        .unwrap_or_else(|| panic!("no CA key warning: {log}"));
+    for f in ["root.key", "issuer.key", "acquirer.key", "operator.key"] {
+        let path = fx.pki_dir.join(f);
+        assert!(
+            ca_warning.contains(&path.display().to_string()),
+            "{f}: {log}"
+        );
+    }
+}
+
+#[test]
+fn tap_host_production_refuses_ca_keys_and_a_master_key_file() {
+    let fx = Fixture::new();
+    let store = fx.dir.path().join("store");
+    let args = |pki: &Path| -> Vec<std::ffi::OsString> {
+        vec![
+            "--production".into(),
+            "--pki".into(),
+            pki.into(),
+            "--tls".into(),
+            fx.tls_dir.clone().into(),
+            "--store".into(),
+            store.clone().into(),
+        ]
+    };
+    // The full PKI: refused, every CA key named.
+    let (ok, err) = run_to_exit(&os(&args(&fx.pki_dir)));
+    assert!(!ok);
+    assert!(err.contains("--production"), "{err}");
+    for f in ["root.key", "issuer.key", "acquirer.key", "operator.key"] {
+        assert!(
+            err.contains(&fx.pki_dir.join(f).display().to_string()),
+            "{f}: {err}"
+        );
+    }
+    assert!(!store.exists(), "refused before opening the store");
+    // Only the operator key left behind: still refused, naming it alone.
+    let partial = fx.dir.path().join("partial");
+    std::fs::create_dir(&partial).unwrap();
+    for f in public_files()
+        .into_iter()
+        .chain([MASTER_KEY_FILE.to_owned(), "operator.key".to_owned()])
+    {
+        std::fs::copy(fx.pki_dir.join(&f), partial.join(&f)).unwrap();
+    }
+    let (ok, err) = run_to_exit(&os(&args(&partial)));
+    assert!(!ok);
+    assert!(
+        err.contains("operator.key") && !err.contains("root.key"),
+        "{err}"
+    );
+    // No CA key, but the master key is a file and there is no --hsm.
+    std::fs::remove_file(partial.join("operator.key")).unwrap();
+    let (ok, err) = run_to_exit(&os(&args(&partial)));
+    assert!(!ok);
+    assert!(
+        err.contains("--hsm") && err.contains(MASTER_KEY_FILE),
+        "{err}"
+    );
+    // Without --production the same directory serves (with the file-key WARN).
+    let stderr = fx.dir.path().join("stderr");
+    let mut dev = args(&partial);
+    dev.remove(0);
+    let server = serve(&os(&dev), Path::new("/nonexistent"), &stderr);
+    drop(server);
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!log.contains("CA private keys"), "{log}");
+}
+
+#[test]
+fn tap_host_needs_a_tls_certificate_and_signs_none() {
+    let fx = Fixture::new();
+    let store = fx.dir.path().join("store");
+    let (ok, err) = run_to_exit(&[
+        "--pki".as_ref(),
+        fx.pki_dir.as_os_str(),
+        "--store".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--tls DIR") && err.contains("tap-certs tls-server"),
+        "{err}"
+    );
+    // A --tls directory without the server files names the missing one.
+    let empty = fx.dir.path().join("empty-tls");
+    std::fs::create_dir(&empty).unwrap();
+    let (ok, err) = run_to_exit(&[
+        "--pki".as_ref(),
+        fx.pki_dir.as_os_str(),
+        "--tls".as_ref(),
+        empty.as_os_str(),
+        "--store".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("tls-server.pem"), "{err}");
 }
 
 #[test]
 fn tap_host_refuses_a_group_readable_key_file() {
     let fx = Fixture::new();
     let store = fx.dir.path().join("store");
-    for f in ["acquirer.key", MASTER_KEY_FILE] {
-        let key = fx.pki_dir.join(f);
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let (ok, err) = run_to_exit(&[
-            "--pki".as_ref(),
-            fx.pki_dir.as_os_str(),
-            "--store".as_ref(),
-            store.as_os_str(),
-        ]);
-        assert!(!ok, "{f}");
-        assert!(
-            err.contains(&format!("chmod 600 {}", key.display())),
-            "{f}: {err}"
-        );
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    let key = fx.pki_dir.join(MASTER_KEY_FILE);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let (ok, err) = run_to_exit(&[
+        "--pki".as_ref(),
+        fx.pki_dir.as_os_str(),
+        "--tls".as_ref(),
+        fx.tls_dir.as_os_str(),
+        "--store".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("chmod 600 {}", key.display())),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     // The host's own TLS key too.
-    let leaves = fx.dir.path().join("leaves");
-    let tls_cert = leaves.join("terminal-0.pem");
-    let tls_key = leaves.join("terminal-0.key");
-    fx.terminal("tls stand-in");
+    let tls_cert = fx.tls_dir.join(tapstack_certs::tls::TLS_SERVER_CERT_FILE);
+    let tls_key = fx.tls_dir.join(tapstack_certs::tls::TLS_SERVER_KEY_FILE);
     std::fs::set_permissions(&tls_key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (ok, err) = run_to_exit(&[
         "--pki".as_ref(),

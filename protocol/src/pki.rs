@@ -37,6 +37,18 @@ use crate::revocation::RevocationList;
 
 const OID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 const OID_OU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.11");
+/// X.520 serialNumber: a terminal's stable identity, kept across renewals.
+const OID_SERIAL_NUMBER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.5");
+/// Longest terminal ID.
+pub const MAX_TERMINAL_ID: usize = 64;
+
+/// Whether `id` is a usable terminal ID: 1 to [`MAX_TERMINAL_ID`] ASCII
+/// letters, digits or `-` (a PrintableString).
+pub fn valid_terminal_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_TERMINAL_ID
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 const OID_ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
@@ -158,6 +170,7 @@ pub struct Certificate {
     issuer: Vec<u8>,
     serial: Vec<u8>,
     common_name: String,
+    terminal_id: Option<String>,
     role: Role,
     not_before: u64,
     not_after: u64,
@@ -263,6 +276,15 @@ impl Certificate {
             .ok_or(CertError::Malformed {
                 what: "subject has no common name",
             })?;
+        let terminal_id = match name_text(&tbs_cert.subject, OID_SERIAL_NUMBER) {
+            Some(id) if valid_terminal_id(&id) => Some(id),
+            Some(_) => {
+                return Err(CertError::Malformed {
+                    what: "subject serialNumber (terminal ID)",
+                })
+            }
+            None => None,
+        };
 
         let mut is_ca = false;
         let mut key_usage = None;
@@ -289,6 +311,7 @@ impl Certificate {
             issuer: tbs_cert.issuer.to_der().map_err(malformed("issuer"))?,
             serial: tbs_cert.serial_number.as_bytes().to_vec(),
             common_name,
+            terminal_id,
             role,
             not_before: unix(&tbs_cert.validity.not_before),
             not_after: unix(&tbs_cert.validity.not_after),
@@ -330,6 +353,16 @@ impl Certificate {
     }
     pub fn serial(&self) -> &[u8] {
         &self.serial
+    }
+    /// The subject's serialNumber: a terminal's stable ID, the same in
+    /// every certificate it is issued (renewals keep it). `None` for
+    /// certificates issued without one.
+    pub fn terminal_id(&self) -> Option<&str> {
+        self.terminal_id.as_deref()
+    }
+    /// The issuer's distinguished name, DER.
+    pub fn issuer_name(&self) -> &[u8] {
+        &self.issuer
     }
     pub fn not_before(&self) -> u64 {
         self.not_before
@@ -658,6 +691,9 @@ pub struct CertSpec<'a> {
     pub common_name: &'a str,
     pub not_before: u64,
     pub not_after: u64,
+    /// The subject's serialNumber (terminal certificates: their stable ID,
+    /// [`valid_terminal_id`]); `None`: no such attribute.
+    pub terminal_id: Option<&'a str>,
 }
 
 fn time(secs: u64) -> Result<Time, CertError> {
@@ -674,17 +710,26 @@ fn time(secs: u64) -> Result<Time, CertError> {
     }
 }
 
-fn build_name(role: Role, cn: &str) -> Result<Name, CertError> {
-    let atv = |oid, v: &str| -> Result<RelativeDistinguishedName, CertError> {
-        let value = Any::new(Tag::Utf8String, v.as_bytes()).map_err(malformed("name"))?;
+fn build_name(role: Role, cn: &str, terminal_id: Option<&str>) -> Result<Name, CertError> {
+    let atv = |oid, tag, v: &str| -> Result<RelativeDistinguishedName, CertError> {
+        let value = Any::new(tag, v.as_bytes()).map_err(malformed("name"))?;
         let set = SetOfVec::try_from(vec![AttributeTypeAndValue { oid, value }])
             .map_err(malformed("name"))?;
         Ok(RelativeDistinguishedName(set))
     };
-    Ok(RdnSequence(vec![
-        atv(OID_OU, role.as_str())?,
-        atv(OID_CN, cn)?,
-    ]))
+    let mut rdns = vec![
+        atv(OID_OU, Tag::Utf8String, role.as_str())?,
+        atv(OID_CN, Tag::Utf8String, cn)?,
+    ];
+    if let Some(id) = terminal_id {
+        if !valid_terminal_id(id) {
+            return Err(CertError::Malformed {
+                what: "terminal ID: 1 to 64 letters, digits or '-'",
+            });
+        }
+        rdns.push(atv(OID_SERIAL_NUMBER, Tag::PrintableString, id)?);
+    }
+    Ok(RdnSequence(rdns))
 }
 
 /// Issue a certificate for `subject_key` signed by `issuer`.
@@ -746,7 +791,7 @@ fn build(
     let mut serial = [0u8; 8];
     rng.fill_bytes(&mut serial);
     serial[0] = (serial[0] & 0x7F) | 0x40; // positive, minimal
-    let subject = build_name(spec.role, spec.common_name)?;
+    let subject = build_name(spec.role, spec.common_name, spec.terminal_id)?;
     let spki_der = subject_key
         .to_public_key_der()
         .map_err(|_| CertError::UnsupportedKey)?;

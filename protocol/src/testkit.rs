@@ -47,6 +47,7 @@ fn spec(role: Role, cn: &str, now: u64) -> CertSpec<'_> {
         common_name: cn,
         not_before: now - DAY,
         not_after: now + 5 * 365 * DAY,
+        terminal_id: None,
     }
 }
 

@@ -647,6 +647,7 @@ fn foreign_expired_and_revoked_certificates() {
         common_name: "old",
         not_before: pki.now - 1000,
         not_after: pki.now - 10,
+        terminal_id: None,
     };
     let cert = pki::issue(
         &spec,
@@ -676,6 +677,7 @@ fn foreign_expired_and_revoked_certificates() {
         common_name: "w",
         not_before: pki.now - 1000,
         not_after: pki.now + 1000,
+        terminal_id: None,
     };
     let cert = pki::issue(
         &spec,
@@ -1257,4 +1259,56 @@ fn high_s_twin_of_a_certificate_signature_is_refused() {
         trust.verify(&twin_cert, Role::Wallet, pki.now, None),
         Err(CertError::HighSSignature)
     );
+}
+
+/// The terminal ID travels in the subject's serialNumber: it parses back,
+/// a terminal with one still taps, and an unusable ID is refused at
+/// issuance (and at parsing, as a malformed certificate).
+#[test]
+fn terminal_id_in_the_subject_round_trips_and_taps() {
+    let mut pki = Pki::generate(&mut OsRng);
+    let key = p256::ecdsa::SigningKey::random(&mut OsRng);
+    let spec = |id| CertSpec {
+        role: Role::Terminal,
+        common_name: "Tea House #12",
+        not_before: pki.now - 1000,
+        not_after: pki.now + 100_000,
+        terminal_id: id,
+    };
+    let cert = pki::issue(
+        &spec(Some("TH-0012")),
+        key.verifying_key(),
+        (&pki.acquirer.cert, &pki.acquirer.key),
+        &mut OsRng,
+    )
+    .unwrap();
+    assert_eq!(cert.terminal_id(), Some("TH-0012"));
+    assert_eq!(
+        pki::Certificate::from_der(cert.der())
+            .unwrap()
+            .terminal_id(),
+        Some("TH-0012")
+    );
+    assert_eq!(cert.issuer_name(), pki.terminal.cert.issuer_name());
+    assert_eq!(pki.terminal.cert.terminal_id(), None);
+    for bad in ["", "a b", "x/y", &"7".repeat(pki::MAX_TERMINAL_ID + 1)] {
+        assert!(
+            matches!(
+                pki::issue(
+                    &spec(Some(bad)),
+                    key.verifying_key(),
+                    (&pki.acquirer.cert, &pki.acquirer.key),
+                    &mut OsRng,
+                ),
+                Err(CertError::Malformed { .. })
+            ),
+            "{bad:?}"
+        );
+    }
+    // A terminal with an ID taps like any other.
+    pki.terminal = tapstack_protocol::testkit::Identity { cert, key };
+    let mut t = pki.terminal_context_for(&pki.terminal);
+    let mut w = pki.wallet_context();
+    let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
+    assert!(run.outcome.is_some(), "{:?}", run.error);
 }

@@ -28,6 +28,11 @@ pub struct TerminalSection {
     /// How long one tap intent waits for a phone.
     #[serde(default = "default_timeout")]
     pub tap_timeout_secs: u64,
+    /// This terminal's earlier certificates (before `tap-certs terminal
+    /// --renew`), sent with every upload so the host accepts the queued
+    /// records signed under them. Same terminal ID and acquirer only.
+    #[serde(default)]
+    pub previous_certificates: Vec<PathBuf>,
 }
 
 fn default_prefix() -> String {
@@ -82,7 +87,9 @@ pub struct QueueSection {
 pub struct HostSection {
     /// `https://host:port`
     pub url: String,
-    /// CA certificate the host's TLS certificate chains to.
+    /// The TLS CA certificate (`tap-certs tls-ca`, PEM or DER) the host's
+    /// TLS server certificate is issued by: not the payment root, which
+    /// signs no TLS certificate.
     pub ca: PathBuf,
     /// Name in the host's certificate.
     #[serde(default = "default_server_name")]
@@ -298,6 +305,7 @@ currency = "CNY"                 # every amount is in this currency
 order_prefix = "A"               # order numbers look like A17
 send_certificate = true          # false: send only its hash (repeat customers)
 tap_timeout_secs = 60            # how long a tap intent waits for a phone
+# previous_certificates = ["terminal-2025.pem"]   # after a renewal: records queued under these still upload
 
 [reader]
 # pcsc:<reader name> | libnfc:<connstring> | pn532:/dev/ttyUSB0?baud=115200
@@ -316,7 +324,7 @@ path = "queue"                   # sled directory; back it up, never edit it
 
 [host]
 url = "https://127.0.0.1:8443"
-ca = "pki/root.pem"
+ca = "tls/tls-ca.pem"             # the TLS CA (`tap-certs tls-ca`), not the payment root
 server_name = "localhost"
 batch_size = 200
 sync_interval_secs = 60          # `serve` uploads this often (and at start-up)

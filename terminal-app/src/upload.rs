@@ -40,13 +40,25 @@ pub fn client(config: &Config, ctx: &TerminalContext) -> Result<HostClient, Erro
     let addr: SocketAddr = addr_text
         .parse()
         .map_err(|_| upload_err(format!("host.url {:?}: use https://IP:PORT", host.url)))?;
-    let ca = tapstack_certs::read_certificate(&config.path(&host.ca))?;
+    // The TLS CA (`tap-certs tls-ca`): a plain X.509 certificate, not one of
+    // the payment PKI's.
+    let ca = tapstack_certs::read_pem_certificate(&config.path(&host.ca))?;
     let identity =
         TlsIdentity::from_protocol(&ctx.certificate, ctx.signing_key(), &[]).map_err(upload_err)?;
-    let tls = client_config(ca.der(), Some(identity)).map_err(upload_err)?;
+    let tls = client_config(&ca, Some(identity)).map_err(upload_err)?;
     let name =
         rustls::pki_types::ServerName::try_from(host.server_name.clone()).map_err(upload_err)?;
-    Ok(HostClient::new(addr, name, tls).with_timeout(Duration::from_secs(30)))
+    // Earlier certificates of this terminal (before a renewal): queued
+    // records signed under them still upload into the same chain.
+    let earlier = config
+        .terminal
+        .previous_certificates
+        .iter()
+        .map(|p| tapstack_certs::read_certificate(&config.path(p)).map(|c| c.der().to_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(HostClient::new(addr, name, tls)
+        .with_timeout(Duration::from_secs(30))
+        .with_earlier_certificates(earlier))
 }
 
 /// What one sync did.

@@ -35,7 +35,7 @@ impl Shop {
     fn write_config(&self, terminal: &str, host: Option<&str>) -> PathBuf {
         let host = match host {
             Some(extra) => format!(
-                "[host]\nurl = \"https://{}\"\nca = \"pki/root.pem\"\n{extra}\n",
+                "[host]\nurl = \"https://{}\"\nca = \"tls/tls-ca.pem\"\n{extra}\n",
                 self.host_addr
             ),
             None => String::new(),

@@ -16,7 +16,7 @@ fn config(shop: &Shop) -> PathBuf {
         "[terminal]\ncertificate = \"terminal.pem\"\nkey = \"terminal.key\"\ncurrency = \"CNY\"\ntap_timeout_secs = 5\n\n\
          [reader]\nconnection = \"emu:phones/alice.toml\"\n\n\
          [trust]\nroot = \"pki/root.pem\"\nissuers = [\"pki/issuer.pem\"]\noperators = [\"pki/operator.pem\"]\n\n\
-         [queue]\npath = \"queue\"\n\n[host]\nurl = \"https://{}\"\nca = \"pki/root.pem\"\n",
+         [queue]\npath = \"queue\"\n\n[host]\nurl = \"https://{}\"\nca = \"tls/tls-ca.pem\"\n",
         shop.host_addr
     );
     let path = shop.dir.path().join("terminal.toml");
@@ -199,4 +199,88 @@ fn the_currency_cannot_change_under_queued_records() {
     let o = usd(&["pay", "1.00", "USD"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("queued #2"), "{}", text(&o));
+}
+
+/// `tap-certs terminal --renew` mid-queue: records queued under the old
+/// certificate and those under the new one upload together (the old one
+/// listed in `previous_certificates`) into one chain at the host, and a
+/// fresh queue under the renewed certificate learns that chain's head with
+/// an empty upload and continues it.
+#[test]
+fn a_renewed_certificate_continues_the_chain_of_the_old_one() {
+    use tapstack_protocol::Codec;
+    let shop = Shop::new();
+    let d = shop.dir.path();
+    let cfg = config(&shop);
+    for seq in 1..=2 {
+        let o = run(&cfg, &["pay", "1.00", "CNY"]);
+        assert!(text(&o).contains(&format!("queued #{seq}")), "{}", text(&o));
+    }
+    let o = run(&cfg, &["upload"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // #3 under the old certificate, not uploaded yet.
+    let o = run(&cfg, &["pay", "1.00", "CNY"]);
+    assert!(text(&o).contains("queued #3"), "{}", text(&o));
+
+    // Renewal: new key and certificate, same ID; the old one stays listed.
+    let pki = tapstack_certs::Pki::load(&d.join("pki")).unwrap();
+    let old = tapstack_certs::read_certificate(&d.join("terminal.pem")).unwrap();
+    let opts = tapstack_certs::LeafOptions {
+        file_stem: Some("terminal-2".into()),
+        ..Default::default()
+    };
+    let new = pki
+        .renew_terminal(&old, d, &opts, common::now(), &mut rand_core::OsRng)
+        .unwrap();
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "certificate = \"terminal.pem\"\nkey = \"terminal.key\"",
+            "certificate = \"terminal-2.pem\"\nkey = \"terminal-2.key\"\nprevious_certificates = [\"terminal.pem\"]",
+        );
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let o = run(&cfg, &["pay", "1.00", "CNY"]);
+    assert!(text(&o).contains("queued #4"), "{}", text(&o));
+    let o = run(&cfg, &["upload"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("\"accepted\": 2"), "{}", text(&o));
+    assert_eq!(
+        shop.host_store.head(&shop.terminal).unwrap().map(|h| h.seq),
+        Some(4)
+    );
+    // One chain, records signed under both certificates.
+    let named = |seq| {
+        let r = shop
+            .host_store
+            .record(&shop.terminal, seq)
+            .unwrap()
+            .unwrap();
+        tapstack_protocol::record::TransactionRecord::decode(&r.bytes)
+            .unwrap()
+            .terminal
+    };
+    assert_eq!(named(3), *old.hash());
+    assert_eq!(named(4), *new.identity.cert.hash());
+    let o = run(&cfg, &["queue"]);
+    assert!(text(&o).contains("host holds up to #4"), "{}", text(&o));
+
+    // A fresh queue under the renewed certificate: the empty upload finds
+    // the chain's head at #4 (not a new chain at #0), so the next tap is #5.
+    let fresh = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tap-terminal"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("TAPSTACK_QUEUE_PATH", d.join("queue-2"))
+            .output()
+            .unwrap()
+    };
+    let o = fresh(&["pay", "1.00", "CNY"]);
+    assert!(text(&o).contains("queued #5"), "not #1 again: {}", text(&o));
+    let o = fresh(&["upload"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        shop.host_store.head(&shop.terminal).unwrap().map(|h| h.seq),
+        Some(5)
+    );
 }

@@ -146,7 +146,19 @@ fn setup() -> World {
         .expect("runtime");
     let store: Arc<dyn Store> =
         Arc::new(SledStore::open(&d.join("host-store")).expect("host store"));
-    let host = Host::from_pki(&pki, store.clone(), HostOptions::default()).expect("host");
+    // The host's TLS identity from a TLS CA of its own; the terminal trusts tls/tls-ca.pem.
+    let tls_ca =
+        tapstack_certs::TlsCa::init(&d.join("tls"), 30, now(), &mut OsRng).expect("TLS CA");
+    let server = tls_ca
+        .issue_server(&["localhost".parse().expect("name")], 30, now(), &mut OsRng)
+        .expect("TLS server certificate");
+    let host = Host::from_pki(
+        &pki.public(),
+        store.clone(),
+        tapstack_host::tls::TlsIdentity::from_tls_server(&server).expect("TLS identity"),
+        HostOptions::default(),
+    )
+    .expect("host");
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
@@ -171,7 +183,7 @@ path = "queue"
 
 [host]
 url = "https://{addr}"
-ca = "pki/root.pem"
+ca = "tls/tls-ca.pem"
 
 [risk]
 floor_limit = 1000000
@@ -188,7 +200,7 @@ queue_max_age_secs = 100000
     );
     std::fs::write(d.join("terminal.toml"), config).expect("config");
     World {
-        terminal: *t.identity.cert.hash(),
+        terminal: tapstack_host::ingest::chain_key(&t.identity.cert),
         dir,
         store,
         _rt: rt,

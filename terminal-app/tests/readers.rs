@@ -25,7 +25,7 @@ fn config(w: &World, connection: &str) -> Config {
         "[terminal]\ncertificate = \"terminal.pem\"\nkey = \"terminal.key\"\ncurrency = \"CNY\"\ntap_timeout_secs = 30\n\n\
          [reader]\nconnection = \"{connection}\"\n\n\
          [trust]\nroot = \"pki/root.pem\"\nissuers = [\"pki/issuer.pem\"]\noperators = [\"pki/operator.pem\"]\n\n\
-         [queue]\npath = \"queue-{}\"\n\n[host]\nurl = \"https://{}\"\nca = \"pki/root.pem\"\n",
+         [queue]\npath = \"queue-{}\"\n\n[host]\nurl = \"https://{}\"\nca = \"tls/tls-ca.pem\"\n",
         connection.split(':').next().unwrap_or("x"),
         w.host_addr
     );

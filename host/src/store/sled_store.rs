@@ -3,6 +3,8 @@
 //! Trees (keys big-endian so iteration is in chain order):
 //!
 //! ```text
+//! (terminal(32): the chain key, `ingest::chain_key`: acquirer name + terminal ID, or
+//! the certificate hash for a certificate without an ID)
 //! records      terminal(32) ‖ seq(8)  → 01 ‖ hash(32) ‖ meta_len(4) ‖ meta JSON ‖ record bytes
 //! heads        terminal(32)           → seq(8) ‖ hash(32)
 //! taps         th1(32)                → terminal(32) ‖ seq(8)        (accepted records)

@@ -57,6 +57,12 @@ pub struct Fixture {
     pub dir: TempDir,
     pub pki_dir: PathBuf,
     pub certs: tapstack_certs::Pki,
+    /// The host's TLS CA (`tap-certs tls-ca`) in `dir/tls`, separate from
+    /// the payment root, and the server certificate it issued (localhost,
+    /// 127.0.0.1) in `dir/tls/tls-server.{pem,key}`.
+    pub tls_dir: PathBuf,
+    pub tls_ca: tapstack_certs::TlsCa,
+    pub tls_server: tapstack_certs::TlsServer,
     /// The same PKI as the protocol's testkit sees it (for `run_tap`).
     pub kit: testkit::Pki,
     counter: std::sync::atomic::AtomicUsize,
@@ -104,10 +110,24 @@ impl Fixture {
             issuer_master_key: certs.issuer_master_key().unwrap().clone(),
             now,
         };
+        let tls_dir = dir.path().join("tls");
+        let tls_ca = tapstack_certs::TlsCa::init(&tls_dir, 30, now, &mut OsRng).unwrap();
+        let tls_server = tls_ca
+            .issue_server(
+                &["localhost".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+                30,
+                now,
+                &mut OsRng,
+            )
+            .unwrap();
+        tls_server.write(&tls_dir).unwrap();
         Fixture {
             dir,
             pki_dir,
             certs,
+            tls_dir,
+            tls_ca,
+            tls_server,
             kit,
             counter: Default::default(),
         }
@@ -163,7 +183,7 @@ impl Fixture {
             };
             TlsIdentity::from_protocol(&id.cert, &id.key, &ca).unwrap()
         });
-        tls::client_config(self.certs.root().cert.der(), identity).unwrap()
+        tls::client_config(self.tls_ca.cert_der(), identity).unwrap()
     }
 
     pub fn client(&self, addr: SocketAddr, id: Option<&Identity>) -> HostClient {
@@ -259,8 +279,9 @@ impl Running {
     pub async fn start_with(fx: &Fixture, opts: HostOptions) -> Running {
         let store_dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(store_dir.path()).unwrap());
-        let certs = tapstack_certs::Pki::load(&fx.pki_dir).unwrap();
-        let host = Host::from_pki(&certs, store.clone(), opts).unwrap();
+        let certs = tapstack_certs::PublicPki::load(&fx.pki_dir).unwrap();
+        let tls = TlsIdentity::from_tls_server(&fx.tls_server).unwrap();
+        let host = Host::from_pki(&certs, store.clone(), tls, opts).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

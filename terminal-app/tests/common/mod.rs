@@ -28,6 +28,7 @@ pub struct Shop {
     pub rt: tokio::runtime::Runtime,
     pub host_addr: SocketAddr,
     pub host_store: Arc<dyn Store>,
+    /// The key of the terminal's chain at the host (`chain_key`).
     pub terminal: [u8; 32],
 }
 
@@ -84,14 +85,32 @@ impl Shop {
             .build()
             .unwrap();
         let host_store: Arc<dyn Store> = Arc::new(SledStore::open(&d.join("host-store")).unwrap());
-        let host = Host::from_pki(&pki, host_store.clone(), HostOptions::default()).unwrap();
+        // The host's TLS certificate comes from a TLS CA of its own (not the
+        // payment root); the terminal trusts tls/tls-ca.pem.
+        let tls_ca = tapstack_certs::TlsCa::init(&d.join("tls"), 30, now(), &mut OsRng).unwrap();
+        let server = tls_ca
+            .issue_server(
+                &["localhost".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+                30,
+                now(),
+                &mut OsRng,
+            )
+            .unwrap();
+        server.write(&d.join("tls")).unwrap();
+        let host = Host::from_pki(
+            &pki.public(),
+            host_store.clone(),
+            tapstack_host::tls::TlsIdentity::from_tls_server(&server).unwrap(),
+            HostOptions::default(),
+        )
+        .unwrap();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let host_addr = listener.local_addr().unwrap();
         rt.spawn(host.serve(listener, std::future::pending::<()>()));
         Shop {
-            terminal: *t.identity.cert.hash(),
+            terminal: tapstack_host::ingest::chain_key(&t.identity.cert),
             dir,
             phones,
             rt,

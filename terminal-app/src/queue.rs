@@ -280,16 +280,34 @@ fn remove_stale_snapshots(dir: &Path) {
     }
 }
 
+/// sled reports a held lock as `ErrorKind::Other` with this message (0.34
+/// `Config::open`), not as `WouldBlock`.
+fn is_lock_error(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || e.to_string().starts_with("could not acquire lock")
+}
+
+/// Open sled at `dir`. A handle this process just dropped keeps its file
+/// lock until sled's background threads let go of it, a moment later: a
+/// held lock is retried for up to a second before it is reported as another
+/// process's.
 fn open_sled(dir: &Path) -> Result<Sled, Error> {
     remove_stale_snapshots(dir);
-    let db = match sled::Config::new().path(dir).open() {
-        Ok(db) => db,
-        Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            return Err(Error::Locked {
-                path: dir.to_path_buf(),
-            })
+    let mut tries = 0;
+    let db = loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => break db,
+            Err(sled::Error::Io(e)) if is_lock_error(&e) => {
+                tries += 1;
+                if tries == 50 {
+                    return Err(Error::Locked {
+                        path: dir.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(store_err(dir, "open", e)),
         }
-        Err(e) => return Err(store_err(dir, "open", e)),
     };
     let data_path = dir.join("db");
     let data = std::fs::File::open(&data_path).map_err(|e| store_err(dir, "db", e))?;

@@ -438,3 +438,25 @@ fn a_stale_snapshot_left_by_a_full_disk_is_removed() {
     assert_eq!(q.pending(usize::MAX).unwrap(), approved);
     assert!(!stale.exists());
 }
+
+/// A queue held open elsewhere (here: a second handle, which takes sled's
+/// lock the same way another process would) is refused as in use — not
+/// reported as storage trouble, and its mark is not touched.
+#[test]
+fn a_queue_in_use_is_refused_as_locked_and_left_alone() {
+    let m = Maker::new(N as usize);
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("queue");
+    let approved = filled(&m, &dir);
+    let held = Queue::open(&dir).unwrap();
+    let mark_before = std::fs::read(mark_path(&dir)).unwrap();
+    match Queue::open(&dir) {
+        Err(Error::Locked { path }) => assert_eq!(path, dir),
+        Err(e) => panic!("expected Locked, got {e}"),
+        Ok(_) => panic!("a second handle opened a held queue"),
+    }
+    assert_eq!(std::fs::read(mark_path(&dir)).unwrap(), mark_before);
+    assert_eq!(held.pending(usize::MAX).unwrap(), approved);
+    let next = m.append(&held, 0).unwrap();
+    assert_eq!(next.seq, N + 1);
+}

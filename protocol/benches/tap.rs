@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
 use rand_core::OsRng;
-use tapstack_protocol::airtime::{self, AirCost};
+use tapstack_protocol::airtime::{self, Link};
 use tapstack_protocol::apdu::LinkLimits;
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::record::TransactionRecord;
-use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Scenario};
+use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Receipt, Scenario};
 use tapstack_protocol::terminal::{TapParams, TerminalContext, TerminalEvent, TerminalSession};
 use tapstack_protocol::testkit::{Loopback, Pki, TapRun};
 use tapstack_protocol::wallet::WalletContext;
@@ -53,18 +53,25 @@ fn cart() -> Cart {
     }
 }
 
+/// The links the table prices every tap on: FSC = FSD = 256, 128 and 64,
+/// and what a PN532 under libnfc asks for (FSD 64 with a CID).
+fn links() -> [(&'static str, Link); 4] {
+    let sym = |f| Link::symmetric(f).expect("an ISO frame size");
+    [
+        ("FS 256", sym(256)),
+        ("FS 128", sym(128)),
+        ("FS 64", sym(64)),
+        ("PN532", Link::pn532()),
+    ]
+}
+
 fn row(name: &str, run: &TapRun) {
     let lens: Vec<(usize, usize)> = run
         .wire
         .iter()
         .map(|w| (w.command.len(), w.response.len()))
         .collect();
-    print_row(
-        name,
-        run.round_trips(),
-        run.apdu_bytes(),
-        airtime::exchanges(&lens),
-    );
+    print_row(name, run.round_trips(), run.apdu_bytes(), &lens);
     assert!(
         run.outcome.is_some() || run.terminal_events.contains(&TerminalEvent::ConfirmOnPhone),
         "{name}: {:?}",
@@ -72,43 +79,101 @@ fn row(name: &str, run: &TapRun) {
     );
 }
 
-fn print_row(name: &str, trips: usize, apdu: usize, air: AirCost) {
-    println!(
-        "| {name:<38} | {trips:>2} | {apdu:>5} | {:>5} | {:>6.1} | {:>6.1} | {:>6.1} |",
-        air.bytes,
-        airtime::millis(air, 106),
-        airtime::millis(air, 212),
-        airtime::millis(air, 424)
-    );
+fn print_row(name: &str, trips: usize, apdu: usize, lens: &[(usize, usize)]) {
+    let mut cols = String::new();
+    for (_, link) in links() {
+        let air = link.exchanges(lens);
+        cols += &format!(" {:>10} | {:>6.1} |", air.bytes, airtime::millis(air, 106));
+    }
+    let at424 = airtime::millis(Link::default().exchanges(lens), 424);
+    println!("| {name:<42} | {trips:>2} | {apdu:>5} |{cols} {at424:>15.1} |");
+}
+
+/// Run a tap and, when it is approved, the receipt CONFIRM the terminal
+/// always sends once the record is queued.
+fn tap_with_receipt(
+    pki: &Pki,
+    t: &mut TerminalContext,
+    w: &mut WalletContext,
+    params: TapParams,
+    receipt: impl FnOnce(&TapRun) -> Receipt,
+    rng: &mut OsRng,
+) -> TapRun {
+    let mut lb = Loopback::new(LinkLimits::EXTENDED, w.extended);
+    let mut run = lb.run(t, w, params, pki.now, rng);
+    if run.outcome.is_some() {
+        let r = receipt(&run);
+        let delivered = lb
+            .deliver_receipt(&mut run, t, w, &r, pki.now, rng)
+            .unwrap();
+        assert!(delivered, "receipt not delivered");
+    }
+    run
+}
+
+fn plain_receipt() -> Receipt {
+    Receipt {
+        record_id: [7; 32],
+        seq: 1234,
+        order_number: None,
+        cart: None,
+        slot: None,
+    }
 }
 
 fn air_table() {
     let mut rng = OsRng;
     let pki = Pki::generate(&mut rng);
-    println!("\n## Air budget per tap (ISO-DEP model: 9 bits/byte, PCB+CRC per frame, FSC 256, FDT 1172/fc)\n");
-    println!("| scenario                               | RT | APDU  |  air  | ms@106 | ms@212 | ms@424 |");
-    println!("|----------------------------------------|----|-------|-------|--------|--------|--------|");
+    println!("\n## Air budget per tap, receipt CONFIRM included (ISO-DEP model: 9 bits/byte, PCB [+CID] + CRC per block, FDT 1172/fc; bytes on air and ms at 106 kbit/s per frame size)\n");
+    let mut head = String::from("| scenario                                   | RT | APDU  |");
+    let mut rule = String::from("|--------------------------------------------|----|-------|");
+    for (name, _) in links() {
+        head += &format!(" {name:>6} air | ms@106 |");
+        rule += "------------|--------|";
+    }
+    println!("{head} ms@424 (FS 256) |");
+    println!("{rule}-----------------|");
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    row(
-        "pay, first encounter",
-        &pki.run_tap(&mut t, &mut w, pay(true), &mut rng),
+    let run = tap_with_receipt(
+        &pki,
+        &mut t,
+        &mut w,
+        pay(true),
+        |_| plain_receipt(),
+        &mut rng,
     );
-    row(
-        "pay, repeat customer (hashes only)",
-        &pki.run_tap(&mut t, &mut w, pay(false), &mut rng),
+    row("pay, first encounter", &run);
+    let run = tap_with_receipt(
+        &pki,
+        &mut t,
+        &mut w,
+        pay(false),
+        |_| plain_receipt(),
+        &mut rng,
     );
+    row("pay, repeat customer (hashes only)", &run);
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     w.extended = false;
-    row(
-        "pay, first encounter, short APDUs only",
-        &pki.run_tap(&mut t, &mut w, pay(true), &mut rng),
+    let run = tap_with_receipt(
+        &pki,
+        &mut t,
+        &mut w,
+        pay(true),
+        |_| plain_receipt(),
+        &mut rng,
     );
-    row(
-        "pay, repeat customer, short APDUs only",
-        &pki.run_tap(&mut t, &mut w, pay(false), &mut rng),
+    row("pay, first encounter, short APDUs only", &run);
+    let run = tap_with_receipt(
+        &pki,
+        &mut t,
+        &mut w,
+        pay(false),
+        |_| plain_receipt(),
+        &mut rng,
     );
+    row("pay, repeat customer, short APDUs only", &run);
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     let order = TapParams {
@@ -116,18 +181,13 @@ fn air_table() {
         cvm_limit: 1_000_000,
         send_certificate: true,
     };
-    let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
-    let mut run = lb.run(&mut t, &mut w, order, pki.now, &mut rng);
-    let receipt = tapstack_protocol::scenario::Receipt {
-        record_id: [0; 32],
-        seq: 1,
+    let order_receipt = |_: &TapRun| Receipt {
         order_number: Some("A17".into()),
         cart: Some(cart()),
-        slot: None,
+        ..plain_receipt()
     };
-    lb.deliver_receipt(&mut run, &mut t, &mut w, &receipt, pki.now, &mut rng)
-        .unwrap();
-    row("order (2 items) + receipt, first", &run);
+    let run = tap_with_receipt(&pki, &mut t, &mut w, order, order_receipt, &mut rng);
+    row("order (2 items), first encounter", &run);
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     w.credentials
@@ -139,10 +199,12 @@ fn air_table() {
         cvm_limit: 0,
         send_certificate: true,
     };
-    row(
-        "pickup, first encounter",
-        &pki.run_tap(&mut t, &mut w, pickup, &mut rng),
-    );
+    let slot_receipt = |_: &TapRun| Receipt {
+        slot: Some(12),
+        ..plain_receipt()
+    };
+    let run = tap_with_receipt(&pki, &mut t, &mut w, pickup, slot_receipt, &mut rng);
+    row("pickup, first encounter", &run);
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     let big = TapParams {
@@ -155,26 +217,19 @@ fn air_table() {
     let first = pki.run_tap(&mut t, &mut w, big.clone(), &mut rng);
     row("pay 500.00, two-tap: first tap (9101)", &first);
     w.confirm_pending(pki.now);
-    row(
-        "pay 500.00, two-tap: second tap",
-        &pki.run_tap(
-            &mut t,
-            &mut w,
-            TapParams {
-                send_certificate: false,
-                ..big
-            },
-            &mut rng,
-        ),
-    );
+    let second = TapParams {
+        send_certificate: false,
+        ..big
+    };
+    let run = tap_with_receipt(&pki, &mut t, &mut w, second, |_| plain_receipt(), &mut rng);
+    row("pay 500.00, two-tap: second tap", &run);
 
-    let emv = airtime::exchanges(&airtime::EMV_TYPICAL);
     let emv_apdu: usize = airtime::EMV_TYPICAL.iter().map(|(c, r)| c + r).sum();
     print_row(
         "EMV contactless (PPSE..GENERATE AC)",
         airtime::EMV_TYPICAL.len(),
         emv_apdu,
-        emv,
+        &airtime::EMV_TYPICAL,
     );
     println!();
 }

@@ -33,6 +33,7 @@ pub mod airtime;
 pub mod apdu;
 pub mod cache;
 pub mod codec;
+pub mod compact;
 pub mod crypto;
 mod ecc;
 pub mod error;

@@ -143,6 +143,10 @@ pub enum CertError {
     UnknownIssuer { role: Role, parent: Role },
     #[error("issuer signature does not verify")]
     BadSignature,
+    /// A compact certificate names its issuer by a reference this device
+    /// holds no CA certificate for.
+    #[error("compact certificate names an issuer this device does not hold")]
+    IssuerNotHeld,
     /// The issuer's signature is in high-S form (refused: see
     /// [`crate::crypto::CryptoError::HighS`]).
     #[error("issuer signature is not in low-S form")]
@@ -359,6 +363,10 @@ impl Certificate {
     /// certificates issued without one.
     pub fn terminal_id(&self) -> Option<&str> {
         self.terminal_id.as_deref()
+    }
+    /// The subject's distinguished name, DER.
+    pub fn subject_name(&self) -> &[u8] {
+        &self.subject
     }
     /// The issuer's distinguished name, DER.
     pub fn issuer_name(&self) -> &[u8] {

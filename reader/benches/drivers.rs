@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rand_core::OsRng;
 use tapstack_emulator::faults::FaultScript;
 use tapstack_emulator::phone::{Phone, PhoneQueue, Reply};
-use tapstack_reader::pn532::frame::{encode, DeviceFrame, FrameReader};
+use tapstack_reader::pn532::frame::{encode, Frame, FrameParser, TFI_CHIP, TFI_HOST};
 use tapstack_reader::pn532::{Pn532, Port, SerialIo};
 use tapstack_reader::{Cancel, LoopbackReader, Reader, Session};
 use tapstack_tests::{Child, Pcscd, VPCD_READER};
@@ -201,16 +201,20 @@ fn raw_pty_row(link: &Path) -> Row {
         .unwrap()
         .unwrap();
     let mut io = h.into_port();
-    let mut frames = FrameReader::new();
+    let mut frames = FrameParser::new();
     let mut buf = [0u8; 1024];
     row("raw InDataExchange frames over the PTY (no driver)", |a| {
         let mut p = vec![0x40, 0x01];
         p.extend_from_slice(a);
-        io.write_all(&encode(&p)).unwrap();
+        io.write_all(&encode(TFI_HOST, &p)).unwrap();
         loop {
             if let Some(f) = frames.next_frame() {
-                if let DeviceFrame::Response(d) = f {
-                    return d;
+                if let Frame::Info {
+                    tfi: TFI_CHIP,
+                    data,
+                } = f
+                {
+                    return data;
                 }
                 continue;
             }

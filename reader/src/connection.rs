@@ -28,10 +28,9 @@ pub enum Connection {
     Emu,
 }
 
-/// Serial speeds of the PN532's SetSerialBaudRate.
-pub const PN532_BAUD_RATES: [u32; 8] = [
-    9_600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600,
-];
+/// Serial speeds of the PN532's SetSerialBaudRate a host can use: all but
+/// BR 8's 1 288 000 baud, which termios has no speed for.
+pub const PN532_BAUD_RATES: &[u32] = tapstack_pn532::BAUD_RATES.split_at(8).0;
 
 impl Connection {
     pub fn parse(s: &str) -> Result<Self, ReaderError> {

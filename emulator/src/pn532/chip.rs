@@ -15,73 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::frame::{encode, Frame, FrameParser, ACK, ERROR_FRAME, TFI_CHIP, TFI_HOST};
 use crate::phone::{Reply, ATQA, ATS, SAK};
-
-/// Command codes (PN532 user manual UM0701-02, §7).
-pub mod cmd {
-    pub const DIAGNOSE: u8 = 0x00;
-    pub const GET_FIRMWARE_VERSION: u8 = 0x02;
-    pub const GET_GENERAL_STATUS: u8 = 0x04;
-    pub const READ_REGISTER: u8 = 0x06;
-    pub const WRITE_REGISTER: u8 = 0x08;
-    pub const READ_GPIO: u8 = 0x0C;
-    pub const WRITE_GPIO: u8 = 0x0E;
-    pub const SET_SERIAL_BAUD_RATE: u8 = 0x10;
-    pub const SET_PARAMETERS: u8 = 0x12;
-    pub const SAM_CONFIGURATION: u8 = 0x14;
-    pub const POWER_DOWN: u8 = 0x16;
-    pub const RF_CONFIGURATION: u8 = 0x32;
-    pub const IN_DATA_EXCHANGE: u8 = 0x40;
-    pub const IN_COMMUNICATE_THRU: u8 = 0x42;
-    pub const IN_DESELECT: u8 = 0x44;
-    pub const IN_LIST_PASSIVE_TARGET: u8 = 0x4A;
-    pub const IN_RELEASE: u8 = 0x52;
-    pub const IN_SELECT: u8 = 0x54;
-    pub const IN_AUTO_POLL: u8 = 0x60;
-
-    /// A name for logs.
-    pub fn name(code: u8) -> &'static str {
-        match code {
-            DIAGNOSE => "Diagnose",
-            GET_FIRMWARE_VERSION => "GetFirmwareVersion",
-            GET_GENERAL_STATUS => "GetGeneralStatus",
-            READ_REGISTER => "ReadRegister",
-            WRITE_REGISTER => "WriteRegister",
-            READ_GPIO => "ReadGPIO",
-            WRITE_GPIO => "WriteGPIO",
-            SET_SERIAL_BAUD_RATE => "SetSerialBaudRate",
-            SET_PARAMETERS => "SetParameters",
-            SAM_CONFIGURATION => "SAMConfiguration",
-            POWER_DOWN => "PowerDown",
-            RF_CONFIGURATION => "RFConfiguration",
-            IN_DATA_EXCHANGE => "InDataExchange",
-            IN_COMMUNICATE_THRU => "InCommunicateThru",
-            IN_DESELECT => "InDeselect",
-            IN_LIST_PASSIVE_TARGET => "InListPassiveTarget",
-            IN_RELEASE => "InRelease",
-            IN_SELECT => "InSelect",
-            IN_AUTO_POLL => "InAutoPoll",
-            _ => "unsupported",
-        }
-    }
-}
-
-/// Status byte values (UM0701-02, table "Error code list").
-pub mod status {
-    pub const OK: u8 = 0x00;
-    /// The target has not answered.
-    pub const TIMEOUT: u8 = 0x01;
-    /// Internal buffer overflow.
-    pub const BUFFER_OVERFLOW: u8 = 0x0E;
-    /// Invalid parameter (range, format).
-    pub const INVALID_PARAMETER: u8 = 0x10;
-    /// The command is not acceptable in the current context (unknown target
-    /// number, target not in the right state).
-    pub const WRONG_CONTEXT: u8 = 0x27;
-    /// More Information bit of InDataExchange's status and Tg bytes.
-    pub const MI: u8 = 0x40;
-}
+use tapstack_pn532::frame::{encode, Frame, FrameParser, ACK, ERROR_FRAME, TFI_CHIP, TFI_HOST};
+pub use tapstack_pn532::{cmd, status, BAUD_RATES};
 
 /// GetFirmwareVersion: IC PN532, version 1.6, ISO 14443-A, -B and 18092.
 pub const FIRMWARE: [u8; 4] = [0x32, 0x01, 0x06, 0x07];
@@ -91,16 +27,11 @@ pub const PARAM_AUTO_RATS: u8 = 0x10;
 pub const DEFAULT_PARAMETERS: u8 = 0x14;
 /// Most response data in one InDataExchange/InCommunicateThru answer (the
 /// chip's buffer); longer responses continue with the MI bit.
-pub const MAX_EXCHANGE: usize = 262;
+pub const MAX_EXCHANGE: usize = tapstack_pn532::MAX_EXCHANGE_DATA;
 /// Most command bytes a host may chain with the MI bit (an extended APDU).
 pub const MAX_CHAINED: usize = 65_544;
 /// Bytes parsed per step of [`Chip::feed`].
 const CHUNK: usize = 64;
-
-/// Serial speeds of SetSerialBaudRate's BR parameter.
-pub const BAUD_RATES: [u32; 9] = [
-    9_600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600, 1_288_000,
-];
 
 /// One phone's presence in the field, as the chip sees it. `id` tells two
 /// presences of the same phone apart.
@@ -870,7 +801,7 @@ impl Chip {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pn532::frame::{self, NACK};
+    use tapstack_pn532::frame::{self, NACK};
 
     /// A phone that answers every APDU with `9000` after echoing `len`
     /// bytes; `EE` as the first byte makes it leave.

@@ -18,7 +18,7 @@
 //!   reader switches the RF field off, or when the fault script removes it.
 
 pub mod chip;
-pub mod frame;
+pub use tapstack_pn532::frame;
 
 use std::fs::File;
 use std::io::{Read, Write};

@@ -7,8 +7,11 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use super::frame::{encode, DeviceFrame, FrameError, FrameReader, ACK, MAX_EXCHANGE_DATA, NACK};
 use crate::Cancel;
+use tapstack_pn532::frame::{
+    encode, Frame, FrameError, FrameParser, ACK, NACK, TFI_CHIP, TFI_HOST,
+};
+pub use tapstack_pn532::{cmd, status, MAX_EXCHANGE_DATA, WAKE_UP};
 
 /// The serial line, as the host controller needs it.
 pub trait Port {
@@ -23,34 +26,6 @@ pub trait Port {
     fn set_baud(&mut self, baud: u32) -> io::Result<()>;
 }
 
-/// Command codes (PN532 user manual UM0701-02 §7).
-pub mod cmd {
-    pub const DIAGNOSE: u8 = 0x00;
-    pub const GET_FIRMWARE_VERSION: u8 = 0x02;
-    pub const SET_SERIAL_BAUD_RATE: u8 = 0x10;
-    pub const SET_PARAMETERS: u8 = 0x12;
-    pub const SAM_CONFIGURATION: u8 = 0x14;
-    pub const RF_CONFIGURATION: u8 = 0x32;
-    pub const IN_DATA_EXCHANGE: u8 = 0x40;
-    pub const IN_LIST_PASSIVE_TARGET: u8 = 0x4A;
-    pub const IN_RELEASE: u8 = 0x52;
-}
-
-/// Status byte values.
-pub mod status {
-    pub const OK: u8 = 0x00;
-    /// The target did not answer.
-    pub const TIMEOUT: u8 = 0x01;
-    /// No such target / not in the right state.
-    pub const WRONG_CONTEXT: u8 = 0x27;
-    /// The target was released.
-    pub const RELEASED: u8 = 0x29;
-    /// More Information bit.
-    pub const MI: u8 = 0x40;
-}
-
-/// HSU wake-up: `55 55` then zeros, long enough for the chip to wake.
-pub const WAKE_UP: [u8; 16] = [0x55, 0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 /// How long the chip gets to ACK a frame before it is sent again.
 pub const ACK_TIMEOUT: Duration = Duration::from_millis(150);
 /// Sends of one frame at most.
@@ -158,7 +133,7 @@ pub enum Exchange {
 #[derive(Debug)]
 pub struct Pn532<P> {
     port: P,
-    frames: FrameReader,
+    frames: FrameParser,
     buf: Vec<u8>,
     baud: u32,
     /// Firmware IC, version, revision, support.
@@ -174,7 +149,7 @@ impl<P: Port> Pn532<P> {
     pub fn new(port: P, baud: u32) -> Self {
         Pn532 {
             port,
-            frames: FrameReader::new(),
+            frames: FrameParser::new(),
             buf: vec![0; 512],
             baud,
             firmware: None,
@@ -200,7 +175,7 @@ impl<P: Port> Pn532<P> {
         self.baud
     }
 
-    fn next_frame(&mut self, deadline: Instant) -> Result<Option<DeviceFrame>, Pn532Error> {
+    fn next_frame(&mut self, deadline: Instant) -> Result<Option<Frame>, Pn532Error> {
         loop {
             if let Some(f) = self.frames.next_frame() {
                 return Ok(Some(f));
@@ -228,20 +203,25 @@ impl<P: Port> Pn532<P> {
     fn wait_ack(&mut self, code: u8, deadline: Instant) -> Result<AckWait, Pn532Error> {
         for _ in 0..MAX_FRAMES {
             match self.next_frame(deadline)? {
-                Some(DeviceFrame::Ack) => return Ok(AckWait::Ack),
-                // A response before our ACK belongs to an earlier command
-                // (one that timed out): skip it.
-                Some(DeviceFrame::Response(_)) => {}
-                Some(DeviceFrame::ErrorFrame) => {
+                Some(Frame::Ack) => return Ok(AckWait::Ack),
+                Some(f) if f.is_error_frame() => {
                     return Ok(AckWait::Resend(Pn532Error::ErrorFrame { command: code }))
                 }
-                Some(DeviceFrame::Nack) => {
+                // A response before our ACK belongs to an earlier command
+                // (one that timed out): skip it.
+                Some(Frame::Info { tfi: TFI_CHIP, .. }) => {}
+                Some(Frame::Info { tfi, .. }) => {
+                    return Ok(AckWait::Resend(Pn532Error::Frame(FrameError::WrongTfi(
+                        tfi,
+                    ))))
+                }
+                Some(Frame::Nack) => {
                     return Ok(AckWait::Resend(Pn532Error::Unexpected {
                         command: code,
                         what: "NACK",
                     }))
                 }
-                Some(DeviceFrame::Bad(e)) => return Ok(AckWait::Resend(Pn532Error::Frame(e))),
+                Some(Frame::Bad(e)) => return Ok(AckWait::Resend(Pn532Error::Frame(e))),
                 None => {
                     return Ok(AckWait::Resend(Pn532Error::NoAck {
                         command: code,
@@ -269,7 +249,7 @@ impl<P: Port> Pn532<P> {
         let mut data = Vec::with_capacity(params.len() + 1);
         data.push(code);
         data.extend_from_slice(params);
-        let frame = encode(&data);
+        let frame = encode(TFI_HOST, &data);
         self.port.discard_input()?;
         self.frames.clear();
         let mut sends = 0;
@@ -319,15 +299,21 @@ impl<P: Port> Pn532<P> {
                         return Err(Pn532Error::Timeout);
                     }
                 }
-                Some(DeviceFrame::Response(d)) => match d.split_first() {
+                Some(f) if f.is_error_frame() => {
+                    return Err(Pn532Error::ErrorFrame { command: code })
+                }
+                Some(Frame::Info {
+                    tfi: TFI_CHIP,
+                    data,
+                }) => match data.split_first() {
                     Some((&c, rest)) if c == code.wrapping_add(1) => return Ok(rest.to_vec()),
                     _ => {}
                 },
-                Some(DeviceFrame::Ack) | Some(DeviceFrame::Nack) => {}
-                Some(DeviceFrame::ErrorFrame) => {
-                    return Err(Pn532Error::ErrorFrame { command: code })
+                Some(Frame::Ack) | Some(Frame::Nack) => {}
+                Some(Frame::Info { tfi, .. }) => {
+                    return Err(Pn532Error::Frame(FrameError::WrongTfi(tfi)))
                 }
-                Some(DeviceFrame::Bad(e)) => {
+                Some(Frame::Bad(e)) => {
                     if nacks >= MAX_NACKS {
                         return Err(Pn532Error::Frame(e));
                     }
@@ -523,7 +509,7 @@ mod tests {
     }
 
     fn resp(data: &[u8]) -> Vec<u8> {
-        crate::pn532::frame::encode_chip(data)
+        tapstack_pn532::frame::encode(TFI_CHIP, data)
     }
 
     fn ack_then(data: &[u8]) -> Vec<u8> {

@@ -14,7 +14,7 @@
 //! (921,600) unless `?baud=N` pins one: at 115,200 the line costs as much per
 //! byte as the 106 kbit/s air interface.
 
-pub mod frame;
+pub use tapstack_pn532::frame;
 pub mod host;
 
 use std::io;

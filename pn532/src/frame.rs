@@ -75,6 +75,10 @@ pub enum FrameError {
     TooLong,
     #[error("frame without TFI")]
     Empty,
+    /// A well-formed frame whose TFI is not the one this end expects (a
+    /// host reading `D4`, its own direction, from the chip).
+    #[error("frame with TFI {0:#04x}, not from a PN532")]
+    WrongTfi(u8),
 }
 
 /// The checksum byte that makes `bytes` plus it sum to 0 (mod 256).
@@ -137,6 +141,11 @@ impl FrameParser {
     /// Bytes held (an incomplete frame and what follows it).
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Forget everything buffered.
+    pub fn clear(&mut self) {
+        self.buf.clear();
     }
 
     /// Whether an incomplete frame is waiting for more bytes.

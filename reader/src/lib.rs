@@ -543,6 +543,57 @@ pub(crate) fn sleep_cancellable(d: Duration, cancel: &Cancel) {
     }
 }
 
+/// One look for a target, as a driver's [`Reader::wait_for_target`] takes it
+/// inside [`wait_for`].
+pub(crate) enum Step<T> {
+    /// A target: the wait is over.
+    Found(T),
+    /// The reader works and nothing is in the field yet: look again after
+    /// this pause (zero when the look itself waited).
+    Idle(Duration),
+    /// The reader is unreachable or failed: keep the error (the wait ends
+    /// with it instead of `Timeout` if nothing better comes) and look again
+    /// after this pause — the driver reconnects on its next look.
+    Trouble(ReaderError, Duration),
+    /// Stop waiting with this error.
+    Stop(ReaderError),
+}
+
+/// The wait-and-reconnect loop every driver shares: `look` runs until it
+/// finds a target, the deadline passes or `cancel` is set; pauses are
+/// cancellable. A reader that is gone is waited for (it may come back
+/// within `timeout`); a wait that ends while it is still gone reports why.
+pub(crate) fn wait_for<T>(
+    timeout: Duration,
+    cancel: &Cancel,
+    mut look: impl FnMut(Duration) -> Step<T>,
+) -> Result<T, ReaderError> {
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        let left = match remaining(deadline, cancel) {
+            Ok(l) => l,
+            Err(ReaderError::Timeout) => return Err(last_err.unwrap_or(ReaderError::Timeout)),
+            Err(e) => return Err(e),
+        };
+        let pause = match look(left) {
+            Step::Found(t) => return Ok(t),
+            Step::Stop(e) => return Err(e),
+            Step::Idle(pause) => {
+                last_err = None;
+                pause
+            }
+            Step::Trouble(e, pause) => {
+                last_err = Some(e);
+                pause
+            }
+        };
+        if !pause.is_zero() {
+            sleep_cancellable(pause.min(left), cancel);
+        }
+    }
+}
+
 /// Time left before `deadline`, or `Timeout`; `Cancelled` first.
 pub(crate) fn remaining(deadline: Instant, cancel: &Cancel) -> Result<Duration, ReaderError> {
     cancel.check()?;

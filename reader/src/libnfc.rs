@@ -21,8 +21,8 @@ use nfc1::target_info::TargetInfo as NfcTargetInfo;
 use nfc1::{BaudRate, Context, Device, Modulation, ModulationType, Property, Target, Timeout};
 
 use crate::{
-    remaining, sleep_cancellable, Cancel, Capabilities, Connection, Driver, OpenOptions, Reader,
-    ReaderDescriptor, ReaderError, ReaderInfo, Session, TargetInfo, TargetProtocol,
+    remaining, sleep_cancellable, wait_for, Cancel, Capabilities, Connection, Driver, OpenOptions,
+    Reader, ReaderDescriptor, ReaderError, ReaderInfo, Session, Step, TargetInfo, TargetProtocol,
 };
 
 /// Longest APDU libnfc passes to a PN53x in one InDataExchange.
@@ -164,40 +164,27 @@ impl Reader for LibnfcReader {
         timeout: Duration,
         cancel: &Cancel,
     ) -> Result<Box<dyn Session + '_>, ReaderError> {
-        let deadline = Instant::now() + timeout;
-        let mut last_err: Option<ReaderError> = None;
-        loop {
-            let left = match remaining(deadline, cancel) {
-                Ok(l) => l,
-                Err(ReaderError::Timeout) => return Err(last_err.unwrap_or(ReaderError::Timeout)),
-                Err(e) => return Err(e),
-            };
+        let (nfc_target, target) = wait_for(timeout, cancel, |left| {
             if self.dev.is_none() {
                 if let Err(e) = self.reopen() {
-                    last_err = Some(e);
-                    sleep_cancellable(RECONNECT_PAUSE.min(left), cancel);
-                    continue;
+                    return Step::Trouble(e, RECONNECT_PAUSE);
                 }
-                last_err = None;
             }
             let Some(dev) = self.dev.as_mut() else {
-                continue;
+                return Step::Idle(Duration::ZERO);
             };
             let found = dev.initiator_select_passive_target(&modulation());
             match found {
                 Ok(t) => {
                     let NfcTargetInfo::Iso14443a(a) = t.target_info else {
-                        sleep_cancellable(POLL.min(left), cancel);
-                        continue;
+                        return Step::Idle(POLL);
                     };
                     if a.uid_len == 0 {
-                        sleep_cancellable(POLL.min(left), cancel);
-                        continue;
+                        return Step::Idle(POLL);
                     }
                     if a.sak & 0x20 == 0 {
                         let _ = dev.initiator_deselect_target();
-                        sleep_cancellable(Duration::from_millis(100).min(left), cancel);
-                        continue;
+                        return Step::Idle(Duration::from_millis(100));
                     }
                     let uid = a.uid.get(..a.uid_len).unwrap_or_default().to_vec();
                     let ats = a
@@ -210,27 +197,25 @@ impl Reader for LibnfcReader {
                         v.insert(0, (v.len() + 1) as u8);
                         v
                     });
-                    return Ok(Box::new(LibnfcSession {
-                        reader: self,
-                        nfc_target: t,
-                        target: TargetInfo {
-                            uid,
-                            atr: None,
-                            ats,
-                            protocol: TargetProtocol::IsoDep,
-                        },
-                    }));
+                    let info = TargetInfo {
+                        uid,
+                        atr: None,
+                        ats,
+                        protocol: TargetProtocol::IsoDep,
+                    };
+                    Step::Found((t, info))
                 }
-                Err(e) => {
-                    let e = self.map(e);
-                    match e {
-                        ReaderError::Timeout => {}
-                        e => last_err = Some(e),
-                    }
-                    sleep_cancellable(POLL.min(left), cancel);
-                }
+                Err(e) => match self.map(e) {
+                    ReaderError::Timeout => Step::Idle(POLL.min(left)),
+                    e => Step::Trouble(e, POLL),
+                },
             }
-        }
+        })?;
+        Ok(Box::new(LibnfcSession {
+            reader: self,
+            nfc_target,
+            target,
+        }))
     }
 
     fn set_transmit_timeout(&mut self, timeout: Duration) {

@@ -11,11 +11,11 @@
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::{
-    remaining, sleep_cancellable, Cancel, Capabilities, Driver, Reader, ReaderError, ReaderInfo,
-    Session, TargetInfo, DEFAULT_TRANSMIT_TIMEOUT,
+    wait_for, Cancel, Capabilities, Driver, Reader, ReaderError, ReaderInfo, Session, Step,
+    TargetInfo, DEFAULT_TRANSMIT_TIMEOUT,
 };
 
 /// A field of phones (or cards) in process.
@@ -116,29 +116,26 @@ impl Reader for LoopbackReader {
         timeout: Duration,
         cancel: &Cancel,
     ) -> Result<Box<dyn Session + '_>, ReaderError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = remaining(deadline, cancel)?;
+        let target = wait_for(timeout, cancel, |left| {
             let (tx, rx) = mpsc::sync_channel(1);
-            self.send(Op::Arrive(tx))?;
-            match rx.recv_timeout(left) {
-                Ok(Some(target)) => {
-                    return Ok(Box::new(LoopbackSession {
-                        reader: self,
-                        target,
-                        removed: false,
-                    }))
-                }
-                Ok(None) => sleep_cancellable(self.poll.min(left), cancel),
-                Err(mpsc::RecvTimeoutError::Timeout) => return Err(ReaderError::Timeout),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(ReaderError::ReaderGone {
-                        reader: "emu:".into(),
-                        source: None,
-                    })
-                }
+            if let Err(e) = self.send(Op::Arrive(tx)) {
+                return Step::Stop(e);
             }
-        }
+            match rx.recv_timeout(left) {
+                Ok(Some(target)) => Step::Found(target),
+                Ok(None) => Step::Idle(self.poll),
+                Err(mpsc::RecvTimeoutError::Timeout) => Step::Stop(ReaderError::Timeout),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Step::Stop(ReaderError::ReaderGone {
+                    reader: "emu:".into(),
+                    source: None,
+                }),
+            }
+        })?;
+        Ok(Box::new(LoopbackSession {
+            reader: self,
+            target,
+            removed: false,
+        }))
     }
 
     fn set_transmit_timeout(&mut self, timeout: Duration) {

@@ -22,8 +22,8 @@ use ::pcsc::{
 };
 
 use crate::{
-    remaining, sleep_cancellable, Cancel, Capabilities, Connection, Driver, OpenOptions, Reader,
-    ReaderDescriptor, ReaderError, ReaderInfo, Session, TargetInfo, TargetProtocol,
+    remaining, sleep_cancellable, wait_for, Cancel, Capabilities, Connection, Driver, OpenOptions,
+    Reader, ReaderDescriptor, ReaderError, ReaderInfo, Session, Step, TargetInfo, TargetProtocol,
 };
 
 /// Longest status-change wait before looking at the cancel token again.
@@ -253,65 +253,59 @@ impl Reader for PcscReader {
         timeout: Duration,
         cancel: &Cancel,
     ) -> Result<Box<dyn Session + '_>, ReaderError> {
-        let deadline = Instant::now() + timeout;
-        let mut last_err: Option<ReaderError> = None;
         let mut last: Option<ReaderState> = None;
-        loop {
-            let left = match remaining(deadline, cancel) {
-                Ok(l) => l,
-                Err(ReaderError::Timeout) => return Err(last_err.unwrap_or(ReaderError::Timeout)),
-                Err(e) => return Err(e),
-            };
+        let (name, count, card, target, capabilities) = wait_for(timeout, cancel, |left| {
             let name = match self.name.clone() {
                 Some(n) => n,
                 None => match self.resolve() {
                     Ok(n) => n,
                     Err(e) => {
-                        last_err = Some(e);
                         last = None;
                         wait_pnp_change(RECONNECT_PAUSE.min(left), cancel);
-                        continue;
+                        return Step::Trouble(e, Duration::ZERO);
                     }
                 },
             };
+            // Waits up to SLICE for a change: no pause after it.
             let state = match self.state(&name, SLICE.min(left), last.as_ref()) {
                 Ok(s) => s,
                 Err(e) => {
-                    last_err = Some(e);
                     last = None;
-                    sleep_cancellable(RECONNECT_PAUSE.min(left), cancel);
-                    continue;
+                    return Step::Trouble(e, RECONNECT_PAUSE);
                 }
             };
             let ev = state.event_state();
             if ev.intersects(State::UNKNOWN | State::IGNORE | State::UNAVAILABLE) {
                 self.name = None;
-                last_err = Some(self.gone(None));
                 last = None;
-                continue;
+                return Step::Trouble(self.gone(None), Duration::ZERO);
             }
-            last_err = None;
+            let mut step = Step::Idle(Duration::ZERO);
             if ev.contains(State::PRESENT) && !ev.contains(State::MUTE) {
                 match self.open_card(&name, &state) {
                     Ok((card, target, capabilities)) => {
                         let count = state.event_count();
-                        return Ok(Box::new(PcscSession {
-                            name,
-                            count,
-                            reader: self,
-                            target,
-                            capabilities,
-                            worker: Worker::spawn(card),
-                            stale: None,
-                        }));
+                        return Step::Found((name, count, card, target, capabilities));
                     }
                     Err(ReaderError::Removed) => {}
-                    Err(e @ ReaderError::ReaderGone { .. }) => last_err = Some(e),
-                    Err(e) => return Err(e),
+                    Err(e @ ReaderError::ReaderGone { .. }) => {
+                        step = Step::Trouble(e, Duration::ZERO)
+                    }
+                    Err(e) => return Step::Stop(e),
                 }
             }
             last = Some(state);
-        }
+            step
+        })?;
+        Ok(Box::new(PcscSession {
+            name,
+            count,
+            reader: self,
+            target,
+            capabilities,
+            worker: Worker::spawn(card),
+            stale: None,
+        }))
     }
 
     fn set_transmit_timeout(&mut self, timeout: Duration) {

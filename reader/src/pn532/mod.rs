@@ -27,8 +27,8 @@ pub use host::{Exchange, ListedTarget, Pn532, Pn532Error, Port};
 
 use crate::connection::PN532_BAUD_RATES;
 use crate::{
-    remaining, sleep_cancellable, BaudChoice, Cancel, Capabilities, Connection, Driver,
-    OpenOptions, Reader, ReaderDescriptor, ReaderError, ReaderInfo, Session, TargetInfo,
+    remaining, sleep_cancellable, wait_for, BaudChoice, Cancel, Capabilities, Connection, Driver,
+    OpenOptions, Reader, ReaderDescriptor, ReaderError, ReaderInfo, Session, Step, TargetInfo,
     TargetProtocol,
 };
 
@@ -248,54 +248,42 @@ impl Reader for Pn532Reader {
         timeout: Duration,
         cancel: &Cancel,
     ) -> Result<Box<dyn Session + '_>, ReaderError> {
-        let deadline = Instant::now() + timeout;
-        let mut last_err: Option<ReaderError> = None;
-        loop {
-            let left = match remaining(deadline, cancel) {
-                Ok(l) => l,
-                Err(ReaderError::Timeout) => return Err(last_err.unwrap_or(ReaderError::Timeout)),
-                Err(e) => return Err(e),
-            };
+        let target = wait_for(timeout, cancel, |left| {
             if self.host.is_none() {
                 if let Err(e) = self.connect() {
                     tracing::debug!(error = %e, "PN532: not reachable yet");
-                    last_err = Some(e);
-                    sleep_cancellable(RECONNECT_PAUSE.min(left), cancel);
-                    continue;
+                    return Step::Trouble(e, RECONNECT_PAUSE);
                 }
-                last_err = None;
             }
             let Some(host) = self.host.as_mut() else {
-                continue;
+                return Step::Idle(Duration::ZERO);
             };
             match host.list_passive_target(left, cancel) {
-                Ok(Some(t)) if t.is_iso_dep() => {
-                    let target = TargetInfo {
-                        uid: t.uid,
-                        atr: None,
-                        ats: t.ats,
-                        protocol: TargetProtocol::IsoDep,
-                    };
-                    return Ok(Box::new(Pn532Session {
-                        reader: self,
-                        target,
-                    }));
-                }
+                Ok(Some(t)) if t.is_iso_dep() => Step::Found(TargetInfo {
+                    uid: t.uid,
+                    atr: None,
+                    ats: t.ats,
+                    protocol: TargetProtocol::IsoDep,
+                }),
                 Ok(Some(t)) => {
                     tracing::debug!(uid = %hex::encode(&t.uid), sak = t.sak, "PN532: target without ISO 14443-4 ignored");
                     let _ = host.release(INIT_TIMEOUT);
-                    sleep_cancellable(Duration::from_millis(100).min(left), cancel);
+                    Step::Idle(Duration::from_millis(100))
                 }
-                Ok(None) => sleep_cancellable(PRESENCE_POLL.min(left), cancel),
-                Err(Pn532Error::Timeout) => return Err(ReaderError::Timeout),
-                Err(Pn532Error::Cancelled) => return Err(ReaderError::Cancelled),
+                Ok(None) => Step::Idle(PRESENCE_POLL),
+                Err(Pn532Error::Timeout) => Step::Stop(ReaderError::Timeout),
+                Err(Pn532Error::Cancelled) => Step::Stop(ReaderError::Cancelled),
                 Err(e) => {
                     let e = self.fail(e);
                     tracing::debug!(error = %e, "PN532: polling failed; reconnecting");
-                    last_err = Some(e);
+                    Step::Trouble(e, Duration::ZERO)
                 }
             }
-        }
+        })?;
+        Ok(Box::new(Pn532Session {
+            reader: self,
+            target,
+        }))
     }
 
     fn set_transmit_timeout(&mut self, timeout: Duration) {

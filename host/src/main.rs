@@ -108,7 +108,19 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    // The error and its causes in one line: no backtrace for a user error,
+    // whatever RUST_BACKTRACE says (a panic still prints its own).
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tap-host: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve {
@@ -238,6 +250,14 @@ fn main() -> Result<()> {
             })?;
         }
         Command::Ledger { store, json } => {
+            // sled would create an empty store at a mistyped path and the
+            // ledger would report zero: only `serve` creates a store.
+            if !store.join("db").is_file() {
+                anyhow::bail!(
+                    "no store at {} (`tap-host serve --store DIR` creates one; check the path)",
+                    store.display()
+                );
+            }
             let db = SledStore::open(&store).with_context(|| {
                 format!(
                     "opening the store in {} (is tap-host serve running on it?)",

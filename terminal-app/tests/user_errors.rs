@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: fail loudly
 //! Every binary of the workspace, run as an operator runs it under a
 //! service manager (stderr a pipe, `RUST_BACKTRACE=1` set by a careless
 //! unit): a user error is one line naming the binary and the cause, exit 1 —

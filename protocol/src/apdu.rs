@@ -127,6 +127,34 @@ impl StatusWord {
     pub fn is_ok(self) -> bool {
         self == Self::Ok
     }
+
+    /// What the status word means, in plain words for the person at the
+    /// counter (the hex stays in the message beside it for support).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Self::Ok => "done",
+            Self::MoreData(_) => "more data waits",
+            Self::WrongLe(_) => "wrong expected length",
+            Self::WrongLength => "the phone refused the message length",
+            Self::ChainingError => "the message was cut off on the way",
+            Self::SecurityNotSatisfied => "the phone could not verify the terminal's message",
+            Self::ConditionsNotSatisfied => "the phone got the steps out of order",
+            Self::WrongData => "the phone could not read the terminal's message",
+            Self::FileNotFound => "no tapstack wallet on this phone",
+            Self::WrongP1P2 | Self::InsNotSupported | Self::ClaNotSupported => {
+                "the phone does not know this command"
+            }
+            Self::Unknown => "the phone reported an internal error",
+            Self::ConfirmOnPhone => "confirm on the phone, then tap again",
+            Self::CertificateNeeded => "the phone needs the terminal's certificate",
+            Self::Declined => "declined on the phone",
+            Self::TerminalNotTrusted => "this phone does not trust this terminal",
+            Self::ScenarioUnsupported => "this phone's wallet does not support this kind of tap",
+            Self::NoCredential => "the phone holds nothing to collect here",
+            Self::TimeSkew => "the terminal's clock is too far from the phone's",
+            Self::Other(_) => "an unknown answer from the phone",
+        }
+    }
 }
 
 impl core::fmt::Display for StatusWord {
@@ -683,6 +711,28 @@ impl CardLink {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_tapstack_status_word_has_its_own_plain_words() {
+        let words: Vec<&str> = (0x9101..=0x9107)
+            .map(|sw| StatusWord::from_u16(sw).meaning())
+            .collect();
+        let mut unique = words.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), words.len(), "{words:?}");
+        assert_eq!(
+            StatusWord::from_u16(0x9104).meaning(),
+            "this phone does not trust this terminal"
+        );
+        let e = crate::error::Error::WalletRefused {
+            sw: StatusWord::TerminalNotTrusted,
+        };
+        assert_eq!(
+            e.to_string(),
+            "wallet refused: this phone does not trust this terminal (9104)"
+        );
+    }
     use super::*;
 
     #[test]

@@ -66,7 +66,7 @@ pub enum Error {
     },
     #[error("no tapstack wallet on this phone (SELECT answered {sw})")]
     NotAWallet { sw: StatusWord },
-    #[error("wallet refused: {sw}")]
+    #[error("wallet refused: {} ({sw})", sw.meaning())]
     WalletRefused { sw: StatusWord },
     #[error("no protocol version in common")]
     NoCommonVersion,

@@ -405,7 +405,9 @@ fn approved_exits_0_declined_2_and_json_has_the_outcome() {
     let r = c.run(&["pay", "3.00", "CNY"]);
     assert_eq!(r.code(), 2, "{r:?}");
     assert!(
-        r.stdout().contains("\ndeclined: wallet refused") && r.stdout().contains("[protocol]"),
+        r.stdout()
+            .contains("\ndeclined: wallet refused: declined on the phone (9103)")
+            && r.stdout().contains("[protocol]"),
         "{r:?}"
     );
     let r = c.run(&["pay", "3.00", "CNY", "--json"]);

@@ -197,11 +197,7 @@ impl Config {
             let Some((section, key)) = rest.split_once('_') else {
                 continue;
             };
-            let parsed = v
-                .parse::<i64>()
-                .map(toml::Value::Integer)
-                .or_else(|_| v.parse::<bool>().map(toml::Value::Boolean))
-                .unwrap_or(toml::Value::String(v.clone()));
+            let parsed = typed_override(section, key, &v).map_err(|e| bad(format!("{k}: {e}")))?;
             let table = value
                 .entry(section.to_owned())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -291,6 +287,64 @@ impl Config {
             self.base.join(p)
         }
     }
+}
+
+/// An environment override typed by the field it sets, as the example
+/// configuration types it: `TAPSTACK_KIOSK_SITE=00042` is the text
+/// "00042", `TAPSTACK_RISK_FLOOR_LIMIT=lots` is refused as not a number,
+/// a list takes a TOML array (`["a.pem", "b.pem"]`) or comma-separated
+/// items. A key the example does not know is passed on as text and refused
+/// by name when the configuration is read.
+fn typed_override(section: &str, key: &str, v: &str) -> Result<toml::Value, String> {
+    static SCHEMA: std::sync::OnceLock<toml::Table> = std::sync::OnceLock::new();
+    let schema = SCHEMA.get_or_init(|| {
+        // The example with its commented-out [kiosk] section switched on.
+        let text = EXAMPLE
+            .replace("# [kiosk]", "[kiosk]")
+            .replace("# site =", "site =")
+            .replace("# open_command =", "open_command =")
+            .replace("# previous_certificates =", "previous_certificates =");
+        toml::from_str(&text).unwrap_or_default()
+    });
+    let field = schema
+        .get(section)
+        .and_then(toml::Value::as_table)
+        .and_then(|t| t.get(key));
+    Ok(match field {
+        None | Some(toml::Value::String(_)) => toml::Value::String(v.to_owned()),
+        Some(toml::Value::Integer(_)) => v
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("{v:?} is not a whole number"))?,
+        Some(toml::Value::Boolean(_)) => v
+            .trim()
+            .parse::<bool>()
+            .map(toml::Value::Boolean)
+            .map_err(|_| format!("{v:?} is not true or false"))?,
+        Some(toml::Value::Array(_)) => {
+            if v.trim_start().starts_with('[') {
+                toml::from_str::<toml::Table>(&format!("v = {v}"))
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                    .ok_or_else(|| format!("{v:?} is not a TOML array"))?
+            } else {
+                toml::Value::Array(
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_owned()))
+                        .collect(),
+                )
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "cannot set a {} from the environment",
+                other.type_str()
+            ))
+        }
+    })
 }
 
 /// The commented example `tap-terminal init` writes.

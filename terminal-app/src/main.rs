@@ -51,10 +51,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a commented example configuration.
+    /// Write a commented example configuration (to --out, else to the
+    /// --config path).
     Init {
-        #[arg(long, default_value = "terminal.toml")]
-        out: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Take a payment: `tap-terminal pay 12.50 CNY`.
     #[command(after_help = EXIT_HELP)]
@@ -445,6 +446,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, out: &mut Out) -> Result<u8> {
     if let Command::Init { out: path } = &cli.command {
+        let path = path.as_ref().unwrap_or(&cli.config);
         if path.exists() {
             bail!("{} exists; not overwriting", path.display());
         }

@@ -15,9 +15,11 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use tapstack_protocol::scenario::Scenario;
 
-/// The configurable limits (amounts in minor units of the terminal's currency).
+/// The configurable limits (amounts in minor units of the terminal's
+/// currency). A `[risk]` section may set only some: the rest keep their
+/// defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RiskLimits {
     /// Largest amount of one offline tap.
     pub floor_limit: u64,

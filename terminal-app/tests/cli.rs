@@ -801,3 +801,40 @@ fn a_missing_or_invalid_revocation_list_stops_the_terminal_from_starting() {
     assert!(r.code() != 0 && r.code() != 101, "{r:?}");
     assert!(r.stderr().contains("not a revocation list"), "{r:?}");
 }
+
+/// `init` writes where `--config` points (the path every later command
+/// reads) unless `--out` says otherwise, and never overwrites.
+#[test]
+fn init_writes_to_the_config_path_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("etc").join("terminal.toml");
+    std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+    let init = |extra: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_tap-terminal"))
+            .current_dir(dir.path())
+            .arg("--config")
+            .arg(&cfg)
+            .arg("init")
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = init(&[]);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("[terminal]"));
+    assert!(
+        !dir.path().join("terminal.toml").exists(),
+        "wrote to the working directory"
+    );
+    // Never overwrites: exit 1, the file unchanged.
+    std::fs::write(&cfg, "# mine\n").unwrap();
+    let out = init(&[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "# mine\n");
+    // --out wins.
+    let other = dir.path().join("other.toml");
+    let out = init(&["--out".as_ref(), other.as_os_str()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(other.exists());
+}

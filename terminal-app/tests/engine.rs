@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand_core::OsRng;
@@ -291,7 +291,43 @@ fn bad_configuration_values_get_clear_errors() {
         (7000, "pcsc:ACS")
     );
     let bad_env = [("TAPSTACK_RISK_FLOOR_LIMIT".to_string(), "lots".to_string())];
-    assert!(Config::load(&path, bad_env).is_err());
+    let err = Config::load(&path, bad_env).unwrap_err().to_string();
+    assert!(
+        err.contains("TAPSTACK_RISK_FLOOR_LIMIT") && err.contains("not a whole number"),
+        "{err}"
+    );
+    // Typed by the field: a site of digits stays text (leading zeros
+    // kept), even with no [kiosk] section in the file; a list from commas.
+    let env = [
+        ("TAPSTACK_KIOSK_SITE".to_string(), "00042".to_string()),
+        ("TAPSTACK_TRUST_ISSUERS".into(), "a.pem, b.pem".into()),
+        ("TAPSTACK_TERMINAL_SEND_CERTIFICATE".into(), "false".into()),
+    ];
+    let c = Config::load(&path, env).unwrap();
+    assert_eq!(c.kiosk.as_ref().map(|k| k.site.as_str()), Some("00042"));
+    assert_eq!(
+        c.trust.issuers,
+        [PathBuf::from("a.pem"), PathBuf::from("b.pem")]
+    );
+    assert!(!c.terminal.send_certificate);
+    let env = [(
+        "TAPSTACK_TERMINAL_SEND_CERTIFICATE".to_string(),
+        "no".to_string(),
+    )];
+    assert!(Config::load(&path, env).is_err());
+    // A [risk] section with one limit keeps the documented defaults for the
+    // others.
+    let partial = good
+        .lines()
+        .filter(|l| !l.starts_with("wallet_max") && !l.starts_with("queue_max"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&path, &partial).unwrap();
+    let c = Config::load(&path, std::iter::empty()).unwrap();
+    let d = tapstack_terminal::risk::RiskLimits::default();
+    assert_eq!((c.risk.floor_limit, c.risk.cvm_limit), (10000, 5000));
+    assert_eq!(c.risk.queue_max_count, d.queue_max_count);
+    assert_eq!(c.risk.wallet_max_amount, d.wallet_max_amount);
 }
 
 /// An intent taken while the certificate was valid but tapped after it

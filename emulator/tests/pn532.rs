@@ -504,6 +504,53 @@ fn nfc_list_sees_one_iso14443a_target_with_our_atqa_sak_uid_ats() {
     assert_ne!(uids[0], first, "a new tap has a new UID");
 }
 
+/// A second emulator on a link another one serves is refused with a
+/// message; the first keeps its link and still answers libnfc. A link left
+/// by a killed emulator (no one holds its lock) is taken over.
+#[test]
+fn a_second_emulator_on_a_served_link_is_refused_and_a_stale_link_is_taken_over() {
+    let setup = Setup::new();
+    let mut first = setup.start(&[]);
+    let target = std::fs::read_link(setup.link()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tap-emu"))
+        .arg("pn532")
+        .arg("--link")
+        .arg(setup.link())
+        .arg("--wallet")
+        .arg(&setup.profile)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another tap-emu serves this link"), "{err}");
+    assert_eq!(std::fs::read_link(setup.link()).unwrap(), target);
+    let listed = nfc_list(&setup.link());
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("1 ISO14443A passive target(s) found:"),
+        "{}",
+        first.log()
+    );
+    // kill -9 leaves the link; the lock goes with the process.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(std::fs::symlink_metadata(setup.link()).is_ok());
+    let second = setup.start(&[]);
+    // The stale link exists already: wait for the new emulator to say it
+    // serves it (the PTY number may well be the same one, reused).
+    let deadline = Instant::now() + PATIENCE;
+    while !second.log().contains("PN532 ready") {
+        assert!(Instant::now() < deadline, "{}", second.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let listed = nfc_list(&setup.link());
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("1 ISO14443A passive target(s) found:"),
+        "{}",
+        second.log()
+    );
+}
+
 #[test]
 fn taps_limit_ends_the_emulator_and_removes_its_link() {
     let setup = Setup::new();

@@ -554,6 +554,10 @@ pub(crate) enum Step<T> {
     /// The reader is unreachable or failed: keep the error (the wait ends
     /// with it instead of `Timeout` if nothing better comes) and look again
     /// after this pause — the driver reconnects on its next look.
+    #[cfg_attr(
+        not(any(feature = "pcsc", feature = "libnfc", feature = "pn532")),
+        allow(dead_code)
+    )]
     Trouble(ReaderError, Duration),
     /// Stop waiting with this error.
     Stop(ReaderError),

@@ -193,10 +193,44 @@ struct Pty {
     slave: OwnedFd,
     path: PathBuf,
     link: PathBuf,
+    /// `<link>.lock`, held while this emulator serves `link`: a second
+    /// emulator on the same link is refused instead of taking it over.
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// Take `<link>.lock`. The file stays after exit (removing a lock file
+/// another process may be opening races); only the lock matters.
+fn lock_link(link: &Path) -> Result<nix::fcntl::Flock<File>, Error> {
+    let mut name = link.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |(_, e)| Error::Io {
+            path: link.to_path_buf(),
+            source: if e == Errno::EWOULDBLOCK {
+                std::io::Error::other(format!(
+                    "another tap-emu serves this link (it holds {}); stop it or choose another --link",
+                    path.display()
+                ))
+            } else {
+                std::io::Error::from(e)
+            },
+        },
+    )
 }
 
 impl Pty {
     fn open(link: &Path) -> Result<Self, Error> {
+        let lock = lock_link(link)?;
         let err = |e: Errno| Error::Io {
             path: link.to_path_buf(),
             source: std::io::Error::from(e),
@@ -215,6 +249,7 @@ impl Pty {
             slave: pty.slave,
             path,
             link: link.to_path_buf(),
+            _lock: lock,
         })
     }
 

@@ -238,12 +238,7 @@ fn credential_info(credential: PickupCredential, pki: Option<&Pki>, now: u64) ->
     }
 }
 
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
-fn date(secs: u64) -> String {
-    der::DateTime::from_unix_duration(core::time::Duration::from_secs(secs))
-        .map(|d| d.to_string())
-        .unwrap_or_else(|_| format!("{secs} (Unix seconds)"))
-}
+use tapstack_protocol::utc as date;
 
 /// How many list entries `Display` prints before eliding.
 const SHOW_ENTRIES: usize = 50;

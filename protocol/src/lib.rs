@@ -50,4 +50,35 @@ pub mod verify;
 pub mod wallet;
 
 pub use codec::{Codec, DecodeError};
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`, for messages people read
+/// (certificate validity, clocks); out of range → the number with its unit.
+pub fn utc(secs: u64) -> String {
+    match der::DateTime::from_unix_duration(core::time::Duration::from_secs(secs)) {
+        Ok(d) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            d.year(),
+            d.month(),
+            d.day(),
+            d.hour(),
+            d.minutes(),
+            d.seconds()
+        ),
+        Err(_) => format!("{secs} (Unix seconds)"),
+    }
+}
 pub use error::Error;
+
+#[cfg(test)]
+mod utc_tests {
+    use super::utc;
+
+    #[test]
+    fn utc_formats_unix_seconds() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_780_000_000), "2026-05-28 20:26:40 UTC");
+        assert_eq!(utc(4_102_444_799), "2099-12-31 23:59:59 UTC");
+        assert_eq!(utc(u64::MAX), format!("{} (Unix seconds)", u64::MAX));
+    }
+}

@@ -135,9 +135,9 @@ pub enum CertError {
     NoRole,
     #[error("certificate has role {got}, expected {expected}")]
     WrongRole { expected: Role, got: Role },
-    #[error("certificate expired at {not_after} (now {now})")]
+    #[error("certificate expired at {} (now {})", crate::utc(*not_after), crate::utc(*now))]
     Expired { not_after: u64, now: u64 },
-    #[error("certificate not valid before {not_before} (now {now})")]
+    #[error("certificate not valid before {} (now {})", crate::utc(*not_before), crate::utc(*now))]
     NotYetValid { not_before: u64, now: u64 },
     #[error("issuer of a {role} certificate is not a known {parent} CA")]
     UnknownIssuer { role: Role, parent: Role },

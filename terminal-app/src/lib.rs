@@ -35,26 +35,7 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, proleptic
-/// Gregorian).
-pub fn utc(t: u64) -> String {
-    let (days, secs) = (t / 86_400, t % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
+pub use tapstack_protocol::utc;
 
 /// Everything that can go wrong in the terminal (taps that do not go through
 /// are [`tap::Decline`]s, not errors).
@@ -94,17 +75,4 @@ pub enum Error {
     /// the list held stays in force until next_update + grace.
     #[error("revocation list refresh failed: {detail}")]
     RevocationRefresh { detail: String },
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc;
-
-    #[test]
-    fn utc_formats_unix_seconds() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(utc(1_780_000_000), "2026-05-28 20:26:40 UTC");
-        assert_eq!(utc(4_102_444_799), "2099-12-31 23:59:59 UTC");
-    }
 }

@@ -34,7 +34,6 @@ pub mod apdu;
 pub mod cache;
 pub mod codec;
 pub mod crypto;
-mod ecc;
 pub mod error;
 mod iso4217;
 pub mod messages;

@@ -43,8 +43,8 @@ pub fn client(config: &Config, ctx: &TerminalContext) -> Result<HostClient, Erro
     // The TLS CA (`tap-certs tls-ca`): a plain X.509 certificate, not one of
     // the payment PKI's.
     let ca = tapstack_certs::read_pem_certificate(&config.path(&host.ca))?;
-    let identity =
-        TlsIdentity::from_protocol(&ctx.certificate, ctx.signing_key(), &[]).map_err(upload_err)?;
+    let key = tapstack_certs::read_private_key(&config.path(&config.terminal.key))?;
+    let identity = TlsIdentity::from_protocol(&ctx.certificate, &key, &[]).map_err(upload_err)?;
     let tls = client_config(&ca, Some(identity)).map_err(upload_err)?;
     let name =
         rustls::pki_types::ServerName::try_from(host.server_name.clone()).map_err(upload_err)?;

@@ -135,7 +135,12 @@ impl EphemeralKey {
     /// point (32 bytes). A ring key agrees once ([`CryptoError::KeyUsed`]
     /// after that); a tap needs one agreement.
     pub fn agree(&self, peer: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
-        let peer = parse_public(peer)?;
+        self.agree_public(&parse_public(peer)?)
+    }
+
+    /// [`EphemeralKey::agree`] with a point already parsed (and so
+    /// validated and decompressed) by [`parse_public`].
+    pub fn agree_public(&self, peer: &p256::PublicKey) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         let mut out = Zeroizing::new([0u8; 32]);
         match &self.secret {
             EphemeralSecret::P256(secret) => {

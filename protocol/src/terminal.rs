@@ -153,7 +153,8 @@ pub enum TerminalEvent {
 struct Authorizing {
     eph: EphemeralKey,
     fci_bytes: Vec<u8>,
-    wallet_key_share: [u8; 33],
+    /// The wallet's key share, parsed (validated, decompressed) once.
+    wallet_key_share: p256::PublicKey,
     body: AuthBody,
     body_bytes: Vec<u8>,
     th1: [u8; 32],
@@ -329,7 +330,8 @@ impl TerminalSession {
             return Err(Error::NotAWallet { sw: resp.sw });
         }
         let fci = Fci::decode(&resp.data)?;
-        crypto::parse_public(&fci.key_share).map_err(|_| Error::BadKeyShare)?;
+        let wallet_key_share =
+            crypto::parse_public(&fci.key_share).map_err(|_| Error::BadKeyShare)?;
         if !fci.versions.contains(&VERSION_1) {
             return Err(Error::NoCommonVersion);
         }
@@ -364,7 +366,7 @@ impl TerminalSession {
         let auth = Authorizing {
             eph,
             fci_bytes: resp.data,
-            wallet_key_share: fci.key_share,
+            wallet_key_share,
             body,
             body_bytes,
             th1,
@@ -400,7 +402,7 @@ impl TerminalSession {
         }
         let shared = auth
             .eph
-            .agree(&auth.wallet_key_share)
+            .agree_public(&auth.wallet_key_share)
             .map_err(|_| Error::BadKeyShare)?;
         let keys = SessionKeys::derive(&shared, &auth.th1);
         let plain = keys

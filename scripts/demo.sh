@@ -20,6 +20,9 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say "1. a development PKI (root, issuer, acquirer, operator) — tap-certs"
 "$bin/tap-certs" init --out pki >/dev/null
 "$bin/tap-certs" terminal --pki pki --name "Tea House #12" --out . >/dev/null
+# Its TLS client certificate for the upload connection (its own key; the
+# terminal key signs taps and records only).
+"$bin/tap-certs" terminal-tls --pki pki --terminal tea-house-12.pem --out . --file tea-house-12-tls >/dev/null
 ls pki
 
 say "2. a phone: a wallet profile with a pickup credential — tap-emu"
@@ -73,6 +76,8 @@ path = "queue"
 url = "https://$addr"
 ca = "tls/tls-ca.pem"
 server_name = "localhost"
+tls_certificate = "tea-house-12-tls.pem"
+tls_key = "tea-house-12-tls.key"
 
 [kiosk]
 site = "LOCKER-7"

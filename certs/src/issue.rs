@@ -211,6 +211,59 @@ impl Pki {
         })
     }
 
+    /// Issue the TLS client certificate of `terminal` (a terminal
+    /// certificate of this PKI): role `terminal-tls`, a key of its own, the
+    /// same merchant name and terminal ID, extended key usage clientAuth,
+    /// signed by the acquirer. The terminal presents it to the host
+    /// (`[host] tls_certificate`); its transcript-signing key never leaves
+    /// the tap. Files: `<stem>.pem`, `<stem>.key`, stem `<ID>-tls` unless
+    /// `opts` names one.
+    pub fn issue_terminal_tls(
+        &self,
+        terminal: &Certificate,
+        out_dir: &Path,
+        opts: &LeafOptions,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<IssuedLeaf, Error> {
+        self.trust_store()
+            .verify(terminal, Role::Terminal, now, Some(self.revocations()))
+            .map_err(|source| Error::Rejected {
+                role: terminal.role(),
+                common_name: terminal.common_name().to_owned(),
+                source,
+            })?;
+        let id = terminal.terminal_id().ok_or(Error::Invalid {
+            field: "terminal",
+            reason: "the certificate has no terminal ID (issued before IDs); issue a new terminal instead",
+        })?;
+        let mut opts = opts.clone();
+        if opts.file_stem.is_none() {
+            opts.file_stem = Some(format!("{id}-tls"));
+        }
+        let (identity, files) = self.new_leaf(
+            Role::TerminalTls,
+            terminal.common_name(),
+            Some(id),
+            out_dir,
+            &opts,
+            now,
+            rng,
+        )?;
+        let key_pem = key_pem(&identity.key, &files.key)?;
+        let cert_pem = identity.cert.to_pem();
+        fsio::create_dir(out_dir)?;
+        fsio::write_all_new(&[
+            (files.cert.clone(), cert_pem.as_bytes(), Mode::Public),
+            (files.key.clone(), key_pem.as_bytes(), Mode::Secret),
+        ])?;
+        Ok(IssuedLeaf {
+            identity,
+            cert_path: files.cert,
+            key_path: files.key,
+        })
+    }
+
     /// Issue a wallet certificate (role wallet, signed by the issuer) and its
     /// cryptogram key, diversified from the master key file. Writes
     /// `<stem>.pem`, `<stem>.key` and `<stem>.ck`. A PKI whose master key is

@@ -50,6 +50,27 @@ enum Command {
         #[arg(long, value_name = "OLD.pem")]
         renew: Option<PathBuf>,
     },
+    /// Issue a terminal's TLS client certificate (signed by the acquirer;
+    /// same terminal ID, its own key, extended key usage clientAuth) for
+    /// `[host] tls_certificate`/`tls_key`. The host accepts only these as
+    /// TLS clients; the terminal certificate signs transcripts and records
+    /// and is refused as a TLS client certificate.
+    TerminalTls {
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+        /// The terminal certificate (from `tap-certs terminal`).
+        #[arg(long, value_name = "CERT.pem")]
+        terminal: PathBuf,
+        /// Output directory for ID-tls.pem and ID-tls.key.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity in days (default 730).
+        #[arg(long, value_name = "N")]
+        days: Option<u64>,
+        /// Base name of the output files (default: the terminal ID + "-tls").
+        #[arg(long, value_name = "STEM")]
+        file: Option<String>,
+    },
     /// Issue a wallet certificate (signed by the issuer) and its cryptogram key.
     Wallet(LeafArgs),
     /// Issue an operator-signed pickup credential for a wallet.
@@ -274,6 +295,29 @@ fn run(cli: Cli) -> Result<()> {
                     &mut rng,
                 )?,
             };
+            print_leaf(&issued.identity.cert, &issued.cert_path, &issued.key_path);
+            if let Some(id) = issued.identity.cert.terminal_id() {
+                println!("  terminal ID:    {id}");
+            }
+        }
+        Command::TerminalTls {
+            pki: dir,
+            terminal,
+            out,
+            days,
+            file,
+        } => {
+            let pki = load(&dir)?;
+            let cert = read_certificate(&terminal)?;
+            let opts = LeafOptions {
+                days,
+                file_stem: file,
+            };
+            let issued = pki
+                .issue_terminal_tls(&cert, &out, &opts, now, &mut rng)
+                .with_context(|| {
+                    format!("issuing the TLS certificate of {}", terminal.display())
+                })?;
             print_leaf(&issued.identity.cert, &issued.cert_path, &issued.key_path);
             if let Some(id) = issued.identity.cert.terminal_id() {
                 println!("  terminal ID:    {id}");

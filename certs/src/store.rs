@@ -310,7 +310,7 @@ impl Pki {
         match role {
             Role::Root => &self.root,
             Role::Issuer | Role::Wallet => &self.issuer,
-            Role::Acquirer | Role::Terminal => &self.acquirer,
+            Role::Acquirer | Role::Terminal | Role::TerminalTls => &self.acquirer,
             Role::Operator => &self.operator,
         }
     }

@@ -199,17 +199,38 @@ fn run(
         }));
         // Connect every terminal first (TLS handshakes are not ingest).
         let mut clients = Vec::new();
-        for (id, records) in &setup.terminals {
+        for (n, (id, records)) in setup.terminals.iter().enumerate() {
+            // Each terminal connects with its TLS certificate, not its
+            // transcript-signing one.
+            let tls_id = setup
+                .certs
+                .issue_terminal_tls(
+                    &id.cert,
+                    &setup._dir.path().join("tls-leaves"),
+                    &LeafOptions {
+                        days: None,
+                        file_stem: Some(format!("tls{n}-{}", unix_now())),
+                    },
+                    unix_now(),
+                    &mut OsRng,
+                )
+                .unwrap()
+                .identity;
             let tls = tls::client_config(
                 tls_ca.cert_der(),
                 Some(
-                    TlsIdentity::from_protocol(&id.cert, &id.key, &[&setup.certs.acquirer().cert])
-                        .unwrap(),
+                    TlsIdentity::from_protocol(
+                        &tls_id.cert,
+                        &tls_id.key,
+                        &[&setup.certs.acquirer().cert],
+                    )
+                    .unwrap(),
                 ),
             )
             .unwrap();
             let c = HostClient::new(addr, tls::server_name("localhost").unwrap(), tls)
-                .with_timeout(Duration::from_secs(300));
+                .with_timeout(Duration::from_secs(300))
+                .with_terminal_certificate(id.cert.der().to_vec());
             c.health().await.unwrap();
             clients.push((c, records.clone()));
         }

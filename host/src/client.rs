@@ -57,6 +57,10 @@ pub struct HostClient {
     timeout: Duration,
     /// The terminal's earlier certificates (DER), sent with every upload.
     earlier: Vec<Vec<u8>>,
+    /// The terminal's current transcript-signing certificate (DER), sent
+    /// first with every upload: the TLS certificate only says which
+    /// terminal is connected, the records name this one.
+    terminal: Option<Vec<u8>>,
 }
 
 impl core::fmt::Debug for HostClient {
@@ -83,7 +87,15 @@ impl HostClient {
             conn: tokio::sync::Mutex::new(None),
             timeout: Duration::from_secs(30),
             earlier: Vec::new(),
+            terminal: None,
         }
+    }
+
+    /// Send the terminal's current signing certificate (DER) with every
+    /// upload (before any earlier ones).
+    pub fn with_terminal_certificate(mut self, der: Vec<u8>) -> Self {
+        self.terminal = Some(der);
+        self
     }
 
     /// Send these earlier certificates of the terminal (DER; from before a
@@ -192,7 +204,7 @@ impl HostClient {
         earlier: &[Vec<u8>],
     ) -> Result<BatchResponse, Error> {
         let body = BatchRequest::from_encoded(records.iter().map(Vec::as_slice))
-            .with_certificates(earlier.iter().map(Vec::as_slice))
+            .with_certificates(self.terminal.iter().chain(earlier).map(Vec::as_slice))
             .to_json();
         self.request(Method::POST, "/v1/batches", body)
             .await?

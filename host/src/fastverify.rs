@@ -1,6 +1,6 @@
 //! The host's signature backend: *ring* (the provider rustls already
 //! brings), plugged into the protocol crate's own checks through
-//! [`SignatureVerifier`].
+//! [`tapstack_protocol::crypto::SignatureVerifier`].
 //!
 //! Why: a pay record needs four signature verifications (terminal over the
 //! record, terminal over TH1, wallet over TH2, issuer over the wallet
@@ -13,33 +13,19 @@
 //! ([`tapstack_protocol::record::verify_contents`]). `tests/verify_equivalence.rs`
 //! runs both backends on valid and mutated records and requires identical
 //! results; `tap-host serve --verifier reference` runs on RustCrypto alone.
+//!
+//! The backend itself lives in the protocol crate ([`tapstack_protocol::crypto::Ring`],
+//! the seam the terminal uses too); this module names it for the host.
 
-use p256::ecdsa::{Signature, VerifyingKey};
-use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
-use tapstack_protocol::crypto::{is_low_s, SignatureVerifier};
-
-/// ECDSA P-256/SHA-256 with ring.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Ring;
-
-impl SignatureVerifier for Ring {
-    fn verify_signature(&self, key: &VerifyingKey, msg: &[u8], sig: &Signature) -> bool {
-        // ring accepts both s and n − s; tapstack only the low one.
-        if !is_low_s(sig) {
-            return false;
-        }
-        let point = key.to_encoded_point(false);
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point.as_bytes())
-            .verify(msg, &sig.to_bytes())
-            .is_ok()
-    }
-}
+pub use tapstack_protocol::crypto::Ring;
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use tapstack_protocol::crypto::{sign, verify_with, CryptoError};
+    use p256::ecdsa::Signature;
+    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
+    use tapstack_protocol::crypto::{sign, verify_with, CryptoError, SignatureVerifier};
     use tapstack_protocol::testkit::s_twin;
 
     #[test]

@@ -329,6 +329,15 @@ impl Ingestor {
                 self.trust
                     .verify(&c, Role::Terminal, c.not_before(), None)
                     .map_err(|source| EarlierCertificateError::Untrusted { index, source })?;
+                // A revoked signing certificate uploads nothing more, even
+                // over a TLS certificate that is not revoked (the terminal's
+                // two certificates are revoked independently).
+                if self.revocations.current().is_revoked(c.hash(), u64::MAX) {
+                    return Err(EarlierCertificateError::Untrusted {
+                        index,
+                        source: CertError::Revoked,
+                    });
+                }
                 Ok(c)
             })
             .collect()
@@ -387,7 +396,12 @@ impl Ingestor {
         revs: &RevocationList,
     ) -> Result<BatchResponse, Error> {
         let th = chain_key(terminal);
-        let certs: Vec<&Certificate> = std::iter::once(terminal).chain(earlier).collect();
+        // Only transcript-signing (role terminal) certificates sign records:
+        // a TLS client certificate (`terminal-tls`) only names the chain.
+        let certs: Vec<&Certificate> = std::iter::once(terminal)
+            .chain(earlier)
+            .filter(|c| c.role() == Role::Terminal)
+            .collect();
         let head = self.store.head(&th)?;
         let mut cur = head;
         let mut pending: Vec<StoredRecord> = Vec::new();

@@ -264,11 +264,13 @@ impl Host {
         peer: &Arc<Certificate>,
         req: Request<Incoming>,
     ) -> Response<Full<Bytes>> {
-        if peer.role() != Role::Terminal {
+        // The TLS handshake admits only terminal TLS certificates
+        // (`tls::CLIENT_ROLES`); this is the second line.
+        if peer.role() != Role::TerminalTls {
             return error(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                "only terminal certificates may upload batches",
+                "only a terminal's TLS certificate (tap-certs terminal-tls) may upload batches",
             );
         }
         let body = match read_body(req, self.limits.max_body, self.limits.body_timeout).await {

@@ -4,11 +4,14 @@
 //!   (`tap-certs tls-ca`, `tap-certs tls-server`; [`tapstack_certs::tls`]).
 //!   The host signs nothing: the payment root never signs a TLS
 //!   certificate, and no CA key is on the host.
-//! * Client certificates: [`ClientVerifier`] accepts a terminal certificate
-//!   that chains through an acquirer CA to the root, valid now and not on
-//!   the revocation list in force — the protocol's own `TrustStore::verify`, not
-//!   WebPKI's path building. The handshake signature is checked by rustls'
-//!   ring provider.
+//! * Client certificates: [`ClientVerifier`] accepts a terminal's TLS
+//!   client certificate (role `terminal-tls`, extended key usage
+//!   clientAuth, `tap-certs terminal-tls`) that chains through an acquirer
+//!   CA to the root, valid now and not on the revocation list in force —
+//!   the protocol's own `TrustStore::verify`, not WebPKI's path building.
+//!   A terminal's transcript-signing certificate (role `terminal`) is
+//!   refused: one key, one job. The handshake signature is checked by
+//!   rustls' ring provider.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -111,8 +114,9 @@ pub struct ClientVerifier {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// The roles a client certificate may have.
-pub const CLIENT_ROLES: [Role; 1] = [Role::Terminal];
+/// The roles a client certificate may have: a terminal's TLS certificate,
+/// never its transcript-signing certificate.
+pub const CLIENT_ROLES: [Role; 1] = [Role::TerminalTls];
 
 fn cert_error(e: &CertError) -> rustls::Error {
     rustls::Error::InvalidCertificate(match e {
@@ -144,7 +148,7 @@ impl ClientVerifier {
     pub fn check(&self, cert: &Certificate, now: u64) -> Result<(), CertError> {
         if !CLIENT_ROLES.contains(&cert.role()) {
             return Err(CertError::WrongRole {
-                expected: Role::Terminal,
+                expected: Role::TerminalTls,
                 got: cert.role(),
             });
         }

@@ -34,9 +34,11 @@ pub fn encode_record(bytes: &[u8]) -> String {
 pub struct BatchRequest {
     /// Base64 of each record's `Codec` bytes, oldest first.
     pub records: Vec<String>,
-    /// Base64 DER of the terminal's earlier certificates (before a renewal)
-    /// that records of this batch name: same terminal ID and acquirer as
-    /// the client certificate. At most [`MAX_EARLIER_CERTIFICATES`].
+    /// Base64 DER of the terminal's transcript-signing certificates that
+    /// records of this batch name — the current one and earlier ones
+    /// (before a renewal): same terminal ID and acquirer as the TLS client
+    /// certificate (role `terminal-tls`), which itself signs no record.
+    /// At most [`MAX_EARLIER_CERTIFICATES`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<String>,
 }

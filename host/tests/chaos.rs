@@ -185,12 +185,14 @@ async fn lossy_duplicating_reordering_network_stores_every_record_exactly_once()
         );
         let encoded = bytes(&records);
         let tls = fx.client_tls(Some(&id));
+        let cert_der = id.cert.der().to_vec();
         // A fresh connection per request, so the proxy picks a fate for each.
         let connect = move || {
             let name = tapstack_host::tls::server_name("localhost").unwrap();
             Arc::new(
                 tapstack_host::client::HostClient::new(proxy_addr, name, tls.clone())
-                    .with_timeout(Duration::from_secs(3)),
+                    .with_timeout(Duration::from_secs(3))
+                    .with_terminal_certificate(cert_der.clone()),
             )
         };
         let dice = dice.clone();

@@ -272,19 +272,31 @@ async fn tap_host_runs_in_production_with_no_ca_key_and_the_master_key_in_sofths
     assert!(log.contains("PKCS#11 token"), "{log}");
     assert!(!log.contains("WARN"), "{log}");
 
+    // The terminal connects with its TLS certificate (`tap-certs
+    // terminal-tls`) and sends its signing certificate with the batch.
+    let t_tls = certs
+        .issue_terminal_tls(
+            &t.identity.cert,
+            &leaves,
+            &LeafOptions::default(),
+            now,
+            &mut OsRng,
+        )
+        .unwrap();
     let tls = tls::client_config(
         tls_ca.cert_der(),
         Some(
             TlsIdentity::from_protocol(
-                &t.identity.cert,
-                &t.identity.key,
+                &t_tls.identity.cert,
+                &t_tls.identity.key,
                 &[&certs.acquirer().cert],
             )
             .unwrap(),
         ),
     )
     .unwrap();
-    let client = HostClient::new(server.addr, tls::server_name("localhost").unwrap(), tls);
+    let client = HostClient::new(server.addr, tls::server_name("localhost").unwrap(), tls)
+        .with_terminal_certificate(t.identity.cert.der().to_vec());
     let r = client.upload(&bytes(&[good, bad, good2])).await.unwrap();
     let verdicts: Vec<_> = r.results.iter().map(|x| (x.status, x.reason)).collect();
     assert_eq!(

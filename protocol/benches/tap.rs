@@ -303,8 +303,224 @@ fn wallet_tap(
     spent
 }
 
+/// Median and spread (min..max) of `runs` medians of `per_run` calls of `f`,
+/// in µs per call.
+fn time_us(runs: usize, per_run: u32, mut f: impl FnMut()) -> (f64, f64, f64) {
+    for _ in 0..per_run.div_ceil(4) {
+        f();
+    }
+    let mut meds: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t0 = Instant::now();
+            for _ in 0..per_run {
+                f();
+            }
+            t0.elapsed().as_secs_f64() * 1e6 / f64::from(per_run)
+        })
+        .collect();
+    meds.sort_by(f64::total_cmp);
+    (meds[meds.len() / 2], meds[0], meds[meds.len() - 1])
+}
+
+/// `openssl speed` for ECDSA P-256 and ECDH P-256: (sign µs, verify µs,
+/// ECDH µs), single core.
+fn openssl_speed() -> Option<(f64, f64, f64)> {
+    let out = std::process::Command::new("openssl")
+        .args(["speed", "-seconds", "2", "ecdsap256", "ecdhp256"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // " 256 bits ecdsa (nistp256)   0.0000s   0.0001s  48852.9  16284.9"
+    // " 256 bits ecdh (nistp256)   0.0001s  17000.0"
+    let ecdsa = text.lines().find(|l| l.contains("ecdsa (nistp256)"))?;
+    let ecdh = text.lines().find(|l| l.contains("ecdh (nistp256)"))?;
+    let nums = |l: &str| -> Vec<f64> {
+        l.split_whitespace()
+            .filter_map(|w| w.parse::<f64>().ok())
+            .collect()
+    };
+    let e = nums(ecdsa);
+    let d = nums(ecdh);
+    let (sign_s, verify_s) = (*e.get(e.len().checked_sub(2)?)?, *e.last()?);
+    let ecdh_s = *d.last()?;
+    Some((1e6 / sign_s, 1e6 / verify_s, 1e6 / ecdh_s))
+}
+
+/// DESIGN §8: terminal CPU per tap against the sum of its primitive
+/// operations (ring's sign/verify/ECDH, AES-CTR, AES-CMAC, SHA-256 at the
+/// sizes a tap uses), measured in the same run.
+fn terminal_budget() {
+    use tapstack_protocol::crypto::{self, Direction, SessionKeys};
+    let pki = Pki::generate(&mut OsRng);
+    let backend = crypto::fast_backend();
+    let mut t = TerminalContext::with_backend(
+        pki.terminal.cert.clone(),
+        &pki.terminal.key,
+        pki.terminal_trust(),
+        backend,
+    )
+    .unwrap();
+    let mut w = pki.wallet_context();
+    let first = pki.run_tap(&mut t, &mut w, pay(true), &mut OsRng);
+    let outcome = first.outcome.clone().unwrap();
+    // Sizes this tap hashes, MACs and encrypts.
+    let sealed_len = first
+        .wire
+        .iter()
+        .map(|x| x.response.len())
+        .max()
+        .unwrap_or(0)
+        .saturating_sub(2);
+    let fci_len = first.wire.first().map_or(0, |x| x.response.len() - 2);
+    let th1_in = 15 + 8 + fci_len + outcome.transcript.auth_body.len();
+    let th2_in = 15 + 32 + 64 + outcome.transcript.wallet_body.len();
+    let record = TransactionRecord::new(
+        &outcome,
+        &t.certificate,
+        t.signing_key(),
+        2,
+        [0; 32],
+        pki.now,
+        None,
+        None,
+    );
+    let record_len = record.to_bytes().len();
+    let wallet_der = outcome.wallet.der().len();
+
+    // Primitive timings (median of 7 runs).
+    let key = backend.key_pair(&pki.terminal.key).unwrap();
+    let msg = [7u8; 32];
+    let sig = crypto::sign(&key, &msg);
+    let vk = *key.verifying_key();
+    let peer = crypto::EphemeralKey::generate(&mut OsRng);
+    let (sign, ..) = time_us(7, 400, || {
+        criterion::black_box(crypto::sign(&key, &msg));
+    });
+    let (verify, ..) = time_us(7, 400, || {
+        crypto::verify_with(backend.verifier(), &vk, &msg, &sig).unwrap();
+    });
+    let (ecdh, ..) = time_us(7, 400, || {
+        let e = backend.ephemeral(&mut OsRng).unwrap();
+        criterion::black_box(e.agree(peer.public()).unwrap());
+    });
+    let keys = SessionKeys::derive(&[1; 32], &[2; 32]);
+    let plain = vec![0u8; sealed_len.saturating_sub(8)];
+    let sealed = keys.seal(Direction::WalletToTerminal, 0, &[0x50], &plain);
+    let (open, ..) = time_us(7, 4000, || {
+        criterion::black_box(
+            keys.open(Direction::WalletToTerminal, 0, &[0x50], &sealed)
+                .unwrap(),
+        );
+    });
+    let (kdf, ..) = time_us(7, 4000, || {
+        criterion::black_box(SessionKeys::derive(&[1; 32], &[2; 32]));
+    });
+    let hash = |n: usize| {
+        let data = vec![0u8; n];
+        time_us(7, 4000, || {
+            criterion::black_box(crypto::sha256(&[&data]));
+        })
+        .0
+    };
+    let rows: [(&str, f64, f64); 8] = [
+        ("ECDSA sign (TH1, record)", 2.0, sign),
+        ("ECDSA verify (wallet cert, TH2)", 2.0, verify),
+        ("ECDH keygen + agree", 1.0, ecdh),
+        ("KDF (extract + expand, 3 CMAC)", 1.0, kdf),
+        ("open: CMAC + CTR, sealed reply", 1.0, open),
+        ("SHA-256 TH1 input", 1.0, hash(th1_in)),
+        ("SHA-256 TH2 input", 1.0, hash(th2_in)),
+        (
+            "SHA-256 record + wallet cert",
+            1.0,
+            hash(record_len) + hash(wallet_der),
+        ),
+    ];
+    println!(
+        "\n## Terminal CPU per tap vs its primitives ({} backend)\n",
+        backend.name()
+    );
+    println!("| primitive                          | n | µs each | µs |");
+    println!("|------------------------------------|---|---------|----|");
+    let mut sum = 0.0;
+    for (name, n, us) in rows {
+        println!("| {name:<34} | {n} | {us:>7.1} | {:>6.1} |", n * us);
+        sum += n * us;
+    }
+    println!("| **sum of primitives**              |   |         | {sum:>6.1} |");
+
+    for (name, send_cert, forget) in [
+        ("pay first encounter", true, true),
+        ("pay repeat customer", false, false),
+    ] {
+        let params = pay(send_cert);
+        let mut seq = 10;
+        let mut per_tap: Vec<f64> = (0..7)
+            .map(|_| {
+                let mut total = Duration::ZERO;
+                for _ in 0..200 {
+                    if forget {
+                        t.forget_wallet_certificates();
+                        w.forget_terminals();
+                    }
+                    seq += 1;
+                    total += terminal_tap(&pki, &mut t, &mut w, &params, seq);
+                }
+                total.as_secs_f64() * 1e6 / 200.0
+            })
+            .collect();
+        per_tap.sort_by(f64::total_cmp);
+        let med = per_tap[3];
+        // The repeat customer verifies one signature, not two.
+        let budget = if forget { sum } else { sum - verify };
+        println!(
+            "terminal CPU per tap, {name}: {med:.1} µs (runs {:.1}–{:.1}); primitives {budget:.1} µs; ratio {:.2}× (target ≤ 1.5×)",
+            per_tap[0],
+            per_tap[6],
+            med / budget
+        );
+    }
+    match openssl_speed() {
+        Some((s, v, d)) => println!(
+            "ceiling, openssl speed (1 core): sign {s:.1} µs, verify {v:.1} µs, ECDH {d:.1} µs; \
+             2 sign + 2 verify + 1 ECDH = {:.1} µs",
+            2.0 * s + 2.0 * v + d
+        ),
+        None => println!("ceiling: openssl speed unavailable"),
+    }
+    println!();
+}
+
 fn primitives(c: &mut Criterion) {
-    use tapstack_protocol::crypto::{self, EphemeralKey};
+    use tapstack_protocol::crypto::{self, Backend, EphemeralKey, Ring};
+    let mut g = c.benchmark_group("P-256 primitives (ring backend)");
+    let key = p256::ecdsa::SigningKey::random(&mut OsRng);
+    let pair = Ring.key_pair(&key).unwrap();
+    let sig = crypto::sign(&pair, b"transcript hash .................");
+    let peer = EphemeralKey::generate(&mut OsRng);
+    g.bench_function("keygen + ECDH", |b| {
+        b.iter(|| {
+            Ring.ephemeral(&mut OsRng)
+                .unwrap()
+                .agree(peer.public())
+                .unwrap()
+        })
+    });
+    g.bench_function("ECDSA sign", |b| {
+        b.iter(|| crypto::sign(&pair, b"transcript hash ................."))
+    });
+    g.bench_function("ECDSA verify", |b| {
+        b.iter(|| {
+            crypto::verify_with(
+                &Ring,
+                key.verifying_key(),
+                b"transcript hash .................",
+                &sig,
+            )
+            .unwrap()
+        })
+    });
+    g.finish();
     let mut g = c.benchmark_group("P-256 primitives (RustCrypto p256)");
     let key = p256::ecdsa::SigningKey::random(&mut OsRng);
     let sig = crypto::sign(&key, b"transcript hash .................");
@@ -332,12 +548,19 @@ fn primitives(c: &mut Criterion) {
 
 fn cpu(c: &mut Criterion) {
     let pki = Pki::generate(&mut OsRng);
-    let mut g = c.benchmark_group("terminal CPU per tap");
+    let mut g = c.benchmark_group("terminal CPU per tap (ring)");
     for (name, send_cert, forget) in [
         ("pay first encounter", true, true),
         ("pay repeat customer", false, false),
     ] {
-        let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
+        let mut t = TerminalContext::with_backend(
+            pki.terminal.cert.clone(),
+            &pki.terminal.key,
+            pki.terminal_trust(),
+            tapstack_protocol::crypto::fast_backend(),
+        )
+        .unwrap();
+        let mut w = pki.wallet_context();
         // Prime the caches for the repeat case.
         pki.run_tap(&mut t, &mut w, pay(true), &mut OsRng);
         let params = pay(send_cert);
@@ -382,6 +605,7 @@ criterion_group! {
 
 fn main() {
     air_table();
+    terminal_budget();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

@@ -27,7 +27,8 @@ use tapstack_protocol::airtime;
 use tapstack_protocol::apdu::{Command, CommandView, LinkLimits, Response, StatusWord};
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::crypto::{
-    self, Direction, SessionKeys, LABEL_ATC_KEY, LABEL_CRYPTOGRAM, LABEL_SESSION, MAC_LEN,
+    self, Direction, SessionKeys, LABEL_ATC_KEY, LABEL_CRYPTOGRAM, LABEL_SALT, LABEL_SESSION,
+    MAC_LEN,
 };
 use tapstack_protocol::messages::{
     self, AuthorizeRequest, Fci, WalletResponse, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE,
@@ -480,8 +481,13 @@ fn key_schedule(
     z.copy_from_slice(z_w.raw_secret_bytes());
     let body = req.body.to_bytes();
     let th1 = messages::th1(fci, &body);
+    // SP 800-56C two-step: extract (AES-128-CMAC keyed by the salt), expand.
+    let salt_full = crypto::sha256(&[LABEL_SALT, &th1]);
+    let mut salt = [0u8; 16];
+    salt.copy_from_slice(&salt_full[..16]);
+    let kdk = crypto::cmac(&salt, &[&z]);
     let mut okm = [0u8; 32];
-    crypto::kdf(&z, LABEL_SESSION, &th1, &mut okm);
+    crypto::kdf(&kdk, LABEL_SESSION, &th1, &mut okm);
     let keys = SessionKeys::derive(&z, &th1);
     let terminal_cert = &pki.terminal.cert;
     crypto::verify(terminal_cert.public_key(), &th1, &req.signature)
@@ -512,14 +518,20 @@ fn key_schedule(
             ),
         );
         w(out, "TH1", hexs(&th1));
+        w(
+            out,
+            "salt = SHA-256(\"tapstack/v2 salt\" ‖ TH1)[0..16]",
+            hexs(&salt),
+        );
+        w(out, "K_dk = AES-128-CMAC(salt, Z)", hexs(&kdk));
         let mut block1 = vec![0x01];
         block1.extend_from_slice(LABEL_SESSION);
         block1.push(0x00);
         block1.extend_from_slice(&th1);
         block1.extend_from_slice(&[0x01, 0x00]);
         w(out, "KDF input, block 1", hexs(&block1));
-        w(out, "K_enc = AES-256-CMAC(Z, blk1)", hexs(&okm[..16]));
-        w(out, "K_mac = AES-256-CMAC(Z, blk2)", hexs(&okm[16..]));
+        w(out, "K_enc = AES-128-CMAC(K_dk, blk1)", hexs(&okm[..16]));
+        w(out, "K_mac = AES-128-CMAC(K_dk, blk2)", hexs(&okm[16..]));
         let mut iv = [0u8; 16];
         iv[0] = Direction::WalletToTerminal as u8;
         w(out, "IV, AUTHORIZE response", hexs(&iv));

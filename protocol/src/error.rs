@@ -80,6 +80,9 @@ pub enum Error {
     HighSSignature { party: Party },
     #[error("secure messaging MAC does not verify")]
     BadMac,
+    /// The crypto backend failed on our own side (RNG, key loading).
+    #[error("crypto backend: {0}")]
+    Crypto(crate::crypto::CryptoError),
     #[error("key share is not a P-256 point")]
     BadKeyShare,
     #[error("{party} certificate does not match the hash it was announced with")]

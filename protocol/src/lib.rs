@@ -35,7 +35,6 @@ pub mod cache;
 pub mod codec;
 pub mod compact;
 pub mod crypto;
-mod ecc;
 pub mod error;
 mod iso4217;
 pub mod messages;

@@ -24,7 +24,7 @@ use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use p256::pkcs8::EncodePublicKey;
 use rand_core::CryptoRngCore;
 use x509_cert::attr::AttributeTypeAndValue;
-use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
+use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages};
 use x509_cert::ext::Extension;
 use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
 use x509_cert::serial_number::SerialNumber;
@@ -56,6 +56,8 @@ const OID_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.
 const OID_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
 /// Extensions tolerated when critical (beyond the two above): EKU, SAN.
 const OID_EKU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
+/// id-kp-clientAuth (RFC 5280 §4.2.1.12).
+const OID_KP_CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
 const OID_SAN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
 
 /// Longest certificate accepted from the air or from disk.
@@ -70,16 +72,23 @@ pub enum Role {
     Operator,
     Terminal,
     Wallet,
+    /// A terminal's TLS client certificate (issued by its acquirer, same
+    /// terminal ID, extended key usage clientAuth): authenticates the
+    /// upload connection, never signs a transcript or a record. A
+    /// [`Role::Terminal`] certificate signs those and is refused as a TLS
+    /// client certificate (docs/pki.md).
+    TerminalTls,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Root,
         Role::Issuer,
         Role::Acquirer,
         Role::Operator,
         Role::Terminal,
         Role::Wallet,
+        Role::TerminalTls,
     ];
 
     /// The `OU` value naming this role.
@@ -91,6 +100,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Terminal => "terminal",
             Role::Wallet => "wallet",
+            Role::TerminalTls => "terminal-tls",
         }
     }
 
@@ -107,7 +117,7 @@ impl Role {
     pub fn parent(self) -> Role {
         match self {
             Role::Root | Role::Issuer | Role::Acquirer | Role::Operator => Role::Root,
-            Role::Terminal => Role::Acquirer,
+            Role::Terminal | Role::TerminalTls => Role::Acquirer,
             Role::Wallet => Role::Issuer,
         }
     }
@@ -181,6 +191,8 @@ pub struct Certificate {
     key: VerifyingKey,
     is_ca: bool,
     key_usage: Option<KeyUsage>,
+    /// Extended key usage includes id-kp-clientAuth.
+    client_auth: bool,
 }
 
 impl core::fmt::Debug for Certificate {
@@ -292,6 +304,7 @@ impl Certificate {
 
         let mut is_ca = false;
         let mut key_usage = None;
+        let mut client_auth = false;
         for ext in tbs_cert.extensions.iter().flatten() {
             let value = ext.extn_value.as_bytes();
             if ext.extn_id == OID_BASIC_CONSTRAINTS {
@@ -301,6 +314,10 @@ impl Certificate {
             } else if ext.extn_id == OID_KEY_USAGE {
                 let ku = KeyUsage::from_der(value).map_err(malformed("key usage"))?;
                 key_usage = Some(ku);
+            } else if ext.extn_id == OID_EKU {
+                let eku =
+                    ExtendedKeyUsage::from_der(value).map_err(malformed("extended key usage"))?;
+                client_auth = eku.0.contains(&OID_KP_CLIENT_AUTH);
             } else if ext.critical && ext.extn_id != OID_EKU && ext.extn_id != OID_SAN {
                 return Err(CertError::UnknownCriticalExtension);
             }
@@ -322,6 +339,7 @@ impl Certificate {
             key,
             is_ca,
             key_usage,
+            client_auth,
         })
     }
 
@@ -349,6 +367,11 @@ impl Certificate {
     pub fn hash(&self) -> &[u8; 32] {
         &self.hash
     }
+    /// Whether the extended key usage includes TLS client authentication.
+    pub fn client_auth(&self) -> bool {
+        self.client_auth
+    }
+
     pub fn role(&self) -> Role {
         self.role
     }
@@ -460,6 +483,26 @@ impl Certificate {
                 return Err(CertError::Constraints {
                     role: self.role,
                     what: "allow digitalSignature",
+                });
+            }
+            // One key, one job: the TLS client key is marked for TLS client
+            // authentication, and no other certificate is.
+            if self.role == Role::TerminalTls && !self.client_auth {
+                return Err(CertError::Constraints {
+                    role: self.role,
+                    what: "have extended key usage clientAuth",
+                });
+            }
+            if self.role != Role::TerminalTls && self.client_auth {
+                return Err(CertError::Constraints {
+                    role: self.role,
+                    what: "not have extended key usage clientAuth",
+                });
+            }
+            if self.role == Role::TerminalTls && self.terminal_id.is_none() {
+                return Err(CertError::Constraints {
+                    role: self.role,
+                    what: "name its terminal ID (subject serialNumber)",
                 });
             }
         }
@@ -825,6 +868,11 @@ fn build(
             OID_KEY_USAGE,
             &KeyUsage(KeyUsages::DigitalSignature.into()),
         )?);
+        if spec.role == Role::TerminalTls {
+            let mut eku = der_ext(OID_EKU, &ExtendedKeyUsage(vec![OID_KP_CLIENT_AUTH]))?;
+            eku.critical = false;
+            extensions.push(eku);
+        }
     }
 
     let alg = AlgorithmIdentifierOwned {

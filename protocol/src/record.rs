@@ -4,8 +4,6 @@
 //! the trust anchors can re-check it offline; the terminal chains records by
 //! sequence number and previous-record hash and signs each one.
 
-use p256::ecdsa::SigningKey;
-
 use crate::codec::{fixed, text, u64_be, Codec, DecodeError};
 use crate::crypto::{self, sha256, RustCrypto, SignatureVerifier, SIG_LEN};
 use crate::error::{Error, Party};
@@ -50,7 +48,7 @@ impl TransactionRecord {
     pub fn new(
         outcome: &TapOutcome,
         terminal: &Certificate,
-        key: &SigningKey,
+        key: &(impl crypto::EcdsaSigner + ?Sized),
         seq: u64,
         prev_hash: [u8; 32],
         recorded_at: u64,

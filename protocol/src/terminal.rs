@@ -21,7 +21,7 @@ use rand_core::CryptoRngCore;
 use crate::apdu::{Command, Response, StatusWord};
 use crate::cache::Bounded;
 use crate::codec::Codec;
-use crate::crypto::{self, Direction, EphemeralKey, SessionKeys};
+use crate::crypto::{self, Backend, CryptoError, Direction, EphemeralKey, KeyPair, SessionKeys};
 use crate::error::{Error, Party};
 use crate::messages::{
     self, AuthBody, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, AID, CLA_ISO,
@@ -31,13 +31,14 @@ use crate::messages::{
 use crate::pki::{Certificate, TrustStore};
 use crate::revocation::RevocationList;
 use crate::scenario::{PickupCredential, Receipt, Scenario};
-use crate::verify::{verify_wallet_half, WalletHalf};
+use crate::verify::{verify_wallet_half_with, WalletHalf};
 
 /// Long-lived terminal state the driver owns across taps.
 #[derive(Debug)]
 pub struct TerminalContext {
     pub certificate: Certificate,
-    key: SigningKey,
+    key: KeyPair,
+    backend: &'static dyn Backend,
     pub trust: TrustStore,
     pub revocations: Option<RevocationList>,
     wallet_certs: Bounded<[u8; 32], Certificate>,
@@ -45,10 +46,12 @@ pub struct TerminalContext {
 }
 
 impl TerminalContext {
+    /// A context on the portable reference backend ([`crypto::RustCrypto`]).
     pub fn new(certificate: Certificate, key: SigningKey, trust: TrustStore) -> Self {
         TerminalContext {
             certificate,
-            key,
+            key: KeyPair::from(key),
+            backend: &crypto::RustCrypto,
             trust,
             revocations: None,
             wallet_certs: Bounded::new(4096),
@@ -56,8 +59,28 @@ impl TerminalContext {
         }
     }
 
-    pub fn signing_key(&self) -> &SigningKey {
+    /// A context whose signatures, verifications and key agreements go
+    /// through `backend` (a terminal runs on [`crypto::fast_backend`]).
+    pub fn with_backend(
+        certificate: Certificate,
+        key: &SigningKey,
+        trust: TrustStore,
+        backend: &'static dyn Backend,
+    ) -> Result<Self, CryptoError> {
+        let mut ctx = TerminalContext::new(certificate, key.clone(), trust);
+        ctx.key = backend.key_pair(key)?;
+        ctx.backend = backend;
+        Ok(ctx)
+    }
+
+    /// The transcript- and record-signing key, loaded into the backend.
+    pub fn signing_key(&self) -> &KeyPair {
         &self.key
+    }
+
+    /// The backend this terminal signs, verifies and agrees keys with.
+    pub fn backend(&self) -> &'static dyn Backend {
+        self.backend
     }
 
     /// Forget cached wallet certificates (a terminal that "lost" them).
@@ -130,7 +153,8 @@ pub enum TerminalEvent {
 struct Authorizing {
     eph: EphemeralKey,
     fci_bytes: Vec<u8>,
-    wallet_key_share: [u8; 33],
+    /// The wallet's key share, parsed (validated, decompressed) once.
+    wallet_key_share: p256::PublicKey,
     body: AuthBody,
     body_bytes: Vec<u8>,
     th1: [u8; 32],
@@ -306,7 +330,8 @@ impl TerminalSession {
             return Err(Error::NotAWallet { sw: resp.sw });
         }
         let fci = Fci::decode(&resp.data)?;
-        crypto::parse_public(&fci.key_share).map_err(|_| Error::BadKeyShare)?;
+        let wallet_key_share =
+            crypto::parse_public(&fci.key_share).map_err(|_| Error::BadKeyShare)?;
         if !fci.versions.contains(&VERSION_1) {
             return Err(Error::NoCommonVersion);
         }
@@ -319,7 +344,7 @@ impl TerminalSession {
             extended: fci.flags & FLAG_EXTENDED_LENGTH != 0,
             max_command: fci.max_command,
         });
-        let eph = EphemeralKey::generate(rng);
+        let eph: EphemeralKey = ctx.backend.ephemeral(rng).map_err(Error::Crypto)?;
         let mut nonce = [0u8; 16];
         rng.fill_bytes(&mut nonce);
         let body = AuthBody {
@@ -341,7 +366,7 @@ impl TerminalSession {
         let auth = Authorizing {
             eph,
             fci_bytes: resp.data,
-            wallet_key_share: fci.key_share,
+            wallet_key_share,
             body,
             body_bytes,
             th1,
@@ -377,7 +402,7 @@ impl TerminalSession {
         }
         let shared = auth
             .eph
-            .agree(&auth.wallet_key_share)
+            .agree_public(&auth.wallet_key_share)
             .map_err(|_| Error::BadKeyShare)?;
         let keys = SessionKeys::derive(&shared, &auth.th1);
         let plain = keys
@@ -462,7 +487,7 @@ impl TerminalSession {
             body_bytes: &body_bytes,
             wallet_sig: &resp.signature,
         };
-        verify_wallet_half(
+        verify_wallet_half_with(
             &half,
             &wallet,
             wallet_known,
@@ -470,6 +495,7 @@ impl TerminalSession {
             &ctx.trust,
             ctx.revocations.as_ref(),
             now,
+            ctx.backend.verifier(),
         )?;
         if let Some(amount) = self.params.scenario.amount() {
             if amount.minor > self.params.cvm_limit && body.cvm == Cvm::None {

@@ -85,7 +85,10 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
         ));
     }
     let (trust, revocations) = trust(config)?;
-    let mut ctx = TerminalContext::new(cert, key, trust);
+    // The terminal signs, verifies and agrees keys through ring.
+    let mut ctx =
+        TerminalContext::with_backend(cert, &key, trust, tapstack_protocol::crypto::fast_backend())
+            .map_err(|e| file_err(&key_path, format!("key refused by the crypto backend: {e}")))?;
     ctx.revocations = revocations;
     let queue = Arc::new(Queue::open(&config.path(&config.queue.path))?);
     queue.bind_currency(&config.currency().to_string())?;

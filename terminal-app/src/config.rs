@@ -94,6 +94,18 @@ pub struct HostSection {
     /// Name in the host's certificate.
     #[serde(default = "default_server_name")]
     pub server_name: String,
+    /// The terminal's TLS client certificate (`tap-certs terminal-tls`:
+    /// role terminal-tls, same terminal ID, clientAuth). The terminal
+    /// certificate signs transcripts and records only; the host refuses it
+    /// as a TLS client certificate. Default: the terminal certificate's
+    /// path with `-tls` before the extension (`terminal.pem` →
+    /// `terminal-tls.pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificate: Option<PathBuf>,
+    /// The TLS client key (PKCS#8 PEM, mode 0600). Default: the terminal
+    /// key's path with `-tls` before the extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// `tap-terminal serve`: sync this often (seconds), and at start-up.
@@ -102,6 +114,34 @@ pub struct HostSection {
     /// `tap-terminal serve`: also sync after this many approved taps (0: never).
     #[serde(default = "default_sync_after_taps")]
     pub sync_after_taps: u32,
+}
+
+/// `dir/terminal.pem` → `dir/terminal-tls.pem`.
+fn tls_sibling(p: &Path) -> PathBuf {
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match p.extension() {
+        Some(ext) => format!("{stem}-tls.{}", ext.to_string_lossy()),
+        None => format!("{stem}-tls"),
+    };
+    p.with_file_name(name)
+}
+
+impl HostSection {
+    /// The TLS client certificate and key (as configured, or next to the
+    /// terminal's certificate and key), relative to the config file.
+    pub fn tls_identity(&self, terminal: &TerminalSection) -> (PathBuf, PathBuf) {
+        (
+            self.tls_certificate
+                .clone()
+                .unwrap_or_else(|| tls_sibling(&terminal.certificate)),
+            self.tls_key
+                .clone()
+                .unwrap_or_else(|| tls_sibling(&terminal.key)),
+        )
+    }
 }
 
 fn default_server_name() -> String {
@@ -380,6 +420,8 @@ path = "queue"                   # sled directory; back it up, never edit it
 url = "https://127.0.0.1:8443"
 ca = "tls/tls-ca.pem"             # the TLS CA (`tap-certs tls-ca`), not the payment root
 server_name = "localhost"
+tls_certificate = "terminal-tls.pem"   # `tap-certs terminal-tls`: the mTLS client certificate
+tls_key = "terminal-tls.key"           # (the terminal key signs taps and records only)
 batch_size = 200
 sync_interval_secs = 60          # `serve` uploads this often (and at start-up)
 sync_after_taps = 20             # ... and after this many approved taps (0: off)

@@ -1079,11 +1079,16 @@ impl Daemon {
         let uploader = match &config.host {
             Some(host) => {
                 let client = upload::client(config, &engine.ctx)?;
-                let mut ctx = TerminalContext::new(
+                let key = tapstack_certs::read_private_key(&config.path(&config.terminal.key))?;
+                let mut ctx = TerminalContext::with_backend(
                     engine.ctx.certificate.clone(),
-                    engine.ctx.signing_key().clone(),
+                    &key,
                     engine.ctx.trust.clone(),
-                );
+                    engine.ctx.backend(),
+                )
+                .map_err(|e| Error::Upload {
+                    detail: format!("terminal key: {e}"),
+                })?;
                 ctx.revocations = engine.ctx.revocations.clone();
                 Some(Arc::new(Uploader {
                     inner: tokio::sync::Mutex::new(UploadInner { client, ctx }),

@@ -704,7 +704,7 @@ impl Engine {
         };
         let prefix = self.order_prefix.clone();
         let is_order = cart.is_some();
-        let (cert, key) = (self.ctx.certificate.clone(), self.ctx.signing_key().clone());
+        let (cert, key) = (self.ctx.certificate.clone(), self.ctx.signing_key());
         let stored = self
             .queue
             .append(facts, &mut |seq, prev| {

@@ -1,5 +1,6 @@
 //! Upload to `tap-host`: batches over HTTPS with mutual TLS (the terminal's
-//! certificate), at least once — the host de-duplicates on (terminal, seq)
+//! TLS client certificate, `[host] tls_certificate`; the records name the
+//! transcript-signing certificate, sent with each batch), at least once — the host de-duplicates on (terminal, seq)
 //! — and records pruned only once acknowledged. Every sync also fetches the
 //! host's revocation list.
 
@@ -14,6 +15,7 @@ use tapstack_host::client::HostClient;
 use tapstack_host::tls::{client_config, TlsIdentity};
 use tapstack_host::wire::RecordStatus;
 use tapstack_protocol::codec::Codec;
+use tapstack_protocol::pki::Role;
 use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::terminal::TerminalContext;
 
@@ -43,8 +45,30 @@ pub fn client(config: &Config, ctx: &TerminalContext) -> Result<HostClient, Erro
     // The TLS CA (`tap-certs tls-ca`): a plain X.509 certificate, not one of
     // the payment PKI's.
     let ca = tapstack_certs::read_pem_certificate(&config.path(&host.ca))?;
-    let identity =
-        TlsIdentity::from_protocol(&ctx.certificate, ctx.signing_key(), &[]).map_err(upload_err)?;
+    // The TLS client identity is the terminal's TLS certificate and key,
+    // not the transcript-signing ones (which the host refuses for TLS).
+    let (cert_path, key_path) = host.tls_identity(&config.terminal);
+    let (cert_path, key_path) = (config.path(&cert_path), config.path(&key_path));
+    let tls_cert = tapstack_certs::read_certificate(&cert_path)?;
+    if tls_cert.role() != Role::TerminalTls
+        || tls_cert.terminal_id().is_none()
+        || tls_cert.terminal_id() != ctx.certificate.terminal_id()
+        || tls_cert.issuer_name() != ctx.certificate.issuer_name()
+    {
+        return Err(upload_err(format!(
+            "{} is not this terminal's TLS certificate (role terminal-tls, same terminal ID and acquirer; `tap-certs terminal-tls`)",
+            cert_path.display()
+        )));
+    }
+    let tls_key = tapstack_certs::read_private_key(&key_path)?;
+    if tls_key.verifying_key() != tls_cert.public_key() {
+        return Err(upload_err(format!(
+            "{} does not match {}",
+            key_path.display(),
+            cert_path.display()
+        )));
+    }
+    let identity = TlsIdentity::from_protocol(&tls_cert, &tls_key, &[]).map_err(upload_err)?;
     let tls = client_config(&ca, Some(identity)).map_err(upload_err)?;
     let name =
         rustls::pki_types::ServerName::try_from(host.server_name.clone()).map_err(upload_err)?;
@@ -58,6 +82,7 @@ pub fn client(config: &Config, ctx: &TerminalContext) -> Result<HostClient, Erro
         .collect::<Result<Vec<_>, _>>()?;
     Ok(HostClient::new(addr, name, tls)
         .with_timeout(Duration::from_secs(30))
+        .with_terminal_certificate(ctx.certificate.der().to_vec())
         .with_earlier_certificates(earlier))
 }
 

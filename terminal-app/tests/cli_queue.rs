@@ -237,6 +237,12 @@ fn a_renewed_certificate_continues_the_chain_of_the_old_one() {
         .replace(
             "certificate = \"terminal.pem\"\nkey = \"terminal.key\"",
             "certificate = \"terminal-2.pem\"\nkey = \"terminal-2.key\"\nprevious_certificates = [\"terminal.pem\"]",
+        )
+        // The TLS client certificate names the terminal ID, which renewal
+        // keeps: it stays in use.
+        .replace(
+            "ca = \"tls/tls-ca.pem\"",
+            "ca = \"tls/tls-ca.pem\"\ntls_certificate = \"terminal-tls.pem\"\ntls_key = \"terminal-tls.key\"",
         );
     std::fs::write(&cfg, text_cfg).unwrap();
     let o = run(&cfg, &["pay", "1.00", "CNY"]);

@@ -123,6 +123,23 @@ fn setup() -> World {
             &mut OsRng,
         )
         .expect("terminal");
+    // Its TLS client certificate, next to it (`[host]`'s default).
+    let stem = t
+        .cert_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .expect("stem");
+    pki.issue_terminal_tls(
+        &t.identity.cert,
+        d,
+        &LeafOptions {
+            file_stem: Some(format!("{stem}-tls")),
+            ..Default::default()
+        },
+        now(),
+        &mut OsRng,
+    )
+    .expect("terminal TLS");
     let mut phones = Vec::new();
     for name in ["alice", "bob", "carol"] {
         let p = tapstack_emulator::profile::create(

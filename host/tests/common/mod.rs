@@ -173,8 +173,29 @@ impl Fixture {
         }
     }
 
-    /// Client TLS config presenting `id` (with its CA chain), or none.
-    pub fn client_tls(&self, id: Option<&Identity>) -> Arc<rustls::ClientConfig> {
+    /// The TLS client certificate of terminal `id` (`tap-certs
+    /// terminal-tls`): same terminal ID, its own key, clientAuth.
+    pub fn terminal_tls(&self, id: &Identity) -> Identity {
+        let n = self.next();
+        let t = self
+            .certs
+            .issue_terminal_tls(
+                &id.cert,
+                &self.dir.path().join("leaves"),
+                &LeafOptions {
+                    days: None,
+                    file_stem: Some(format!("terminal-tls-{n}")),
+                },
+                self.kit.now,
+                &mut OsRng,
+            )
+            .unwrap();
+        kit_id(&t.identity)
+    }
+
+    /// Client TLS config presenting `id` exactly as given (with its CA
+    /// chain), or none.
+    pub fn client_tls_as(&self, id: Option<&Identity>) -> Arc<rustls::ClientConfig> {
         let identity = id.map(|id| {
             let ca = if id.cert.role() == tapstack_protocol::pki::Role::Operator {
                 vec![]
@@ -186,12 +207,31 @@ impl Fixture {
         tls::client_config(self.tls_ca.cert_der(), identity).unwrap()
     }
 
+    /// Client TLS config for `id`: a terminal connects with its TLS
+    /// certificate ([`Fixture::terminal_tls`]), anything else as itself.
+    pub fn client_tls(&self, id: Option<&Identity>) -> Arc<rustls::ClientConfig> {
+        match id {
+            Some(t) if t.cert.role() == tapstack_protocol::pki::Role::Terminal => {
+                self.client_tls_as(Some(&self.terminal_tls(t)))
+            }
+            other => self.client_tls_as(other),
+        }
+    }
+
+    /// A client for `id`; a terminal connects with its TLS certificate and
+    /// sends its signing certificate with every batch.
     pub fn client(&self, addr: SocketAddr, id: Option<&Identity>) -> HostClient {
-        HostClient::new(
+        let c = HostClient::new(
             addr,
             tls::server_name("localhost").unwrap(),
             self.client_tls(id),
-        )
+        );
+        match id {
+            Some(t) if t.cert.role() == tapstack_protocol::pki::Role::Terminal => {
+                c.with_terminal_certificate(t.cert.der().to_vec())
+            }
+            _ => c,
+        }
     }
 
     pub fn operator(&self) -> Identity {

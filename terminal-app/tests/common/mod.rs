@@ -50,6 +50,18 @@ impl Shop {
                 &mut OsRng,
             )
             .unwrap();
+        // Its TLS client certificate, where `[host]` looks by default.
+        pki.issue_terminal_tls(
+            &t.identity.cert,
+            d,
+            &LeafOptions {
+                file_stem: Some("terminal-tls".into()),
+                ..Default::default()
+            },
+            now(),
+            &mut OsRng,
+        )
+        .unwrap();
         let mut phones = Vec::new();
         for name in ["alice", "bob"] {
             let p = tapstack_emulator::profile::create(

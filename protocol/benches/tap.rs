@@ -154,7 +154,8 @@ fn air_table() {
     };
     let first = pki.run_tap(&mut t, &mut w, big.clone(), &mut rng);
     row("pay 500.00, two-tap: first tap (9101)", &first);
-    w.confirm_pending(pki.now);
+    let prompt = w.pending_prompt().unwrap_or_default();
+    w.confirm_pending(&prompt, pki.now);
     row(
         "pay 500.00, two-tap: second tap",
         &pki.run_tap(

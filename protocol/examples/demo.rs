@@ -101,7 +101,7 @@ fn main() {
                     air(&run)
                 );
                 let prompt = wallet.pending_prompt().unwrap_or_default();
-    wallet.confirm_pending(&prompt, pki.now);
+                wallet.confirm_pending(&prompt, pki.now);
                 continue;
             }
             let Some(outcome) = run.outcome.clone() else {

@@ -468,7 +468,10 @@ impl Codec for PickupCredential {
             operator: fixed("operator", r.expect(0x87)?)?,
             low_value_class: r
                 .optional(0x88)?
-                .map(|v| text("low-value class", v, MAX_PRESENCE_CLASS).and_then(|s| nonempty("low-value class", s)))
+                .map(|v| {
+                    text("low-value class", v, MAX_PRESENCE_CLASS)
+                        .and_then(|s| nonempty("low-value class", s))
+                })
                 .transpose()?,
             signature: fixed("signature", r.expect(0x89)?)?,
         };

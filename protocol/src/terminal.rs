@@ -453,8 +453,8 @@ impl TerminalSession {
                 &resp.data,
             )
             .map_err(|_| Error::BadMac)?;
-        let cert = Certificate::from_der(messages::unpad(&der)?)
-            .map_err(Error::cert(Party::Wallet))?;
+        let cert =
+            Certificate::from_der(messages::unpad(&der)?).map_err(Error::cert(Party::Wallet))?;
         self.finish(ctx, p.auth, p.keys, p.resp, p.body_bytes, cert, false, now)
     }
 

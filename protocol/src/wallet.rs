@@ -574,9 +574,8 @@ fn authorize_selected(
         ctx.recent_nonces.insert(body.nonce, ());
     }
     let cvm = cvm?;
-    let prompt = (cvm == Cvm::ConfirmedOnDevice).then(|| {
-        messages::prompt_hash(terminal.hash(), terminal.common_name(), &body.scenario)
-    });
+    let prompt = (cvm == Cvm::ConfirmedOnDevice)
+        .then(|| messages::prompt_hash(terminal.hash(), terminal.common_name(), &body.scenario));
     let atc = ctx
         .atc
         .checked_add(1)

@@ -297,7 +297,10 @@ fn two_tap_confirm_on_phone_flow() {
         .contains(&TerminalEvent::ConfirmOnPhone));
 
     let prompt = w.pending_prompt().expect("a prompt on screen");
-    assert!(!w.confirm_pending(&[0; 32], pki.now), "only the shown prompt");
+    assert!(
+        !w.confirm_pending(&[0; 32], pki.now),
+        "only the shown prompt"
+    );
     assert!(w.confirm_pending(&prompt, pki.now));
     // A different amount neither rides on the confirmation nor replaces it.
     let other = pki.run_tap(

@@ -869,7 +869,7 @@ fn build(
             what: "wallet certificates are pseudonymous: common name must be \"wallet\"",
         });
     }
-    if (spec.role == Role::Kiosk) != !spec.endorsed_sites.is_empty() {
+    if (spec.role == Role::Kiosk) == spec.endorsed_sites.is_empty() {
         return Err(CertError::Malformed {
             what: "endorsed sites: a kiosk certificate names 1 to 16, no other role any",
         });

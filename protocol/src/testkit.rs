@@ -232,7 +232,8 @@ impl Pki {
     }
 }
 
-fn endorse_with(
+/// A kiosk certificate of `operator` endorsing `terminal`'s key for `sites`.
+pub fn endorse_with(
     operator: &Identity,
     terminal: &Certificate,
     sites: &[&str],

@@ -106,6 +106,13 @@ impl Fixture {
             acquirer: kit_id(certs.acquirer()),
             operator: kit_id(certs.operator()),
             terminal: kit_id(&t.identity),
+            kiosk: testkit::endorse_with(
+                &kit_id(certs.operator()),
+                &t.identity.cert,
+                &testkit::KIOSK_SITES,
+                now,
+                &mut OsRng,
+            ),
             wallet: kit_id(&w.leaf.identity),
             issuer_master_key: certs.issuer_master_key().unwrap().clone(),
             now,

@@ -20,6 +20,9 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say "1. a development PKI (root, issuer, acquirer, operator) — tap-certs"
 "$bin/tap-certs" init --out pki >/dev/null
 "$bin/tap-certs" terminal --pki pki --name "Tea House #12" --out . >/dev/null
+# The locker operator endorses this terminal as the kiosk of LOCKER-7: phones
+# release LOCKER-7 pickup credentials only to terminals it endorsed.
+"$bin/tap-certs" kiosk --pki pki --terminal tea-house-12.pem --site LOCKER-7 --out tea-house-12-kiosk.pem
 ls pki
 
 say "2. a phone: a wallet profile with a pickup credential — tap-emu"
@@ -76,6 +79,7 @@ server_name = "localhost"
 
 [kiosk]
 site = "LOCKER-7"
+endorsement = "tea-house-12-kiosk.pem"
 TOML
 cat > cart.json <<'JSON'
 {"currency": "CNY", "items": [
@@ -86,7 +90,7 @@ JSON
 t() { "$bin/tap-terminal" --config terminal.toml "$@"; }
 say "5. tap-terminal pay 12.50 CNY";        t pay 12.50 CNY
 say "6. tap-terminal order --cart cart.json"; t order --cart cart.json
-say "7. tap-terminal kiosk (pickup)";        t kiosk --taps 1
+say "7. tap-terminal kiosk (pickup: the phone asks its user, then a second tap)"; t kiosk --taps 1
 say "8. tap-terminal pay 480.00 CNY (above the phone's limit: two taps)"; t pay 480.00 CNY
 say "9. the queue";                          t queue
 say "10. tap-terminal upload";                t upload

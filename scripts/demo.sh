@@ -23,6 +23,9 @@ say "1. a development PKI (root, issuer, acquirer, operator) — tap-certs"
 # Its TLS client certificate for the upload connection (its own key; the
 # terminal key signs taps and records only).
 "$bin/tap-certs" terminal-tls --pki pki --terminal tea-house-12.pem --out . --file tea-house-12-tls >/dev/null
+# The locker operator endorses this terminal as the kiosk of LOCKER-7: phones
+# release LOCKER-7 pickup credentials only to terminals it endorsed.
+"$bin/tap-certs" kiosk --pki pki --terminal tea-house-12.pem --site LOCKER-7 --out tea-house-12-kiosk.pem
 ls pki
 
 say "2. a phone: a wallet profile with a pickup credential — tap-emu"
@@ -81,6 +84,7 @@ tls_key = "tea-house-12-tls.key"
 
 [kiosk]
 site = "LOCKER-7"
+endorsement = "tea-house-12-kiosk.pem"
 TOML
 cat > cart.json <<'JSON'
 {"currency": "CNY", "items": [
@@ -91,7 +95,7 @@ JSON
 t() { "$bin/tap-terminal" --config terminal.toml "$@"; }
 say "5. tap-terminal pay 12.50 CNY";        t pay 12.50 CNY
 say "6. tap-terminal order --cart cart.json"; t order --cart cart.json
-say "7. tap-terminal kiosk (pickup)";        t kiosk --taps 1
+say "7. tap-terminal kiosk (pickup: the phone asks its user, then a second tap)"; t kiosk --taps 1
 say "8. tap-terminal pay 480.00 CNY (above the phone's limit: two taps)"; t pay 480.00 CNY
 say "9. the queue";                          t queue
 say "10. tap-terminal upload";                t upload

@@ -291,7 +291,17 @@ impl Pki {
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<IssuedWallet, Error> {
-        let (identity, files) = self.new_leaf(Role::Wallet, name, None, out_dir, opts, now, rng)?;
+        // `name` is a local label (the file names) only: every wallet
+        // certificate says CN=wallet, so no terminal learns who pays.
+        let mut opts = opts.clone();
+        if opts.file_stem.is_none() {
+            opts.file_stem = Some(file_stem(name).ok_or(Error::Invalid {
+                field: "name",
+                reason: "has no letters or digits to name the files by; give a file name",
+            })?);
+        }
+        let (identity, files) =
+            self.new_leaf(Role::Wallet, pki::WALLET_CN, None, out_dir, &opts, now, rng)?;
         let key_pem = key_pem(&identity.key, &files.key)?;
         let cert_pem = identity.cert.to_pem();
         let cryptogram_key = keys.wallet_key(identity.cert.serial())?;
@@ -348,6 +358,7 @@ impl Pki {
             not_before: now.saturating_sub(BACKDATE),
             not_after,
             terminal_id,
+            endorsed_sites: &[],
         };
         let key = SigningKey::random(&mut *rng);
         let cert = pki::issue(&spec, key.verifying_key(), (&ca.cert, &ca.key), rng)
@@ -355,9 +366,71 @@ impl Pki {
         Ok((Identity { cert, key }, files))
     }
 
+    /// Endorse `terminal` (a terminal certificate of this PKI) as a locker
+    /// kiosk for `sites`: a kiosk certificate signed by the operator, for
+    /// the terminal's public key, written as PEM to `out` (which must not
+    /// exist). The terminal sends it in pickups (`[kiosk] endorsement`);
+    /// wallets release credentials of this operator only to it, and only
+    /// for these sites. Valid for `days` ([`LEAF_DAYS`] if `None`), never
+    /// beyond the terminal's or the operator's certificate.
+    pub fn issue_kiosk(
+        &self,
+        terminal: &Certificate,
+        sites: &[String],
+        out: &Path,
+        days: Option<u64>,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<Certificate, Error> {
+        if terminal.role() != Role::Terminal {
+            return Err(Error::Invalid {
+                field: "terminal",
+                reason: "is not a terminal certificate",
+            });
+        }
+        if sites.is_empty() || sites.len() > pki::MAX_ENDORSED_SITES {
+            return Err(Error::Invalid {
+                field: "site",
+                reason: "give 1 to 16 sites",
+            });
+        }
+        for site in sites {
+            check_text("site", site, MAX_SITE)?;
+        }
+        self.verify(terminal, now)?;
+        let operator = self.operator();
+        self.verify(&operator.cert, now)?;
+        let not_after = after_days(now, days.unwrap_or(LEAF_DAYS))?
+            .min(terminal.not_after())
+            .min(operator.cert.not_after());
+        let spec = CertSpec {
+            role: Role::Kiosk,
+            common_name: terminal.common_name(),
+            not_before: now.saturating_sub(BACKDATE),
+            not_after,
+            terminal_id: terminal.terminal_id(),
+            endorsed_sites: sites,
+        };
+        let cert = pki::issue(
+            &spec,
+            terminal.public_key(),
+            (&operator.cert, &operator.key),
+            rng,
+        )
+        .map_err(|source| Error::Issue {
+            role: Role::Kiosk,
+            source,
+        })?;
+        if let Some(parent) = out.parent() {
+            fsio::create_dir(parent)?;
+        }
+        fsio::write_new(out, cert.to_pem().as_bytes(), Mode::Public)?;
+        Ok(cert)
+    }
+
     /// Issue a pickup credential, signed by the operator, for the wallet
     /// certificate in `req`, and write its TLV encoding to `out` (which must
-    /// not exist).
+    /// not exist). Releasing it needs the user's presence on the phone.
     pub fn issue_credential(
         &self,
         req: &CredentialRequest<'_>,
@@ -365,7 +438,28 @@ impl Pki {
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<PickupCredential, Error> {
+        self.issue_credential_with_class(req, None, out, now, rng)
+    }
+
+    /// [`Pki::issue_credential`]; with `low_value_class` (e.g. `"letter"`)
+    /// the operator relaxes user presence for this credential: a phone
+    /// releases it in one tap unless the kiosk asks for presence (`D3`).
+    pub fn issue_credential_with_class(
+        &self,
+        req: &CredentialRequest<'_>,
+        low_value_class: Option<&str>,
+        out: &Path,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<PickupCredential, Error> {
         check_text("site", req.site, MAX_SITE)?;
+        if let Some(class) = low_value_class {
+            check_text(
+                "low-value class",
+                class,
+                tapstack_protocol::scenario::MAX_PRESENCE_CLASS,
+            )?;
+        }
         check_text("parcel id", req.parcel, MAX_PARCEL)?;
         if req.wallet.role() != Role::Wallet {
             return Err(Error::Invalid {
@@ -387,6 +481,7 @@ impl Pki {
             recipient: compress(&p256::PublicKey::from(req.wallet.public_key())),
             not_after,
             operator: [0; 32],
+            low_value_class: low_value_class.map(str::to_owned),
             signature: [0; 64],
         };
         cred.sign(&self.operator().cert, &self.operator().key);

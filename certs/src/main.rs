@@ -72,7 +72,27 @@ enum Command {
         file: Option<String>,
     },
     /// Issue a wallet certificate (signed by the issuer) and its cryptogram key.
+    /// The certificate is pseudonymous (CN=wallet); --name only names the files.
     Wallet(LeafArgs),
+    /// Endorse a terminal as a locker kiosk for named sites: a kiosk
+    /// certificate signed by the operator for the terminal's key. Phones
+    /// release this operator's pickup credentials only to endorsed kiosks.
+    Kiosk {
+        #[arg(long, value_name = "DIR")]
+        pki: PathBuf,
+        /// The terminal certificate to endorse (from `tap-certs terminal`).
+        #[arg(long, value_name = "CERT.pem")]
+        terminal: PathBuf,
+        /// A site id the kiosk serves (repeat for more, at most 16).
+        #[arg(long = "site", value_name = "SITE", required = true)]
+        sites: Vec<String>,
+        /// Output file (conventionally NAME-kiosk.pem; must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Validity in days (default 730; never beyond the terminal's certificate).
+        #[arg(long, value_name = "N")]
+        days: Option<u64>,
+    },
     /// Issue an operator-signed pickup credential for a wallet.
     Credential {
         #[arg(long, value_name = "DIR")]
@@ -95,6 +115,11 @@ enum Command {
         /// Validity in days (default 7).
         #[arg(long, value_name = "N")]
         days: Option<u64>,
+        /// Relax user presence for this credential: a named low-value class
+        /// (e.g. "letter"), signed into the credential. Default: the phone
+        /// releases it only after its user confirms.
+        #[arg(long, value_name = "CLASS")]
+        low_value_class: Option<String>,
     },
     /// Add a certificate or a pickup credential to the signed revocation list.
     Revoke {
@@ -351,6 +376,7 @@ fn run(cli: Cli) -> Result<()> {
             parcel,
             out,
             days,
+            low_value_class,
         } => {
             let pki = load(&pki)?;
             let wallet = read_certificate(&wallet)?;
@@ -361,19 +387,47 @@ fn run(cli: Cli) -> Result<()> {
                 parcel: &parcel,
                 days,
             };
-            let cred = pki.issue_credential(&req, &out, now, &mut rng)?;
+            let cred = pki.issue_credential_with_class(
+                &req,
+                low_value_class.as_deref(),
+                &out,
+                now,
+                &mut rng,
+            )?;
             println!(
                 "issued pickup credential {} -> {}",
                 hex::encode(cred.id),
                 out.display()
             );
             println!(
-                "  parcel {} at {} slot {} for wallet {:?}",
+                "  parcel {} at {} slot {} for wallet {}",
                 cred.parcel,
                 cred.site,
                 cred.slot,
-                wallet.common_name()
+                hex::encode(wallet.serial())
             );
+            match &cred.low_value_class {
+                Some(c) => println!("  user presence relaxed: low-value class {c:?}"),
+                None => println!("  user presence required (the phone asks its user)"),
+            }
+        }
+        Command::Kiosk {
+            pki,
+            terminal,
+            sites,
+            out,
+            days,
+        } => {
+            let pki = load(&pki)?;
+            let terminal_cert = read_certificate(&terminal)?;
+            let cert = pki.issue_kiosk(&terminal_cert, &sites, &out, days, now, &mut rng)?;
+            println!(
+                "endorsed {:?} as a kiosk for {} -> {}",
+                cert.common_name(),
+                cert.endorsed_sites().join(", "),
+                out.display()
+            );
+            println!("  sha256 {}", hex::encode(cert.hash()));
         }
         Command::Revoke { pki, target, at } => {
             let at = at.as_deref().map(parse_time).transpose()?.unwrap_or(now);

@@ -130,6 +130,7 @@ pub fn init_with(
         not_before,
         not_after,
         terminal_id: None,
+        endorsed_sites: &[],
     };
 
     let root_key = SigningKey::random(rng);
@@ -311,7 +312,7 @@ impl Pki {
             Role::Root => &self.root,
             Role::Issuer | Role::Wallet => &self.issuer,
             Role::Acquirer | Role::Terminal | Role::TerminalTls => &self.acquirer,
-            Role::Operator => &self.operator,
+            Role::Operator | Role::Kiosk => &self.operator,
         }
     }
 

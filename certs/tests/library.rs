@@ -148,7 +148,8 @@ fn leaves_chain_to_their_cas_and_wallet_key_is_diversified() {
         (t.role(), t.common_name()),
         (Role::Terminal, "Tea House #12")
     );
-    assert_eq!((w.role(), w.common_name()), (Role::Wallet, "alice phone"));
+    // Pseudonymous: "alice phone" named the files, not the certificate.
+    assert_eq!((w.role(), w.common_name()), (Role::Wallet, "wallet"));
     assert!(t.is_signed_by(&s.pki.acquirer().cert) && !t.is_signed_by(&s.pki.issuer().cert));
     assert!(w.is_signed_by(&s.pki.issuer().cert) && !w.is_signed_by(&s.pki.acquirer().cert));
     assert_eq!(t.not_after(), NOW + 730 * DAY);
@@ -1002,4 +1003,54 @@ fn public_pki_loads_without_any_ca_key_and_lists_the_ones_present() {
         tapstack_certs::PublicPki::load(&public),
         Err(tapstack_certs::Error::WrongRole { .. })
     ));
+}
+
+#[test]
+fn kiosk_endorsement_binds_the_terminal_key_and_its_sites() {
+    let s = setup(NOW);
+    let t = &s.terminal.identity.cert;
+    let out = s.out.join("tea-house-12-kiosk.pem");
+    let sites = vec!["LOCKER-7".to_string(), "LOCKER-8".to_string()];
+    let k = s
+        .pki
+        .issue_kiosk(t, &sites, &out, None, NOW, &mut rand_core::OsRng)
+        .unwrap();
+    assert_eq!(k.role(), Role::Kiosk);
+    assert_eq!(k.public_key(), t.public_key());
+    assert_eq!(k.endorsed_sites(), &sites[..]);
+    assert_eq!(k.common_name(), t.common_name());
+    assert!(k.not_after() <= t.not_after());
+    assert!(k.is_signed_by(&s.pki.operator().cert));
+    s.pki.verify(&k, NOW).unwrap();
+    // What is written reads back as the same certificate.
+    let back = tapstack_certs::read_certificate(&out).unwrap();
+    assert_eq!(back.der(), k.der());
+    // Not over an existing file, not for a wallet, not without sites or
+    // with a bad one.
+    assert!(s
+        .pki
+        .issue_kiosk(t, &sites, &out, None, NOW, &mut rand_core::OsRng)
+        .is_err());
+    let w = &s.wallet.leaf.identity.cert;
+    let other = s.out.join("x.pem");
+    assert!(s
+        .pki
+        .issue_kiosk(w, &sites, &other, None, NOW, &mut rand_core::OsRng)
+        .is_err());
+    assert!(s
+        .pki
+        .issue_kiosk(t, &[], &other, None, NOW, &mut rand_core::OsRng)
+        .is_err());
+    assert!(s
+        .pki
+        .issue_kiosk(
+            t,
+            &[String::new()],
+            &other,
+            None,
+            NOW,
+            &mut rand_core::OsRng
+        )
+        .is_err());
+    assert!(!other.exists());
 }

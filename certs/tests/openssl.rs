@@ -66,7 +66,8 @@ fn openssl_verifies_every_chain_and_shows_role_as_ou() {
 
     let cases = [
         (terminal.clone(), "terminal", "Tea House #12"),
-        (wallet, "wallet", "alice phone"),
+        // Wallets are pseudonymous: the name only names the files.
+        (wallet, "wallet", "wallet"),
         (root.clone(), "root", "tapstack dev root"),
         (format!("{pki}/issuer.pem"), "issuer", "tapstack dev issuer"),
         (

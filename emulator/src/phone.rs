@@ -219,10 +219,18 @@ impl Phone {
         }
         while let Some(ev) = self.session.poll_event() {
             match &ev {
-                WalletEvent::ConfirmationRequested { merchant, scenario } => {
-                    tracing::info!(phone = %self.name, %merchant, scenario = scenario.kind(), "phone asks: confirm, then tap again");
-                    if self.policy == CvmPolicy::ConfirmOnPhone {
-                        self.ctx.confirm_pending(now);
+                WalletEvent::ConfirmationRequested {
+                    merchant,
+                    scenario,
+                    prompt,
+                } => {
+                    tracing::info!(phone = %self.name, %merchant, scenario = scenario.kind(), prompt = %hex::encode(prompt), "phone asks: confirm, then tap again");
+                    // The simulated user confirms exactly the prompt on
+                    // screen: the confirmation carries its hash.
+                    if self.policy == CvmPolicy::ConfirmOnPhone
+                        && self.ctx.confirm_pending(prompt, now)
+                    {
+                        tracing::info!(phone = %self.name, prompt = %hex::encode(prompt), "user confirmed the prompt");
                     }
                 }
                 WalletEvent::Authorized {

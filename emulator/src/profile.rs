@@ -284,7 +284,14 @@ pub fn create(
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "wallet".into());
     let mut trust = Vec::new();
-    for file in ["root.pem", "acquirer.pem", tapstack_certs::REVOCATIONS_FILE] {
+    // The operator: to check that a kiosk asking for a pickup credential is
+    // endorsed for the credential's site by the operator that issued it.
+    for file in [
+        "root.pem",
+        "acquirer.pem",
+        "operator.pem",
+        tapstack_certs::REVOCATIONS_FILE,
+    ] {
         let target = out.join(file);
         if !target.exists() {
             std::fs::copy(pki.path(file), &target).map_err(|source| Error::Io {

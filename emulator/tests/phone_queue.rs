@@ -133,6 +133,21 @@ fn every_scenario_in_process() {
         cvm_limit: 0,
         send_certificate: true,
     };
+    // Pickups need the user's presence: alice's phone shows the prompt,
+    // she confirms its hash and taps again (before bob).
+    let (who, first, events) = tap(&mut world, &mut queue, pickup.clone(), &plain_receipt);
+    assert_eq!(who, "alice");
+    assert!(
+        first.confirm_on_phone && first.outcome.is_none(),
+        "{first:?}"
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        WalletEvent::ConfirmationRequested {
+            scenario: Scenario::Pickup { .. },
+            ..
+        }
+    )));
     let (who, t, events) = tap(&mut world, &mut queue, pickup, &plain_receipt);
     assert_eq!(who, "alice");
     let cred = t
@@ -165,7 +180,7 @@ fn every_scenario_in_process() {
         .unwrap_or_else(|| panic!("second tap: {:?}", second.error));
     assert_eq!(o.cvm, Cvm::ConfirmedOnDevice);
     assert_eq!(counter(&alice), o.atc);
-    assert_eq!(queue.taps(), 8);
+    assert_eq!(queue.taps(), 9);
 }
 
 #[test]

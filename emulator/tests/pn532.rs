@@ -857,6 +857,20 @@ fn every_scenario_through_the_pty() {
         cvm_limit: 0,
         send_certificate: true,
     };
+    // Presence by default: the phone asks (9101), its user confirms the
+    // prompt's hash, the same phone taps again.
+    let first = tap_over(
+        &mut host,
+        &mut world,
+        pickup.clone(),
+        &support::plain_receipt,
+    );
+    assert!(
+        first.confirm_on_phone && first.outcome.is_none(),
+        "pickup, first tap: {first:?}; tap-emu:\n{}",
+        log()
+    );
+    next_tap(&mut host);
     let tap = tap_over(&mut host, &mut world, pickup, &support::plain_receipt);
     let cred = tap
         .outcome

@@ -140,6 +140,12 @@ fn every_scenario_through_pcscd() {
         cvm_limit: 0,
         send_certificate: true,
     };
+    // Presence by default: the phone asks, its user confirms, tap again.
+    let first = reader.tap(&mut world, pickup.clone(), LinkLimits::EXTENDED);
+    assert!(
+        first.confirm_on_phone && first.outcome.is_none(),
+        "{first:?}"
+    );
     let tap = reader.tap(&mut world, pickup, LinkLimits::EXTENDED);
     let cred = tap
         .outcome

@@ -8,5 +8,14 @@ fuzz_target!(|data: &[u8]| {
         let pki = tapstack_fuzz::pki();
         let _ = pki.host_trust().verify(&c, Role::Wallet, pki.now, None);
         let _ = pki.host_trust().verify(&c, Role::Terminal, pki.now, None);
+        // Kiosk endorsements: sites only on kiosks, and a verified kiosk
+        // chains to the operator.
+        assert!(c.endorsed_sites().is_empty() == (c.role() != Role::Kiosk));
+        if pki.host_trust().verify(&c, Role::Kiosk, pki.now, None).is_ok() {
+            assert!(c.is_signed_by(&pki.operator.cert));
+        }
+        for s in c.endorsed_sites() {
+            assert!(c.endorses_site(s));
+        }
     }
 });

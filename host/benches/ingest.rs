@@ -89,6 +89,13 @@ fn setup() -> Setup {
         acquirer: id(certs.acquirer()),
         operator: id(certs.operator()),
         terminal: ids[0].clone(),
+        kiosk: testkit::endorse_with(
+            &id(certs.operator()),
+            &ids[0].cert,
+            &testkit::KIOSK_SITES,
+            now,
+            &mut OsRng,
+        ),
         wallet: id(certs.issuer()),
         issuer_master_key: certs.issuer_master_key().unwrap().clone(),
         now,

@@ -181,6 +181,13 @@ async fn tap_host_runs_in_production_with_no_ca_key_and_the_master_key_in_sofths
         acquirer: id(certs.acquirer()),
         operator: id(certs.operator()),
         terminal: id(&t.identity),
+        kiosk: testkit::endorse_with(
+            &id(certs.operator()),
+            &t.identity.cert,
+            &testkit::KIOSK_SITES,
+            now,
+            &mut OsRng,
+        ),
         wallet: id(&w.leaf.identity),
         // Unknown to the test: the token holds it. Not used by run_tap.
         issuer_master_key: IssuerMasterKey([0; 16]),

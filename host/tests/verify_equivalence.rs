@@ -57,6 +57,8 @@ fn records(pki: &Pki) -> Vec<TransactionRecord> {
         .into_iter()
         .enumerate()
         .map(|(i, (scenario, cart))| {
+            // A pickup needs the user's presence: the phone is armed.
+            wallet.arm(pki.now, 60);
             let run = pki.run_tap(
                 &mut terminal,
                 &mut wallet,

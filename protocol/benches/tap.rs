@@ -203,8 +203,10 @@ fn air_table() {
         slot: Some(12),
         ..plain_receipt()
     };
+    // Pickups need presence: the user unlocked the phone just before (armed).
+    w.arm(pki.now, 60);
     let run = tap_with_receipt(&pki, &mut t, &mut w, pickup, slot_receipt, &mut rng);
-    row("pickup, first encounter", &run);
+    row("pickup, first encounter (phone armed)", &run);
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     let big = TapParams {
@@ -216,7 +218,8 @@ fn air_table() {
     };
     let first = pki.run_tap(&mut t, &mut w, big.clone(), &mut rng);
     row("pay 500.00, two-tap: first tap (9101)", &first);
-    w.confirm_pending(pki.now);
+    let prompt = w.pending_prompt().unwrap_or_default();
+    w.confirm_pending(&prompt, pki.now);
     let second = TapParams {
         send_certificate: false,
         ..big

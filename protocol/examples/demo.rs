@@ -100,7 +100,8 @@ fn main() {
                     "{label:<22} tap {tries}: confirm on your phone, then tap again  [{}]",
                     air(&run)
                 );
-                wallet.confirm_pending(pki.now);
+                let prompt = wallet.pending_prompt().unwrap_or_default();
+                wallet.confirm_pending(&prompt, pki.now);
                 continue;
             }
             let Some(outcome) = run.outcome.clone() else {

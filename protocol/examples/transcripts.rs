@@ -1187,7 +1187,8 @@ fn main() {
         "pay 500.00 CNY above the wallet's CVM limit: first tap answers 9101",
         &run,
     );
-    w.confirm_pending(pki.now);
+    let prompt = w.pending_prompt().unwrap_or_default();
+    w.confirm_pending(&prompt, pki.now);
     let run = pki.run_tap(&mut t, &mut w, big, &mut rng);
     assert_eq!(
         run.outcome.as_ref().map(|o| o.cvm),

@@ -10,6 +10,7 @@ pub enum Party {
     Terminal,
     Wallet,
     Operator,
+    Kiosk,
 }
 
 impl core::fmt::Display for Party {
@@ -18,6 +19,7 @@ impl core::fmt::Display for Party {
             Party::Terminal => "terminal",
             Party::Wallet => "wallet",
             Party::Operator => "operator",
+            Party::Kiosk => "kiosk",
         })
     }
 }
@@ -87,8 +89,12 @@ pub enum Error {
     BadKeyShare,
     #[error("{party} certificate does not match the hash it was announced with")]
     CertificateMismatch { party: Party },
-    #[error("amount above the CVM limit, but the wallet verified no one")]
+    #[error("user presence required (amount above the CVM limit, D3, or a pickup credential that requires it), but the wallet verified no one")]
     CvmRequired,
+    #[error("the confirmation names another prompt than this tap's")]
+    PromptMismatch,
+    #[error("terminal not endorsed for this pickup: {what}")]
+    NotEndorsed { what: &'static str },
     #[error("transaction counter {got} is not above the last seen {last}")]
     AtcRegression { last: u32, got: u32 },
     #[error("pickup credential {0}")]

@@ -1,4 +1,4 @@
-//! The wire messages of tap protocol v1 (see docs/protocol.md for the bytes).
+//! The wire messages of tap protocol v2 (see docs/protocol.md for the bytes).
 
 use crate::codec::{fixed, u32_be, Codec, DecodeError};
 use crate::crypto::{sha256, CRYPTOGRAM_LEN, POINT_LEN, SIG_LEN};
@@ -9,8 +9,9 @@ use crate::tlv::{self, Reader};
 /// The tapstack application identifier: `F0` (proprietary, unregistered) +
 /// "TAPSTK" + application version 01.
 pub const AID: [u8; 8] = [0xF0, 0x54, 0x41, 0x50, 0x53, 0x54, 0x4B, 0x01];
-/// The one protocol version defined so far.
-pub const VERSION_1: u8 = 1;
+/// The protocol version this crate speaks (v1 is retired: nothing was
+/// deployed).
+pub const VERSION_2: u8 = 2;
 
 pub const CLA_ISO: u8 = 0x00;
 pub const CLA_PROPRIETARY: u8 = 0x80;
@@ -23,8 +24,14 @@ pub const INS_GET_CERTIFICATE: u8 = 0x54;
 pub const FLAG_EXTENDED_LENGTH: u8 = 0x01;
 
 /// Transcript labels (domain separation of the two hashes).
-pub const LABEL_TH1: &[u8] = b"tapstack/v1 th1";
-pub const LABEL_TH2: &[u8] = b"tapstack/v1 th2";
+pub const LABEL_TH1: &[u8] = b"tapstack/v2 th1";
+pub const LABEL_TH2: &[u8] = b"tapstack/v2 th2";
+/// Domain separation label of the prompt hash ([`prompt_hash`]).
+pub const LABEL_PROMPT: &[u8] = b"tapstack/v2 prompt";
+
+/// Sealed plaintexts are padded (ISO/IEC 7816-4: `80` then `00`s) to a
+/// multiple of this many bytes.
+pub const SIZE_CLASS: usize = 128;
 
 /// The wallet's answer to SELECT: versions, capabilities and its ephemeral
 /// key share. Nothing here identifies the wallet.
@@ -96,9 +103,23 @@ pub struct AuthBody {
     /// its own limit. Encoded as `D3 01 01` when set, absent otherwise.
     pub cvm_required: bool,
     pub scenario: Scenario,
+    /// Pickup at a kiosk: the operator's kiosk certificate (DER) endorsing
+    /// this terminal's key for the scenario's site. Tag `CA`, after the
+    /// scenario; absent otherwise.
+    pub endorsement: Option<Vec<u8>>,
     pub nonce: [u8; 16],
     /// Terminal time, Unix seconds.
     pub time: u32,
+}
+
+fn write_endorsement(o: &mut Vec<u8>, e: &Option<Vec<u8>>) {
+    if let Some(e) = e {
+        tlv::write(o, 0xCA, e);
+    }
+}
+
+fn read_endorsement(r: &mut Reader<'_>) -> Result<Option<Vec<u8>>, DecodeError> {
+    r.optional(0xCA)?.map(|v| cap(v, MAX_CERT_LEN)).transpose()
 }
 
 fn write_cvm_required(o: &mut Vec<u8>, required: bool) {
@@ -124,6 +145,7 @@ impl Codec for AuthBody {
         tlv::write(o, 0xD2, &self.terminal_cert_hash);
         write_cvm_required(o, self.cvm_required);
         self.scenario.encode(o);
+        write_endorsement(o, &self.endorsement);
         tlv::write(o, 0xD4, &self.nonce);
         tlv::write(o, 0xD5, &self.time.to_be_bytes());
     }
@@ -142,6 +164,7 @@ fn read_auth_body(r: &mut Reader<'_>) -> Result<AuthBody, DecodeError> {
     let terminal_cert_hash = fixed("terminal certificate hash", r.expect(0xD2)?)?;
     let cvm_required = read_cvm_required(r)?;
     let scenario = read_scenario(r)?;
+    let endorsement = read_endorsement(r)?;
     let nonce = fixed("nonce", r.expect(0xD4)?)?;
     let time = u32_be("time", r.expect(0xD5)?)?;
     Ok(AuthBody {
@@ -150,6 +173,7 @@ fn read_auth_body(r: &mut Reader<'_>) -> Result<AuthBody, DecodeError> {
         terminal_cert_hash,
         cvm_required,
         scenario,
+        endorsement,
         nonce,
         time,
     })
@@ -166,7 +190,7 @@ fn read_scenario(r: &mut Reader<'_>) -> Result<Scenario, DecodeError> {
 /// certificate hash, the certificate itself when it is sent (the receiver
 /// recomputes the hash), then the terminal's signature over TH1.
 ///
-/// Wire order: `D0 D1 (D2 | D6) [D3] A1/A2/A3 D4 D5 D7`.
+/// Wire order: `D0 D1 (D2 | D6) [D3] A1/A2/A3 [CA] D4 D5 D7`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizeRequest {
     pub body: AuthBody,
@@ -185,6 +209,7 @@ impl Codec for AuthorizeRequest {
         }
         write_cvm_required(o, b.cvm_required);
         b.scenario.encode(o);
+        write_endorsement(o, &b.endorsement);
         tlv::write(o, 0xD4, &b.nonce);
         tlv::write(o, 0xD5, &b.time.to_be_bytes());
         tlv::write(o, 0xD7, &self.signature);
@@ -200,6 +225,7 @@ impl Codec for AuthorizeRequest {
         };
         let cvm_required = read_cvm_required(&mut r)?;
         let scenario = read_scenario(&mut r)?;
+        let endorsement = read_endorsement(&mut r)?;
         let nonce = fixed("nonce", r.expect(0xD4)?)?;
         let time = u32_be("time", r.expect(0xD5)?)?;
         let signature = fixed("terminal signature", r.expect(0xD7)?)?;
@@ -210,6 +236,7 @@ impl Codec for AuthorizeRequest {
             terminal_cert_hash,
             cvm_required,
             scenario,
+            endorsement,
             nonce,
             time,
         };
@@ -232,7 +259,8 @@ fn cap(v: &[u8], max: usize) -> Result<Vec<u8>, DecodeError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Cvm {
-    /// No verification (amount at or below the wallet's CVM limit, or pickup).
+    /// No verification: an amount at or below the wallet's CVM limit, or a
+    /// pickup of a credential relaxed for a low-value class, and no `D3`.
     None = 0,
     /// The user unlocked with a biometric shortly before the tap.
     Armed = 1,
@@ -257,6 +285,9 @@ pub struct WalletBody {
     pub wallet_cert_hash: [u8; 32],
     pub atc: u32,
     pub cvm: Cvm,
+    /// With [`Cvm::ConfirmedOnDevice`] (and only then): the hash of the
+    /// prompt the user confirmed ([`prompt_hash`]). Tag `DC`.
+    pub prompt: Option<[u8; 32]>,
     /// Issuer cryptogram (pay and order).
     pub cryptogram: Option<[u8; CRYPTOGRAM_LEN]>,
     /// Pickup credential (pickup).
@@ -281,6 +312,9 @@ impl Codec for WalletBody {
 fn write_wallet_fields(b: &WalletBody, o: &mut Vec<u8>) {
     tlv::write(o, 0xD9, &b.atc.to_be_bytes());
     tlv::write(o, 0xDA, &[b.cvm as u8]);
+    if let Some(p) = &b.prompt {
+        tlv::write(o, 0xDC, p);
+    }
     if let Some(c) = &b.cryptogram {
         tlv::write(o, 0xDB, c);
     }
@@ -296,6 +330,16 @@ fn read_wallet_fields(
     let atc = u32_be("ATC", r.expect(0xD9)?)?;
     let [cvm] = fixed::<1>("CVM", r.expect(0xDA)?)?;
     let cvm = Cvm::from_u8(cvm).ok_or(DecodeError::InvalidValue { field: "CVM" })?;
+    let prompt = r
+        .optional(0xDC)?
+        .map(|v| fixed("prompt hash", v))
+        .transpose()?;
+    // The prompt hash is the confirmation's, and a confirmation has one.
+    if prompt.is_some() != (cvm == Cvm::ConfirmedOnDevice) {
+        return Err(DecodeError::InvalidValue {
+            field: "prompt hash",
+        });
+    }
     let cryptogram = r
         .optional(0xDB)?
         .map(|v| fixed("cryptogram", v))
@@ -312,6 +356,7 @@ fn read_wallet_fields(
         wallet_cert_hash,
         atc,
         cvm,
+        prompt,
         cryptogram,
         credential,
     })
@@ -321,7 +366,7 @@ fn read_wallet_fields(
 /// with, in place of the wallet certificate hash, the certificate itself when
 /// it is sent, then the wallet's signature over TH2.
 ///
-/// Wire order: `(D8 | DD) D9 DA [DB] [E4] DE`.
+/// Wire order: `(D8 | DD) D9 DA [DC] [DB] [E4] DE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalletResponse {
     pub body: WalletBody,
@@ -356,6 +401,53 @@ impl Codec for WalletResponse {
     }
 }
 
+/// The hash of what the phone shows and the user confirms:
+/// `SHA-256("tapstack/v2 prompt" ‖ terminal certificate hash ‖ [len]_1 ‖
+/// merchant ‖ scenario TLV)`. The merchant is the terminal certificate's
+/// common name; the scenario TLV carries the amount, the currency and, for an
+/// order, the cart hash and item count. The terminal and the host compute
+/// it from their own copy of the same facts.
+pub fn prompt_hash(terminal_cert_hash: &[u8; 32], merchant: &str, scenario: &Scenario) -> [u8; 32] {
+    // A common name is at most 64 bytes (pki::build); a longer one from a
+    // foreign issuer is cut for the length byte only, never for the hash input.
+    let len = [u8::try_from(merchant.len()).unwrap_or(u8::MAX)];
+    sha256(&[
+        LABEL_PROMPT,
+        terminal_cert_hash,
+        &len,
+        merchant.as_bytes(),
+        &scenario.to_bytes(),
+    ])
+}
+
+/// Pad a plaintext before sealing: `plain ‖ 80 ‖ 00…` to the smallest
+/// multiple of [`SIZE_CLASS`] that holds `max(plain.len(), floor) + 1` bytes.
+/// `floor` lets a sender pad a short message (only a certificate's hash) to
+/// the class of its long form (the certificate itself).
+pub fn pad(plain: &[u8], floor: usize) -> Vec<u8> {
+    let need = plain.len().max(floor).saturating_add(1);
+    let len = need.div_ceil(SIZE_CLASS).saturating_mul(SIZE_CLASS);
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(plain);
+    out.push(0x80);
+    out.resize(len, 0);
+    out
+}
+
+/// Remove [`pad`]'s padding: the length must be a positive multiple of
+/// [`SIZE_CLASS`], and the plaintext is followed by `80` and only `00`s.
+pub fn unpad(padded: &[u8]) -> Result<&[u8], DecodeError> {
+    let bad = DecodeError::InvalidValue { field: "padding" };
+    if padded.is_empty() || padded.len() % SIZE_CLASS != 0 {
+        return Err(bad);
+    }
+    let end = padded.iter().rposition(|&b| b != 0).ok_or(bad.clone())?;
+    if padded[end] != 0x80 {
+        return Err(bad);
+    }
+    Ok(&padded[..end])
+}
+
 /// `TH1 = SHA-256("tapstack/v1 th1" ‖ AID ‖ FCI ‖ AuthBody)`: what the
 /// terminal signs and what keys the session.
 pub fn th1(fci: &[u8], auth_body: &[u8]) -> [u8; 32] {
@@ -371,6 +463,25 @@ pub fn th2(th1: &[u8; 32], terminal_sig: &[u8], wallet_body: &[u8]) -> [u8; 32] 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padding_roundtrips_and_is_strict() {
+        for len in [0usize, 1, 126, 127, 128, 129, 400] {
+            let plain = vec![0xAB; len];
+            let padded = pad(&plain, 0);
+            assert_eq!(padded.len() % SIZE_CLASS, 0);
+            assert!(padded.len() > len);
+            assert_eq!(unpad(&padded).unwrap(), &plain[..]);
+        }
+        // A floor pads a short message to the class of its long form.
+        assert_eq!(pad(&[1; 40], 445).len(), pad(&[1; 445], 0).len());
+        assert!(unpad(&[]).is_err());
+        assert!(unpad(&[0u8; 128]).is_err(), "no 80 marker");
+        let mut p = pad(&[1, 2, 3], 0);
+        p[100] = 1;
+        assert!(unpad(&p).is_err(), "non-zero after the marker");
+        assert!(unpad(&p[..127]).is_err(), "not a whole class");
+    }
 
     #[test]
     fn fci_roundtrips_and_refuses_tiny_command_sizes() {

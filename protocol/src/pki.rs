@@ -4,15 +4,19 @@
 //! ```text
 //!            root (OU=root, self-signed, CA)
 //!    ┌──────────────┼─────────────────┐
-//!  issuer CA     acquirer CA      operator (signs pickup credentials)
-//!    │               │
-//!  wallet         terminal
+//!  issuer CA     acquirer CA      operator CA (signs pickup credentials)
+//!    │               │                │
+//!  wallet         terminal          kiosk (endorses a terminal's key
+//!                                         for named sites)
 //! ```
 //!
 //! Every certificate is P-256 / ecdsa-with-SHA256. The role is the subject's
 //! `OU` attribute (`root`, `issuer`, `acquirer`, `operator`, `terminal`,
-//! `wallet`); it is authenticated by the issuer's signature and shows in
-//! `openssl x509 -subject`. Certificates are kept small because the leaves
+//! `wallet`, `kiosk`); it is authenticated by the issuer's signature and shows in
+//! `openssl x509 -subject`. A kiosk certificate carries the same public key
+//! as the acquirer-issued terminal certificate it endorses and lists the
+//! sites in the endorsed-sites extension ([`OID_ENDORSED_SITES`]). Wallet
+//! subjects are pseudonymous: `OU=wallet, CN=wallet` ([`WALLET_CN`]). Certificates are kept small because the leaves
 //! cross the air at 106 kbit/s: a one-attribute-plus-role name, an 8-byte
 //! serial, no key identifiers, key usage, and basic constraints on CAs only.
 
@@ -59,6 +63,17 @@ const OID_EKU: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
 /// id-kp-clientAuth (RFC 5280 §4.2.1.12).
 const OID_KP_CLIENT_AUTH: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2");
 const OID_SAN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.17");
+/// Endorsed sites of a kiosk certificate: `SEQUENCE OF UTF8String`, one
+/// site id each, non-critical (so `openssl verify` accepts the chain). The
+/// arc is IANA's documentation PEN (RFC 5612); a deployment registers its own.
+pub const OID_ENDORSED_SITES: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.3.6.1.4.1.32473.1.1");
+/// Most sites one kiosk certificate may name.
+pub const MAX_ENDORSED_SITES: usize = 16;
+/// The one common name of every wallet certificate: a pseudonym, the same
+/// for all wallets, so neither a terminal nor (through lengths) a listener
+/// learns anything from it.
+pub const WALLET_CN: &str = "wallet";
 
 /// Longest certificate accepted from the air or from disk.
 pub const MAX_CERT_LEN: usize = 2048;
@@ -78,10 +93,12 @@ pub enum Role {
     /// [`Role::Terminal`] certificate signs those and is refused as a TLS
     /// client certificate (docs/pki.md).
     TerminalTls,
+    /// An operator's endorsement of a terminal key for named sites.
+    Kiosk,
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Root,
         Role::Issuer,
         Role::Acquirer,
@@ -89,6 +106,7 @@ impl Role {
         Role::Terminal,
         Role::Wallet,
         Role::TerminalTls,
+        Role::Kiosk,
     ];
 
     /// The `OU` value naming this role.
@@ -101,6 +119,7 @@ impl Role {
             Role::Terminal => "terminal",
             Role::Wallet => "wallet",
             Role::TerminalTls => "terminal-tls",
+            Role::Kiosk => "kiosk",
         }
     }
 
@@ -110,7 +129,10 @@ impl Role {
 
     /// Whether certificates of this role sign other certificates.
     pub fn is_ca(self) -> bool {
-        matches!(self, Role::Root | Role::Issuer | Role::Acquirer)
+        matches!(
+            self,
+            Role::Root | Role::Issuer | Role::Acquirer | Role::Operator
+        )
     }
 
     /// The role that must have issued a certificate of this role.
@@ -119,6 +141,7 @@ impl Role {
             Role::Root | Role::Issuer | Role::Acquirer | Role::Operator => Role::Root,
             Role::Terminal | Role::TerminalTls => Role::Acquirer,
             Role::Wallet => Role::Issuer,
+            Role::Kiosk => Role::Operator,
         }
     }
 }
@@ -185,6 +208,7 @@ pub struct Certificate {
     serial: Vec<u8>,
     common_name: String,
     terminal_id: Option<String>,
+    endorsed_sites: Vec<String>,
     role: Role,
     not_before: u64,
     not_after: u64,
@@ -305,9 +329,12 @@ impl Certificate {
         let mut is_ca = false;
         let mut key_usage = None;
         let mut client_auth = false;
+        let mut endorsed_sites = None;
         for ext in tbs_cert.extensions.iter().flatten() {
             let value = ext.extn_value.as_bytes();
-            if ext.extn_id == OID_BASIC_CONSTRAINTS {
+            if ext.extn_id == OID_ENDORSED_SITES {
+                endorsed_sites = Some(parse_sites(value)?);
+            } else if ext.extn_id == OID_BASIC_CONSTRAINTS {
                 is_ca = BasicConstraints::from_der(value)
                     .map_err(malformed("basic constraints"))?
                     .ca;
@@ -323,6 +350,22 @@ impl Certificate {
             }
         }
 
+        // Sites are a kiosk's and only a kiosk's, and a kiosk names one at least.
+        let endorsed_sites = match (role, endorsed_sites) {
+            (Role::Kiosk, Some(sites)) => sites,
+            (Role::Kiosk, None) => {
+                return Err(CertError::Malformed {
+                    what: "kiosk certificate without endorsed sites",
+                })
+            }
+            (_, Some(_)) => {
+                return Err(CertError::Malformed {
+                    what: "endorsed sites outside a kiosk certificate",
+                })
+            }
+            (_, None) => Vec::new(),
+        };
+
         Ok(Certificate {
             hash: sha256(&[der]),
             der: der.to_vec(),
@@ -333,6 +376,7 @@ impl Certificate {
             serial: tbs_cert.serial_number.as_bytes().to_vec(),
             common_name,
             terminal_id,
+            endorsed_sites,
             role,
             not_before: unix(&tbs_cert.validity.not_before),
             not_after: unix(&tbs_cert.validity.not_after),
@@ -390,6 +434,15 @@ impl Certificate {
     /// The subject's distinguished name, DER.
     pub fn subject_name(&self) -> &[u8] {
         &self.subject
+    }
+    /// The sites a kiosk certificate endorses its key for (empty for every
+    /// other role).
+    pub fn endorsed_sites(&self) -> &[String] {
+        &self.endorsed_sites
+    }
+    /// Whether this (kiosk) certificate endorses its key for `site`.
+    pub fn endorses_site(&self, site: &str) -> bool {
+        self.role == Role::Kiosk && self.endorsed_sites.iter().any(|s| s == site)
     }
     /// The issuer's distinguished name, DER.
     pub fn issuer_name(&self) -> &[u8] {
@@ -726,6 +779,26 @@ impl TrustStore {
     }
 }
 
+/// The endorsed-sites extension value: `SEQUENCE OF UTF8String`, 1 to
+/// [`MAX_ENDORSED_SITES`] sites of 1 to 32 bytes of text each.
+fn parse_sites(value: &[u8]) -> Result<Vec<String>, CertError> {
+    let bad = CertError::Malformed {
+        what: "endorsed sites",
+    };
+    let sites = Vec::<String>::from_der(value).map_err(|_| bad.clone())?;
+    if sites.is_empty() || sites.len() > MAX_ENDORSED_SITES || sites.iter().any(|s| !valid_site(s))
+    {
+        return Err(bad);
+    }
+    Ok(sites)
+}
+
+/// A site id as pickup scenarios and credentials carry it: 1 to
+/// [`crate::scenario::MAX_SITE`] bytes of text without control characters.
+pub fn valid_site(s: &str) -> bool {
+    !s.is_empty() && s.len() <= crate::scenario::MAX_SITE && !s.chars().any(char::is_control)
+}
+
 /// The outcome of checking an issuer's signature on a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IssuerSignature {
@@ -745,6 +818,9 @@ pub struct CertSpec<'a> {
     /// The subject's serialNumber (terminal certificates: their stable ID,
     /// [`valid_terminal_id`]); `None`: no such attribute.
     pub terminal_id: Option<&'a str>,
+    /// Kiosk certificates: the sites endorsed (1 to
+    /// [`MAX_ENDORSED_SITES`]); empty for every other role.
+    pub endorsed_sites: &'a [String],
 }
 
 fn time(secs: u64) -> Result<Time, CertError> {
@@ -839,6 +915,23 @@ fn build(
             what: "common name must be 1 to 64 bytes of text",
         });
     }
+    if spec.role == Role::Wallet && spec.common_name != WALLET_CN {
+        return Err(CertError::Malformed {
+            what: "wallet certificates are pseudonymous: common name must be \"wallet\"",
+        });
+    }
+    if (spec.role == Role::Kiosk) == spec.endorsed_sites.is_empty() {
+        return Err(CertError::Malformed {
+            what: "endorsed sites: a kiosk certificate names 1 to 16, no other role any",
+        });
+    }
+    if spec.endorsed_sites.len() > MAX_ENDORSED_SITES
+        || spec.endorsed_sites.iter().any(|s| !valid_site(s))
+    {
+        return Err(CertError::Malformed {
+            what: "endorsed sites: 1 to 16 sites of 1 to 32 bytes of text",
+        });
+    }
     let mut serial = [0u8; 8];
     rng.fill_bytes(&mut serial);
     serial[0] = (serial[0] & 0x7F) | 0x40; // positive, minimal
@@ -859,10 +952,13 @@ fn build(
                 path_len_constraint,
             },
         )?);
-        extensions.push(der_ext(
-            OID_KEY_USAGE,
-            &KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign),
-        )?);
+        // The operator also signs pickup credentials with its key.
+        let usage = if spec.role == Role::Operator {
+            KeyUsages::KeyCertSign | KeyUsages::CRLSign | KeyUsages::DigitalSignature
+        } else {
+            KeyUsages::KeyCertSign | KeyUsages::CRLSign
+        };
+        extensions.push(der_ext(OID_KEY_USAGE, &KeyUsage(usage))?);
     } else {
         extensions.push(der_ext(
             OID_KEY_USAGE,
@@ -873,6 +969,18 @@ fn build(
             eku.critical = false;
             extensions.push(eku);
         }
+    }
+    if spec.role == Role::Kiosk {
+        let value = spec
+            .endorsed_sites
+            .to_vec()
+            .to_der()
+            .map_err(malformed("endorsed sites"))?;
+        extensions.push(Extension {
+            extn_id: OID_ENDORSED_SITES,
+            critical: false,
+            extn_value: OctetString::new(value).map_err(malformed("endorsed sites"))?,
+        });
     }
 
     let alg = AlgorithmIdentifierOwned {

@@ -13,12 +13,12 @@ use crate::revocation::RevocationList;
 use crate::scenario::{Cart, PickupCredential, Scenario, MAX_ORDER_NUMBER};
 use crate::terminal::{TapOutcome, Transcript};
 use crate::tlv::{self, Reader};
-use crate::verify::{verify_wallet_half_with, WalletHalf};
+use crate::verify::{verify_endorsement_with, verify_wallet_half_with, WalletHalf};
 
 /// Format version of the record encoding.
 pub const RECORD_VERSION: u8 = 1;
 /// Signature domain separation label.
-pub const LABEL_RECORD: &[u8] = b"tapstack/v1 record";
+pub const LABEL_RECORD: &[u8] = b"tapstack/v2 record";
 /// Largest encoded record accepted.
 pub const MAX_RECORD_LEN: usize = 16 * 1024;
 
@@ -182,6 +182,8 @@ pub struct VerifiedRecord {
     pub wallet: Certificate,
     pub atc: u32,
     pub cvm: Cvm,
+    /// The prompt hash the user confirmed (with [`Cvm::ConfirmedOnDevice`]).
+    pub prompt: Option<[u8; 32]>,
     pub cryptogram: Option<[u8; 8]>,
     pub credential: Option<PickupCredential>,
     pub nonce: [u8; 16],
@@ -276,6 +278,8 @@ pub fn verify_contents(
         body: &body,
         body_bytes: &t.wallet_body,
         wallet_sig: &t.wallet_sig,
+        prompt: messages::prompt_hash(terminal.hash(), terminal.common_name(), &auth.scenario),
+        cvm_required: auth.cvm_required,
     };
     verify_wallet_half_with(
         &half,
@@ -287,6 +291,28 @@ pub fn verify_contents(
         time,
         v,
     )?;
+    // A pickup happened at a kiosk the credential's operator endorsed for
+    // the site (the wallet checked it before releasing the credential).
+    match (&auth.scenario, &body.credential) {
+        (Scenario::Pickup { site }, Some(cred)) => {
+            verify_endorsement_with(
+                auth.endorsement.as_deref(),
+                terminal,
+                site,
+                &cred.operator,
+                trust,
+                revocations,
+                time,
+                v,
+            )?;
+        }
+        _ if auth.endorsement.is_some() => {
+            return Err(Error::UnexpectedField {
+                field: "kiosk endorsement",
+            })
+        }
+        _ => {}
+    }
     if !auth.scenario.matches_cart(record.cart.as_ref()) {
         return Err(Error::ReceiptMismatch);
     }
@@ -297,6 +323,7 @@ pub fn verify_contents(
         wallet,
         atc: body.atc,
         cvm: body.cvm,
+        prompt: body.prompt,
         cryptogram: body.cryptogram,
         credential: body.credential,
         nonce: auth.nonce,

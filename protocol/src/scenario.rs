@@ -384,8 +384,16 @@ impl Codec for Scenario {
     }
 }
 
+/// Longest name of a low-value class in a pickup credential.
+pub const MAX_PRESENCE_CLASS: usize = 32;
+
 /// An operator-signed pickup credential: "the holder of `recipient` may
 /// collect `parcel` from `slot` at `site` until `not_after`".
+///
+/// User presence: by default the wallet releases the credential only after
+/// its user confirmed on the phone (or armed it with a biometric). The
+/// operator may relax that for a named low-value class (`low_value_class`,
+/// e.g. `"letter"`), signed here like every other field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PickupCredential {
     pub id: [u8; 16],
@@ -397,13 +405,22 @@ pub struct PickupCredential {
     pub not_after: u64,
     /// SHA-256 of the operator certificate that signed this credential.
     pub operator: [u8; 32],
+    /// `None` (the default): user presence required to release it;
+    /// `Some(class)`: the operator relaxed presence for this low-value class.
+    pub low_value_class: Option<String>,
     pub signature: [u8; SIG_LEN],
 }
 
 /// Domain separation label of credential signatures.
-pub const LABEL_CREDENTIAL: &[u8] = b"tapstack/v1 pickup credential";
+pub const LABEL_CREDENTIAL: &[u8] = b"tapstack/v2 pickup credential";
 
 impl PickupCredential {
+    /// Whether releasing this credential needs the user's presence on the
+    /// phone (confirmation or biometric arming).
+    pub fn requires_presence(&self) -> bool {
+        self.low_value_class.is_none()
+    }
+
     fn encode_body(&self, o: &mut Vec<u8>) {
         tlv::write(o, 0x81, &self.id);
         tlv::write(o, 0x82, self.parcel.as_bytes());
@@ -412,6 +429,9 @@ impl PickupCredential {
         tlv::write(o, 0x85, &self.recipient);
         tlv::write(o, 0x86, &self.not_after.to_be_bytes());
         tlv::write(o, 0x87, &self.operator);
+        if let Some(class) = &self.low_value_class {
+            tlv::write(o, 0x88, class.as_bytes());
+        }
     }
 
     /// The bytes the operator signs.
@@ -432,7 +452,7 @@ impl Codec for PickupCredential {
     fn encode(&self, out: &mut Vec<u8>) {
         tlv::write_nested(out, 0xE4, |o| {
             self.encode_body(o);
-            tlv::write(o, 0x88, &self.signature);
+            tlv::write(o, 0x89, &self.signature);
         });
     }
 
@@ -446,7 +466,14 @@ impl Codec for PickupCredential {
             recipient: fixed("recipient", r.expect(0x85)?)?,
             not_after: u64_be("not after", r.expect(0x86)?)?,
             operator: fixed("operator", r.expect(0x87)?)?,
-            signature: fixed("signature", r.expect(0x88)?)?,
+            low_value_class: r
+                .optional(0x88)?
+                .map(|v| {
+                    text("low-value class", v, MAX_PRESENCE_CLASS)
+                        .and_then(|s| nonempty("low-value class", s))
+                })
+                .transpose()?,
+            signature: fixed("signature", r.expect(0x89)?)?,
         };
         r.finish()?;
         Ok(c)

@@ -26,7 +26,7 @@ use crate::error::{Error, Party};
 use crate::messages::{
     self, AuthBody, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, AID, CLA_ISO,
     CLA_PROPRIETARY, FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE,
-    INS_SELECT, VERSION_1,
+    INS_SELECT, VERSION_2,
 };
 use crate::pki::{Certificate, TrustStore};
 use crate::revocation::RevocationList;
@@ -41,6 +41,12 @@ pub struct TerminalContext {
     backend: &'static dyn Backend,
     pub trust: TrustStore,
     pub revocations: Option<RevocationList>,
+    /// A locker kiosk's endorsement: the operator's kiosk certificate for
+    /// this terminal's key and its sites, sent (`CA`) in every pickup
+    /// AUTHORIZE. Without it wallets refuse pickups here (`9104`).
+    pub endorsement: Option<Certificate>,
+    /// Ask for user presence (`D3`) on every tap, whatever the amount.
+    pub require_presence: bool,
     wallet_certs: Bounded<[u8; 32], Certificate>,
     last_atc: Bounded<[u8; 32], u32>,
 }
@@ -54,6 +60,8 @@ impl TerminalContext {
             backend: &crypto::RustCrypto,
             trust,
             revocations: None,
+            endorsement: None,
+            require_presence: false,
             wallet_certs: Bounded::new(4096),
             last_atc: Bounded::new(65536),
         }
@@ -129,6 +137,8 @@ pub struct TapOutcome {
     pub wallet: Certificate,
     pub atc: u32,
     pub cvm: Cvm,
+    /// The prompt hash the user confirmed (with [`Cvm::ConfirmedOnDevice`]).
+    pub prompt: Option<[u8; 32]>,
     pub cryptogram: Option<[u8; 8]>,
     pub credential: Option<PickupCredential>,
     /// Terminal time sent in AUTHORIZE.
@@ -279,7 +289,7 @@ impl TerminalSession {
             Direction::TerminalToWallet,
             0,
             &[INS_CONFIRM],
-            &receipt.to_bytes(),
+            &messages::pad(&receipt.to_bytes(), 0),
         );
         self.out = Some(Command::new(
             CLA_PROPRIETARY,
@@ -332,7 +342,7 @@ impl TerminalSession {
         let fci = Fci::decode(&resp.data)?;
         let wallet_key_share =
             crypto::parse_public(&fci.key_share).map_err(|_| Error::BadKeyShare)?;
-        if !fci.versions.contains(&VERSION_1) {
+        if !fci.versions.contains(&VERSION_2) {
             return Err(Error::NoCommonVersion);
         }
         if fci.scenarios & self.params.scenario.capability() == 0 {
@@ -348,15 +358,20 @@ impl TerminalSession {
         let mut nonce = [0u8; 16];
         rng.fill_bytes(&mut nonce);
         let body = AuthBody {
-            version: VERSION_1,
+            version: VERSION_2,
             key_share: *eph.public(),
             terminal_cert_hash: *ctx.certificate.hash(),
-            cvm_required: self
-                .params
-                .scenario
-                .amount()
-                .is_some_and(|a| a.minor > self.params.cvm_limit),
+            cvm_required: ctx.require_presence
+                || self
+                    .params
+                    .scenario
+                    .amount()
+                    .is_some_and(|a| a.minor > self.params.cvm_limit),
             scenario: self.params.scenario.clone(),
+            endorsement: match (&self.params.scenario, &ctx.endorsement) {
+                (Scenario::Pickup { .. }, Some(e)) => Some(e.der().to_vec()),
+                _ => None,
+            },
             nonce,
             time: u32::try_from(now).unwrap_or(u32::MAX),
         };
@@ -408,7 +423,7 @@ impl TerminalSession {
         let plain = keys
             .open(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.data)
             .map_err(|_| Error::BadMac)?;
-        let wallet_resp = WalletResponse::decode(&plain)?;
+        let wallet_resp = WalletResponse::decode(messages::unpad(&plain)?)?;
         let body_bytes = wallet_resp.body.to_bytes();
         let cert = match &wallet_resp.certificate {
             Some(der) => Some((
@@ -463,7 +478,8 @@ impl TerminalSession {
                 &resp.data,
             )
             .map_err(|_| Error::BadMac)?;
-        let cert = Certificate::from_der(&der).map_err(Error::cert(Party::Wallet))?;
+        let cert =
+            Certificate::from_der(messages::unpad(&der)?).map_err(Error::cert(Party::Wallet))?;
         self.finish(ctx, p.auth, p.keys, p.resp, p.body_bytes, cert, false, now)
     }
 
@@ -486,6 +502,12 @@ impl TerminalSession {
             body,
             body_bytes: &body_bytes,
             wallet_sig: &resp.signature,
+            prompt: messages::prompt_hash(
+                ctx.certificate.hash(),
+                ctx.certificate.common_name(),
+                &self.params.scenario,
+            ),
+            cvm_required: auth.body.cvm_required,
         };
         verify_wallet_half_with(
             &half,
@@ -497,11 +519,6 @@ impl TerminalSession {
             now,
             ctx.backend.verifier(),
         )?;
-        if let Some(amount) = self.params.scenario.amount() {
-            if amount.minor > self.params.cvm_limit && body.cvm == Cvm::None {
-                return Err(Error::CvmRequired);
-            }
-        }
         if let Some(last) = ctx.last_atc(wallet.hash()) {
             if body.atc <= last {
                 return Err(Error::AtcRegression {
@@ -516,6 +533,7 @@ impl TerminalSession {
             scenario: self.params.scenario.clone(),
             atc: body.atc,
             cvm: body.cvm,
+            prompt: body.prompt,
             cryptogram: body.cryptogram,
             credential: body.credential.clone(),
             time: auth.body.time,

@@ -36,6 +36,9 @@ pub struct Pki {
     pub acquirer: Identity,
     pub operator: Identity,
     pub terminal: Identity,
+    /// The operator's kiosk certificate endorsing `terminal`'s key for
+    /// [`KIOSK_SITES`]; [`Pki::terminal_context`] sends it in pickups.
+    pub kiosk: Certificate,
     pub wallet: Identity,
     pub issuer_master_key: IssuerMasterKey,
     pub now: u64,
@@ -48,8 +51,12 @@ fn spec(role: Role, cn: &str, now: u64) -> CertSpec<'_> {
         not_before: now - DAY,
         not_after: now + 5 * 365 * DAY,
         terminal_id: None,
+        endorsed_sites: &[],
     }
 }
+
+/// The sites the kit's default terminal is endorsed for as a locker kiosk.
+pub const KIOSK_SITES: [&str; 2] = ["LOCKER-7", "LOCKER-8"];
 
 impl Pki {
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
@@ -79,9 +86,11 @@ impl Pki {
         let operator = child(Role::Operator, "tapstack dev lockers", &root, rng);
         let terminal = child(Role::Terminal, "Tea House #12", &acquirer, rng);
         let wallet = child(Role::Wallet, "wallet", &issuer, rng);
+        let kiosk = endorse_with(&operator, &terminal.cert, &KIOSK_SITES, now, rng);
         let mut imk = [0u8; 16];
         rng.fill_bytes(&mut imk);
         Pki {
+            kiosk,
             root,
             issuer,
             acquirer,
@@ -104,6 +113,16 @@ impl Pki {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         Identity { cert, key }
+    }
+
+    /// A kiosk certificate of the operator endorsing `terminal`'s key for `sites`.
+    pub fn endorse(
+        &self,
+        terminal: &Certificate,
+        sites: &[&str],
+        rng: &mut impl CryptoRngCore,
+    ) -> Certificate {
+        endorse_with(&self.operator, terminal, sites, self.now, rng)
     }
 
     /// Another wallet certificate under the same issuer.
@@ -131,12 +150,15 @@ impl Pki {
         t
     }
 
-    /// What a wallet trusts: root and acquirer (terminals).
+    /// What a wallet trusts: root, acquirer (terminals) and the operator of
+    /// its pickup credentials (kiosk endorsements).
     pub fn wallet_trust(&self) -> TrustStore {
         let mut t = TrustStore::new();
         t.add_root(self.root.cert.clone())
             .unwrap_or_else(|e| panic!("{e}"));
         t.add_intermediate(self.acquirer.cert.clone())
+            .unwrap_or_else(|e| panic!("{e}"));
+        t.add_intermediate(self.operator.cert.clone())
             .unwrap_or_else(|e| panic!("{e}"));
         t
     }
@@ -149,8 +171,11 @@ impl Pki {
         t
     }
 
+    /// The default terminal, with its kiosk endorsement.
     pub fn terminal_context(&self) -> TerminalContext {
-        self.terminal_context_for(&self.terminal)
+        let mut t = self.terminal_context_for(&self.terminal);
+        t.endorsement = Some(self.kiosk.clone());
+        t
     }
 
     pub fn terminal_context_for(&self, id: &Identity) -> TerminalContext {
@@ -187,6 +212,7 @@ impl Pki {
             recipient: compress(&p256::PublicKey::from(wallet.public_key())),
             not_after: self.now + 7 * DAY,
             operator: [0; 32],
+            low_value_class: None,
             signature: [0; 64],
         };
         c.sign(&self.operator.cert, &self.operator.key);
@@ -204,6 +230,29 @@ impl Pki {
         let mut link = Loopback::new(LinkLimits::EXTENDED, wallet.extended);
         link.run(terminal, wallet, params, self.now, rng)
     }
+}
+
+/// A kiosk certificate of `operator` endorsing `terminal`'s key for `sites`.
+pub fn endorse_with(
+    operator: &Identity,
+    terminal: &Certificate,
+    sites: &[&str],
+    now: u64,
+    rng: &mut dyn rand_core::CryptoRngCore,
+) -> Certificate {
+    let mut rng = RngRef(rng);
+    let sites: Vec<String> = sites.iter().map(|s| (*s).to_owned()).collect();
+    let spec = CertSpec {
+        endorsed_sites: &sites,
+        ..spec(Role::Kiosk, terminal.common_name(), now)
+    };
+    pki::issue(
+        &spec,
+        terminal.public_key(),
+        (&operator.cert, &operator.key),
+        &mut rng,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct RngRef<'a>(&'a mut dyn rand_core::CryptoRngCore);

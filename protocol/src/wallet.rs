@@ -8,6 +8,17 @@
 //!     └──── deselect() / SELECT (new key share) ◀───────────┘
 //! ```
 //!
+//! **User presence (v2):** a tap needs the user — a confirmation on the
+//! phone or a biometric arming — when the amount is above the wallet's CVM
+//! limit, when the terminal sent `D3`, and for every pickup whose credential
+//! the operator did not relax. A confirmation names the prompt it confirms
+//! ([`messages::prompt_hash`]); a prompt on screen is never replaced by a
+//! later AUTHORIZE (that one is answered `9101` and shown nothing).
+//!
+//! **Kiosks:** a pickup credential goes only to a terminal whose key the
+//! credential's operator endorsed for the site (a kiosk certificate, `CA`
+//! in AUTHORIZE); any other terminal gets `9104` and no credential bytes.
+//!
 //! **ATC durability:** after [`WalletSession::handle_command`] returns a
 //! response to AUTHORIZE, [`WalletContext::atc`] has advanced; the driver must
 //! persist it before transmitting that response.
@@ -23,14 +34,18 @@ use crate::codec::Codec;
 use crate::crypto::{self, Direction, EphemeralKey, SessionKeys, WalletCryptogramKey};
 use crate::messages::{
     self, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, AID, CLA_ISO, CLA_PROPRIETARY,
-    FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE, INS_SELECT, VERSION_1,
+    FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE, INS_SELECT, VERSION_2,
 };
 use crate::pki::{Certificate, Role, TrustStore};
 use crate::revocation::RevocationList;
 use crate::scenario::{PickupCredential, Receipt, Scenario, CAP_ORDER, CAP_PAY, CAP_PICKUP};
+use crate::verify::verify_endorsement;
 
 /// How long a confirmation made on the phone stays valid for the second tap.
 pub const CONFIRM_WINDOW_SECS: u64 = 120;
+/// How long an unconfirmed prompt stays on screen (and blocks other
+/// prompts) unless the user dismisses it.
+pub const PROMPT_WINDOW_SECS: u64 = 120;
 
 /// A scenario waiting for the user's confirmation on the phone.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,8 +53,23 @@ pub struct PendingConfirmation {
     pub terminal: [u8; 32],
     pub merchant: String,
     pub scenario: Scenario,
+    /// [`messages::prompt_hash`] of what the screen shows.
+    pub prompt: [u8; 32],
+    /// The prompt stays on screen until then unless confirmed.
+    pub shown_until: u64,
     /// Set when the user confirmed; the second tap must come before it.
     pub confirmed_until: Option<u64>,
+}
+
+impl PendingConfirmation {
+    /// Whether the prompt still holds the screen (shown, or confirmed and
+    /// waiting for the second tap).
+    pub fn on_screen(&self, now: u64) -> bool {
+        match self.confirmed_until {
+            Some(t) => now <= t,
+            None => now <= self.shown_until,
+        }
+    }
 }
 
 /// Long-lived wallet state: identity, policy, caches, counter.
@@ -105,15 +135,29 @@ impl WalletContext {
         }
     }
 
-    /// The user confirmed the pending scenario on the phone.
-    pub fn confirm_pending(&mut self, now: u64) -> bool {
+    /// The user confirmed the prompt whose hash is `prompt` (the one the UI
+    /// displayed, from [`WalletEvent::ConfirmationRequested`]). Nothing
+    /// happens, and `false` is returned, unless that very prompt is pending
+    /// and still on screen.
+    pub fn confirm_pending(&mut self, prompt: &[u8; 32], now: u64) -> bool {
         match self.pending.as_mut() {
-            Some(p) => {
+            Some(p) if p.prompt == *prompt && p.on_screen(now) => {
                 p.confirmed_until = Some(now.saturating_add(CONFIRM_WINDOW_SECS));
                 true
             }
-            None => false,
+            _ => false,
         }
+    }
+
+    /// The hash of the prompt waiting for the user, if any (what a UI shows
+    /// and passes back to [`WalletContext::confirm_pending`]).
+    pub fn pending_prompt(&self) -> Option<[u8; 32]> {
+        self.pending.as_ref().map(|p| p.prompt)
+    }
+
+    /// The user dismissed the prompt on screen: another may take its place.
+    pub fn dismiss_pending(&mut self) {
+        self.pending = None;
     }
 
     /// Simulated biometric unlock: the next tap within `secs` needs no second tap.
@@ -127,41 +171,51 @@ impl WalletContext {
         self.given_to.clear();
     }
 
+    /// Decide the CVM of a tap that needs `presence` (or not). `Err(9101)`
+    /// with `Ok(true)` in `shown` when this tap's prompt is the one on
+    /// screen, `false` when another prompt holds the screen.
     fn decide_cvm(
         &mut self,
         scenario: &Scenario,
-        terminal_requires: bool,
+        presence: bool,
         terminal: &Certificate,
         now: u64,
+        shown: &mut bool,
     ) -> Result<Cvm, StatusWord> {
         if self.decline_all {
             return Err(StatusWord::Declined);
         }
-        let Some(amount) = scenario.amount() else {
-            return Ok(Cvm::None);
-        };
-        if amount.minor <= self.cvm_limit && !terminal_requires {
+        if !presence {
             return Ok(Cvm::None);
         }
         if self.armed_until.is_some_and(|t| now <= t) {
             self.armed_until = None;
             return Ok(Cvm::Armed);
         }
-        if let Some(p) = &self.pending {
-            if p.terminal == *terminal.hash()
-                && p.scenario == *scenario
-                && p.confirmed_until.is_some_and(|t| now <= t)
-            {
+        let prompt = messages::prompt_hash(terminal.hash(), terminal.common_name(), scenario);
+        match &self.pending {
+            Some(p) if p.prompt == prompt && p.confirmed_until.is_some_and(|t| now <= t) => {
                 self.pending = None;
                 return Ok(Cvm::ConfirmedOnDevice);
             }
+            Some(p) if p.prompt == prompt && p.on_screen(now) => {
+                // Still waiting for the user: show it again, change nothing.
+                *shown = true;
+                return Err(StatusWord::ConfirmOnPhone);
+            }
+            // Another prompt holds the screen: never replace it.
+            Some(p) if p.on_screen(now) => return Err(StatusWord::ConfirmOnPhone),
+            _ => {}
         }
         self.pending = Some(PendingConfirmation {
             terminal: *terminal.hash(),
             merchant: terminal.common_name().to_owned(),
             scenario: scenario.clone(),
+            prompt,
+            shown_until: now.saturating_add(PROMPT_WINDOW_SECS),
             confirmed_until: None,
         });
+        *shown = true;
         Err(StatusWord::ConfirmOnPhone)
     }
 }
@@ -171,11 +225,13 @@ impl WalletContext {
 #[non_exhaustive]
 pub enum WalletEvent {
     Selected,
-    /// Show "confirm <scenario> at <merchant>?"; then call
-    /// [`WalletContext::confirm_pending`] and ask for a second tap.
+    /// Show "confirm <scenario> at <merchant>?"; when the user confirms,
+    /// call [`WalletContext::confirm_pending`] with `prompt` (the hash of
+    /// exactly this screen) and ask for a second tap.
     ConfirmationRequested {
         merchant: String,
         scenario: Scenario,
+        prompt: [u8; 32],
     },
     /// Authorized; `atc` is the value to persist before answering.
     Authorized {
@@ -323,7 +379,7 @@ impl WalletSession {
         }
         let eph = EphemeralKey::generate(rng);
         let fci = Fci {
-            versions: vec![VERSION_1],
+            versions: vec![VERSION_2],
             scenarios: ctx.scenarios,
             max_command: if ctx.extended { 4096 } else { 255 },
             flags: if ctx.extended {
@@ -356,7 +412,8 @@ impl WalletSession {
             return Err(StatusWord::ConditionsNotSatisfied);
         };
         // Until we authorize, a retry (e.g. with the certificate) is allowed.
-        let result = authorize_selected(ctx, &sel, data, now);
+        let mut shown = false;
+        let result = authorize_selected(ctx, &sel, data, now, &mut shown);
         match result {
             Ok((resp, authorized, cvm)) => {
                 self.events.push_back(WalletEvent::Authorized {
@@ -369,11 +426,12 @@ impl WalletSession {
                 Ok(resp)
             }
             Err(sw) => {
-                if sw == StatusWord::ConfirmOnPhone {
+                if sw == StatusWord::ConfirmOnPhone && shown {
                     if let Some(p) = &ctx.pending {
                         self.events.push_back(WalletEvent::ConfirmationRequested {
                             merchant: p.merchant.clone(),
                             scenario: p.scenario.clone(),
+                            prompt: p.prompt,
                         });
                     }
                 }
@@ -391,7 +449,7 @@ impl WalletSession {
             Direction::WalletToTerminal,
             1,
             &[INS_GET_CERTIFICATE],
-            ctx.certificate.der(),
+            &messages::pad(ctx.certificate.der(), 0),
         );
         Ok(Response::ok(sealed))
     }
@@ -408,7 +466,9 @@ impl WalletSession {
             .keys
             .open(Direction::TerminalToWallet, 0, &[INS_CONFIRM], data)
             .map_err(|_| StatusWord::SecurityNotSatisfied)?;
-        let receipt = Receipt::decode(&plain).map_err(|_| StatusWord::WrongData)?;
+        let receipt = messages::unpad(&plain)
+            .and_then(Receipt::decode)
+            .map_err(|_| StatusWord::WrongData)?;
         if !a.scenario.matches_cart(receipt.cart.as_ref()) {
             return Err(StatusWord::WrongData);
         }
@@ -425,10 +485,11 @@ fn authorize_selected(
     sel: &Selected,
     data: &[u8],
     now: u64,
+    shown: &mut bool,
 ) -> Result<(Response, Authorized, Cvm), StatusWord> {
     let req = AuthorizeRequest::decode(data).map_err(|_| StatusWord::WrongData)?;
     let body = &req.body;
-    if body.version != VERSION_1 {
+    if body.version != VERSION_2 {
         return Err(StatusWord::ScenarioUnsupported);
     }
     if ctx.scenarios & body.scenario.capability() == 0 {
@@ -468,21 +529,53 @@ fn authorize_selected(
     ctx.terminal_certs
         .insert(*terminal.hash(), terminal.clone());
 
-    let cvm = ctx.decide_cvm(&body.scenario, body.cvm_required, &terminal, now);
+    // A pickup: only at a kiosk endorsed for the site (checked before the
+    // wallet says whether it holds a credential there), and only a
+    // credential of the operator that endorsed it.
+    let credential = match &body.scenario {
+        Scenario::Pickup { site } => {
+            let endorsed = |operator: &[u8; 32]| {
+                verify_endorsement(
+                    body.endorsement.as_deref(),
+                    &terminal,
+                    site,
+                    operator,
+                    &ctx.trust,
+                    ctx.revocations.as_ref(),
+                    now,
+                )
+                .is_ok()
+            };
+            let for_site: Vec<&PickupCredential> = ctx
+                .credentials
+                .iter()
+                .filter(|c| &c.site == site && c.not_after >= now)
+                .collect();
+            match for_site.iter().find(|c| endorsed(&c.operator)) {
+                Some(c) => Some((*c).clone()),
+                None if for_site.is_empty() && endorsed_any(ctx, body, &terminal, site, now) => {
+                    return Err(StatusWord::NoCredential)
+                }
+                None => return Err(StatusWord::TerminalNotTrusted),
+            }
+        }
+        _ => None,
+    };
+    let presence = body.cvm_required
+        || body
+            .scenario
+            .amount()
+            .is_some_and(|a| a.minor > ctx.cvm_limit)
+        || credential
+            .as_ref()
+            .is_some_and(PickupCredential::requires_presence);
+    let cvm = ctx.decide_cvm(&body.scenario, presence, &terminal, now, shown);
     if cvm == Err(StatusWord::ConfirmOnPhone) {
         ctx.recent_nonces.insert(body.nonce, ());
     }
     let cvm = cvm?;
-    let credential = match &body.scenario {
-        Scenario::Pickup { site } => Some(
-            ctx.credentials
-                .iter()
-                .find(|c| &c.site == site && c.not_after >= now)
-                .cloned()
-                .ok_or(StatusWord::NoCredential)?,
-        ),
-        _ => None,
-    };
+    let prompt = (cvm == Cvm::ConfirmedOnDevice)
+        .then(|| messages::prompt_hash(terminal.hash(), terminal.common_name(), &body.scenario));
     let atc = ctx
         .atc
         .checked_add(1)
@@ -499,6 +592,7 @@ fn authorize_selected(
         wallet_cert_hash: *ctx.certificate.hash(),
         atc,
         cvm,
+        prompt,
         cryptogram,
         credential,
     };
@@ -506,16 +600,22 @@ fn authorize_selected(
     let th2 = messages::th2(&th1, &req.signature, &wallet_body_bytes);
     let signature = crypto::sign(&ctx.key, &th2);
     let send_cert = !ctx.given_to.contains(terminal.hash());
-    let resp = WalletResponse {
+    let mut resp = WalletResponse {
         body: wallet_body,
-        certificate: send_cert.then(|| ctx.certificate.der().to_vec()),
+        certificate: Some(ctx.certificate.der().to_vec()),
         signature,
     };
+    // Padded to the class of the response with the certificate, whether
+    // or not it carries it: first and repeat encounters look the same.
+    let full_len = resp.to_bytes().len();
+    if !send_cert {
+        resp.certificate = None;
+    }
     let sealed = keys.seal(
         Direction::WalletToTerminal,
         0,
         &[INS_AUTHORIZE],
-        &resp.to_bytes(),
+        &messages::pad(&resp.to_bytes(), full_len),
     );
 
     ctx.atc = atc;
@@ -531,4 +631,31 @@ fn authorize_selected(
         },
         cvm,
     ))
+}
+
+/// Whether any operator the wallet knows endorsed this terminal for `site`
+/// (so telling it "no credential here" says nothing to a stranger).
+fn endorsed_any(
+    ctx: &WalletContext,
+    body: &messages::AuthBody,
+    terminal: &Certificate,
+    site: &str,
+    now: u64,
+) -> bool {
+    ctx.trust
+        .intermediates()
+        .iter()
+        .filter(|c| c.role() == Role::Operator)
+        .any(|op| {
+            verify_endorsement(
+                body.endorsement.as_deref(),
+                terminal,
+                site,
+                op.hash(),
+                &ctx.trust,
+                ctx.revocations.as_ref(),
+                now,
+            )
+            .is_ok()
+        })
 }

@@ -9,7 +9,7 @@ use tapstack_protocol::crypto::{self, Direction, EphemeralKey, SessionKeys};
 use tapstack_protocol::error::{CredentialProblem, Error, Party};
 use tapstack_protocol::messages::{
     self, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, FLAG_EXTENDED_LENGTH,
-    INS_AUTHORIZE, VERSION_1,
+    INS_AUTHORIZE, VERSION_2,
 };
 use tapstack_protocol::pki::{self, CertError, CertSpec, Role};
 use tapstack_protocol::record::{check_chain, verify_record, TransactionRecord};
@@ -196,6 +196,7 @@ fn pickup_tap_checks_credential_offline() {
         cvm_limit: 0,
         send_certificate: true,
     };
+    w.arm(pki.now, 60); // a pickup needs the user's presence
     let run = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
     let outcome = run
         .outcome
@@ -217,6 +218,7 @@ fn pickup_tap_checks_credential_offline() {
     list.sign(&pki.root.cert, &pki.root.key);
     list.verify(&pki.terminal_trust()).unwrap();
     t.revocations = Some(list);
+    w.arm(pki.now, 60); // a pickup needs the user's presence
     let run = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
     assert_eq!(
         run.error,
@@ -225,6 +227,7 @@ fn pickup_tap_checks_credential_offline() {
     t.revocations = None;
 
     // A wallet without a credential for this site answers 9106.
+    w.arm(pki.now, 60); // a pickup needs the user's presence
     let run = pki.run_tap(
         &mut t,
         &mut w,
@@ -248,6 +251,7 @@ fn pickup_tap_checks_credential_offline() {
     let mut w2 = pki.wallet_context_for(&other);
     w2.credentials
         .push(pki.credential(&pki.wallet.cert, "LOCKER-7", 3, "SF1", &mut OsRng));
+    w2.arm(pki.now, 60); // a pickup needs the user's presence
     let run = pki.run_tap(&mut t, &mut w2, params.clone(), &mut OsRng);
     assert_eq!(
         run.error,
@@ -259,6 +263,7 @@ fn pickup_tap_checks_credential_offline() {
     let mut forged = pki.credential(&pki.wallet.cert, "LOCKER-7", 4, "SF2", &mut OsRng);
     forged.signature = crypto::sign(&pki.acquirer.key, &forged.signed_bytes());
     w3.credentials.push(forged);
+    w3.arm(pki.now, 60); // a pickup needs the user's presence
     let run = pki.run_tap(&mut t, &mut w3, params, &mut OsRng);
     assert_eq!(
         run.error,
@@ -296,8 +301,13 @@ fn two_tap_confirm_on_phone_flow() {
         .terminal_events
         .contains(&TerminalEvent::ConfirmOnPhone));
 
-    assert!(w.confirm_pending(pki.now));
-    // A different amount does not ride on the confirmation.
+    let prompt = w.pending_prompt().expect("a prompt on screen");
+    assert!(
+        !w.confirm_pending(&[0; 32], pki.now),
+        "only the shown prompt"
+    );
+    assert!(w.confirm_pending(&prompt, pki.now));
+    // A different amount neither rides on the confirmation nor replaces it.
     let other = pki.run_tap(
         &mut t,
         &mut w,
@@ -312,11 +322,7 @@ fn two_tap_confirm_on_phone_flow() {
     assert!(other
         .terminal_events
         .contains(&TerminalEvent::ConfirmOnPhone));
-    let again = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
-    assert!(again
-        .terminal_events
-        .contains(&TerminalEvent::ConfirmOnPhone));
-    assert!(w.confirm_pending(pki.now));
+    assert_eq!(w.pending_prompt(), Some(prompt));
 
     let second = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
     let outcome = second.outcome.expect("approved on second tap");
@@ -339,7 +345,8 @@ fn two_tap_confirm_on_phone_flow() {
         .contains(&TerminalEvent::ConfirmOnPhone));
 
     // An expired confirmation does not count.
-    assert!(w.confirm_pending(pki.now - 1000));
+    let prompt = w.pending_prompt().expect("a prompt on screen");
+    assert!(w.confirm_pending(&prompt, pki.now - 1000));
     let late = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
     assert!(late
         .terminal_events
@@ -376,7 +383,8 @@ fn terminal_cvm_limit_below_the_wallets_makes_the_wallet_ask() {
         "{:?}",
         first.error
     );
-    assert!(w.confirm_pending(pki.now));
+    let prompt = w.pending_prompt().unwrap();
+    assert!(w.confirm_pending(&prompt, pki.now));
     let second = pki.run_tap(&mut t, &mut w, params.clone(), &mut OsRng);
     assert_eq!(second.outcome.map(|o| o.cvm), Some(Cvm::ConfirmedOnDevice));
     // Below the terminal's limit the flag is absent and nothing is asked.
@@ -408,12 +416,15 @@ fn repeat_customer_sends_hashes_not_certificates() {
     assert!(repeat.outcome.is_some(), "{:?}", repeat.error);
     assert_eq!(repeat.round_trips(), 2);
     let saved = first.apdu_bytes() - repeat.apdu_bytes();
-    // Each certificate is replaced by its 34-byte hash TLV.
-    let certs = pki.terminal.cert.der().len() + pki.wallet.cert.der().len() - 2 * 34;
+    // The terminal certificate is replaced by its 34-byte hash TLV; the
+    // wallet's answer is padded to the same size class either way (v2), so
+    // a listener cannot tell a repeat customer from a first encounter.
+    let certs = pki.terminal.cert.der().len() - 34;
     assert!(
         saved >= certs,
-        "saved {saved} bytes, certificates minus hashes are {certs}"
+        "saved {saved} bytes, certificate minus hash is {certs}"
     );
+    assert_eq!(first.wire[1].response.len(), repeat.wire[1].response.len());
     let der = pki.terminal.cert.der();
     assert!(!repeat
         .wire
@@ -644,10 +655,11 @@ fn foreign_expired_and_revoked_certificates() {
     let key = p256::ecdsa::SigningKey::random(&mut OsRng);
     let spec = CertSpec {
         role: Role::Wallet,
-        common_name: "old",
+        common_name: "wallet",
         not_before: pki.now - 1000,
         not_after: pki.now - 10,
         terminal_id: None,
+        endorsed_sites: &[],
     };
     let cert = pki::issue(
         &spec,
@@ -674,10 +686,11 @@ fn foreign_expired_and_revoked_certificates() {
     let key = p256::ecdsa::SigningKey::random(&mut OsRng);
     let spec = CertSpec {
         role: Role::Wallet,
-        common_name: "w",
+        common_name: "wallet",
         not_before: pki.now - 1000,
         not_after: pki.now + 1000,
         terminal_id: None,
+        endorsed_sites: &[],
     };
     let cert = pki::issue(
         &spec,
@@ -919,7 +932,7 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
     let _select = session.poll_command().unwrap();
     let eph = EphemeralKey::generate(&mut OsRng);
     let fci = Fci {
-        versions: vec![VERSION_1],
+        versions: vec![VERSION_2],
         scenarios: 7,
         max_command: 4096,
         flags: FLAG_EXTENDED_LENGTH,
@@ -938,6 +951,7 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
         wallet_cert_hash: *pki.wallet.cert.hash(),
         atc: 1,
         cvm: Cvm::None,
+        prompt: None,
         cryptogram: Some(ck.cryptogram(1, &th1, 0)),
         credential: None,
     };
@@ -945,6 +959,11 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
     let signature = crypto::sign(&pki.wallet.key, &th2);
     let claimed = WalletBody {
         cvm: Cvm::ConfirmedOnDevice,
+        prompt: Some(messages::prompt_hash(
+            pki.terminal.cert.hash(),
+            pki.terminal.cert.common_name(),
+            &req.body.scenario,
+        )),
         ..signed.clone()
     };
     let resp = WalletResponse {
@@ -956,7 +975,7 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
         Direction::WalletToTerminal,
         0,
         &[INS_AUTHORIZE],
-        &resp.to_bytes(),
+        &messages::pad(&resp.to_bytes(), 0),
     );
     let err = session
         .handle_response(&mut t, Response::ok(sealed), pki.now, &mut OsRng)
@@ -979,7 +998,7 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
     let _ = session.poll_command();
     let eph = EphemeralKey::generate(&mut OsRng);
     let fci = Fci {
-        versions: vec![VERSION_1],
+        versions: vec![VERSION_2],
         scenarios: 7,
         max_command: 4096,
         flags: FLAG_EXTENDED_LENGTH,
@@ -1010,7 +1029,7 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
         Direction::WalletToTerminal,
         0,
         &[INS_AUTHORIZE],
-        &resp.to_bytes(),
+        &messages::pad(&resp.to_bytes(), 0),
     );
     assert_eq!(
         session
@@ -1274,6 +1293,7 @@ fn terminal_id_in_the_subject_round_trips_and_taps() {
         not_before: pki.now - 1000,
         not_after: pki.now + 100_000,
         terminal_id: id,
+        endorsed_sites: &[],
     };
     let cert = pki::issue(
         &spec(Some("TH-0012")),

@@ -84,12 +84,51 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
             "key does not match the terminal certificate",
         ));
     }
+    let endorsement = match config.kiosk.as_ref().and_then(|k| k.endorsement.as_ref()) {
+        Some(p) => {
+            let p = config.path(p);
+            let e = read_certificate(&p)?;
+            let site = config
+                .kiosk
+                .as_ref()
+                .map(|k| k.site.as_str())
+                .unwrap_or_default();
+            if e.role() != Role::Kiosk {
+                return Err(file_err(
+                    &p,
+                    format!(
+                        "certificate role is {}, not kiosk (tap-certs kiosk)",
+                        e.role()
+                    ),
+                ));
+            }
+            if e.public_key() != cert.public_key() {
+                return Err(file_err(
+                    &p,
+                    "the kiosk certificate endorses another key than the terminal certificate's",
+                ));
+            }
+            if !e.endorses_site(site) {
+                return Err(file_err(
+                    &p,
+                    format!(
+                        "the kiosk certificate names {}, not kiosk.site {site}",
+                        e.endorsed_sites().join(", ")
+                    ),
+                ));
+            }
+            Some(e)
+        }
+        None => None,
+    };
     let (trust, revocations) = trust(config)?;
     // The terminal signs, verifies and agrees keys through ring.
     let mut ctx =
         TerminalContext::with_backend(cert, &key, trust, tapstack_protocol::crypto::fast_backend())
             .map_err(|e| file_err(&key_path, format!("key refused by the crypto backend: {e}")))?;
     ctx.revocations = revocations;
+    ctx.endorsement = endorsement;
+    ctx.require_presence = config.terminal.require_presence;
     let queue = Arc::new(Queue::open(&config.path(&config.queue.path))?);
     queue.bind_currency(&config.currency().to_string())?;
     let risk = crate::tap::risk_state(&queue)?;

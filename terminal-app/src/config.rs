@@ -28,6 +28,10 @@ pub struct TerminalSection {
     /// How long one tap intent waits for a phone.
     #[serde(default = "default_timeout")]
     pub tap_timeout_secs: u64,
+    /// Ask for the user's presence on the phone (`D3`) on every tap, amount
+    /// 0 and pickups of relaxed credentials included.
+    #[serde(default)]
+    pub require_presence: bool,
     /// This terminal's earlier certificates (before `tap-certs terminal
     /// --renew`), sent with every upload so the host accepts the queued
     /// records signed under them. Same terminal ID and acquirer only.
@@ -166,6 +170,11 @@ pub struct KioskSection {
     /// argument. Empty: only log it.
     #[serde(default)]
     pub open_command: Vec<String>,
+    /// The operator's endorsement of this terminal as a kiosk for `site`
+    /// (`tap-certs kiosk`), sent in every pickup. Without it phones refuse
+    /// pickups here (`9104`).
+    #[serde(default)]
+    pub endorsement: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,6 +408,7 @@ currency = "CNY"                 # every amount is in this currency
 order_prefix = "A"               # order numbers look like A17
 send_certificate = true          # false: send only its hash (repeat customers)
 tap_timeout_secs = 60            # how long a tap intent waits for a phone
+require_presence = false         # true: the phone asks its user on every tap (D3), amount 0 included
 # previous_certificates = ["terminal-2025.pem"]   # after a renewal: records queued under these still upload
 
 [reader]
@@ -437,6 +447,7 @@ queue_max_age_secs = 259200      # 3 days
 
 # [kiosk]
 # site = "LOCKER-7"
+# endorsement = "terminal-kiosk.pem"   # `tap-certs kiosk`: the operator endorses this terminal for the site
 # open_command = ["/usr/local/bin/open-slot"]   # the slot number is appended
 
 [api]

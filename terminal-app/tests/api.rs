@@ -71,6 +71,7 @@ queue_max_age_secs = 86400
 
 [kiosk]
 site = "LOCKER-7"
+endorsement = "terminal-kiosk.pem"
 "#
         );
         let path = self.dir.path().join("terminal.toml");
@@ -432,7 +433,10 @@ fn pay_order_pickup_and_two_tap_over_http() {
     assert_eq!(v["approved"]["order_number"], "A2", "{v}");
     assert_eq!(v["approved"]["amount"], 2050);
 
+    // A pickup needs the user's presence: confirm on the phone, tap again.
     let id = create(a, &json!({"kind": "pickup", "site": "LOCKER-7"}));
+    d.tap();
+    wait_state(a, &id, "confirm_on_phone");
     d.tap();
     let v = outcome(a, &id);
     assert_eq!(

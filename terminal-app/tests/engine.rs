@@ -37,7 +37,7 @@ impl Shop {
         std::fs::write(
             base.dir.path().join("terminal.toml"),
             format!(
-                "[terminal]\ncertificate = \"terminal.pem\"\nkey = \"terminal.key\"\ncurrency = \"CNY\"\n\n[reader]\nconnection = \"emu:phones/alice.toml\"\n\n[trust]\nroot = \"pki/root.pem\"\nissuers = [\"pki/issuer.pem\"]\noperators = [\"pki/operator.pem\"]\nrevocations = \"pki/revocations.tlv\"\n\n[queue]\npath = \"queue\"\n\n[risk]\n{risk}\n"
+                "[terminal]\ncertificate = \"terminal.pem\"\nkey = \"terminal.key\"\ncurrency = \"CNY\"\n\n[reader]\nconnection = \"emu:phones/alice.toml\"\n\n[trust]\nroot = \"pki/root.pem\"\nissuers = [\"pki/issuer.pem\"]\noperators = [\"pki/operator.pem\"]\nrevocations = \"pki/revocations.tlv\"\n\n[queue]\npath = \"queue\"\n\n[risk]\n{risk}\n\n[kiosk]\nsite = \"LOCKER-7\"\nendorsement = \"terminal-kiosk.pem\"\n"
             ),
         )
         .unwrap();
@@ -112,25 +112,20 @@ fn pay_order_pickup_and_two_tap_through_the_engine() {
     let o = tap(&mut e, &mut f, &Intent::Order { cart });
     assert_eq!(approved(&o).order_number.as_deref(), Some("A2"));
 
-    let p = tap(
-        &mut e,
-        &mut f,
-        &Intent::Pickup {
-            site: "LOCKER-7".into(),
-        },
-    );
+    // A pickup needs the user's presence: confirm on the phone, tap again.
+    let pickup = Intent::Pickup {
+        site: "LOCKER-7".into(),
+    };
+    assert_eq!(tap(&mut e, &mut f, &pickup), TapResult::ConfirmOnPhone);
+    let p = tap(&mut e, &mut f, &pickup);
     assert_eq!(
         (approved(&p).slot, approved(&p).parcel.as_deref()),
         (Some(12), Some("SF1"))
     );
+    assert_eq!(approved(&p).cvm, "confirmed_on_phone");
     // The same credential again at this kiosk: refused, nothing written.
-    let again = tap(
-        &mut e,
-        &mut f,
-        &Intent::Pickup {
-            site: "LOCKER-7".into(),
-        },
-    );
+    assert_eq!(tap(&mut e, &mut f, &pickup), TapResult::ConfirmOnPhone);
+    let again = tap(&mut e, &mut f, &pickup);
     assert_eq!(again, TapResult::Declined(Decline::CredentialUsed));
 
     // Above the phone's limit → confirm on phone, then approved.

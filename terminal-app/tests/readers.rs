@@ -14,7 +14,7 @@ use rand_core::OsRng;
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency};
 use tapstack_terminal::app::{self, Field};
 use tapstack_terminal::config::Config;
-use tapstack_terminal::tap::{Engine, Intent, TapResult};
+use tapstack_terminal::tap::{Decline, Engine, Intent, TapResult};
 use tapstack_terminal::upload;
 use tapstack_tests::{workspace_binary, Child, Pcscd, VPCD_READER};
 
@@ -25,7 +25,8 @@ fn config(w: &World, connection: &str) -> Config {
         "[terminal]\ncertificate = \"terminal.pem\"\nkey = \"terminal.key\"\ncurrency = \"CNY\"\ntap_timeout_secs = 30\n\n\
          [reader]\nconnection = \"{connection}\"\n\n\
          [trust]\nroot = \"pki/root.pem\"\nissuers = [\"pki/issuer.pem\"]\noperators = [\"pki/operator.pem\"]\n\n\
-         [queue]\npath = \"queue-{}\"\n\n[host]\nurl = \"https://{}\"\nca = \"tls/tls-ca.pem\"\n",
+         [queue]\npath = \"queue-{}\"\n\n[host]\nurl = \"https://{}\"\nca = \"tls/tls-ca.pem\"\n\n\
+         [kiosk]\nsite = \"LOCKER-7\"\nendorsement = \"terminal-kiosk.pem\"\n",
         connection.split(':').next().unwrap_or("x"),
         w.host_addr
     );
@@ -92,19 +93,28 @@ fn every_scenario(w: &World, connection: &str) {
         "order",
     );
     assert_eq!(order.order_number.as_deref(), Some("A2"));
-    let pickup = approved(
-        tap(
-            &mut engine,
-            field.as_mut(),
-            &Intent::Pickup {
-                site: "LOCKER-7".into(),
-            },
-        ),
-        "pickup",
-    );
+    let locker = Intent::Pickup {
+        site: "LOCKER-7".into(),
+    };
+    // Without the operator's endorsement the same terminal is just a
+    // certified shop naming the site: the phone answers 9104 and releases
+    // nothing.
+    let endorsement = engine.ctx.endorsement.take();
+    match tap(&mut engine, field.as_mut(), &locker) {
+        TapResult::Declined(Decline::Protocol { detail }) if detail.contains("9104") => {}
+        other => panic!("unendorsed pickup: {other:?}"),
+    }
+    engine.ctx.endorsement = endorsement;
+    // Endorsed: the phone asks its user (presence by default), then the
+    // second tap collects the parcel.
     assert_eq!(
-        (pickup.slot, pickup.parcel.as_deref()),
-        (Some(12), Some("SF1"))
+        tap(&mut engine, field.as_mut(), &locker),
+        TapResult::ConfirmOnPhone
+    );
+    let pickup = approved(tap(&mut engine, field.as_mut(), &locker), "pickup");
+    assert_eq!(
+        (pickup.slot, pickup.parcel.as_deref(), pickup.cvm),
+        (Some(12), Some("SF1"), "confirmed_on_phone")
     );
     // 250.00 is above the phone's own limit (30.00) and the terminal's CVM limit.
     let big = Intent::Pay {

@@ -43,7 +43,20 @@ impl World {
                 &mut OsRng,
             )
             .unwrap();
-        let terminal = TerminalContext::new(t.identity.cert, t.identity.key, pki.terminal_trust());
+        // The terminal is also the operator-endorsed kiosk of the test sites.
+        let kiosk = pki
+            .issue_kiosk(
+                &t.identity.cert,
+                &["LOCKER-7".to_string(), "LOCKER-8".to_string()],
+                &dir.path().join("terminal/kiosk.pem"),
+                None,
+                now(),
+                &mut OsRng,
+            )
+            .unwrap();
+        let mut terminal =
+            TerminalContext::new(t.identity.cert, t.identity.key, pki.terminal_trust());
+        terminal.endorsement = Some(kiosk);
         World { dir, pki, terminal }
     }
 

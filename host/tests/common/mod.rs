@@ -106,6 +106,13 @@ impl Fixture {
             acquirer: kit_id(certs.acquirer()),
             operator: kit_id(certs.operator()),
             terminal: kit_id(&t.identity),
+            kiosk: testkit::endorse_with(
+                &kit_id(certs.operator()),
+                &t.identity.cert,
+                &testkit::KIOSK_SITES,
+                now,
+                &mut OsRng,
+            ),
             wallet: kit_id(&w.leaf.identity),
             issuer_master_key: certs.issuer_master_key().unwrap().clone(),
             now,
@@ -164,9 +171,18 @@ impl Fixture {
         self.kit.wallet_context_for(&w)
     }
 
+    /// A terminal driver; every terminal here is also the operator-endorsed
+    /// kiosk of the test sites (protocol v2: wallets release credentials
+    /// only to endorsed kiosks).
     pub fn sim(&self, id: Identity) -> TerminalSim {
+        let mut ctx = self.kit.terminal_context_for(&id);
+        ctx.endorsement = Some(self.kit.endorse(
+            &id.cert,
+            &["LOCKER-7", "LOCKER-8", "MALL-1"],
+            &mut OsRng,
+        ));
         TerminalSim {
-            ctx: self.kit.terminal_context_for(&id),
+            ctx,
             id,
             seq: 0,
             prev: [0; 32],
@@ -261,6 +277,10 @@ impl TerminalSim {
             cvm_limit: 1_000_000,
             send_certificate: true,
         };
+        // A pickup needs the user's presence: the phone is armed (biometric).
+        if matches!(params.scenario, Scenario::Pickup { .. }) {
+            wallet.arm(kit.now, 60);
+        }
         let run = kit.run_tap(&mut self.ctx, wallet, params, &mut OsRng);
         let outcome = run
             .outcome

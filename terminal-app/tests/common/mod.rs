@@ -19,8 +19,10 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
-/// A PKI, a terminal certificate, two phones (alice holds a pickup
-/// credential for LOCKER-7 slot 12; both ask for confirmation above 30.00),
+/// A PKI, a terminal certificate endorsed by the operator as the kiosk of
+/// LOCKER-7 (`terminal-kiosk.pem`), two phones (alice holds a pickup
+/// credential for LOCKER-7 slot 12, which she confirms on the phone; both
+/// ask for confirmation above 30.00),
 /// and a `tap-host` on a port of its own.
 pub struct Shop {
     pub dir: tempfile::TempDir,
@@ -58,6 +60,17 @@ impl Shop {
                 file_stem: Some("terminal-tls".into()),
                 ..Default::default()
             },
+            now(),
+            &mut OsRng,
+        )
+        .unwrap();
+        // The operator endorses the terminal as the kiosk of LOCKER-7: phones
+        // release LOCKER-7 credentials to it (`[kiosk] endorsement`).
+        pki.issue_kiosk(
+            &t.identity.cert,
+            &["LOCKER-7".to_string()],
+            &d.join("terminal-kiosk.pem"),
+            None,
             now(),
             &mut OsRng,
         )

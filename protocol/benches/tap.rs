@@ -134,46 +134,26 @@ fn air_table() {
     println!("{head} ms@424 (FS 256) |");
     println!("{rule}-----------------|");
 
-    let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    let run = tap_with_receipt(
-        &pki,
-        &mut t,
-        &mut w,
-        pay(true),
-        |_| plain_receipt(),
-        &mut rng,
-    );
-    row("pay, first encounter", &run);
-    let run = tap_with_receipt(
-        &pki,
-        &mut t,
-        &mut w,
-        pay(false),
-        |_| plain_receipt(),
-        &mut rng,
-    );
-    row("pay, repeat customer (hashes only)", &run);
-
-    let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
-    w.extended = false;
-    let run = tap_with_receipt(
-        &pki,
-        &mut t,
-        &mut w,
-        pay(true),
-        |_| plain_receipt(),
-        &mut rng,
-    );
-    row("pay, first encounter, short APDUs only", &run);
-    let run = tap_with_receipt(
-        &pki,
-        &mut t,
-        &mut w,
-        pay(false),
-        |_| plain_receipt(),
-        &mut rng,
-    );
-    row("pay, repeat customer, short APDUs only", &run);
+    for (extended, links) in [(true, ""), (false, ", short APDUs only")] {
+        let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
+        w.extended = extended;
+        for (send_cert, who) in [(true, "first encounter"), (false, "repeat customer")] {
+            let run = tap_with_receipt(
+                &pki,
+                &mut t,
+                &mut w,
+                pay(send_cert),
+                |_| plain_receipt(),
+                &mut rng,
+            );
+            let hashes = if send_cert || !extended {
+                ""
+            } else {
+                " (hashes only)"
+            };
+            row(&format!("pay, {who}{hashes}{links}"), &run);
+        }
+    }
 
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     let order = TapParams {

@@ -197,18 +197,7 @@ impl Pki {
             now,
             rng,
         )?;
-        let key_pem = key_pem(&identity.key, &files.key)?;
-        let cert_pem = identity.cert.to_pem();
-        fsio::create_dir(out_dir)?;
-        fsio::write_all_new(&[
-            (files.cert.clone(), cert_pem.as_bytes(), Mode::Public),
-            (files.key.clone(), key_pem.as_bytes(), Mode::Secret),
-        ])?;
-        Ok(IssuedLeaf {
-            identity,
-            cert_path: files.cert,
-            key_path: files.key,
-        })
+        write_leaf(identity, files, out_dir)
     }
 
     /// Issue the TLS client certificate of `terminal` (a terminal
@@ -250,18 +239,7 @@ impl Pki {
             now,
             rng,
         )?;
-        let key_pem = key_pem(&identity.key, &files.key)?;
-        let cert_pem = identity.cert.to_pem();
-        fsio::create_dir(out_dir)?;
-        fsio::write_all_new(&[
-            (files.cert.clone(), cert_pem.as_bytes(), Mode::Public),
-            (files.key.clone(), key_pem.as_bytes(), Mode::Secret),
-        ])?;
-        Ok(IssuedLeaf {
-            identity,
-            cert_path: files.cert,
-            key_path: files.key,
-        })
+        write_leaf(identity, files, out_dir)
     }
 
     /// Issue a wallet certificate (role wallet, signed by the issuer) and its
@@ -515,6 +493,23 @@ impl Pki {
 struct LeafFiles {
     cert: PathBuf,
     key: PathBuf,
+}
+
+/// Write a new leaf's certificate (public) and key (0600), never over an
+/// existing file.
+fn write_leaf(identity: Identity, files: LeafFiles, out_dir: &Path) -> Result<IssuedLeaf, Error> {
+    let key_pem = key_pem(&identity.key, &files.key)?;
+    let cert_pem = identity.cert.to_pem();
+    fsio::create_dir(out_dir)?;
+    fsio::write_all_new(&[
+        (files.cert.clone(), cert_pem.as_bytes(), Mode::Public),
+        (files.key.clone(), key_pem.as_bytes(), Mode::Secret),
+    ])?;
+    Ok(IssuedLeaf {
+        identity,
+        cert_path: files.cert,
+        key_path: files.key,
+    })
 }
 
 fn key_pem(key: &SigningKey, path: &Path) -> Result<Zeroizing<String>, Error> {

@@ -167,12 +167,7 @@ fn encode(cert: &x509_cert::Certificate) -> Option<Vec<u8>> {
     }
     put_name(&mut out, &tbs.subject)?;
     let spki = &tbs.subject_public_key_info;
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
-    if spki.algorithm.oid != OID_EC_PUBLIC_KEY || curve != Some(OID_P256) {
+    if !crate::pki::is_p256_spki(spki) {
         return None;
     }
     let key = p256::PublicKey::from_sec1_bytes(spki.subject_public_key.as_bytes()?).ok()?;

@@ -236,6 +236,16 @@ impl core::fmt::Debug for HexBytes<'_> {
     }
 }
 
+/// Whether a SubjectPublicKeyInfo names an id-ecPublicKey on prime256v1.
+pub(crate) fn is_p256_spki(spki: &SubjectPublicKeyInfoOwned) -> bool {
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+    spki.algorithm.oid == OID_EC_PUBLIC_KEY && curve == Some(OID_P256)
+}
+
 fn malformed(what: &'static str) -> impl Fn(der::Error) -> CertError {
     move |_| CertError::Malformed { what }
 }
@@ -290,12 +300,7 @@ impl Certificate {
             return Err(CertError::UnsupportedSignatureAlgorithm);
         }
         let spki = &tbs_cert.subject_public_key_info;
-        let curve = spki
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
-        if spki.algorithm.oid != OID_EC_PUBLIC_KEY || curve != Some(OID_P256) {
+        if !is_p256_spki(spki) {
             return Err(CertError::UnsupportedKey);
         }
         let key = VerifyingKey::from_sec1_bytes(spki.subject_public_key.raw_bytes())

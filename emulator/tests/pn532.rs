@@ -438,7 +438,7 @@ fn run_tap(
             }
         };
         session
-            .handle_response(ctx, resp, now, &mut OsRng)
+            .handle_response(ctx, resp, Duration::ZERO, now, &mut OsRng)
             .map_err(|e| e.to_string())?;
         while let Some(ev) = session.poll_event() {
             match ev {

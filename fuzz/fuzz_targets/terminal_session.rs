@@ -1,6 +1,7 @@
 #![no_main]
 //! The terminal state machine fed arbitrary responses; the first response
 //! may be a genuine FCI so the fuzzer reaches AUTHORIZE handling.
+use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tapstack_protocol::apdu::{Response, StatusWord};
 use tapstack_protocol::scenario::{Amount, Currency, Scenario};
@@ -17,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
         let resp = Response::parse(chunk).unwrap_or(Response::status(StatusWord::Unknown));
-        if session.handle_response(&mut ctx, resp, pki.now, &mut rng).is_err() {
+        if session.handle_response(&mut ctx, resp, Duration::ZERO, pki.now, &mut rng).is_err() {
             assert!(session.poll_command().is_none(), "a failed session must send nothing more");
             break;
         }

@@ -113,7 +113,7 @@ fn tap_with_receipt(
 
 fn plain_receipt() -> Receipt {
     Receipt {
-        record_id: [7; 32],
+        record_check: [7; 4],
         seq: 1234,
         order_number: None,
         cart: None,
@@ -235,9 +235,13 @@ fn terminal_tap(
         let cmd = session.poll_command();
         spent += t0.elapsed();
         let Some(cmd) = cmd else { break };
+        let sent = Instant::now();
         let resp = lb.exchange(w, cmd, pki.now, &mut rng).unwrap();
+        let elapsed = sent.elapsed();
         let t0 = Instant::now();
-        session.handle_response(t, resp, pki.now, &mut rng).unwrap();
+        session
+            .handle_response(t, resp, elapsed, pki.now, &mut rng)
+            .unwrap();
         while let Some(ev) = session.poll_event() {
             if let TerminalEvent::Approved(o) = ev {
                 let rec = TransactionRecord::new(
@@ -281,7 +285,9 @@ fn wallet_tap(
         };
         spent += t0.elapsed();
         let resp = tapstack_protocol::apdu::Response::parse(&bytes).unwrap();
-        session.handle_response(t, resp, pki.now, &mut rng).unwrap();
+        session
+            .handle_response(t, resp, Duration::ZERO, pki.now, &mut rng)
+            .unwrap();
     }
     spent
 }

@@ -8,7 +8,9 @@ use rand_core::OsRng;
 use tapstack_protocol::airtime;
 use tapstack_protocol::apdu::LinkLimits;
 use tapstack_protocol::record::{check_chain, verify_record, TransactionRecord};
-use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Receipt, Scenario};
+use tapstack_protocol::scenario::{
+    record_check, Amount, Cart, CartItem, Currency, Receipt, Scenario,
+};
 use tapstack_protocol::terminal::{TapParams, TerminalEvent};
 use tapstack_protocol::testkit::{Loopback, Pki, TapRun};
 
@@ -125,7 +127,7 @@ fn main() {
                 order_number.clone(),
             );
             let receipt = Receipt {
-                record_id: record.hash(),
+                record_check: record_check(&record.hash()),
                 seq,
                 order_number,
                 cart: cart.clone(),

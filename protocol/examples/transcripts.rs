@@ -35,7 +35,9 @@ use tapstack_protocol::messages::{
 };
 use tapstack_protocol::record::TransactionRecord;
 use tapstack_protocol::revocation::RevocationList;
-use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Receipt, Scenario};
+use tapstack_protocol::scenario::{
+    record_check, Amount, Cart, CartItem, Currency, Receipt, Scenario,
+};
 use tapstack_protocol::terminal::{TapParams, TerminalEvent};
 use tapstack_protocol::testkit::{hex_spaced, Loopback, Pki, TapRun, WireExchange};
 use tapstack_protocol::tlv;
@@ -987,7 +989,7 @@ fn main() {
         Some("A17".into()),
     );
     let receipt = Receipt {
-        record_id: order_record.hash(),
+        record_check: record_check(&order_record.hash()),
         seq: 2,
         order_number: Some("A17".into()),
         cart: Some(cart()),
@@ -1042,7 +1044,7 @@ fn main() {
         None,
     );
     let receipt = Receipt {
-        record_id: pickup_record.hash(),
+        record_check: record_check(&pickup_record.hash()),
         seq: 3,
         order_number: None,
         cart: None,

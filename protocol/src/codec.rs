@@ -78,6 +78,21 @@ pub(crate) fn u16_be(field: &'static str, v: &[u8]) -> Result<u16, DecodeError> 
     Ok(u16::from_be_bytes(fixed::<2>(field, v)?))
 }
 
+/// An unsigned integer in its fewest big-endian bytes (one for zero).
+pub(crate) fn uint_bytes(v: u64) -> Vec<u8> {
+    let b = v.to_be_bytes();
+    let skip = b.iter().take(7).take_while(|&&x| x == 0).count();
+    b[skip..].to_vec()
+}
+
+/// Parse [`uint_bytes`]'s form: 1 to 8 bytes, no leading zero byte.
+pub(crate) fn uint(field: &'static str, v: &[u8]) -> Result<u64, DecodeError> {
+    if v.is_empty() || v.len() > 8 || (v.len() > 1 && v[0] == 0) {
+        return Err(DecodeError::InvalidValue { field });
+    }
+    Ok(v.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)))
+}
+
 /// A UTF-8 string field with a byte-length cap; control characters are refused
 /// because these strings end up on phone and till screens.
 pub(crate) fn text(field: &'static str, v: &[u8], max: usize) -> Result<String, DecodeError> {

@@ -15,12 +15,13 @@
 //! ```text
 //! 01                         format: compact v1 (DER begins with 30)
 //! n  serial[n]               serial number's content octets, 1..=20
-//! issuer                     00 ref[8]: the first 8 bytes of SHA-256 of
+//! issuer                     00 ref[4]: the first 4 bytes of SHA-256 of
 //!                            the issuer's subject name (DER), looked up
-//!                            among the receiver's CA certificates — a
-//!                            receiver that lacks the issuer cannot verify
-//!                            the certificate anyway; or a name (self-
-//!                            signed certificates)
+//!                            among the receiver's CA certificates (when
+//!                            several match, the one whose key verifies the
+//!                            certificate) — a receiver that lacks the
+//!                            issuer cannot verify the certificate anyway;
+//!                            or a name (self-signed certificates)
 //! not_before[4] not_after[4] Unix seconds; UTCTime before 2050, else
 //!                            GeneralizedTime (RFC 5280's rule)
 //! name                       subject
@@ -33,11 +34,19 @@
 //! attribute = 01 len value                   OU, UTF8String
 //!           | 02 len value                   CN, UTF8String
 //!           | 03 len value                   serialNumber, PrintableString
+//!           | 10+i                           OU = the i-th role name
+//!                                            (UTF8String; pki::Role::ALL:
+//!                                            root issuer acquirer operator
+//!                                            terminal wallet terminal-tls
+//!                                            kiosk)
+//!           | 20                             CN = "wallet" (UTF8String)
 //!           | 7F olen oid[olen] tag len value  any other (OID content
 //!                                            octets, the value's tag byte)
 //! extension = code len value                 value = extnValue's contents
 //!   code: bit 7 = critical; bits 0..6 = 01 basicConstraints, 02 keyUsage,
 //!   03 extKeyUsage, 04 subjectAltName, 7F = olen oid[olen] follows
+//!           | 10                             keyUsage, critical,
+//!                                            digitalSignature (03 02 07 80)
 //! ```
 //!
 //! Version 3, ecdsa-with-SHA256 without parameters (both places) and an
@@ -82,6 +91,14 @@ const ATTRIBUTES: [(ObjectIdentifier, Tag); 3] = [
     (OID_SERIAL_NUMBER, Tag::PrintableString),
 ];
 const EXPLICIT: u8 = 0x7F;
+/// Attribute code of the first well-known role `OU` (then one per role).
+const ROLE_OU: u8 = 0x10;
+/// Attribute code of `CN=wallet`.
+const WALLET_CN: u8 = 0x20;
+/// Extension code of keyUsage, critical, digitalSignature only: every leaf
+/// that signs on air carries exactly this one.
+const KU_SIGN: u8 = 0x10;
+const KU_SIGN_VALUE: [u8; 4] = [0x03, 0x02, 0x07, 0x80];
 const CRITICAL: u8 = 0x80;
 const MAX_RDNS: usize = 8;
 const MAX_EXTENSIONS: usize = 8;
@@ -91,9 +108,9 @@ fn bad(what: &'static str) -> CertError {
 }
 
 /// Length of an issuer reference.
-pub const ISSUER_REF_LEN: usize = 8;
+pub const ISSUER_REF_LEN: usize = 4;
 
-/// The reference a compact certificate names its issuer by: the first 8
+/// The reference a compact certificate names its issuer by: the first 4
 /// bytes of SHA-256 over the issuer's subject name (DER).
 pub fn issuer_ref(subject_name: &[u8]) -> [u8; ISSUER_REF_LEN] {
     let h = crate::crypto::sha256(&[subject_name]);
@@ -108,6 +125,24 @@ pub fn to_wire(cert: &Certificate) -> Vec<u8> {
     compress(cert.der()).unwrap_or_else(|| cert.der().to_vec())
 }
 
+/// A certificate's wire form, computed once and recomputed only when the
+/// certificate changes.
+#[derive(Debug, Default, Clone)]
+pub struct WireForm {
+    hash: [u8; 32],
+    bytes: Vec<u8>,
+}
+
+impl WireForm {
+    pub fn get(&mut self, cert: &Certificate) -> &[u8] {
+        if self.bytes.is_empty() || self.hash != *cert.hash() {
+            self.bytes = to_wire(cert);
+            self.hash = *cert.hash();
+        }
+        &self.bytes
+    }
+}
+
 /// Parse a certificate as it came off the air (compact or DER); a compact
 /// one's issuer is looked up among `cas` (the receiver's roots and
 /// intermediates).
@@ -117,13 +152,29 @@ pub fn from_wire<'a>(
 ) -> Result<Certificate, CertError> {
     match bytes.first() {
         Some(&FORMAT_COMPACT_V1) => {
-            let cas: Vec<&Certificate> = cas.into_iter().collect();
-            let der = decompress(bytes, |r| {
-                cas.iter()
-                    .find(|c| issuer_ref(c.subject_name()) == *r)
-                    .map(|c| c.subject_name().to_vec())
-            })?;
-            Certificate::from_der(&der)
+            let ref_at = bytes.get(1).map_or(0, |n| 2 + usize::from(*n));
+            let wanted = bytes.get(ref_at + 1..ref_at + 1 + ISSUER_REF_LEN);
+            let candidates: Vec<&Certificate> = cas
+                .into_iter()
+                .filter(|c| Some(&issuer_ref(c.subject_name())[..]) == wanted)
+                .collect();
+            // Usually one; a 4-byte reference may name two CAs of one
+            // trust store, then the one that signed the certificate wins.
+            let mut first = None;
+            for ca in &candidates {
+                let der = decompress(bytes, |_| Some(ca.subject_name().to_vec()))?;
+                let cert = Certificate::from_der(&der)?;
+                if candidates.len() == 1 || cert.is_signed_by(ca) {
+                    return Ok(cert);
+                }
+                first.get_or_insert(cert);
+            }
+            match first {
+                Some(cert) => Ok(cert),
+                // No candidate: a self-signed certificate, or an issuer
+                // this receiver does not hold.
+                None => Certificate::from_der(&decompress(bytes, |_| None)?),
+            }
         }
         _ => Certificate::from_der(bytes),
     }
@@ -178,6 +229,10 @@ fn encode(cert: &x509_cert::Certificate) -> Option<Vec<u8>> {
     }
     out.push(exts.len() as u8);
     for e in exts {
+        if e.critical && e.extn_id == EXTENSIONS[1] && e.extn_value.as_bytes() == KU_SIGN_VALUE {
+            out.push(KU_SIGN);
+            continue;
+        }
         let crit = if e.critical { CRITICAL } else { 0 };
         match EXTENSIONS.iter().position(|o| *o == e.extn_id) {
             Some(i) => out.push(crit | (i as u8 + 1)),
@@ -210,6 +265,10 @@ fn put_name(out: &mut Vec<u8>, name: &Name) -> Option<()> {
             return None;
         };
         let tag = atv.value.tag();
+        if let Some(code) = well_known_attribute(atv) {
+            out.push(code);
+            continue;
+        }
         match ATTRIBUTES
             .iter()
             .position(|(o, t)| *o == atv.oid && *t == tag)
@@ -227,6 +286,24 @@ fn put_name(out: &mut Vec<u8>, name: &Name) -> Option<()> {
         put_bytes(out, atv.value.value())?;
     }
     Some(())
+}
+
+/// The one-byte code of a well-known `OU` role or `CN=wallet`.
+fn well_known_attribute(atv: &AttributeTypeAndValue) -> Option<u8> {
+    if atv.value.tag() != Tag::Utf8String {
+        return None;
+    }
+    let value = atv.value.value();
+    if atv.oid == OID_OU {
+        let i = crate::pki::Role::ALL
+            .iter()
+            .position(|r| r.as_str().as_bytes() == value)?;
+        Some(ROLE_OU + i as u8)
+    } else if atv.oid == OID_CN && value == crate::pki::WALLET_CN.as_bytes() {
+        Some(WALLET_CN)
+    } else {
+        None
+    }
 }
 
 /// Attribute values are strings: universal, primitive tags only.
@@ -271,6 +348,21 @@ fn get_name(c: &mut Cursor<'_>) -> Result<Name, CertError> {
     let mut rdns = Vec::with_capacity(k);
     for _ in 0..k {
         let code = c.byte("compact attribute")?;
+        let known = match code {
+            WALLET_CN => Some((OID_CN, crate::pki::WALLET_CN)),
+            _ if code >= ROLE_OU => crate::pki::Role::ALL
+                .get(usize::from(code - ROLE_OU))
+                .map(|r| (OID_OU, r.as_str())),
+            _ => None,
+        };
+        if let Some((oid, text)) = known {
+            let value =
+                Any::new(Tag::Utf8String, text.as_bytes()).map_err(|_| bad("attribute value"))?;
+            let set = SetOfVec::try_from(vec![AttributeTypeAndValue { oid, value }])
+                .map_err(|_| bad("attribute"))?;
+            rdns.push(RelativeDistinguishedName(set));
+            continue;
+        }
         let (oid, tag) = match code {
             EXPLICIT => {
                 let o = oid(c.bytes("attribute OID")?, "attribute OID")?;
@@ -352,6 +444,15 @@ pub fn decompress(
     let mut extensions = Vec::with_capacity(e);
     for _ in 0..e {
         let code = c.byte("extension code")?;
+        if code == KU_SIGN {
+            extensions.push(Extension {
+                extn_id: EXTENSIONS[1],
+                critical: true,
+                extn_value: OctetString::new(KU_SIGN_VALUE.to_vec())
+                    .map_err(|_| bad("extension value"))?,
+            });
+            continue;
+        }
         let extn_id = match code & !CRITICAL {
             EXPLICIT => oid(c.bytes("extension OID")?, "extension OID")?,
             n @ 1..=4 => EXTENSIONS[usize::from(n - 1)],

@@ -95,6 +95,8 @@ pub enum Error {
     PromptMismatch,
     #[error("terminal not endorsed for this pickup: {what}")]
     NotEndorsed { what: &'static str },
+    #[error("the phone answered the timed exchange in {micros} µs, above the {bound} µs a phone in this reader's field takes (a relay?)")]
+    Relayed { micros: u32, bound: u32 },
     #[error("transaction counter {got} is not above the last seen {last}")]
     AtcRegression { last: u32, got: u32 },
     #[error("pickup credential {0}")]

@@ -10,7 +10,7 @@ use crate::tlv::{self, Reader};
 /// "TAPSTK" + application version 01.
 pub const AID: [u8; 8] = [0xF0, 0x54, 0x41, 0x50, 0x53, 0x54, 0x4B, 0x01];
 /// The protocol version this crate speaks (v1 is retired: nothing was
-/// deployed).
+/// deployed). AUTHORIZE carries it in P1; the transcript labels bind it.
 pub const VERSION_2: u8 = 2;
 
 pub const CLA_ISO: u8 = 0x00;
@@ -19,6 +19,9 @@ pub const INS_SELECT: u8 = 0xA4;
 pub const INS_AUTHORIZE: u8 = 0x50;
 pub const INS_CONFIRM: u8 = 0x52;
 pub const INS_GET_CERTIFICATE: u8 = 0x54;
+/// The timed exchange (relay resistance): terminal nonce in, wallet nonce
+/// out, nothing computed.
+pub const INS_RELAY: u8 = 0x56;
 
 /// FCI flag: the wallet accepts extended-length APDUs.
 pub const FLAG_EXTENDED_LENGTH: u8 = 0x01;
@@ -30,11 +33,26 @@ pub const LABEL_TH2: &[u8] = b"tapstack/v2 th2";
 pub const LABEL_PROMPT: &[u8] = b"tapstack/v2 prompt";
 
 /// Sealed plaintexts are padded (ISO/IEC 7816-4: `80` then `00`s) to a
-/// multiple of this many bytes.
-pub const SIZE_CLASS: usize = 128;
+/// multiple of this many bytes (the AES block).
+pub const SIZE_CLASS: usize = 16;
+
+/// Length of each nonce of the timed exchange.
+pub const RELAY_NONCE_LEN: usize = 4;
+/// Length of a certificate reference on air: the first bytes of its SHA-256.
+pub const CERT_REF_LEN: usize = 8;
+
+/// The reference a side sends in place of a certificate the other side
+/// already holds.
+pub fn cert_ref(hash: &[u8; 32]) -> [u8; CERT_REF_LEN] {
+    let mut r = [0u8; CERT_REF_LEN];
+    r.copy_from_slice(&hash[..CERT_REF_LEN]);
+    r
+}
 
 /// The wallet's answer to SELECT: versions, capabilities and its ephemeral
 /// key share. Nothing here identifies the wallet.
+///
+/// `6F L { C0 versions | C1 04 scenarios flags max_command[2] | C4 21 key }`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fci {
     pub versions: Vec<u8>,
@@ -49,39 +67,29 @@ pub struct Fci {
 impl Codec for Fci {
     fn encode(&self, out: &mut Vec<u8>) {
         tlv::write_nested(out, 0x6F, |o| {
-            tlv::write(o, 0x84, &AID);
-            tlv::write_nested(o, 0xA5, |o| {
-                tlv::write(o, 0xC0, &self.versions);
-                tlv::write(o, 0xC1, &[self.scenarios]);
-                tlv::write(o, 0xC2, &self.max_command.to_be_bytes());
-                tlv::write(o, 0xC3, &[self.flags]);
-                tlv::write(o, 0xC4, &self.key_share);
-            });
+            tlv::write(o, 0xC0, &self.versions);
+            let [hi, lo] = self.max_command.to_be_bytes();
+            tlv::write(o, 0xC1, &[self.scenarios, self.flags, hi, lo]);
+            tlv::write(o, 0xC4, &self.key_share);
         });
     }
 
     fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(tlv::parse_expect(input, 0x6F)?);
-        if r.expect(0x84)? != AID {
-            return Err(DecodeError::InvalidValue { field: "AID" });
-        }
-        let mut p = Reader::new(r.expect(0xA5)?);
-        r.finish()?;
-        let versions = p.expect(0xC0)?.to_vec();
+        let versions = r.expect(0xC0)?.to_vec();
         if versions.is_empty() || versions.len() > 8 {
             return Err(DecodeError::InvalidValue { field: "versions" });
         }
-        let [scenarios] = fixed::<1>("scenarios", p.expect(0xC1)?)?;
-        let max_command = u16::from_be_bytes(fixed("max command", p.expect(0xC2)?)?);
+        let [scenarios, flags, hi, lo] = fixed::<4>("capabilities", r.expect(0xC1)?)?;
+        let max_command = u16::from_be_bytes([hi, lo]);
         if max_command < 255 {
             // Every ISO 7816 card takes a short APDU's 255 data bytes.
             return Err(DecodeError::InvalidValue {
                 field: "max command",
             });
         }
-        let [flags] = fixed::<1>("flags", p.expect(0xC3)?)?;
-        let key_share = fixed("key share", p.expect(0xC4)?)?;
-        p.finish()?;
+        let key_share = fixed("key share", r.expect(0xC4)?)?;
+        r.finish()?;
         Ok(Fci {
             versions,
             scenarios,
@@ -92,10 +100,44 @@ impl Codec for Fci {
     }
 }
 
+/// The timed exchange's facts, signed in AUTHORIZE (`D4 0A`): the nonces
+/// of the exchange the terminal accepted and the round trip it measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelayCheck {
+    pub terminal_nonce: [u8; RELAY_NONCE_LEN],
+    pub wallet_nonce: [u8; RELAY_NONCE_LEN],
+    /// Measured round trip, microseconds (65535 = that long or longer).
+    pub micros: u16,
+}
+
+impl RelayCheck {
+    fn bytes(&self) -> [u8; 10] {
+        let mut b = [0u8; 10];
+        b[..4].copy_from_slice(&self.terminal_nonce);
+        b[4..8].copy_from_slice(&self.wallet_nonce);
+        b[8..].copy_from_slice(&self.micros.to_be_bytes());
+        b
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let b: [u8; 10] = fixed("relay check", r.expect(0xD4)?)?;
+        let mut tn = [0u8; RELAY_NONCE_LEN];
+        let mut wn = [0u8; RELAY_NONCE_LEN];
+        tn.copy_from_slice(&b[..4]);
+        wn.copy_from_slice(&b[4..8]);
+        Ok(RelayCheck {
+            terminal_nonce: tn,
+            wallet_nonce: wn,
+            micros: u16::from_be_bytes([b[8], b[9]]),
+        })
+    }
+}
+
 /// The signed part of AUTHORIZE.
+///
+/// `D1 key | D2 hash[32] | [D3 01 01] | A1/A2/A3 | [CA kiosk DER] | D4 relay | D5 time`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthBody {
-    pub version: u8,
     pub key_share: [u8; POINT_LEN],
     pub terminal_cert_hash: [u8; 32],
     /// The terminal needs a cardholder verification for this tap (the
@@ -107,19 +149,9 @@ pub struct AuthBody {
     /// this terminal's key for the scenario's site. Tag `CA`, after the
     /// scenario; absent otherwise.
     pub endorsement: Option<Vec<u8>>,
-    pub nonce: [u8; 16],
+    pub relay: RelayCheck,
     /// Terminal time, Unix seconds.
     pub time: u32,
-}
-
-fn write_endorsement(o: &mut Vec<u8>, e: &Option<Vec<u8>>) {
-    if let Some(e) = e {
-        tlv::write(o, 0xCA, e);
-    }
-}
-
-fn read_endorsement(r: &mut Reader<'_>) -> Result<Option<Vec<u8>>, DecodeError> {
-    r.optional(0xCA)?.map(|v| cap(v, MAX_CERT_LEN)).transpose()
 }
 
 fn write_cvm_required(o: &mut Vec<u8>, required: bool) {
@@ -138,45 +170,61 @@ fn read_cvm_required(r: &mut Reader<'_>) -> Result<bool, DecodeError> {
     }
 }
 
-impl Codec for AuthBody {
-    fn encode(&self, o: &mut Vec<u8>) {
-        tlv::write(o, 0xD0, &[self.version]);
-        tlv::write(o, 0xD1, &self.key_share);
-        tlv::write(o, 0xD2, &self.terminal_cert_hash);
+fn read_endorsement(r: &mut Reader<'_>) -> Result<Option<Vec<u8>>, DecodeError> {
+    r.optional(0xCA)?.map(|v| cap(v, MAX_CERT_LEN)).transpose()
+}
+
+impl AuthBody {
+    /// Everything after the terminal certificate (hash or wire form).
+    fn encode_tail(&self, endorsement: Option<&[u8]>, o: &mut Vec<u8>) {
         write_cvm_required(o, self.cvm_required);
         self.scenario.encode(o);
-        write_endorsement(o, &self.endorsement);
-        tlv::write(o, 0xD4, &self.nonce);
+        if let Some(e) = endorsement {
+            tlv::write(o, 0xCA, e);
+        }
+        tlv::write(o, 0xD4, &self.relay.bytes());
         tlv::write(o, 0xD5, &self.time.to_be_bytes());
+    }
+
+    fn read_tail(
+        r: &mut Reader<'_>,
+        key_share: [u8; POINT_LEN],
+        terminal_cert_hash: [u8; 32],
+    ) -> Result<(Self, Option<Vec<u8>>), DecodeError> {
+        let cvm_required = read_cvm_required(r)?;
+        let scenario = read_scenario(r)?;
+        let endorsement = read_endorsement(r)?;
+        let relay = RelayCheck::read(r)?;
+        let time = u32_be("time", r.expect(0xD5)?)?;
+        let body = AuthBody {
+            key_share,
+            terminal_cert_hash,
+            cvm_required,
+            scenario,
+            endorsement: None,
+            relay,
+            time,
+        };
+        Ok((body, endorsement))
+    }
+}
+
+impl Codec for AuthBody {
+    fn encode(&self, o: &mut Vec<u8>) {
+        tlv::write(o, 0xD1, &self.key_share);
+        tlv::write(o, 0xD2, &self.terminal_cert_hash);
+        self.encode_tail(self.endorsement.as_deref(), o);
     }
 
     fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(input);
-        let body = read_auth_body(&mut r)?;
+        let key_share = fixed("terminal key share", r.expect(0xD1)?)?;
+        let hash = fixed("terminal certificate hash", r.expect(0xD2)?)?;
+        let (mut body, endorsement) = AuthBody::read_tail(&mut r, key_share, hash)?;
         r.finish()?;
+        body.endorsement = endorsement;
         Ok(body)
     }
-}
-
-fn read_auth_body(r: &mut Reader<'_>) -> Result<AuthBody, DecodeError> {
-    let [version] = fixed::<1>("version", r.expect(0xD0)?)?;
-    let key_share = fixed("terminal key share", r.expect(0xD1)?)?;
-    let terminal_cert_hash = fixed("terminal certificate hash", r.expect(0xD2)?)?;
-    let cvm_required = read_cvm_required(r)?;
-    let scenario = read_scenario(r)?;
-    let endorsement = read_endorsement(r)?;
-    let nonce = fixed("nonce", r.expect(0xD4)?)?;
-    let time = u32_be("time", r.expect(0xD5)?)?;
-    Ok(AuthBody {
-        version,
-        key_share,
-        terminal_cert_hash,
-        cvm_required,
-        scenario,
-        endorsement,
-        nonce,
-        time,
-    })
 }
 
 fn read_scenario(r: &mut Reader<'_>) -> Result<Scenario, DecodeError> {
@@ -186,63 +234,85 @@ fn read_scenario(r: &mut Reader<'_>) -> Result<Scenario, DecodeError> {
     Scenario::decode(&enc)
 }
 
+/// A certificate as one side names it on air: by reference when the other
+/// side holds it, else in its wire form ([`crate::compact::to_wire`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertOnAir {
+    Ref([u8; CERT_REF_LEN]),
+    Wire(Vec<u8>),
+}
+
+impl CertOnAir {
+    fn write(&self, ref_tag: u32, wire_tag: u32, o: &mut Vec<u8>) {
+        match self {
+            CertOnAir::Ref(r) => tlv::write(o, ref_tag, r),
+            CertOnAir::Wire(w) => tlv::write(o, wire_tag, w),
+        }
+    }
+
+    fn read(r: &mut Reader<'_>, ref_tag: u32, wire_tag: u32) -> Result<Self, DecodeError> {
+        match r.optional(wire_tag)? {
+            Some(w) => Ok(CertOnAir::Wire(cap(w, MAX_CERT_LEN)?)),
+            None => Ok(CertOnAir::Ref(fixed(
+                "certificate reference",
+                r.expect(ref_tag)?,
+            )?)),
+        }
+    }
+}
+
 /// AUTHORIZE's data field: the body with, in place of the terminal
-/// certificate hash, the certificate itself when it is sent (the receiver
-/// recomputes the hash), then the terminal's signature over TH1.
+/// certificate hash, the certificate's reference or wire form, and the
+/// kiosk endorsement in wire form, then the terminal's signature over TH1.
 ///
-/// Wire order: `D0 D1 (D2 | D6) [D3] A1/A2/A3 [CA] D4 D5 D7`.
+/// Wire order: `D1 (D2 ref[8] | D6 cert) [D3] A1/A2/A3 [CA] D4 D5 D7`.
+/// Decoding leaves `body.terminal_cert_hash` zero and `body.endorsement`
+/// empty: the receiver resolves `terminal` and `endorsement` into
+/// certificates and fills them in ([`AuthorizeRequest::resolved_body`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorizeRequest {
     pub body: AuthBody,
-    pub certificate: Option<Vec<u8>>,
+    pub terminal: CertOnAir,
+    /// The kiosk certificate's wire form (pickups at kiosks).
+    pub endorsement: Option<Vec<u8>>,
     pub signature: [u8; SIG_LEN],
+}
+
+impl AuthorizeRequest {
+    /// The signed body once the receiver knows the terminal certificate's
+    /// hash and the endorsement's DER.
+    pub fn resolved_body(
+        &self,
+        terminal_cert_hash: [u8; 32],
+        endorsement: Option<Vec<u8>>,
+    ) -> AuthBody {
+        AuthBody {
+            terminal_cert_hash,
+            endorsement,
+            ..self.body.clone()
+        }
+    }
 }
 
 impl Codec for AuthorizeRequest {
     fn encode(&self, o: &mut Vec<u8>) {
-        let b = &self.body;
-        tlv::write(o, 0xD0, &[b.version]);
-        tlv::write(o, 0xD1, &b.key_share);
-        match &self.certificate {
-            Some(c) => tlv::write(o, 0xD6, c),
-            None => tlv::write(o, 0xD2, &b.terminal_cert_hash),
-        }
-        write_cvm_required(o, b.cvm_required);
-        b.scenario.encode(o);
-        write_endorsement(o, &b.endorsement);
-        tlv::write(o, 0xD4, &b.nonce);
-        tlv::write(o, 0xD5, &b.time.to_be_bytes());
+        tlv::write(o, 0xD1, &self.body.key_share);
+        self.terminal.write(0xD2, 0xD6, o);
+        self.body.encode_tail(self.endorsement.as_deref(), o);
         tlv::write(o, 0xD7, &self.signature);
     }
 
     fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(input);
-        let [version] = fixed::<1>("version", r.expect(0xD0)?)?;
         let key_share = fixed("terminal key share", r.expect(0xD1)?)?;
-        let (terminal_cert_hash, certificate) = match r.optional(0xD6)? {
-            Some(c) => (sha256(&[c]), Some(cap(c, MAX_CERT_LEN)?)),
-            None => (fixed("terminal certificate hash", r.expect(0xD2)?)?, None),
-        };
-        let cvm_required = read_cvm_required(&mut r)?;
-        let scenario = read_scenario(&mut r)?;
-        let endorsement = read_endorsement(&mut r)?;
-        let nonce = fixed("nonce", r.expect(0xD4)?)?;
-        let time = u32_be("time", r.expect(0xD5)?)?;
+        let terminal = CertOnAir::read(&mut r, 0xD2, 0xD6)?;
+        let (body, endorsement) = AuthBody::read_tail(&mut r, key_share, [0; 32])?;
         let signature = fixed("terminal signature", r.expect(0xD7)?)?;
         r.finish()?;
-        let body = AuthBody {
-            version,
-            key_share,
-            terminal_cert_hash,
-            cvm_required,
-            scenario,
-            endorsement,
-            nonce,
-            time,
-        };
         Ok(AuthorizeRequest {
             body,
-            certificate,
+            terminal,
+            endorsement,
             signature,
         })
     }
@@ -363,39 +433,34 @@ fn read_wallet_fields(
 }
 
 /// The wallet's answer to AUTHORIZE, before secure messaging: the body
-/// with, in place of the wallet certificate hash, the certificate itself when
-/// it is sent, then the wallet's signature over TH2.
+/// with, in place of the wallet certificate hash, the certificate's
+/// reference or wire form, then the wallet's signature over TH2.
 ///
-/// Wire order: `(D8 | DD) D9 DA [DC] [DB] [E4] DE`.
+/// Wire order: `(D8 ref[8] | DD cert) D9 DA [DC] [DB] [E4] DE`. Decoding
+/// leaves `body.wallet_cert_hash` zero until the receiver resolves `wallet`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalletResponse {
     pub body: WalletBody,
-    pub certificate: Option<Vec<u8>>,
+    pub wallet: CertOnAir,
     pub signature: [u8; SIG_LEN],
 }
 
 impl Codec for WalletResponse {
     fn encode(&self, o: &mut Vec<u8>) {
-        match &self.certificate {
-            Some(c) => tlv::write(o, 0xDD, c),
-            None => tlv::write(o, 0xD8, &self.body.wallet_cert_hash),
-        }
+        self.wallet.write(0xD8, 0xDD, o);
         write_wallet_fields(&self.body, o);
         tlv::write(o, 0xDE, &self.signature);
     }
 
     fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(input);
-        let (wallet_cert_hash, certificate) = match r.optional(0xDD)? {
-            Some(c) => (sha256(&[c]), Some(cap(c, MAX_CERT_LEN)?)),
-            None => (fixed("wallet certificate hash", r.expect(0xD8)?)?, None),
-        };
-        let body = read_wallet_fields(&mut r, wallet_cert_hash)?;
+        let wallet = CertOnAir::read(&mut r, 0xD8, 0xDD)?;
+        let body = read_wallet_fields(&mut r, [0; 32])?;
         let signature = fixed("wallet signature", r.expect(0xDE)?)?;
         r.finish()?;
         Ok(WalletResponse {
             body,
-            certificate,
+            wallet,
             signature,
         })
     }
@@ -448,13 +513,13 @@ pub fn unpad(padded: &[u8]) -> Result<&[u8], DecodeError> {
     Ok(&padded[..end])
 }
 
-/// `TH1 = SHA-256("tapstack/v1 th1" ‖ AID ‖ FCI ‖ AuthBody)`: what the
+/// `TH1 = SHA-256("tapstack/v2 th1" ‖ AID ‖ FCI ‖ AuthBody)`: what the
 /// terminal signs and what keys the session.
 pub fn th1(fci: &[u8], auth_body: &[u8]) -> [u8; 32] {
     sha256(&[LABEL_TH1, &AID, fci, auth_body])
 }
 
-/// `TH2 = SHA-256("tapstack/v1 th2" ‖ TH1 ‖ terminal signature ‖ WalletBody)`:
+/// `TH2 = SHA-256("tapstack/v2 th2" ‖ TH1 ‖ terminal signature ‖ WalletBody)`:
 /// what the wallet signs.
 pub fn th2(th1: &[u8; 32], terminal_sig: &[u8], wallet_body: &[u8]) -> [u8; 32] {
     sha256(&[LABEL_TH2, th1, terminal_sig, wallet_body])
@@ -466,7 +531,7 @@ mod tests {
 
     #[test]
     fn padding_roundtrips_and_is_strict() {
-        for len in [0usize, 1, 126, 127, 128, 129, 400] {
+        for len in [0usize, 1, 14, 15, 16, 17, 400] {
             let plain = vec![0xAB; len];
             let padded = pad(&plain, 0);
             assert_eq!(padded.len() % SIZE_CLASS, 0);
@@ -476,11 +541,11 @@ mod tests {
         // A floor pads a short message to the class of its long form.
         assert_eq!(pad(&[1; 40], 445).len(), pad(&[1; 445], 0).len());
         assert!(unpad(&[]).is_err());
-        assert!(unpad(&[0u8; 128]).is_err(), "no 80 marker");
+        assert!(unpad(&[0u8; 16]).is_err(), "no 80 marker");
         let mut p = pad(&[1, 2, 3], 0);
-        p[100] = 1;
+        p[10] = 1;
         assert!(unpad(&p).is_err(), "non-zero after the marker");
-        assert!(unpad(&p[..127]).is_err(), "not a whole class");
+        assert!(unpad(&p[..15]).is_err(), "not a whole class");
     }
 
     #[test]

@@ -630,6 +630,12 @@ impl TrustStore {
         &self.intermediates
     }
 
+    /// Every CA certificate held: roots, then intermediates (what a compact
+    /// certificate's issuer reference is resolved against).
+    pub fn cas(&self) -> impl Iterator<Item = &Certificate> {
+        self.roots.iter().chain(&self.intermediates)
+    }
+
     /// A known operator certificate by its hash.
     pub fn operator(&self, hash: &[u8; 32]) -> Option<&Certificate> {
         self.intermediates

@@ -186,7 +186,8 @@ pub struct VerifiedRecord {
     pub prompt: Option<[u8; 32]>,
     pub cryptogram: Option<[u8; 8]>,
     pub credential: Option<PickupCredential>,
-    pub nonce: [u8; 16],
+    /// The timed exchange's nonces and the round trip the terminal measured.
+    pub relay: messages::RelayCheck,
     /// Terminal time of the tap.
     pub time: u64,
     /// TH1, the input of the issuer cryptogram.
@@ -261,7 +262,9 @@ pub fn verify_contents(
             party: Party::Terminal,
         });
     }
-    if fci.scenarios & auth.scenario.capability() == 0 || !fci.versions.contains(&auth.version) {
+    if fci.scenarios & auth.scenario.capability() == 0
+        || !fci.versions.contains(&messages::VERSION_2)
+    {
         return Err(Error::ScenarioUnsupported {
             scenario: auth.scenario.kind(),
         });
@@ -326,7 +329,7 @@ pub fn verify_contents(
         prompt: body.prompt,
         cryptogram: body.cryptogram,
         credential: body.credential,
-        nonce: auth.nonce,
+        relay: auth.relay,
         time,
         th1,
     })

@@ -487,11 +487,23 @@ fn nonempty(field: &'static str, s: String) -> Result<String, DecodeError> {
     Ok(s)
 }
 
+/// Length of [`Receipt::record_check`].
+pub const RECORD_CHECK_LEN: usize = 4;
+
+/// [`Receipt::record_check`] of the record with this hash.
+pub fn record_check(record_hash: &[u8; 32]) -> [u8; RECORD_CHECK_LEN] {
+    let mut c = [0u8; RECORD_CHECK_LEN];
+    c.copy_from_slice(&record_hash[..RECORD_CHECK_LEN]);
+    c
+}
+
 /// What the terminal tells the phone once the record is durably queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
-    /// Hash of the queued transaction record.
-    pub record_id: [u8; 32],
+    /// The first bytes of the queued record's hash: with the terminal and
+    /// `seq` (which name the record) a check value the phone can show and
+    /// the host can match, kept short so a receipt fits one cipher block.
+    pub record_check: [u8; RECORD_CHECK_LEN],
     /// The terminal's sequence number of the record.
     pub seq: u64,
     /// Order number to show the customer (`order`).
@@ -505,8 +517,8 @@ pub struct Receipt {
 impl Codec for Receipt {
     fn encode(&self, out: &mut Vec<u8>) {
         tlv::write_nested(out, 0xE3, |o| {
-            tlv::write(o, 0x80, &self.record_id);
-            tlv::write(o, 0x81, &self.seq.to_be_bytes());
+            tlv::write(o, 0x80, &self.record_check);
+            tlv::write(o, 0x81, &crate::codec::uint_bytes(self.seq));
             if let Some(n) = &self.order_number {
                 tlv::write(o, 0x82, n.as_bytes());
             }
@@ -521,8 +533,8 @@ impl Codec for Receipt {
 
     fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(tlv::parse_expect(input, 0xE3)?);
-        let record_id = fixed("record id", r.expect(0x80)?)?;
-        let seq = u64_be("seq", r.expect(0x81)?)?;
+        let record_check = fixed("record check", r.expect(0x80)?)?;
+        let seq = crate::codec::uint("seq", r.expect(0x81)?)?;
         let order_number = r
             .optional(0x82)?
             .map(|v| text("order number", v, MAX_ORDER_NUMBER))
@@ -538,7 +550,7 @@ impl Codec for Receipt {
         let slot = r.optional(0x84)?.map(|v| u16_be("slot", v)).transpose()?;
         r.finish()?;
         Ok(Receipt {
-            record_id,
+            record_check,
             seq,
             order_number,
             cart,

@@ -1,37 +1,106 @@
 //! The terminal side of the tap handshake, sans-IO.
 //!
 //! ```text
-//!  new() ──SELECT──▶ AwaitFci ──AUTHORIZE──▶ AwaitAuthorize ──┬──▶ Approved ──CONFIRM──▶ AwaitReceiptAck ──▶ Finished
-//!                                   ▲   9102: resend with cert  │        (GET CERTIFICATE if the wallet sent only
-//!                                   └───────────────────────────┘         its certificate's hash and we lost it)
-//!                                          9101 ──▶ Finished (ConfirmOnPhone: tap again)
+//!  new() ──SELECT──▶ AwaitFci ──RELAY──▶ AwaitRelay ──AUTHORIZE──▶ AwaitAuthorize ──┬──▶ Approved ──CONFIRM──▶ AwaitReceiptAck ──▶ Finished
+//!                                  ▲ too slow: again │          ▲ 9102: resend with cert │   (GET CERTIFICATE if the wallet sent only
+//!                                  └─(up to attempts)┘          └────────────────────────┘    its certificate's reference and we lost it)
+//!                                                                 9101 ──▶ Finished (ConfirmOnPhone: tap again)
 //! ```
 //!
 //! Drive it like this: send what [`TerminalSession::poll_command`] returns,
-//! feed the answer to [`TerminalSession::handle_response`], drain
+//! feed the answer and the time the exchange took at the reader to
+//! [`TerminalSession::handle_response`], drain
 //! [`TerminalSession::poll_event`]; repeat until `poll_command` is `None`.
+//!
+//! **Relay resistance:** right after SELECT the terminal times one exchange
+//! that carries a fresh nonce each way and needs no computation on the
+//! phone. A round trip above [`RelayPolicy::bound`] (the link's own time
+//! plus what a phone may add) is tried again up to
+//! [`RelayPolicy::attempts`] times, then declined ([`Error::Relayed`]). The
+//! nonces and the time measured are signed in AUTHORIZE (`D4`), and the
+//! wallet refuses an AUTHORIZE whose nonces are not its session's.
 //! After [`TerminalEvent::Approved`], durably queue the record, then call
 //! [`TerminalSession::send_receipt`] (optional).
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use p256::ecdsa::SigningKey;
 use rand_core::CryptoRngCore;
 
+use crate::airtime;
 use crate::apdu::{Command, Response, StatusWord};
 use crate::cache::Bounded;
 use crate::codec::Codec;
+use crate::compact::{self, WireForm};
 use crate::crypto::{self, Backend, CryptoError, Direction, EphemeralKey, KeyPair, SessionKeys};
 use crate::error::{Error, Party};
 use crate::messages::{
-    self, AuthBody, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, AID, CLA_ISO,
-    CLA_PROPRIETARY, FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE,
-    INS_SELECT, VERSION_2,
+    self, cert_ref, AuthBody, AuthorizeRequest, CertOnAir, Cvm, Fci, RelayCheck, WalletBody,
+    WalletResponse, AID, CERT_REF_LEN, CLA_ISO, CLA_PROPRIETARY, FLAG_EXTENDED_LENGTH,
+    INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE, INS_RELAY, INS_SELECT, RELAY_NONCE_LEN,
+    VERSION_2,
 };
 use crate::pki::{Certificate, TrustStore};
 use crate::revocation::RevocationList;
 use crate::scenario::{PickupCredential, Receipt, Scenario};
 use crate::verify::{verify_wallet_half_with, WalletHalf};
+
+/// Bytes of the timed exchange's command (`80 56 00 00 04 nonce[4] 00`)
+/// and response (`nonce[4] 90 00`).
+pub const RELAY_EXCHANGE: (usize, usize) = (10, 6);
+
+/// How the terminal judges the timed exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayPolicy {
+    /// The timed exchange's round trip on this reader with nothing but the
+    /// radio in between: its air time at the link's rate plus the driver's
+    /// own transport (set from the reader, [`RelayPolicy::for_link`]).
+    pub link: Duration,
+    /// What a phone may add (its processing and scheduling); a relay adds
+    /// more. Per scenario.
+    pub allowance: Duration,
+    /// Timed exchanges tried before the tap is declined.
+    pub attempts: u8,
+}
+
+/// Default [`RelayPolicy::allowance`]: a phone answers a no-computation
+/// APDU well within this; a relay over any network adds more.
+pub const DEFAULT_RELAY_ALLOWANCE: Duration = Duration::from_millis(10);
+/// Default [`RelayPolicy::attempts`] (EMV's relay resistance protocol
+/// allows retries too).
+pub const DEFAULT_RELAY_ATTEMPTS: u8 = 3;
+
+impl RelayPolicy {
+    /// The policy for a reader on `link` whose driver adds `transport` to
+    /// every exchange (a serial line, a daemon hop), with the default
+    /// allowance and attempts.
+    pub fn for_link(link: &airtime::Link, transport: Duration) -> Self {
+        let (c, r) = RELAY_EXCHANGE;
+        let air = airtime::millis(link.exchanges(&[(c, r)]), 106);
+        RelayPolicy {
+            link: Duration::from_secs_f64(air / 1000.0) + transport,
+            allowance: DEFAULT_RELAY_ALLOWANCE,
+            attempts: DEFAULT_RELAY_ATTEMPTS,
+        }
+    }
+
+    /// The longest round trip accepted.
+    pub fn bound(&self) -> Duration {
+        self.link.saturating_add(self.allowance)
+    }
+}
+
+impl Default for RelayPolicy {
+    /// A PN532-class link (the slowest the drivers use), no transport.
+    fn default() -> Self {
+        RelayPolicy::for_link(&airtime::Link::pn532(), Duration::ZERO)
+    }
+}
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
 
 /// Long-lived terminal state the driver owns across taps.
 #[derive(Debug)]
@@ -47,7 +116,12 @@ pub struct TerminalContext {
     pub endorsement: Option<Certificate>,
     /// Ask for user presence (`D3`) on every tap, whatever the amount.
     pub require_presence: bool,
-    wallet_certs: Bounded<[u8; 32], Certificate>,
+    /// How the timed exchange is judged (the driver sets the link part,
+    /// the application the allowance per scenario).
+    pub relay: RelayPolicy,
+    own_wire: WireForm,
+    endorsement_wire: WireForm,
+    wallet_certs: Bounded<[u8; CERT_REF_LEN], Certificate>,
     last_atc: Bounded<[u8; 32], u32>,
 }
 
@@ -62,6 +136,9 @@ impl TerminalContext {
             revocations: None,
             endorsement: None,
             require_presence: false,
+            relay: RelayPolicy::default(),
+            own_wire: WireForm::default(),
+            endorsement_wire: WireForm::default(),
             wallet_certs: Bounded::new(4096),
             last_atc: Bounded::new(65536),
         }
@@ -160,27 +237,38 @@ pub enum TerminalEvent {
     ReceiptDelivered,
 }
 
+struct Relaying {
+    fci_bytes: Vec<u8>,
+    /// The wallet's key share, parsed (validated, decompressed) once.
+    wallet_key_share: p256::PublicKey,
+    nonce: [u8; RELAY_NONCE_LEN],
+    attempt: u8,
+}
+
 struct Authorizing {
     eph: EphemeralKey,
     fci_bytes: Vec<u8>,
-    /// The wallet's key share, parsed (validated, decompressed) once.
     wallet_key_share: p256::PublicKey,
     body: AuthBody,
     body_bytes: Vec<u8>,
     th1: [u8; 32],
     signature: [u8; 64],
     cert_sent: bool,
+    /// This terminal's certificate and endorsement as they go on air.
+    cert_wire: Vec<u8>,
+    endorsement_wire: Option<Vec<u8>>,
 }
 
 struct AwaitingCert {
     auth: Authorizing,
     keys: SessionKeys,
     resp: WalletResponse,
-    body_bytes: Vec<u8>,
+    wallet_ref: [u8; CERT_REF_LEN],
 }
 
 enum State {
     AwaitFci,
+    AwaitRelay(Box<Relaying>),
     AwaitAuthorize(Box<Authorizing>),
     AwaitCertificate(Box<AwaitingCert>),
     Approved(SessionKeys),
@@ -193,6 +281,7 @@ impl State {
     fn name(&self) -> &'static str {
         match self {
             State::AwaitFci => "awaiting FCI",
+            State::AwaitRelay(_) => "awaiting the timed exchange",
             State::AwaitAuthorize(_) => "awaiting AUTHORIZE response",
             State::AwaitCertificate(_) => "awaiting wallet certificate",
             State::Approved(_) => "approved",
@@ -256,16 +345,20 @@ impl TerminalSession {
         ) && self.out.is_none()
     }
 
-    /// Feed the logical response to the last command. `now` is Unix seconds.
+    /// Feed the logical response to the last command and how long the
+    /// exchange took, measured by the driver as close to the reader as it
+    /// can (it decides the timed exchange; other steps ignore it). `now`
+    /// is Unix seconds.
     pub fn handle_response(
         &mut self,
         ctx: &mut TerminalContext,
         resp: Response,
+        elapsed: Duration,
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(), Error> {
         let state = core::mem::replace(&mut self.state, State::Failed);
-        match self.step(ctx, state, resp, now, rng) {
+        match self.step(ctx, state, resp, elapsed, now, rng) {
             Ok(next) => {
                 self.state = next;
                 Ok(())
@@ -308,11 +401,13 @@ impl TerminalSession {
         ctx: &mut TerminalContext,
         state: State,
         resp: Response,
+        elapsed: Duration,
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<State, Error> {
         match state {
-            State::AwaitFci => self.on_fci(ctx, resp, now, rng),
+            State::AwaitFci => self.on_fci(resp, rng),
+            State::AwaitRelay(r) => self.on_relay(ctx, *r, resp, elapsed, now, rng),
             State::AwaitAuthorize(auth) => self.on_authorize(ctx, *auth, resp, now),
             State::AwaitCertificate(pending) => self.on_certificate(ctx, *pending, resp, now),
             State::AwaitReceiptAck => {
@@ -329,13 +424,7 @@ impl TerminalSession {
         }
     }
 
-    fn on_fci(
-        &mut self,
-        ctx: &mut TerminalContext,
-        resp: Response,
-        now: u64,
-        rng: &mut impl CryptoRngCore,
-    ) -> Result<State, Error> {
+    fn on_fci(&mut self, resp: Response, rng: &mut impl CryptoRngCore) -> Result<State, Error> {
         if !resp.sw.is_ok() {
             return Err(Error::NotAWallet { sw: resp.sw });
         }
@@ -354,11 +443,65 @@ impl TerminalSession {
             extended: fci.flags & FLAG_EXTENDED_LENGTH != 0,
             max_command: fci.max_command,
         });
+        let relaying = Relaying {
+            fci_bytes: resp.data,
+            wallet_key_share,
+            nonce: [0; RELAY_NONCE_LEN],
+            attempt: 0,
+        };
+        Ok(self.time_exchange(relaying, rng))
+    }
+
+    /// Send the timed exchange with a fresh nonce.
+    fn time_exchange(&mut self, mut r: Relaying, rng: &mut impl CryptoRngCore) -> State {
+        rng.fill_bytes(&mut r.nonce);
+        r.attempt += 1;
+        self.out = Some(Command::new(
+            CLA_PROPRIETARY,
+            INS_RELAY,
+            0,
+            0,
+            r.nonce.to_vec(),
+            Some(256),
+        ));
+        State::AwaitRelay(Box::new(r))
+    }
+
+    fn on_relay(
+        &mut self,
+        ctx: &mut TerminalContext,
+        r: Relaying,
+        resp: Response,
+        elapsed: Duration,
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<State, Error> {
+        if !resp.sw.is_ok() {
+            return Err(Error::WalletRefused { sw: resp.sw });
+        }
+        let wallet_nonce: [u8; RELAY_NONCE_LEN] =
+            crate::codec::fixed("wallet relay nonce", &resp.data)?;
+        let bound = ctx.relay.bound();
+        if elapsed > bound {
+            if r.attempt < ctx.relay.attempts {
+                return Ok(self.time_exchange(r, rng));
+            }
+            return Err(Error::Relayed {
+                micros: micros(elapsed),
+                bound: micros(bound),
+            });
+        }
+        let relay = RelayCheck {
+            terminal_nonce: r.nonce,
+            wallet_nonce,
+            micros: u16::try_from(micros(elapsed)).unwrap_or(u16::MAX),
+        };
         let eph: EphemeralKey = ctx.backend.ephemeral(rng).map_err(Error::Crypto)?;
-        let mut nonce = [0u8; 16];
-        rng.fill_bytes(&mut nonce);
+        let kiosk = match (&self.params.scenario, &ctx.endorsement) {
+            (Scenario::Pickup { .. }, Some(e)) => Some(e),
+            _ => None,
+        };
         let body = AuthBody {
-            version: VERSION_2,
             key_share: *eph.public(),
             terminal_cert_hash: *ctx.certificate.hash(),
             cvm_required: ctx.require_presence
@@ -368,27 +511,26 @@ impl TerminalSession {
                     .amount()
                     .is_some_and(|a| a.minor > self.params.cvm_limit),
             scenario: self.params.scenario.clone(),
-            endorsement: match (&self.params.scenario, &ctx.endorsement) {
-                (Scenario::Pickup { .. }, Some(e)) => Some(e.der().to_vec()),
-                _ => None,
-            },
-            nonce,
+            endorsement: kiosk.map(|e| e.der().to_vec()),
+            relay,
             time: u32::try_from(now).unwrap_or(u32::MAX),
         };
         let body_bytes = body.to_bytes();
-        let th1 = messages::th1(&resp.data, &body_bytes);
+        let th1 = messages::th1(&r.fci_bytes, &body_bytes);
         let signature = crypto::sign(&ctx.key, &th1);
         let auth = Authorizing {
             eph,
-            fci_bytes: resp.data,
-            wallet_key_share,
+            fci_bytes: r.fci_bytes,
+            wallet_key_share: r.wallet_key_share,
             body,
             body_bytes,
             th1,
             signature,
             cert_sent: self.params.send_certificate,
+            cert_wire: ctx.own_wire.get(&ctx.certificate).to_vec(),
+            endorsement_wire: kiosk.map(|e| ctx.endorsement_wire.get(e).to_vec()),
         };
-        self.out = Some(authorize_command(ctx, &auth));
+        self.out = Some(authorize_command(&auth));
         Ok(State::AwaitAuthorize(Box::new(auth)))
     }
 
@@ -406,7 +548,7 @@ impl TerminalSession {
                     cert_sent: true,
                     ..auth
                 };
-                self.out = Some(authorize_command(ctx, &auth));
+                self.out = Some(authorize_command(&auth));
                 return Ok(State::AwaitAuthorize(Box::new(auth)));
             }
             StatusWord::ConfirmOnPhone => {
@@ -424,22 +566,16 @@ impl TerminalSession {
             .open(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.data)
             .map_err(|_| Error::BadMac)?;
         let wallet_resp = WalletResponse::decode(messages::unpad(&plain)?)?;
-        let body_bytes = wallet_resp.body.to_bytes();
-        let cert = match &wallet_resp.certificate {
-            Some(der) => Some((
-                Certificate::from_der(der).map_err(Error::cert(Party::Wallet))?,
-                false,
-            )),
-            None => ctx
-                .wallet_certs
-                .get(&wallet_resp.body.wallet_cert_hash)
-                .cloned()
-                .map(|c| (c, true)),
+        let (cert, wallet_ref) = match &wallet_resp.wallet {
+            CertOnAir::Wire(w) => {
+                let cert =
+                    compact::from_wire(w, ctx.trust.cas()).map_err(Error::cert(Party::Wallet))?;
+                (Some((cert, false)), cert_ref(&[0; 32]))
+            }
+            CertOnAir::Ref(r) => (ctx.wallet_certs.get(r).cloned().map(|c| (c, true)), *r),
         };
         match cert {
-            Some((cert, known)) => {
-                self.finish(ctx, auth, keys, wallet_resp, body_bytes, cert, known, now)
-            }
+            Some((cert, known)) => self.finish(ctx, auth, keys, wallet_resp, cert, known, now),
             None => {
                 self.out = Some(Command::new(
                     CLA_PROPRIETARY,
@@ -453,7 +589,7 @@ impl TerminalSession {
                     auth,
                     keys,
                     resp: wallet_resp,
-                    body_bytes,
+                    wallet_ref,
                 })))
             }
         }
@@ -469,7 +605,7 @@ impl TerminalSession {
         if !resp.sw.is_ok() {
             return Err(Error::WalletRefused { sw: resp.sw });
         }
-        let der = p
+        let wire = p
             .keys
             .open(
                 Direction::WalletToTerminal,
@@ -478,9 +614,14 @@ impl TerminalSession {
                 &resp.data,
             )
             .map_err(|_| Error::BadMac)?;
-        let cert =
-            Certificate::from_der(messages::unpad(&der)?).map_err(Error::cert(Party::Wallet))?;
-        self.finish(ctx, p.auth, p.keys, p.resp, p.body_bytes, cert, false, now)
+        let cert = compact::from_wire(messages::unpad(&wire)?, ctx.trust.cas())
+            .map_err(Error::cert(Party::Wallet))?;
+        if cert_ref(cert.hash()) != p.wallet_ref {
+            return Err(Error::CertificateMismatch {
+                party: Party::Wallet,
+            });
+        }
+        self.finish(ctx, p.auth, p.keys, p.resp, cert, false, now)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -489,12 +630,13 @@ impl TerminalSession {
         ctx: &mut TerminalContext,
         auth: Authorizing,
         keys: SessionKeys,
-        resp: WalletResponse,
-        body_bytes: Vec<u8>,
+        mut resp: WalletResponse,
         wallet: Certificate,
         wallet_known: bool,
         now: u64,
     ) -> Result<State, Error> {
+        resp.body.wallet_cert_hash = *wallet.hash();
+        let body_bytes = resp.body.to_bytes();
         let body: &WalletBody = &resp.body;
         let half = WalletHalf {
             th1: &auth.th1,
@@ -528,7 +670,8 @@ impl TerminalSession {
             }
         }
         ctx.note_atc(*wallet.hash(), body.atc);
-        ctx.wallet_certs.insert(*wallet.hash(), wallet.clone());
+        ctx.wallet_certs
+            .insert(cert_ref(wallet.hash()), wallet.clone());
         let outcome = TapOutcome {
             scenario: self.params.scenario.clone(),
             atc: body.atc,
@@ -552,18 +695,24 @@ impl TerminalSession {
     }
 }
 
-fn authorize_command(ctx: &TerminalContext, auth: &Authorizing) -> Command {
+fn authorize_command(auth: &Authorizing) -> Command {
     let req = AuthorizeRequest {
         body: auth.body.clone(),
-        certificate: auth.cert_sent.then(|| ctx.certificate.der().to_vec()),
+        terminal: if auth.cert_sent {
+            CertOnAir::Wire(auth.cert_wire.clone())
+        } else {
+            CertOnAir::Ref(cert_ref(&auth.body.terminal_cert_hash))
+        },
+        endorsement: auth.endorsement_wire.clone(),
         signature: auth.signature,
     };
-    Command::new(
-        CLA_PROPRIETARY,
-        INS_AUTHORIZE,
-        0,
-        0,
-        req.to_bytes(),
-        Some(LE_MAX),
-    )
+    let data = req.to_bytes();
+    // A short APDU when it fits: a payment's answer fits a short Le; a
+    // pickup's (credential and certificate) may not.
+    let le = if data.len() <= 255 && !matches!(auth.body.scenario, Scenario::Pickup { .. }) {
+        256
+    } else {
+        LE_MAX
+    };
+    Command::new(CLA_PROPRIETARY, INS_AUTHORIZE, VERSION_2, 0, data, Some(le))
 }

@@ -6,6 +6,8 @@
 //! fail; if it does, the kit itself is broken, so it panics.
 #![allow(clippy::panic)]
 
+use std::time::{Duration, Instant};
+
 use p256::ecdsa::SigningKey;
 use rand_core::CryptoRngCore;
 
@@ -319,6 +321,9 @@ pub struct Loopback {
     pub tamper_command: Option<Tamper>,
     /// Hook to tamper with response bytes in flight.
     pub tamper_response: Option<Tamper>,
+    /// A relay between reader and phone: every wire exchange takes this
+    /// much longer (really: the exchange sleeps).
+    pub relay: Duration,
 }
 
 impl core::fmt::Debug for Loopback {
@@ -344,6 +349,7 @@ impl Loopback {
             wire: Vec::new(),
             tamper_command: None,
             tamper_response: None,
+            relay: Duration::ZERO,
         }
     }
 
@@ -358,7 +364,11 @@ impl Loopback {
         let (card_link, session, wire) = (&mut self.card_link, &mut self.wallet, &mut self.wire);
         let (tamper_command, tamper_response) =
             (&mut self.tamper_command, &mut self.tamper_response);
+        let relay = self.relay;
         let result = self.terminal_link.exchange(cmd, |bytes| {
+            if !relay.is_zero() {
+                std::thread::sleep(relay);
+            }
             let mut bytes = bytes.to_vec();
             if let Some(f) = tamper_command.as_mut() {
                 f(wire.len(), &mut bytes);
@@ -401,6 +411,7 @@ impl Loopback {
         let mut error = None;
         let mut terminal_events = Vec::new();
         while let Some(cmd) = session.poll_command() {
+            let started = Instant::now();
             let resp = match self.exchange(wallet, cmd, now, rng) {
                 Ok(r) => r,
                 Err(e) => {
@@ -408,7 +419,8 @@ impl Loopback {
                     break;
                 }
             };
-            if let Err(e) = session.handle_response(terminal, resp, now, rng) {
+            let elapsed = started.elapsed();
+            if let Err(e) = session.handle_response(terminal, resp, elapsed, now, rng) {
                 error = Some(e);
                 break;
             }
@@ -461,8 +473,10 @@ impl Loopback {
         run.session.send_receipt(receipt)?;
         let mut delivered = false;
         while let Some(cmd) = run.session.poll_command() {
+            let started = Instant::now();
             let resp = self.exchange(wallet, cmd, now, rng)?;
-            run.session.handle_response(terminal, resp, now, rng)?;
+            run.session
+                .handle_response(terminal, resp, started.elapsed(), now, rng)?;
             while let Some(ev) = run.session.poll_event() {
                 delivered |= ev == TerminalEvent::ReceiptDelivered;
                 run.terminal_events.push(ev);
@@ -474,6 +488,29 @@ impl Loopback {
         run.wire.append(&mut self.wire);
         Ok(delivered)
     }
+}
+
+/// Drive a terminal session as a forging wallet would: answer its SELECT
+/// with `fci` and its timed exchange at once (wallet nonce `77 77 77 77`);
+/// returns the AUTHORIZE it sends next.
+pub fn answer_fci_and_relay(
+    session: &mut TerminalSession,
+    t: &mut TerminalContext,
+    fci: &[u8],
+    now: u64,
+    rng: &mut impl CryptoRngCore,
+) -> Result<crate::apdu::Command, Error> {
+    session.handle_response(t, Response::ok(fci.to_vec()), Duration::ZERO, now, rng)?;
+    let relay = session.poll_command().ok_or(Error::UnexpectedMessage {
+        state: "after FCI",
+        got: "no timed exchange",
+    })?;
+    debug_assert_eq!(relay.ins, crate::messages::INS_RELAY);
+    session.handle_response(t, Response::ok(vec![0x77; 4]), Duration::ZERO, now, rng)?;
+    session.poll_command().ok_or(Error::UnexpectedMessage {
+        state: "after the timed exchange",
+        got: "no AUTHORIZE",
+    })
 }
 
 /// Encode helper for docs: hex with spaces every byte.

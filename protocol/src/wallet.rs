@@ -31,10 +31,12 @@ use rand_core::CryptoRngCore;
 use crate::apdu::{Command, Response, StatusWord};
 use crate::cache::Bounded;
 use crate::codec::Codec;
+use crate::compact::{self, WireForm};
 use crate::crypto::{self, Direction, EphemeralKey, SessionKeys, WalletCryptogramKey};
 use crate::messages::{
-    self, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, AID, CLA_ISO, CLA_PROPRIETARY,
-    FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, INS_CONFIRM, INS_GET_CERTIFICATE, INS_SELECT, VERSION_2,
+    self, cert_ref, AuthorizeRequest, CertOnAir, Cvm, Fci, WalletBody, WalletResponse, AID,
+    CERT_REF_LEN, CLA_ISO, CLA_PROPRIETARY, FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, INS_CONFIRM,
+    INS_GET_CERTIFICATE, INS_RELAY, INS_SELECT, RELAY_NONCE_LEN, VERSION_2,
 };
 use crate::pki::{Certificate, Role, TrustStore};
 use crate::revocation::RevocationList;
@@ -101,9 +103,9 @@ pub struct WalletContext {
     pub scenarios: u8,
     /// Whether extended-length APDUs are offered.
     pub extended: bool,
-    terminal_certs: Bounded<[u8; 32], Certificate>,
+    terminal_certs: Bounded<[u8; CERT_REF_LEN], Certificate>,
     given_to: Bounded<[u8; 32], ()>,
-    recent_nonces: Bounded<[u8; 16], ()>,
+    own_wire: WireForm,
 }
 
 impl WalletContext {
@@ -131,7 +133,7 @@ impl WalletContext {
             extended: true,
             terminal_certs: Bounded::new(256),
             given_to: Bounded::new(256),
-            recent_nonces: Bounded::new(64),
+            own_wire: WireForm::default(),
         }
     }
 
@@ -251,9 +253,18 @@ pub enum WalletEvent {
     },
 }
 
+/// Timed exchanges a wallet answers per SELECT (the terminal retries a
+/// slow one; more is a terminal probing, or a relay).
+pub const RELAY_ANSWERS: usize = 4;
+
 struct Selected {
     eph: EphemeralKey,
     fci: Vec<u8>,
+    /// Drawn at SELECT so the timed answer costs no computation.
+    relay_nonces: [[u8; RELAY_NONCE_LEN]; RELAY_ANSWERS],
+    relays: usize,
+    /// The last timed exchange: (terminal nonce, wallet nonce).
+    relay: Option<([u8; RELAY_NONCE_LEN], [u8; RELAY_NONCE_LEN])>,
 }
 
 struct Authorized {
@@ -272,6 +283,7 @@ enum State {
 /// The commands this application understands.
 enum WalletCommand<'a> {
     Select(&'a [u8]),
+    Relay([u8; RELAY_NONCE_LEN]),
     Authorize(&'a [u8]),
     GetCertificate,
     Confirm(&'a [u8]),
@@ -283,12 +295,21 @@ fn parse_command(cmd: &Command) -> Result<WalletCommand<'_>, StatusWord> {
             Ok(WalletCommand::Select(&cmd.data))
         }
         (CLA_ISO, INS_SELECT) => Err(StatusWord::WrongP1P2),
-        (CLA_PROPRIETARY, INS_AUTHORIZE | INS_CONFIRM | INS_GET_CERTIFICATE)
+        // AUTHORIZE names the protocol version in P1.
+        (CLA_PROPRIETARY, INS_AUTHORIZE) if (cmd.p1, cmd.p2) == (VERSION_2, 0) => {
+            Ok(WalletCommand::Authorize(&cmd.data))
+        }
+        (CLA_PROPRIETARY, INS_AUTHORIZE | INS_CONFIRM | INS_GET_CERTIFICATE | INS_RELAY)
             if (cmd.p1, cmd.p2) != (0, 0) =>
         {
             Err(StatusWord::WrongP1P2)
         }
-        (CLA_PROPRIETARY, INS_AUTHORIZE) => Ok(WalletCommand::Authorize(&cmd.data)),
+        (CLA_PROPRIETARY, INS_RELAY) => cmd
+            .data
+            .as_slice()
+            .try_into()
+            .map(WalletCommand::Relay)
+            .map_err(|_| StatusWord::WrongLength),
         (CLA_PROPRIETARY, INS_CONFIRM) => Ok(WalletCommand::Confirm(&cmd.data)),
         (CLA_PROPRIETARY, INS_GET_CERTIFICATE) if cmd.data.is_empty() => {
             Ok(WalletCommand::GetCertificate)
@@ -354,6 +375,7 @@ impl WalletSession {
         let result = match parse_command(cmd) {
             Err(sw) => Err(sw),
             Ok(WalletCommand::Select(aid)) => self.select(ctx, aid, rng),
+            Ok(WalletCommand::Relay(nonce)) => self.relay(nonce),
             Ok(WalletCommand::Authorize(data)) => self.authorize(ctx, data, now),
             Ok(WalletCommand::GetCertificate) => self.get_certificate(ctx),
             Ok(WalletCommand::Confirm(data)) => self.confirm(data),
@@ -390,12 +412,33 @@ impl WalletSession {
             key_share: *eph.public(),
         }
         .to_bytes();
+        let mut relay_nonces = [[0u8; RELAY_NONCE_LEN]; RELAY_ANSWERS];
+        for n in &mut relay_nonces {
+            rng.fill_bytes(n);
+        }
         self.state = State::Selected(Box::new(Selected {
             eph,
             fci: fci.clone(),
+            relay_nonces,
+            relays: 0,
+            relay: None,
         }));
         self.events.push_back(WalletEvent::Selected);
         Ok(Response::ok(fci))
+    }
+
+    /// The timed exchange: answer at once with a nonce drawn at SELECT.
+    fn relay(&mut self, terminal_nonce: [u8; RELAY_NONCE_LEN]) -> Result<Response, StatusWord> {
+        let State::Selected(sel) = &mut self.state else {
+            return Err(StatusWord::ConditionsNotSatisfied);
+        };
+        let wallet_nonce = *sel
+            .relay_nonces
+            .get(sel.relays)
+            .ok_or(StatusWord::ConditionsNotSatisfied)?;
+        sel.relays += 1;
+        sel.relay = Some((terminal_nonce, wallet_nonce));
+        Ok(Response::ok(wallet_nonce.to_vec()))
     }
 
     fn authorize(
@@ -441,7 +484,7 @@ impl WalletSession {
         }
     }
 
-    fn get_certificate(&mut self, ctx: &WalletContext) -> Result<Response, StatusWord> {
+    fn get_certificate(&mut self, ctx: &mut WalletContext) -> Result<Response, StatusWord> {
         let State::Authorized(a) = &self.state else {
             return Err(StatusWord::ConditionsNotSatisfied);
         };
@@ -449,7 +492,7 @@ impl WalletSession {
             Direction::WalletToTerminal,
             1,
             &[INS_GET_CERTIFICATE],
-            &messages::pad(ctx.certificate.der(), 0),
+            &messages::pad(ctx.own_wire.get(&ctx.certificate), 0),
         );
         Ok(Response::ok(sealed))
     }
@@ -488,22 +531,34 @@ fn authorize_selected(
     shown: &mut bool,
 ) -> Result<(Response, Authorized, Cvm), StatusWord> {
     let req = AuthorizeRequest::decode(data).map_err(|_| StatusWord::WrongData)?;
-    let body = &req.body;
-    if body.version != VERSION_2 {
+    // Only after this session's timed exchange, and bound to it.
+    let relay = &req.body.relay;
+    if sel.relay != Some((relay.terminal_nonce, relay.wallet_nonce)) {
+        return Err(StatusWord::ConditionsNotSatisfied);
+    }
+    if ctx.scenarios & req.body.scenario.capability() == 0 {
         return Err(StatusWord::ScenarioUnsupported);
     }
-    if ctx.scenarios & body.scenario.capability() == 0 {
-        return Err(StatusWord::ScenarioUnsupported);
-    }
-    let terminal = match &req.certificate {
-        // The decoder derived the body's hash from these very bytes.
-        Some(der) => Certificate::from_der(der).map_err(|_| StatusWord::TerminalNotTrusted)?,
-        None => ctx
+    let terminal = match &req.terminal {
+        CertOnAir::Wire(w) => {
+            compact::from_wire(w, ctx.trust.cas()).map_err(|_| StatusWord::TerminalNotTrusted)?
+        }
+        CertOnAir::Ref(r) => ctx
             .terminal_certs
-            .get(&body.terminal_cert_hash)
+            .get(r)
             .cloned()
             .ok_or(StatusWord::CertificateNeeded)?,
     };
+    let endorsement = match &req.endorsement {
+        Some(w) => Some(
+            compact::from_wire(w, ctx.trust.cas())
+                .map_err(|_| StatusWord::TerminalNotTrusted)?
+                .der()
+                .to_vec(),
+        ),
+        None => None,
+    };
+    let body = &req.resolved_body(*terminal.hash(), endorsement);
     // A list past next_update + grace no longer says which terminals are
     // revoked: fail closed (no list at all is the holder's choice).
     if ctx
@@ -523,11 +578,8 @@ fn authorize_selected(
     let th1 = messages::th1(&sel.fci, &body_bytes);
     crypto::verify(terminal.public_key(), &th1, &req.signature)
         .map_err(|_| StatusWord::TerminalNotTrusted)?;
-    if ctx.recent_nonces.contains(&body.nonce) {
-        return Err(StatusWord::TerminalNotTrusted);
-    }
     ctx.terminal_certs
-        .insert(*terminal.hash(), terminal.clone());
+        .insert(cert_ref(terminal.hash()), terminal.clone());
 
     // A pickup: only at a kiosk endorsed for the site (checked before the
     // wallet says whether it holds a credential there), and only a
@@ -569,11 +621,7 @@ fn authorize_selected(
         || credential
             .as_ref()
             .is_some_and(PickupCredential::requires_presence);
-    let cvm = ctx.decide_cvm(&body.scenario, presence, &terminal, now, shown);
-    if cvm == Err(StatusWord::ConfirmOnPhone) {
-        ctx.recent_nonces.insert(body.nonce, ());
-    }
-    let cvm = cvm?;
+    let cvm = ctx.decide_cvm(&body.scenario, presence, &terminal, now, shown)?;
     let prompt = (cvm == Cvm::ConfirmedOnDevice)
         .then(|| messages::prompt_hash(terminal.hash(), terminal.common_name(), &body.scenario));
     let atc = ctx
@@ -602,25 +650,30 @@ fn authorize_selected(
     let send_cert = !ctx.given_to.contains(terminal.hash());
     let mut resp = WalletResponse {
         body: wallet_body,
-        certificate: Some(ctx.certificate.der().to_vec()),
+        wallet: CertOnAir::Wire(ctx.own_wire.get(&ctx.certificate).to_vec()),
         signature,
     };
-    // Padded to the class of the response with the certificate, whether
-    // or not it carries it: first and repeat encounters look the same.
-    let full_len = resp.to_bytes().len();
+    // When the terminal sent its certificate, the answer is padded to the
+    // class of the one with ours whether or not it carries it: a listener
+    // cannot tell whether this phone was here before. When it sent only a
+    // reference, the phone's answer (9102 or not) already told a listener
+    // that, and the answer is padded to its own class.
+    let floor = match req.terminal {
+        CertOnAir::Wire(_) => resp.to_bytes().len(),
+        CertOnAir::Ref(_) => 0,
+    };
     if !send_cert {
-        resp.certificate = None;
+        resp.wallet = CertOnAir::Ref(cert_ref(ctx.certificate.hash()));
     }
     let sealed = keys.seal(
         Direction::WalletToTerminal,
         0,
         &[INS_AUTHORIZE],
-        &messages::pad(&resp.to_bytes(), full_len),
+        &messages::pad(&resp.to_bytes(), floor),
     );
 
     ctx.atc = atc;
     ctx.given_to.insert(*terminal.hash(), ());
-    ctx.recent_nonces.insert(body.nonce, ());
     let merchant = terminal.common_name().to_owned();
     Ok((
         Response::ok(sealed),

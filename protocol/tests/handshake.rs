@@ -3,20 +3,23 @@
 //! over the loopback links, no IO.
 
 use rand_core::{CryptoRng, OsRng, RngCore};
+use std::time::Duration;
 use tapstack_protocol::apdu::{Command, LinkLimits, Response, StatusWord};
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::crypto::{self, Direction, EphemeralKey, SessionKeys};
 use tapstack_protocol::error::{CredentialProblem, Error, Party};
 use tapstack_protocol::messages::{
-    self, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, FLAG_EXTENDED_LENGTH,
+    self, AuthorizeRequest, CertOnAir, Cvm, Fci, WalletBody, WalletResponse, FLAG_EXTENDED_LENGTH,
     INS_AUTHORIZE, VERSION_2,
 };
 use tapstack_protocol::pki::{self, CertError, CertSpec, Role};
 use tapstack_protocol::record::{check_chain, verify_record, TransactionRecord};
 use tapstack_protocol::revocation::RevocationList;
-use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Receipt, Scenario};
+use tapstack_protocol::scenario::{
+    record_check, Amount, Cart, CartItem, Currency, Receipt, Scenario,
+};
 use tapstack_protocol::terminal::{TapParams, TerminalEvent, TerminalSession};
-use tapstack_protocol::testkit::{Loopback, Pki, TapRun};
+use tapstack_protocol::testkit::{self, Loopback, Pki, TapRun};
 use tapstack_protocol::wallet::{WalletEvent, WalletSession};
 
 fn cny(minor: u64) -> Amount {
@@ -120,7 +123,7 @@ fn order_tap_binds_cart_and_delivers_receipt() {
     verify_record(&rec, &pki.terminal.cert, &pki.host_trust(), None).unwrap();
 
     let receipt = Receipt {
-        record_id: rec.hash(),
+        record_check: record_check(&rec.hash()),
         seq: 1,
         order_number: Some("A17".into()),
         cart: Some(cart()),
@@ -161,7 +164,7 @@ fn order_receipt_with_wrong_cart_is_refused_by_wallet() {
     let mut other = cart();
     other.items.pop();
     let receipt = Receipt {
-        record_id: [1; 32],
+        record_check: [1; 4],
         seq: 1,
         order_number: Some("A18".into()),
         cart: Some(other),
@@ -885,7 +888,7 @@ fn replayed_nonce_and_replayed_authorize_are_rejected() {
     let mut run_with = |lb: &mut Loopback, session: &mut TerminalSession| -> Result<(), Error> {
         while let Some(cmd) = session.poll_command() {
             let resp = lb.exchange(&mut w, cmd, pki.now, &mut OsRng)?;
-            session.handle_response(&mut t, resp, pki.now, &mut terminal_rng)?;
+            session.handle_response(&mut t, resp, Duration::ZERO, pki.now, &mut terminal_rng)?;
         }
         Ok(())
     };
@@ -908,7 +911,7 @@ fn terminal_time_far_from_phone_time_is_refused() {
     let cmd = session.poll_command().unwrap();
     let resp = lb.exchange(&mut w, cmd, pki.now, &mut OsRng).unwrap();
     session
-        .handle_response(&mut t, resp, pki.now + 3600, &mut OsRng)
+        .handle_response(&mut t, resp, Duration::ZERO, pki.now + 3600, &mut OsRng)
         .unwrap();
     let cmd = session.poll_command().unwrap();
     let resp = lb.exchange(&mut w, cmd, pki.now, &mut OsRng).unwrap();
@@ -939,12 +942,14 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
         key_share: *eph.public(),
     }
     .to_bytes();
-    session
-        .handle_response(&mut t, Response::ok(fci.clone()), pki.now, &mut OsRng)
-        .unwrap();
-    let auth_cmd: Command = session.poll_command().unwrap();
+    let auth_cmd: Command =
+        testkit::answer_fci_and_relay(&mut session, &mut t, &fci, pki.now, &mut OsRng).unwrap();
     let req = AuthorizeRequest::decode(&auth_cmd.data).unwrap();
-    let th1 = messages::th1(&fci, &req.body.to_bytes());
+    let th1 = messages::th1(
+        &fci,
+        &req.resolved_body(*pki.terminal.cert.hash(), None)
+            .to_bytes(),
+    );
     let keys = SessionKeys::derive(&eph.agree(&req.body.key_share).unwrap(), &th1);
     let ck = pki.issuer_master_key.diversify(pki.wallet.cert.serial());
     let signed = WalletBody {
@@ -968,7 +973,7 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
     };
     let resp = WalletResponse {
         body: claimed,
-        certificate: Some(pki.wallet.cert.der().to_vec()),
+        wallet: CertOnAir::Wire(pki.wallet.cert.der().to_vec()),
         signature,
     };
     let sealed = keys.seal(
@@ -978,7 +983,13 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
         &messages::pad(&resp.to_bytes(), 0),
     );
     let err = session
-        .handle_response(&mut t, Response::ok(sealed), pki.now, &mut OsRng)
+        .handle_response(
+            &mut t,
+            Response::ok(sealed),
+            Duration::ZERO,
+            pki.now,
+            &mut OsRng,
+        )
         .unwrap_err();
     assert_eq!(
         err,
@@ -1005,11 +1016,14 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
         key_share: *eph.public(),
     }
     .to_bytes();
-    session
-        .handle_response(&mut t, Response::ok(fci.clone()), pki.now, &mut OsRng)
-        .unwrap();
-    let req = AuthorizeRequest::decode(&session.poll_command().unwrap().data).unwrap();
-    let th1 = messages::th1(&fci, &req.body.to_bytes());
+    let cmd =
+        testkit::answer_fci_and_relay(&mut session, &mut t, &fci, pki.now, &mut OsRng).unwrap();
+    let req = AuthorizeRequest::decode(&cmd.data).unwrap();
+    let th1 = messages::th1(
+        &fci,
+        &req.resolved_body(*pki.terminal.cert.hash(), None)
+            .to_bytes(),
+    );
     let keys = SessionKeys::derive(&eph.agree(&req.body.key_share).unwrap(), &th1);
     let body = WalletBody {
         cryptogram: Some(ck.cryptogram(2, &th1, 0)),
@@ -1022,7 +1036,7 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
     );
     let resp = WalletResponse {
         body,
-        certificate: Some(pki.wallet.cert.der().to_vec()),
+        wallet: CertOnAir::Wire(pki.wallet.cert.der().to_vec()),
         signature,
     };
     let sealed = keys.seal(
@@ -1033,7 +1047,13 @@ fn relaxed_cvm_outside_the_signature_is_rejected() {
     );
     assert_eq!(
         session
-            .handle_response(&mut t, Response::ok(sealed), pki.now, &mut OsRng)
+            .handle_response(
+                &mut t,
+                Response::ok(sealed),
+                Duration::ZERO,
+                pki.now,
+                &mut OsRng
+            )
             .unwrap_err(),
         Error::CvmRequired
     );
@@ -1048,7 +1068,7 @@ fn stray_commands_do_not_disturb_a_session() {
     let select = session.poll_command().unwrap();
     let fci = lb.exchange(&mut w, select, pki.now, &mut OsRng).unwrap();
     session
-        .handle_response(&mut t, fci, pki.now, &mut OsRng)
+        .handle_response(&mut t, fci, Duration::ZERO, pki.now, &mut OsRng)
         .unwrap();
     // Between SELECT and AUTHORIZE: a CONFIRM, a GET CERTIFICATE and a
     // garbage AUTHORIZE from somewhere else.
@@ -1063,7 +1083,7 @@ fn stray_commands_do_not_disturb_a_session() {
     let auth = session.poll_command().unwrap();
     let resp = lb.exchange(&mut w, auth, pki.now, &mut OsRng).unwrap();
     session
-        .handle_response(&mut t, resp, pki.now, &mut OsRng)
+        .handle_response(&mut t, resp, Duration::ZERO, pki.now, &mut OsRng)
         .unwrap();
     assert!(matches!(
         session.poll_event(),
@@ -1082,7 +1102,7 @@ fn stray_commands_do_not_disturb_a_session() {
     );
     session
         .send_receipt(&Receipt {
-            record_id: [0; 32],
+            record_check: [0; 4],
             seq: 1,
             order_number: None,
             cart: None,
@@ -1172,8 +1192,9 @@ fn out_of_order_and_garbage_commands_get_status_words() {
         session.handle_response(
             &mut t,
             Response::ok(vec![0x6F, 0x05, 1]),
+            Duration::ZERO,
             pki.now,
-            &mut OsRng
+            &mut OsRng,
         ),
         Err(Error::Decode(_))
     ));
@@ -1184,8 +1205,9 @@ fn out_of_order_and_garbage_commands_get_status_words() {
             .handle_response(
                 &mut t,
                 Response::status(StatusWord::FileNotFound),
+                Duration::ZERO,
                 pki.now,
-                &mut OsRng
+                &mut OsRng,
             )
             .unwrap_err(),
         Error::NotAWallet {
@@ -1194,7 +1216,13 @@ fn out_of_order_and_garbage_commands_get_status_words() {
     );
     assert!(matches!(
         session
-            .handle_response(&mut t, Response::ok(vec![]), pki.now, &mut OsRng)
+            .handle_response(
+                &mut t,
+                Response::ok(vec![]),
+                Duration::ZERO,
+                pki.now,
+                &mut OsRng
+            )
             .unwrap_err(),
         Error::UnexpectedMessage { .. }
     ));

@@ -3,13 +3,14 @@
 //! the prompt, and padded sealed responses — in memory, no IO.
 
 use rand_core::OsRng;
+use std::time::Duration;
 use tapstack_protocol::apdu::{Command, Response, StatusWord};
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::crypto::{self, Direction, EphemeralKey, SessionKeys};
 use tapstack_protocol::error::{Error, Party};
 use tapstack_protocol::messages::{
-    self, AuthBody, AuthorizeRequest, Cvm, Fci, WalletBody, WalletResponse, FLAG_EXTENDED_LENGTH,
-    INS_AUTHORIZE, VERSION_2,
+    self, AuthBody, AuthorizeRequest, CertOnAir, Cvm, Fci, WalletBody, WalletResponse,
+    FLAG_EXTENDED_LENGTH, INS_AUTHORIZE, VERSION_2,
 };
 use tapstack_protocol::pki::{self, CertSpec, Role};
 use tapstack_protocol::record::{verify_record, TransactionRecord};
@@ -17,7 +18,7 @@ use tapstack_protocol::scenario::{Amount, Currency, PickupCredential, Scenario};
 use tapstack_protocol::terminal::{
     TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
 };
-use tapstack_protocol::testkit::{Identity, Pki, TapRun};
+use tapstack_protocol::testkit::{self, Identity, Pki, TapRun};
 use tapstack_protocol::wallet::{WalletContext, WalletEvent};
 
 fn cny(minor: u64) -> Amount {
@@ -460,12 +461,14 @@ fn forged_answer(
         key_share: *eph.public(),
     }
     .to_bytes();
-    session
-        .handle_response(t, Response::ok(fci.clone()), pki.now, &mut OsRng)
-        .unwrap();
-    let cmd: Command = session.poll_command().unwrap();
+    let cmd: Command =
+        testkit::answer_fci_and_relay(&mut session, t, &fci, pki.now, &mut OsRng).unwrap();
     let req = AuthorizeRequest::decode(&cmd.data).unwrap();
-    let th1 = messages::th1(&fci, &req.body.to_bytes());
+    let th1 = messages::th1(
+        &fci,
+        &req.resolved_body(*pki.terminal.cert.hash(), None)
+            .to_bytes(),
+    );
     let keys = SessionKeys::derive(&eph.agree(&req.body.key_share).unwrap(), &th1);
     let ck = pki.issuer_master_key.diversify(pki.wallet.cert.serial());
     let mut body = WalletBody {
@@ -487,7 +490,7 @@ fn forged_answer(
     );
     let resp = WalletResponse {
         body,
-        certificate: Some(pki.wallet.cert.der().to_vec()),
+        wallet: CertOnAir::Wire(pki.wallet.cert.der().to_vec()),
         signature,
     };
     let sealed = keys.seal(
@@ -497,7 +500,7 @@ fn forged_answer(
         &messages::pad(&resp.to_bytes(), 0),
     );
     session
-        .handle_response(t, Response::ok(sealed), pki.now, &mut OsRng)
+        .handle_response(t, Response::ok(sealed), Duration::ZERO, pki.now, &mut OsRng)
         .unwrap_err()
 }
 

@@ -9,7 +9,7 @@ use tapstack_protocol::apdu::{Command, ExchangeError, LinkLimits, Response, Term
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::messages::{AuthBody, Cvm, WalletBody};
 use tapstack_protocol::record::TransactionRecord;
-use tapstack_protocol::scenario::{Amount, Cart, Currency, Receipt, Scenario};
+use tapstack_protocol::scenario::{record_check, Amount, Cart, Currency, Receipt, Scenario};
 use tapstack_protocol::terminal::{
     TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
 };
@@ -717,7 +717,7 @@ impl Engine {
         let order_number = is_order.then(|| format!("{}{}", self.order_prefix, stored.seq));
         let slot = outcome.credential.as_ref().map(|c| c.slot);
         let receipt = Receipt {
-            record_id: stored.hash,
+            record_check: record_check(&stored.hash),
             seq: stored.seq,
             order_number: order_number.clone(),
             cart,

@@ -104,7 +104,7 @@ pub struct Tap {
 /// number, the slot of a pickup; no order number or cart.
 pub fn plain_receipt(o: &TapOutcome) -> Receipt {
     Receipt {
-        record_id: [0x11; 32],
+        record_check: [0x11; 4],
         seq: u64::from(o.atc),
         order_number: None,
         cart: None,
@@ -186,7 +186,7 @@ pub fn run_tap_with<E: std::fmt::Display>(
                 }
             }
         };
-        if let Err(e) = session.handle_response(terminal, resp, now(), &mut OsRng) {
+        if let Err(e) = session.handle_response(terminal, resp, Duration::ZERO, now(), &mut OsRng) {
             tap.error = Some(e.to_string());
             return tap;
         }

@@ -187,7 +187,7 @@ pub fn run_tap(
                     let o: &TapOutcome = o;
                     receipt_sent = true;
                     let r = Receipt {
-                        record_id: [0x11; 32],
+                        record_check: [0x11; 4],
                         seq: u64::from(o.atc),
                         order_number: None,
                         cart: None,
@@ -204,7 +204,7 @@ pub fn run_tap(
             .transmit_logical_with(cmd, limits)
             .map_err(TapError::Reader)?;
         longest_logical = longest_logical.max(resp.data.len());
-        tap.handle_response(terminal, resp, now(), &mut OsRng)
+        tap.handle_response(terminal, resp, Duration::ZERO, now(), &mut OsRng)
             .map_err(|e| TapError::Protocol(e.to_string()))?;
         while let Some(ev) = tap.poll_event() {
             match ev {
@@ -380,7 +380,7 @@ pub fn late_phone(rig: &mut dyn Rig) {
         let select = tap.poll_command().unwrap();
         let limits = rec.link_limits();
         let fci = rec.transmit_logical_with(select, limits).unwrap();
-        tap.handle_response(&mut world.terminal, fci, now(), &mut OsRng)
+        tap.handle_response(&mut world.terminal, fci, Duration::ZERO, now(), &mut OsRng)
             .unwrap();
         let authorize = tap.poll_command().unwrap();
         let started = Instant::now();

@@ -61,6 +61,27 @@ fn spec(role: Role, cn: &str, now: u64) -> CertSpec<'_> {
 pub const KIOSK_SITES: [&str; 2] = ["LOCKER-7", "LOCKER-8"];
 
 impl Pki {
+    /// The body a wallet of this PKI resolves from `req`: the terminal
+    /// certificate's hash and the endorsement's DER filled in.
+    pub fn resolved_body(
+        &self,
+        req: &crate::messages::AuthorizeRequest,
+        terminal: &Certificate,
+    ) -> crate::messages::AuthBody {
+        let cas = [
+            &self.root.cert,
+            &self.issuer.cert,
+            &self.acquirer.cert,
+            &self.operator.cert,
+        ];
+        let endorsement = req.endorsement.as_ref().map(|w| {
+            crate::compact::from_wire(w, cas)
+                .map(|c| c.der().to_vec())
+                .unwrap_or_default()
+        });
+        req.resolved_body(*terminal.hash(), endorsement)
+    }
+
     pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
         let now = NOW;
         let root_key = SigningKey::random(rng);

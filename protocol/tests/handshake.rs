@@ -78,13 +78,14 @@ fn record_of(
 }
 
 #[test]
-fn pay_tap_one_tap_two_round_trips_and_verifiable_record() {
+fn pay_tap_one_tap_three_round_trips_and_verifiable_record() {
     let pki = Pki::generate(&mut OsRng);
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     let run = pki.run_tap(&mut t, &mut w, pay(1250), &mut OsRng);
     assert_eq!(run.error, None);
     let outcome = run.outcome.as_ref().expect("approved");
-    assert_eq!(run.round_trips(), 2);
+    // SELECT, the timed exchange, AUTHORIZE.
+    assert_eq!(run.round_trips(), 3);
     assert_eq!(outcome.atc, 1);
     assert_eq!(w.atc, 1);
     assert_eq!(outcome.cvm, Cvm::None);
@@ -133,7 +134,7 @@ fn order_tap_binds_cart_and_delivers_receipt() {
         .deliver_receipt(&mut run, &mut t, &mut w, &receipt, pki.now, &mut OsRng)
         .unwrap());
     assert!(run.wallet_events.iter().any(|e| matches!(e, WalletEvent::Receipt { receipt: r, .. } if r.order_number.as_deref() == Some("A17"))));
-    assert_eq!(run.round_trips(), 3);
+    assert_eq!(run.round_trips(), 4);
 
     // A record whose cart does not match the signed hash is refused.
     let mut other = cart();
@@ -417,18 +418,21 @@ fn repeat_customer_sends_hashes_not_certificates() {
         &mut OsRng,
     );
     assert!(repeat.outcome.is_some(), "{:?}", repeat.error);
-    assert_eq!(repeat.round_trips(), 2);
+    assert_eq!(repeat.round_trips(), 3);
     let saved = first.apdu_bytes() - repeat.apdu_bytes();
-    // The terminal certificate is replaced by its 34-byte hash TLV; the
-    // wallet's answer is padded to the same size class either way (v2), so
-    // a listener cannot tell a repeat customer from a first encounter.
-    let certs = pki.terminal.cert.der().len() - 34;
+    // Both certificates are replaced by 10-byte reference TLVs. The
+    // terminal sent only a reference and got no 9102, so a listener knows
+    // already that this phone was here before: the wallet's answer is
+    // padded to its own class, not to the first encounter's.
+    let wire = tapstack_protocol::compact::to_wire(&pki.terminal.cert);
+    let wallet_wire = tapstack_protocol::compact::to_wire(&pki.wallet.cert);
+    let certs = wire.len() + wallet_wire.len() - 2 * 10;
     assert!(
-        saved >= certs,
-        "saved {saved} bytes, certificate minus hash is {certs}"
+        saved >= certs - messages::SIZE_CLASS,
+        "saved {saved} bytes, certificates minus references are {certs}"
     );
-    assert_eq!(first.wire[1].response.len(), repeat.wire[1].response.len());
-    let der = pki.terminal.cert.der();
+    assert!(first.wire[2].response.len() > repeat.wire[2].response.len());
+    let der = &wire[..];
     assert!(!repeat
         .wire
         .iter()
@@ -452,7 +456,11 @@ fn terminal_that_lost_the_wallet_certificate_asks_for_it() {
     t.forget_wallet_certificates();
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
     assert!(run.outcome.is_some(), "{:?}", run.error);
-    assert_eq!(run.round_trips(), 3, "SELECT, AUTHORIZE, GET CERTIFICATE");
+    assert_eq!(
+        run.round_trips(),
+        4,
+        "SELECT, timed exchange, AUTHORIZE, GET CERTIFICATE"
+    );
 }
 
 #[test]
@@ -471,13 +479,13 @@ fn wallet_without_terminal_certificate_answers_certificate_needed() {
     assert!(run.outcome.is_some(), "{:?}", run.error);
     assert_eq!(
         run.round_trips(),
-        3,
-        "SELECT, AUTHORIZE (hash), AUTHORIZE (certificate)"
+        4,
+        "SELECT, timed exchange, AUTHORIZE (reference), AUTHORIZE (certificate)"
     );
     assert_eq!(
         StatusWord::from_u16(u16::from_be_bytes([
-            run.wire[1].response[0],
-            run.wire[1].response[1]
+            run.wire[2].response[0],
+            run.wire[2].response[1]
         ])),
         StatusWord::CertificateNeeded
     );
@@ -499,6 +507,29 @@ fn short_apdus_use_chaining_and_get_response() {
         run.wire.iter().any(|x| x.command[0] & 0x10 != 0),
         "chained command expected"
     );
+    // A pickup's answer (credential and certificate) is longer than a
+    // short Le: it comes in pieces over GET RESPONSE.
+    w.credentials.push(pki.credential(
+        &pki.wallet.cert,
+        "LOCKER-7",
+        12,
+        "SF1234567890",
+        &mut OsRng,
+    ));
+    w.arm(pki.now, 60);
+    let params = TapParams {
+        scenario: Scenario::Pickup {
+            site: "LOCKER-7".into(),
+        },
+        cvm_limit: 0,
+        send_certificate: true,
+    };
+    let run = pki.run_tap(&mut t, &mut w, params, &mut OsRng);
+    assert!(run.outcome.is_some(), "{:?}", run.error);
+    assert!(run
+        .wire
+        .iter()
+        .all(|x| x.command.len() <= 5 + 255 + 1 && x.response.len() <= 258));
     assert!(
         run.wire.iter().any(|x| x.command[1] == 0xC0),
         "GET RESPONSE expected"
@@ -709,7 +740,7 @@ fn foreign_expired_and_revoked_certificates() {
             run.error,
             Some(Error::Certificate {
                 party: Party::Wallet,
-                source: CertError::UnknownIssuer { .. }
+                source: CertError::UnknownIssuer { .. } | CertError::IssuerNotHeld
             })
         ),
         "{:?}",
@@ -859,13 +890,13 @@ impl RngCore for Repeating {
 impl CryptoRng for Repeating {}
 
 #[test]
-fn replayed_nonce_and_replayed_authorize_are_rejected() {
+fn replayed_authorize_is_rejected_and_a_repeating_terminal_rng_does_not_repeat_taps() {
     let pki = Pki::generate(&mut OsRng);
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
 
     // Replay: an AUTHORIZE captured from one session, played into a new one.
     let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
-    let captured = run.wire[1].command.clone();
+    let captured = run.wire[2].command.clone();
     let mut session = WalletSession::new();
     let select = tapstack_protocol::apdu::CommandView::parse(&run.wire[0].command)
         .unwrap()
@@ -877,29 +908,44 @@ fn replayed_nonce_and_replayed_authorize_are_rejected() {
     let replay = tapstack_protocol::apdu::CommandView::parse(&captured)
         .unwrap()
         .to_owned();
+    // Without this session's timed exchange: refused.
     let resp = session.handle_command(&mut w, &replay, pki.now, &mut OsRng);
-    assert_eq!(resp.sw, StatusWord::TerminalNotTrusted);
+    assert_eq!(resp.sw, StatusWord::ConditionsNotSatisfied);
+    // After a timed exchange with the nonce the captured one carried: the
+    // wallet's nonce is new, so the captured AUTHORIZE is still not this
+    // session's.
+    let relay = tapstack_protocol::apdu::CommandView::parse(&run.wire[1].command)
+        .unwrap()
+        .to_owned();
+    let answer = session.handle_command(&mut w, &relay, pki.now, &mut OsRng);
+    assert!(answer.sw.is_ok());
+    assert_ne!(answer.data, run.wire[1].response[..4]);
+    let resp = session.handle_command(&mut w, &replay, pki.now, &mut OsRng);
+    assert_eq!(resp.sw, StatusWord::ConditionsNotSatisfied);
     assert_eq!(w.atc, 1);
 
-    // A terminal whose RNG repeats: same nonce twice, fresh signatures.
+    // A terminal whose RNG repeats (same nonce, same key share twice): the
+    // wallet's fresh key share and nonce still make each tap its own.
     let mut terminal_rng = Repeating(0x42);
     let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
-    let mut session = TerminalSession::new(pay(100));
-    let mut run_with = |lb: &mut Loopback, session: &mut TerminalSession| -> Result<(), Error> {
+    let mut th1s = Vec::new();
+    for _ in 0..2 {
+        let mut session = TerminalSession::new(pay(100));
         while let Some(cmd) = session.poll_command() {
-            let resp = lb.exchange(&mut w, cmd, pki.now, &mut OsRng)?;
-            session.handle_response(&mut t, resp, Duration::ZERO, pki.now, &mut terminal_rng)?;
+            let resp = lb.exchange(&mut w, cmd, pki.now, &mut OsRng).unwrap();
+            session
+                .handle_response(&mut t, resp, Duration::ZERO, pki.now, &mut terminal_rng)
+                .unwrap();
+            while let Some(ev) = session.poll_event() {
+                if let TerminalEvent::Approved(o) = ev {
+                    th1s.push(messages::th1(&o.transcript.fci, &o.transcript.auth_body));
+                }
+            }
         }
-        Ok(())
-    };
-    run_with(&mut lb, &mut session).unwrap();
-    let mut session = TerminalSession::new(pay(100));
-    assert_eq!(
-        run_with(&mut lb, &mut session).unwrap_err(),
-        Error::WalletRefused {
-            sw: StatusWord::TerminalNotTrusted
-        }
-    );
+    }
+    assert_eq!(th1s.len(), 2);
+    assert_ne!(th1s[0], th1s[1]);
+    assert_eq!(w.atc, 3);
 }
 
 #[test]
@@ -908,11 +954,14 @@ fn terminal_time_far_from_phone_time_is_refused() {
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
     let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
     let mut session = TerminalSession::new(pay(100));
-    let cmd = session.poll_command().unwrap();
-    let resp = lb.exchange(&mut w, cmd, pki.now, &mut OsRng).unwrap();
-    session
-        .handle_response(&mut t, resp, Duration::ZERO, pki.now + 3600, &mut OsRng)
-        .unwrap();
+    // SELECT and the timed exchange; the terminal's clock is an hour ahead.
+    for _ in 0..2 {
+        let cmd = session.poll_command().unwrap();
+        let resp = lb.exchange(&mut w, cmd, pki.now, &mut OsRng).unwrap();
+        session
+            .handle_response(&mut t, resp, Duration::ZERO, pki.now + 3600, &mut OsRng)
+            .unwrap();
+    }
     let cmd = session.poll_command().unwrap();
     let resp = lb.exchange(&mut w, cmd, pki.now, &mut OsRng).unwrap();
     assert_eq!(resp.sw, StatusWord::TimeSkew);
@@ -1070,12 +1119,17 @@ fn stray_commands_do_not_disturb_a_session() {
     session
         .handle_response(&mut t, fci, Duration::ZERO, pki.now, &mut OsRng)
         .unwrap();
-    // Between SELECT and AUTHORIZE: a CONFIRM, a GET CERTIFICATE and a
-    // garbage AUTHORIZE from somewhere else.
+    let relay = session.poll_command().unwrap();
+    let answer = lb.exchange(&mut w, relay, pki.now, &mut OsRng).unwrap();
+    session
+        .handle_response(&mut t, answer, Duration::ZERO, pki.now, &mut OsRng)
+        .unwrap();
+    // Between the timed exchange and AUTHORIZE: a CONFIRM, a GET
+    // CERTIFICATE and a garbage AUTHORIZE from somewhere else.
     for stray in [
         Command::new(0x80, 0x52, 0, 0, vec![1, 2, 3], None),
         Command::new(0x80, 0x54, 0, 0, vec![], Some(256)),
-        Command::new(0x80, 0x50, 0, 0, vec![0xD0, 0x01, 0x01], Some(256)),
+        Command::new(0x80, 0x50, 2, 0, vec![0xD1, 0x01, 0x01], Some(256)),
     ] {
         let r = lb.exchange(&mut w, stray, pki.now, &mut OsRng).unwrap();
         assert!(!r.sw.is_ok());
@@ -1095,7 +1149,7 @@ fn stray_commands_do_not_disturb_a_session() {
     ));
     // A second AUTHORIZE after success is refused and keeps the keys: the
     // receipt still goes through.
-    let again = Command::new(0x80, 0x50, 0, 0, vec![0xD0, 0x01, 0x01], Some(256));
+    let again = Command::new(0x80, 0x50, 2, 0, vec![0xD1, 0x01, 0x01], Some(256));
     assert_eq!(
         lb.exchange(&mut w, again, pki.now, &mut OsRng).unwrap().sw,
         StatusWord::ConditionsNotSatisfied
@@ -1136,7 +1190,7 @@ fn out_of_order_and_garbage_commands_get_status_words() {
     };
     // Before SELECT.
     assert_eq!(
-        send(&mut s, &[0x80, 0x50, 0, 0, 1, 0xD0]),
+        send(&mut s, &[0x80, 0x50, 2, 0, 1, 0xD1]),
         StatusWord::ConditionsNotSatisfied
     );
     assert_eq!(
@@ -1175,7 +1229,7 @@ fn out_of_order_and_garbage_commands_get_status_words() {
     sel.push(0);
     assert_eq!(send(&mut s, &sel), StatusWord::Ok);
     assert_eq!(
-        send(&mut s, &[0x80, 0x50, 0, 0, 3, 0xD0, 0x05, 0x01]),
+        send(&mut s, &[0x80, 0x50, 2, 0, 3, 0xD1, 0x05, 0x01]),
         StatusWord::WrongData
     );
     assert_eq!(

@@ -102,7 +102,8 @@ fn coffee_shop_terminal_asking_for_a_pickup_gets_9104_and_no_credential_bytes() 
     let run = pki.run_tap(&mut t, &mut w, pickup("LOCKER-7"), &mut OsRng);
     assert_eq!(refused(&run), Some(StatusWord::TerminalNotTrusted));
     assert!(!contains(&run, b"PARCEL-SECRET-1") && !contains(&run, &cred.id));
-    assert!(run.wire.iter().skip(1).all(|x| x.response.len() == 2));
+    // After the FCI and the timed exchange: status words only.
+    assert!(run.wire.iter().skip(2).all(|x| x.response.len() == 2));
 
     // An endorsement for another site, or of another key, is no better.
     let other_site = pki.endorse(&shop.cert, &["LOCKER-9"], &mut OsRng);
@@ -316,7 +317,7 @@ fn a_rogue_authorize_never_replaces_the_prompt_on_screen() {
 
 /// Length of the sealed AUTHORIZE response (data, without the status word).
 fn sealed_len(run: &TapRun) -> usize {
-    run.wire[1].response.len() - 2
+    run.wire[2].response.len() - 2
 }
 
 #[test]
@@ -464,11 +465,8 @@ fn forged_answer(
     let cmd: Command =
         testkit::answer_fci_and_relay(&mut session, t, &fci, pki.now, &mut OsRng).unwrap();
     let req = AuthorizeRequest::decode(&cmd.data).unwrap();
-    let th1 = messages::th1(
-        &fci,
-        &req.resolved_body(*pki.terminal.cert.hash(), None)
-            .to_bytes(),
-    );
+    let resolved = pki.resolved_body(&req, &t.certificate);
+    let th1 = messages::th1(&fci, &resolved.to_bytes());
     let keys = SessionKeys::derive(&eph.agree(&req.body.key_share).unwrap(), &th1);
     let ck = pki.issuer_master_key.diversify(pki.wallet.cert.serial());
     let mut body = WalletBody {
@@ -483,7 +481,7 @@ fn forged_answer(
             .map(|_| ck.cryptogram(7, &th1, 0)),
         credential: None,
     };
-    forge(&mut body, &req.body, &th1);
+    forge(&mut body, &resolved, &th1);
     let signature = crypto::sign(
         &pki.wallet.key,
         &messages::th2(&th1, &req.signature, &body.to_bytes()),

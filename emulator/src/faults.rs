@@ -8,6 +8,9 @@
 //! |-----------------|-------------------------------------------------------|
 //! | `remove@N`      | leaves the field instead of answering command N       |
 //! | `delay@N:MS`    | answers command N after MS milliseconds               |
+//! | `relay@N:MS`    | is behind a relay: command N and every later one take |
+//! |                 | MS milliseconds longer (the terminal's timed exchange |
+//! |                 | sees it and declines the tap)                         |
 //! | `corrupt@N`     | flips a bit in the data of its answer to command N    |
 //! | `sw@N:6F00`     | answers command N with only that status word          |
 //! | `garbage@N`     | answers command N with random bytes                   |
@@ -23,6 +26,8 @@ use crate::Error;
 pub enum FaultAction {
     Remove,
     Delay(Duration),
+    /// Every command from N on is delayed (a relay between reader and phone).
+    Relay(Duration),
     Corrupt,
     StatusWord(u16),
     Garbage,
@@ -59,12 +64,17 @@ impl Fault {
             ("remove", None) => FaultAction::Remove,
             ("corrupt", None) => FaultAction::Corrupt,
             ("garbage", None) => FaultAction::Garbage,
-            ("delay", Some(ms)) => {
+            ("delay" | "relay", Some(ms)) => {
                 let ms: u64 = ms.parse().map_err(|_| bad())?;
                 if ms > 600_000 {
                     return Err(bad());
                 }
-                FaultAction::Delay(Duration::from_millis(ms))
+                let d = Duration::from_millis(ms);
+                if action == "relay" {
+                    FaultAction::Relay(d)
+                } else {
+                    FaultAction::Delay(d)
+                }
             }
             ("sw", Some(sw)) if sw.len() == 4 => {
                 FaultAction::StatusWord(u16::from_str_radix(sw, 16).map_err(|_| bad())?)
@@ -88,11 +98,18 @@ pub struct FaultScript {
 }
 
 impl FaultScript {
-    /// The faults that apply to command `command` of tap `tap`.
+    /// The faults that apply to command `command` of tap `tap` (a relay
+    /// applies from its command on).
     pub fn at(&self, tap: usize, command: usize) -> impl Iterator<Item = FaultAction> + '_ {
         self.faults
             .iter()
-            .filter(move |f| f.command == command && f.tap.is_none_or(|t| t == tap))
+            .filter(move |f| {
+                let here = match f.action {
+                    FaultAction::Relay(_) => command >= f.command,
+                    _ => f.command == command,
+                };
+                here && f.tap.is_none_or(|t| t == tap)
+            })
             .map(|f| f.action)
     }
 }
@@ -150,5 +167,18 @@ mod tests {
             vec![FaultAction::Garbage]
         );
         assert_eq!(script.at(1, 1).count(), 0);
+        // A relay delays its command and every later one.
+        let relay = FaultScript {
+            faults: vec![Fault::parse("relay@2:20").unwrap()],
+            present: None,
+        };
+        assert_eq!(relay.at(1, 1).count(), 0);
+        for n in [2, 3, 9] {
+            assert_eq!(
+                relay.at(1, n).collect::<Vec<_>>(),
+                vec![FaultAction::Relay(Duration::from_millis(20))]
+            );
+        }
+        assert!(Fault::parse("relay@1").is_err());
     }
 }

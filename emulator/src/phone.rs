@@ -169,7 +169,7 @@ impl Phone {
                     self.leave_field();
                     return Reply::Removed;
                 }
-                FaultAction::Delay(d) => std::thread::sleep(*d),
+                FaultAction::Delay(d) | FaultAction::Relay(d) => std::thread::sleep(*d),
                 _ => {}
             }
         }
@@ -195,7 +195,7 @@ impl Phone {
                     OsRng.fill_bytes(&mut g);
                     out = g;
                 }
-                FaultAction::Remove | FaultAction::Delay(_) => {}
+                FaultAction::Remove | FaultAction::Delay(_) | FaultAction::Relay(_) => {}
             }
         }
         Reply::Data(out)

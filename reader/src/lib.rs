@@ -323,6 +323,13 @@ pub trait Session {
         Capabilities::SHORT
     }
 
+    /// What this driver's transport (a daemon hop, a serial line) adds to
+    /// one short exchange beyond the radio: the terminal's relay bound
+    /// counts it ([`tapstack_protocol::terminal::RelayPolicy::for_link`]).
+    fn transport(&self) -> Duration {
+        Duration::ZERO
+    }
+
     /// Link limits for [`Session::transmit_logical`].
     fn link_limits(&self) -> LinkLimits {
         self.capabilities().link_limits()
@@ -361,6 +368,16 @@ pub trait Session {
             Some(256),
         ))
     }
+}
+
+/// What a PN532 on a serial line at its power-on 115,200 baud adds to one
+/// exchange of a `command`-byte APDU and a `response`-byte answer: the
+/// InDataExchange frame (7 bytes of framing, TFI, command code, target),
+/// the ACK frame (6) and the answer frame (framing, TFI, code, status) at
+/// 10 bits a byte. A faster line takes less: the bound stays conservative.
+pub fn pn532_serial_time(command: usize, response: usize) -> Duration {
+    let bytes = (7 + 3 + command) + 6 + (7 + 3 + response);
+    Duration::from_micros((bytes as u64) * 10 * 1_000_000 / 115_200)
 }
 
 /// Options for [`open_with`].

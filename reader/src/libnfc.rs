@@ -237,6 +237,9 @@ impl LibnfcSession<'_> {
 }
 
 impl Session for LibnfcSession<'_> {
+    fn transport(&self) -> Duration {
+        crate::pn532_serial_time(10, 6)
+    }
     fn target(&self) -> &TargetInfo {
         &self.target
     }

@@ -373,6 +373,10 @@ impl PcscSession<'_> {
 }
 
 impl Session for PcscSession<'_> {
+    fn transport(&self) -> Duration {
+        // pcscd's socket and the reader's USB frames.
+        Duration::from_millis(1)
+    }
     fn target(&self) -> &TargetInfo {
         &self.target
     }

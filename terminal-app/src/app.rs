@@ -143,6 +143,7 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
         send_certificate: config.terminal.send_certificate,
         require_host_check: config.host.is_some(),
         revocation_grace: config.trust.revocation_grace_secs,
+        relay: config.relay.clone(),
     })
 }
 

@@ -196,6 +196,56 @@ impl Default for ApiSection {
     }
 }
 
+/// Relay resistance: how much longer than the reader's own round trip a
+/// phone may take to answer the timed exchange, per scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    #[serde(default = "default_relay_ms")]
+    pub allowance_ms: u64,
+    #[serde(default)]
+    pub pay_ms: Option<u64>,
+    #[serde(default)]
+    pub order_ms: Option<u64>,
+    #[serde(default)]
+    pub pickup_ms: Option<u64>,
+    #[serde(default = "default_relay_attempts")]
+    pub attempts: u8,
+}
+
+fn default_relay_ms() -> u64 {
+    tapstack_protocol::terminal::DEFAULT_RELAY_ALLOWANCE.as_millis() as u64
+}
+
+fn default_relay_attempts() -> u8 {
+    tapstack_protocol::terminal::DEFAULT_RELAY_ATTEMPTS
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        RelaySection {
+            allowance_ms: default_relay_ms(),
+            pay_ms: None,
+            order_ms: None,
+            pickup_ms: None,
+            attempts: default_relay_attempts(),
+        }
+    }
+}
+
+impl RelaySection {
+    /// The allowance for a scenario (`pay`, `order`, `pickup`).
+    pub fn allowance(&self, kind: &str) -> std::time::Duration {
+        let ms = match kind {
+            "pay" => self.pay_ms,
+            "order" => self.order_ms,
+            "pickup" => self.pickup_ms,
+            _ => None,
+        };
+        std::time::Duration::from_millis(ms.unwrap_or(self.allowance_ms))
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -212,6 +262,8 @@ pub struct Config {
     pub kiosk: Option<KioskSection>,
     #[serde(default)]
     pub api: ApiSection,
+    #[serde(default)]
+    pub relay: RelaySection,
     /// Directory relative paths resolve against.
     #[serde(skip)]
     pub base: PathBuf,
@@ -315,6 +367,20 @@ impl Config {
         }
         if r.wallet_max_amount > r.queue_max_amount {
             return Err("risk.wallet_max_amount above risk.queue_max_amount".into());
+        }
+        let rl = &self.relay;
+        for (name, ms) in [
+            ("allowance_ms", Some(rl.allowance_ms)),
+            ("pay_ms", rl.pay_ms),
+            ("order_ms", rl.order_ms),
+            ("pickup_ms", rl.pickup_ms),
+        ] {
+            if ms.is_some_and(|ms| ms == 0 || ms > 1000) {
+                return Err(format!("relay.{name} must be 1 to 1000 (milliseconds)"));
+            }
+        }
+        if rl.attempts == 0 || rl.attempts > 8 {
+            return Err("relay.attempts must be 1 to 8".into());
         }
         if let Some(k) = &self.kiosk {
             if k.site.is_empty() || k.site.len() > 32 {
@@ -452,4 +518,11 @@ queue_max_age_secs = 259200      # 3 days
 
 [api]
 listen = "127.0.0.1:7300"        # local HTTP+JSON API of `tap-terminal serve`
+
+[relay]                          # relay resistance: the timed exchange after SELECT
+allowance_ms = 10                # a phone may answer this much slower than the reader's own round trip
+pay_ms = 10                      # ... per scenario (a relay over any network adds more)
+order_ms = 10
+pickup_ms = 10
+attempts = 3                     # timed exchanges tried before the tap is declined as relayed
 "#;

@@ -63,6 +63,10 @@ impl Link for SessionLink<'_> {
     fn link_limits(&self) -> LinkLimits {
         self.limits
     }
+
+    fn transport(&self) -> Duration {
+        self.session.transport()
+    }
 }
 
 impl Field for ReaderField {

@@ -2,16 +2,19 @@
 //! link, the durable queue, the receipt.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rand_core::CryptoRngCore;
 use serde::Serialize;
+use tapstack_protocol::airtime;
 use tapstack_protocol::apdu::{Command, ExchangeError, LinkLimits, Response, TerminalLink};
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::messages::{AuthBody, Cvm, WalletBody};
 use tapstack_protocol::record::TransactionRecord;
 use tapstack_protocol::scenario::{record_check, Amount, Cart, Currency, Receipt, Scenario};
+use tapstack_protocol::error::Error as ProtocolError;
 use tapstack_protocol::terminal::{
-    TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
+    RelayPolicy, TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
 };
 
 use crate::queue::{IntentKey, Queue, QueueStore, RecordFacts};
@@ -46,6 +49,11 @@ pub trait Link {
     /// What the reader carries (extended length, largest command data).
     fn link_limits(&self) -> LinkLimits {
         LinkLimits::EXTENDED
+    }
+    /// What the driver's own transport (daemon hop, serial line) adds to
+    /// one short exchange: part of the relay bound.
+    fn transport(&self) -> Duration {
+        Duration::ZERO
     }
 }
 
@@ -99,6 +107,13 @@ pub enum Decline {
     Protocol {
         detail: String,
     },
+    /// The phone answered the timed exchange too slowly, on every try: a
+    /// relay between this reader and a phone elsewhere, or a phone too
+    /// slow for `[relay]`'s allowance.
+    Relayed {
+        micros: u32,
+        bound_micros: u32,
+    },
     /// The reader lost the phone or it answered late or garbage.
     Transport {
         detail: String,
@@ -145,6 +160,7 @@ impl Decline {
             Decline::TerminalCertificateNotYetValid { .. } => "terminal_certificate_not_yet_valid",
             Decline::BadIntent { .. } => "bad_intent",
             Decline::Protocol { .. } => "protocol",
+            Decline::Relayed { .. } => "relayed",
             Decline::Transport { .. } => "transport",
             Decline::AtcReplay { .. } => "atc_replay",
             Decline::CredentialUsed => "credential_used",
@@ -179,6 +195,16 @@ impl core::fmt::Display for Decline {
             ),
             Decline::BadIntent { detail } => write!(f, "invalid request: {detail}"),
             Decline::Protocol { detail } => f.write_str(detail),
+            Decline::Relayed {
+                micros,
+                bound_micros,
+            } => write!(
+                f,
+                "the phone answered the timed exchange in {:.1} ms, above the {:.1} ms \
+                 allowed here: a relayed tap, or a phone slower than [relay] allows",
+                f64::from(*micros) / 1000.0,
+                f64::from(*bound_micros) / 1000.0
+            ),
             Decline::Transport { detail } => f.write_str(detail),
             Decline::AtcReplay { last, got } => write!(
                 f,
@@ -413,6 +439,8 @@ pub struct Engine {
     pub require_host_check: bool,
     /// `[trust] revocation_grace_secs`.
     pub revocation_grace: u64,
+    /// `[relay]`: the timed exchange's allowance per scenario.
+    pub relay: crate::config::RelaySection,
 }
 
 /// The revocation list as `tap-terminal queue` and `/v1/health` report it.
@@ -492,9 +520,22 @@ enum Step {
     Failed(Decline),
 }
 
-fn exchange(tl: &mut TerminalLink, link: &mut dyn Link, cmd: Command) -> Result<Response, Decline> {
-    tl.exchange(cmd, |wire| link.transmit(wire))
-        .map_err(|e| match e {
+/// One logical command and the time its wire APDUs took at the link (the
+/// timed exchange is one wire APDU: this is its round trip at the reader).
+fn exchange(
+    tl: &mut TerminalLink,
+    link: &mut dyn Link,
+    cmd: Command,
+) -> Result<(Response, Duration), Decline> {
+    let mut spent = Duration::ZERO;
+    tl.exchange(cmd, |wire| {
+        let sent = Instant::now();
+        let r = link.transmit(wire);
+        spent += sent.elapsed();
+        r
+    })
+    .map(|r| (r, spent))
+    .map_err(|e| match e {
             ExchangeError::Transport(e) => Decline::Transport {
                 detail: e.to_string(),
             },
@@ -513,6 +554,13 @@ impl Engine {
         rng: &mut impl CryptoRngCore,
     ) -> Step {
         let reader_limits = link.link_limits();
+        // The relay bound: this reader's own round trip plus the scenario's
+        // allowance.
+        self.ctx.relay = RelayPolicy {
+            allowance: self.relay.allowance(params.scenario.kind()),
+            attempts: self.relay.attempts,
+            ..RelayPolicy::for_link(&airtime::Link::pn532(), link.transport())
+        };
         let mut tl = TerminalLink::new(if reader_limits.extended {
             reader_limits
         } else {
@@ -521,13 +569,19 @@ impl Engine {
         let mut session = TerminalSession::new(params);
         let mut approved = None;
         while let Some(cmd) = session.poll_command() {
-            let resp = match exchange(&mut tl, link, cmd) {
+            let (resp, spent) = match exchange(&mut tl, link, cmd) {
                 Ok(r) => r,
                 Err(d) => return Step::Failed(d),
             };
-            if let Err(e) = session.handle_response(&mut self.ctx, resp, now, rng) {
-                return Step::Failed(Decline::Protocol {
-                    detail: e.to_string(),
+            if let Err(e) = session.handle_response(&mut self.ctx, resp, spent, now, rng) {
+                return Step::Failed(match e {
+                    ProtocolError::Relayed { micros, bound } => Decline::Relayed {
+                        micros,
+                        bound_micros: bound,
+                    },
+                    e => Decline::Protocol {
+                        detail: e.to_string(),
+                    },
                 });
             }
             while let Some(ev) = session.poll_event() {
@@ -726,11 +780,11 @@ impl Engine {
         let mut receipt_delivered = false;
         if session.send_receipt(&receipt).is_ok() {
             while let Some(cmd) = session.poll_command() {
-                let Ok(resp) = exchange(&mut tl, link, cmd) else {
+                let Ok((resp, spent)) = exchange(&mut tl, link, cmd) else {
                     break;
                 };
                 if session
-                    .handle_response(&mut self.ctx, resp, now, rng)
+                    .handle_response(&mut self.ctx, resp, spent, now, rng)
                     .is_err()
                 {
                     break;

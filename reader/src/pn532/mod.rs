@@ -304,6 +304,9 @@ impl Pn532Session<'_> {
 }
 
 impl Session for Pn532Session<'_> {
+    fn transport(&self) -> Duration {
+        crate::pn532_serial_time(10, 6)
+    }
     fn target(&self) -> &TargetInfo {
         &self.target
     }

@@ -29,7 +29,7 @@ struct PhoneArgs {
     /// Wallet profile; repeat for several phones that tap in turn.
     #[arg(long = "wallet", required = true)]
     wallets: Vec<PathBuf>,
-    /// Fault rule ACTION@N[:ARG][/TAP]: remove@2, delay@1:600, corrupt@2, sw@2:6F00, garbage@1.
+    /// Fault rule ACTION@N[:ARG][/TAP]: remove@3, delay@1:600, relay@1:20, corrupt@3, sw@3:6F00, garbage@1.
     #[arg(long = "fault")]
     faults: Vec<String>,
     /// Each phone leaves the field this many milliseconds after arriving.

@@ -81,7 +81,7 @@ fn every_scenario_in_process() {
     let o = t.outcome.unwrap_or_else(|| panic!("pay: {:?}", t.error));
     assert_eq!((who.as_str(), o.atc, o.cvm), ("alice", 1, Cvm::None));
     assert!(t.receipt_delivered);
-    assert_eq!(t.exchanges, 3, "SELECT, AUTHORIZE, CONFIRM");
+    assert_eq!(t.exchanges, 4, "SELECT, timed exchange, AUTHORIZE, CONFIRM");
     assert_eq!(counter(&alice), 1);
 
     // bob takes only short APDUs: chaining and GET RESPONSE.
@@ -187,7 +187,7 @@ fn every_scenario_in_process() {
 fn a_fault_script_in_process() {
     let mut world = World::new();
     let alice = world.wallet("alice", |_| {});
-    let faults = ["remove@2/1", "corrupt@2/2", "sw@2:6F00/3", "garbage@1/4"]
+    let faults = ["remove@3/1", "corrupt@3/2", "sw@3:6F00/3", "garbage@1/4"]
         .iter()
         .map(|f| Fault::parse(f).unwrap())
         .collect();

@@ -76,6 +76,40 @@ impl Setup {
         }
     }
 
+    /// The terminal also an operator-endorsed LOCKER-7 kiosk, alice holding
+    /// a letter there (no presence needed): a pickup takes one tap and
+    /// carries the longest answer (credential and certificate).
+    fn with_parcel() -> Self {
+        let mut setup = Setup::new();
+        let now = unix_now();
+        let pki = tapstack_certs::Pki::load(&setup.dir.path().join("pki")).expect("PKI");
+        let kiosk = pki
+            .issue_kiosk(
+                &setup.terminal.certificate,
+                &["LOCKER-7".to_string()],
+                &setup.dir.path().join("terminal/kiosk.pem"),
+                None,
+                now,
+                &mut OsRng,
+            )
+            .expect("kiosk certificate");
+        setup.terminal.endorsement = Some(kiosk);
+        let w = profile::load(&setup.profile).expect("profile");
+        let cred = setup.dir.path().join("parcel.cred");
+        let req = tapstack_certs::CredentialRequest {
+            wallet: &w.context.certificate,
+            site: "LOCKER-7",
+            slot: 12,
+            parcel: "SF1234567890",
+            days: None,
+        };
+        // A letter: presence relaxed by the operator, one tap.
+        pki.issue_credential_with_class(&req, Some("letter"), &cred, now, &mut OsRng)
+            .expect("credential");
+        profile::add_credential(&setup.profile, &cred).expect("add credential");
+        setup
+    }
+
     fn link(&self) -> PathBuf {
         self.dir.path().join("pn532")
     }
@@ -601,7 +635,7 @@ fn a_pay_tap_through_the_pty_with_short_apdus_is_approved() {
 
 #[test]
 fn extended_apdus_chain_over_the_mi_bit_both_ways() {
-    let mut setup = Setup::new();
+    let mut setup = Setup::with_parcel();
     // The phone stays however slow this machine is.
     let emu = setup.start(&["--idle-ms", "600000"]);
     let mut host = Host::open(&setup.link());
@@ -610,7 +644,13 @@ fn extended_apdus_chain_over_the_mi_bit_both_ways() {
     let outcome = run_tap(
         &mut host,
         &mut setup.terminal,
-        pay(450),
+        TapParams {
+            scenario: Scenario::Pickup {
+                site: "LOCKER-7".into(),
+            },
+            cvm_limit: 0,
+            send_certificate: true,
+        },
         LinkLimits::EXTENDED,
     )
     .unwrap_or_else(|e| panic!("{e}; tap-emu:\n{}", emu.log()));
@@ -713,7 +753,7 @@ fn malformed_host_frames_get_error_frames_and_the_chip_keeps_answering() {
 #[test]
 fn removal_mid_exchange_times_out_and_advances_the_counter_at_most_once() {
     let mut setup = Setup::new();
-    let emu = setup.start(&["--fault", "remove@2/1", "--gap-ms", "200"]);
+    let emu = setup.start(&["--fault", "remove@3/1", "--gap-ms", "200"]);
     let before = setup.counter();
     let mut host = Host::open(&setup.link());
     host.init();

@@ -91,7 +91,10 @@ fn every_scenario_through_pcscd() {
         .unwrap_or_else(|| panic!("pay: {:?}", tap.error));
     assert_eq!((o.atc, o.cvm), (1, Cvm::None));
     assert!(tap.receipt_delivered);
-    assert_eq!(tap.exchanges, 3, "SELECT, AUTHORIZE, CONFIRM");
+    assert_eq!(
+        tap.exchanges, 4,
+        "SELECT, timed exchange, AUTHORIZE, CONFIRM"
+    );
 
     // bob: short APDUs only (chaining, GET RESPONSE).
     let tap = reader.tap(&mut world, pay(800), LinkLimits::EXTENDED);
@@ -179,7 +182,7 @@ fn removal_mid_exchange_is_a_transport_error_and_costs_no_counter() {
         &pcscd,
         world.dir.path(),
         &[&alice],
-        &["--fault", "remove@2/1"],
+        &["--fault", "remove@3/1"],
     );
     let reader = Reader::new();
     let tap = reader.tap(&mut world, pay(1250), LinkLimits::EXTENDED);
@@ -209,11 +212,11 @@ fn corrupted_and_garbage_answers_end_in_clear_errors() {
         &[&alice],
         &[
             "--fault",
-            "corrupt@2/1",
+            "corrupt@3/1",
             "--fault",
             "garbage@1/2",
             "--fault",
-            "sw@2:6F00/3",
+            "sw@3:6F00/3",
         ],
     );
     let reader = Reader::new();

@@ -9,10 +9,10 @@ use serde::Serialize;
 use tapstack_protocol::airtime;
 use tapstack_protocol::apdu::{Command, ExchangeError, LinkLimits, Response, TerminalLink};
 use tapstack_protocol::codec::Codec;
+use tapstack_protocol::error::Error as ProtocolError;
 use tapstack_protocol::messages::{AuthBody, Cvm, WalletBody};
 use tapstack_protocol::record::TransactionRecord;
 use tapstack_protocol::scenario::{record_check, Amount, Cart, Currency, Receipt, Scenario};
-use tapstack_protocol::error::Error as ProtocolError;
 use tapstack_protocol::terminal::{
     RelayPolicy, TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
 };
@@ -536,13 +536,13 @@ fn exchange(
     })
     .map(|r| (r, spent))
     .map_err(|e| match e {
-            ExchangeError::Transport(e) => Decline::Transport {
-                detail: e.to_string(),
-            },
-            ExchangeError::Link(e) => Decline::Transport {
-                detail: format!("bad response from the phone: {e}"),
-            },
-        })
+        ExchangeError::Transport(e) => Decline::Transport {
+            detail: e.to_string(),
+        },
+        ExchangeError::Link(e) => Decline::Transport {
+            detail: format!("bad response from the phone: {e}"),
+        },
+    })
 }
 
 impl Engine {

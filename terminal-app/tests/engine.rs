@@ -194,10 +194,10 @@ fn hostile_phones_end_in_clear_declines_and_write_nothing() {
     let mut e = shop.engine();
     // Garbage may parse as some status word (protocol) or not at all (transport).
     for (fault, codes) in [
-        ("remove@2/1", &["transport"][..]),
-        ("garbage@2/2", &["transport", "protocol"]),
-        ("corrupt@2/3", &["protocol"]),
-        ("sw@2:6F00/4", &["protocol"]),
+        ("remove@3/1", &["transport"][..]),
+        ("garbage@3/2", &["transport", "protocol"]),
+        ("corrupt@3/3", &["protocol"]),
+        ("sw@3:6F00/4", &["protocol"]),
         ("garbage@1/5", &["transport", "protocol"]),
     ] {
         let mut f = shop.field(&[&shop.phones[0]], &[fault]);
@@ -215,7 +215,7 @@ fn hostile_phones_end_in_clear_declines_and_write_nothing() {
     assert_eq!(e.queue.head().unwrap().0, 0, "nothing was written");
     // A late answer is only late: the engine itself has no clock here; the
     // reader's timeout turns it into a transport decline (reader tests).
-    let mut f = shop.field(&[&shop.phones[0]], &["delay@2:50"]);
+    let mut f = shop.field(&[&shop.phones[0]], &["delay@3:50"]);
     approved(&tap(&mut e, &mut f, &cny(100)));
 }
 

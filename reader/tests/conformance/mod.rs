@@ -69,8 +69,44 @@ impl World {
                 &mut OsRng,
             )
             .unwrap();
-        let terminal = TerminalContext::new(t.identity.cert, t.identity.key, pki.terminal_trust());
+        // Also the operator-endorsed kiosk of LOCKER-7 (pickups carry the
+        // longest answers: a credential and a certificate).
+        let kiosk = pki
+            .issue_kiosk(
+                &t.identity.cert,
+                &["LOCKER-7".to_string()],
+                &dir.path().join("terminal/kiosk.pem"),
+                None,
+                now(),
+                &mut OsRng,
+            )
+            .unwrap();
+        let mut terminal =
+            TerminalContext::new(t.identity.cert, t.identity.key, pki.terminal_trust());
+        terminal.endorsement = Some(kiosk);
         World { dir, pki, terminal }
+    }
+
+    /// A wallet holding a LOCKER-7 letter (a credential that needs no user
+    /// presence: a pickup takes one tap).
+    pub fn pickup_wallet(&self, name: &str) -> PathBuf {
+        let profile = self.wallet(name);
+        let w = tapstack_emulator::profile::load(&profile).unwrap();
+        let path = self.dir.path().join(format!("{name}-LOCKER-7.cred"));
+        let req = tapstack_certs::CredentialRequest {
+            wallet: &w.context.certificate,
+            site: "LOCKER-7",
+            slot: 12,
+            parcel: "SF1234567890",
+            days: None,
+        };
+        // A letter: the operator relaxed user presence for it (signed in
+        // the credential), so a pickup takes one tap.
+        self.pki
+            .issue_credential_with_class(&req, Some("letter"), &path, now(), &mut OsRng)
+            .unwrap();
+        tapstack_emulator::profile::add_credential(&profile, &path).unwrap();
+        profile
     }
 
     pub fn wallet(&self, name: &str) -> PathBuf {
@@ -89,6 +125,16 @@ impl World {
             .unwrap()
             .atc
             .value()
+    }
+}
+
+pub fn pickup() -> TapParams {
+    TapParams {
+        scenario: Scenario::Pickup {
+            site: "LOCKER-7".into(),
+        },
+        cvm_limit: 0,
+        send_certificate: true,
     }
 }
 
@@ -267,16 +313,17 @@ pub fn select(rig: &mut dyn Rig) {
     assert!(s.is_present().unwrap());
 }
 
-/// Short and extended/chained APDUs with responses over 256 bytes: a pay
-/// tap with the reader's own limits and one with short APDUs only (command
-/// chaining and GET RESPONSE), then a long command on its own.
+/// Short and extended/chained APDUs with responses over 256 bytes: a
+/// pickup tap (the longest answer: credential and certificate) with the
+/// reader's own limits and one with short APDUs only (command chaining and
+/// GET RESPONSE), then a long command on its own.
 pub fn long_apdus(rig: &mut dyn Rig) {
     let mut world = World::new();
-    let alice = world.wallet("alice");
+    let alice = world.pickup_wallet("alice");
     let mut reader = rig.start(&[&alice], &["--idle-ms", "600000"]);
     let mut s = wait(reader.as_mut(), rig);
     let caps = s.capabilities();
-    let tap = run_tap(s.as_mut(), &mut world.terminal, pay(450), None)
+    let tap = run_tap(s.as_mut(), &mut world.terminal, pickup(), None)
         .unwrap_or_else(|e| panic!("{e:?}; emulator:\n{}", rig.log()));
     assert!(
         tap.longest_logical > 256,
@@ -296,7 +343,7 @@ pub fn long_apdus(rig: &mut dyn Rig) {
     let short = run_tap(
         s.as_mut(),
         &mut world.terminal,
-        pay(450),
+        pickup(),
         Some(LinkLimits::SHORT),
     )
     .unwrap_or_else(|e| panic!("{e:?}; emulator:\n{}", rig.log()));
@@ -343,7 +390,7 @@ pub fn pay_tap(rig: &mut dyn Rig) {
 pub fn removal_mid_exchange(rig: &mut dyn Rig) {
     let mut world = World::new();
     let alice = world.wallet("alice");
-    let mut reader = rig.start(&[&alice], &["--fault", "remove@2/1"]);
+    let mut reader = rig.start(&[&alice], &["--fault", "remove@3/1"]);
     {
         let mut s = wait(reader.as_mut(), rig);
         let started = Instant::now();
@@ -366,7 +413,8 @@ pub fn removal_mid_exchange(rig: &mut dyn Rig) {
     assert_eq!(tap.outcome.atc, 1);
 }
 
-/// A phone that answers AUTHORIZE 5 s late, with a 1 s transmit timeout:
+/// A phone that answers the timed exchange (command 2) 5 s late, with a
+/// 1 s transmit timeout:
 /// `Timeout` before the phone answers; the reader works afterwards.
 pub fn late_phone(rig: &mut dyn Rig) {
     let mut world = World::new();
@@ -382,10 +430,10 @@ pub fn late_phone(rig: &mut dyn Rig) {
         let fci = rec.transmit_logical_with(select, limits).unwrap();
         tap.handle_response(&mut world.terminal, fci, Duration::ZERO, now(), &mut OsRng)
             .unwrap();
-        let authorize = tap.poll_command().unwrap();
+        let timed = tap.poll_command().unwrap();
         let started = Instant::now();
         let err = rec
-            .transmit_logical_with(authorize, limits)
+            .transmit_logical_with(timed, limits)
             .expect_err("too late");
         let took = started.elapsed();
         assert!(

@@ -220,6 +220,29 @@ fn hostile_phones_end_in_clear_declines_and_write_nothing() {
 }
 
 #[test]
+fn a_relayed_phone_is_declined_and_an_honest_one_pays() {
+    let shop = Shop::new(LIMITS);
+    let mut e = shop.engine();
+    // 20 ms more per exchange: a relay to a phone somewhere else.
+    let mut f = shop.field(&[&shop.phones[0]], &["relay@1:20"]);
+    match tap(&mut e, &mut f, &cny(100)) {
+        TapResult::Declined(d) => {
+            assert_eq!(d.code(), "relayed", "{d}");
+            assert!(d.to_string().contains("timed exchange"), "{d}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.queue.head().unwrap().0, 0, "nothing was written");
+    // The allowance is per scenario: an operator who lets payments take
+    // 100 ms accepts this phone (and any relay that fast).
+    e.relay.pay_ms = Some(100);
+    approved(&tap(&mut e, &mut f, &cny(100)));
+    e.relay.pay_ms = None;
+    let mut f = shop.field(&[&shop.phones[0]], &[]);
+    approved(&tap(&mut e, &mut f, &cny(100)));
+}
+
+#[test]
 fn replayed_counter_is_refused_across_restarts() {
     let shop = Shop::new(LIMITS);
     let mut e = shop.engine();
@@ -268,6 +291,14 @@ fn bad_configuration_values_get_clear_errors() {
             good.replace("floor_limit = 10000", "floor_limit = 100"),
             "cvm_limit",
         ),
+        (
+            format!("{good}\n[relay]\npickup_ms = 0\n"),
+            "relay.pickup_ms must be 1 to 1000",
+        ),
+        (
+            format!("{good}\n[relay]\nattempts = 0\n"),
+            "relay.attempts must be 1 to 8",
+        ),
     ] {
         std::fs::write(&path, &edit).unwrap();
         let err = Config::load(&path, std::iter::empty())
@@ -279,12 +310,16 @@ fn bad_configuration_values_get_clear_errors() {
     let env = [
         ("TAPSTACK_RISK_FLOOR_LIMIT".to_string(), "7000".to_string()),
         ("TAPSTACK_READER_CONNECTION".into(), "pcsc:ACS".into()),
+        ("TAPSTACK_RELAY_PICKUP_MS".into(), "25".into()),
     ];
     let c = Config::load(&path, env).unwrap();
     assert_eq!(
         (c.risk.floor_limit, c.reader.connection.as_str()),
         (7000, "pcsc:ACS")
     );
+    // [relay]: absent from the file, defaults; one scenario overridden.
+    assert_eq!(c.relay.allowance("pay"), Duration::from_millis(10));
+    assert_eq!(c.relay.allowance("pickup"), Duration::from_millis(25));
     let bad_env = [("TAPSTACK_RISK_FLOOR_LIMIT".to_string(), "lots".to_string())];
     let err = Config::load(&path, bad_env).unwrap_err().to_string();
     assert!(

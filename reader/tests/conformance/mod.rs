@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use rand_core::OsRng;
 use tapstack_certs::{LeafOptions, Pki};
+use tapstack_protocol::airtime;
 use tapstack_protocol::apdu::{Command, LinkLimits, StatusWord};
+use tapstack_protocol::error::Error;
 use tapstack_protocol::messages::AID;
 use tapstack_protocol::scenario::{Amount, Currency, Receipt, Scenario};
 use tapstack_protocol::terminal::{
-    TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
+    RelayPolicy, TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
 };
 use tapstack_reader::{Cancel, Capabilities, Reader, ReaderError, Session, TargetInfo};
 
@@ -157,6 +159,8 @@ pub struct Recorder<'a> {
     pub exchanges: usize,
     pub longest_command: usize,
     pub longest_response: usize,
+    /// Time spent in the driver's transmit since the last reset.
+    pub spent: Duration,
 }
 
 impl<'a> Recorder<'a> {
@@ -166,6 +170,7 @@ impl<'a> Recorder<'a> {
             exchanges: 0,
             longest_command: 0,
             longest_response: 0,
+            spent: Duration::ZERO,
         }
     }
 }
@@ -177,9 +182,17 @@ impl Session for Recorder<'_> {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, ReaderError> {
         self.exchanges += 1;
         self.longest_command = self.longest_command.max(apdu.len());
-        let r = self.inner.transmit(apdu)?;
+        // Timed at the driver's boundary: what the terminal judges the
+        // timed exchange by.
+        let sent = Instant::now();
+        let r = self.inner.transmit(apdu);
+        self.spent += sent.elapsed();
+        let r = r?;
         self.longest_response = self.longest_response.max(r.len());
         Ok(r)
+    }
+    fn transport(&self) -> Duration {
+        self.inner.transport()
     }
     fn is_present(&mut self) -> Result<bool, ReaderError> {
         self.inner.is_present()
@@ -197,6 +210,11 @@ impl Session for Recorder<'_> {
 pub enum TapError {
     Reader(ReaderError),
     Protocol(String),
+    /// The timed exchange took too long on every try.
+    Relayed {
+        micros: u32,
+        bound: u32,
+    },
 }
 
 /// What a tap did on the wire.
@@ -221,6 +239,9 @@ pub fn run_tap(
 ) -> Result<Tap, TapError> {
     let mut rec = Recorder::new(session);
     let mut limits = limits.unwrap_or_else(|| rec.link_limits());
+    // The relay bound of this reader: a PN532-class radio link plus the
+    // driver's transport, and the default allowance.
+    terminal.relay = RelayPolicy::for_link(&airtime::Link::pn532(), rec.transport());
     let mut tap = TerminalSession::new(params);
     let mut outcome = None;
     let mut receipt_sent = false;
@@ -246,12 +267,16 @@ pub fn run_tap(
                 _ => break,
             }
         };
+        rec.spent = Duration::ZERO;
         let resp = rec
             .transmit_logical_with(cmd, limits)
             .map_err(TapError::Reader)?;
         longest_logical = longest_logical.max(resp.data.len());
-        tap.handle_response(terminal, resp, Duration::ZERO, now(), &mut OsRng)
-            .map_err(|e| TapError::Protocol(e.to_string()))?;
+        tap.handle_response(terminal, resp, rec.spent, now(), &mut OsRng)
+            .map_err(|e| match e {
+                Error::Relayed { micros, bound } => TapError::Relayed { micros, bound },
+                e => TapError::Protocol(e.to_string()),
+            })?;
         while let Some(ev) = tap.poll_event() {
             match ev {
                 TerminalEvent::Selected {
@@ -370,6 +395,25 @@ pub fn long_apdus(rig: &mut dyn Rig) {
         ))
         .unwrap_or_else(|e| panic!("{e}; emulator:\n{}", rig.log()));
     assert_ne!(r.sw, StatusWord::Ok, "{r:?}");
+}
+
+/// A relay between reader and phone adds 20 ms to every exchange: the
+/// timed exchange gives it away on every try, the tap is declined before
+/// AUTHORIZE, the counter is untouched. (An honest phone passes the same
+/// timed exchange in every other case of this suite.)
+pub fn relayed_tap(rig: &mut dyn Rig) {
+    let mut world = World::new();
+    let alice = world.wallet("alice");
+    let mut reader = rig.start(&[&alice], &["--idle-ms", "600000", "--fault", "relay@1:20"]);
+    let mut s = wait(reader.as_mut(), rig);
+    match run_tap(s.as_mut(), &mut world.terminal, pay(1250), None) {
+        Err(TapError::Relayed { micros, bound }) => {
+            assert!(micros >= 20_000, "measured {micros} µs");
+            assert!(bound < 20_000, "bound {bound} µs");
+        }
+        other => panic!("{other:?}; emulator:\n{}", rig.log()),
+    }
+    assert_eq!(World::counter(&alice), 0, "no AUTHORIZE was sent");
 }
 
 /// A full pay tap, approved, the counter persisted, the receipt delivered.
@@ -565,6 +609,10 @@ macro_rules! tapstack_reader_conformance_suite {
         #[test]
         fn pay_tap() {
             conformance::pay_tap(&mut $rig);
+        }
+        #[test]
+        fn relayed_tap() {
+            conformance::relayed_tap(&mut $rig);
         }
         #[test]
         fn removal_mid_exchange() {

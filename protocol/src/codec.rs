@@ -105,3 +105,22 @@ pub(crate) fn text(field: &'static str, v: &[u8], max: usize) -> Result<String, 
     }
     Ok(s.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_unsigned_integers_round_trip_and_only_the_minimal_form_parses() {
+        for v in [0u64, 1, 255, 256, 1250, 65_535, 1 << 40, u64::MAX] {
+            let b = uint_bytes(v);
+            assert_eq!(uint("v", &b), Ok(v));
+            assert!(b.len() == 1 || b[0] != 0);
+        }
+        assert_eq!(uint_bytes(0), [0]);
+        assert_eq!(uint_bytes(1250), [0x04, 0xE2]);
+        for bad in [&[][..], &[0, 1], &[0, 0], &[1; 9]] {
+            assert!(uint("v", bad).is_err(), "{bad:?}");
+        }
+    }
+}

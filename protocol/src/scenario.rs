@@ -319,7 +319,7 @@ impl Codec for Scenario {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Scenario::Pay { amount } => tlv::write_nested(out, 0xA1, |o| {
-                tlv::write(o, 0x80, &amount.minor.to_be_bytes());
+                tlv::write(o, 0x80, &crate::codec::uint_bytes(amount.minor));
                 tlv::write(o, 0x81, amount.currency.as_bytes());
             }),
             Scenario::Order {
@@ -327,7 +327,7 @@ impl Codec for Scenario {
                 cart_hash,
                 items,
             } => tlv::write_nested(out, 0xA2, |o| {
-                tlv::write(o, 0x80, &amount.minor.to_be_bytes());
+                tlv::write(o, 0x80, &crate::codec::uint_bytes(amount.minor));
                 tlv::write(o, 0x81, amount.currency.as_bytes());
                 tlv::write(o, 0x82, cart_hash);
                 tlv::write(o, 0x83, &items.to_be_bytes());
@@ -342,7 +342,7 @@ impl Codec for Scenario {
         let t = tlv::parse_exact(input)?;
         let mut r = Reader::new(t.value);
         let amount = |r: &mut Reader<'_>| -> Result<Amount, DecodeError> {
-            let minor = u64_be("amount", r.expect(0x80)?)?;
+            let minor = crate::codec::uint("amount", r.expect(0x80)?)?;
             let currency = Currency::from_bytes(r.expect(0x81)?)?;
             Ok(Amount { minor, currency })
         };

@@ -543,31 +543,50 @@ fn flipping_any_signed_or_maced_byte_is_rejected() {
         let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
         pki.run_tap(&mut t, &mut w, pay(1250), &mut OsRng)
     };
-    // Data field offsets: SELECT response data (all but SW), AUTHORIZE command
-    // data (extended: 7-byte header, 2-byte Le), AUTHORIZE response data.
-    let fci_len = baseline.wire[0].response.len() - 2;
-    let auth_len = baseline.wire[1].command.len() - 9;
-    let resp_len = baseline.wire[1].response.len() - 2;
+    // Wire exchanges: 0 SELECT, 1 the timed exchange, 2 AUTHORIZE (extended:
+    // 7-byte header, 2-byte Le). Flip every bit-0 of every data byte the
+    // other side relies on: the FCI, both relay nonces, the AUTHORIZE data,
+    // the sealed answer.
+    assert_eq!(baseline.wire[1].command[1], messages::INS_RELAY);
+    assert_eq!(baseline.wire[2].command[1], messages::INS_AUTHORIZE);
+    let len = |ex: usize, command: bool| {
+        let w = &baseline.wire[ex];
+        if command {
+            w.command.len() - if ex == 2 { 9 } else { 6 }
+        } else {
+            w.response.len() - 2
+        }
+    };
+    // (exchange, command side?, first data byte)
+    let targets = [
+        (0, false, 0),
+        (1, true, 5),
+        (1, false, 0),
+        (2, true, 7),
+        (2, false, 0),
+    ];
     let mut rejected = 0;
-    for (ex, len) in [(0usize, fci_len), (1, auth_len), (2, resp_len)] {
-        for pos in 0..len {
+    let mut total = 0;
+    for (ex, command, start) in targets {
+        let n = len(ex, command);
+        total += n;
+        for pos in start..start + n {
             let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
             let mut lb = Loopback::new(LinkLimits::EXTENDED, true);
-            // exchange 0: SELECT response; 1: AUTHORIZE command; 2: its response
-            lb.tamper_command = Some(Box::new(move |i, b| {
-                if ex == 1 && i == 1 {
-                    b[7 + pos] ^= 0x01;
-                }
-            }));
-            lb.tamper_response = Some(Box::new(move |i, b| {
-                if (ex == 0 && i == 0) || (ex == 2 && i == 1) {
+            let flip = move |i: usize, b: &mut Vec<u8>| {
+                if i == ex {
                     b[pos] ^= 0x01;
                 }
-            }));
+            };
+            if command {
+                lb.tamper_command = Some(Box::new(flip));
+            } else {
+                lb.tamper_response = Some(Box::new(flip));
+            }
             let run = lb.run(&mut t, &mut w, pay(1250), pki.now, &mut OsRng);
             assert!(
                 run.outcome.is_none(),
-                "flip of byte {pos} in exchange {ex} was accepted"
+                "flip of byte {pos} in exchange {ex} (command: {command}) was accepted"
             );
             assert!(
                 run.error.is_some(),
@@ -576,7 +595,8 @@ fn flipping_any_signed_or_maced_byte_is_rejected() {
             rejected += 1;
         }
     }
-    assert_eq!(rejected, fci_len + auth_len + resp_len);
+    assert_eq!(rejected, total);
+    assert!(total > 48 + 4 + 4 + 270 + 220, "{total}");
 }
 
 #[test]

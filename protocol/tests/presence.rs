@@ -598,6 +598,21 @@ fn flipping_each_new_signed_field_is_rejected_at_the_host() {
             terminal_sig.clone(),
         ),
         (
+            "relay: measured time lowered",
+            with_auth(&|a| a.relay.micros = a.relay.micros.wrapping_sub(1)),
+            terminal_sig.clone(),
+        ),
+        (
+            "relay: terminal nonce flipped",
+            with_auth(&|a| a.relay.terminal_nonce[0] ^= 1),
+            terminal_sig.clone(),
+        ),
+        (
+            "relay: wallet nonce flipped",
+            with_auth(&|a| a.relay.wallet_nonce[3] ^= 1),
+            terminal_sig.clone(),
+        ),
+        (
             "endorsement byte flipped",
             with_auth(&|a| {
                 if let Some(e) = a.endorsement.as_mut() {

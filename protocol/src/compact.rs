@@ -152,8 +152,12 @@ pub fn from_wire<'a>(
 ) -> Result<Certificate, CertError> {
     match bytes.first() {
         Some(&FORMAT_COMPACT_V1) => {
+            // The issuer field follows the serial: `00 ref[4]`, or a name.
             let ref_at = bytes.get(1).map_or(0, |n| 2 + usize::from(*n));
-            let wanted = bytes.get(ref_at + 1..ref_at + 1 + ISSUER_REF_LEN);
+            let wanted = match bytes.get(ref_at) {
+                Some(0) => bytes.get(ref_at + 1..ref_at + 1 + ISSUER_REF_LEN),
+                _ => None,
+            };
             let candidates: Vec<&Certificate> = cas
                 .into_iter()
                 .filter(|c| Some(&issuer_ref(c.subject_name())[..]) == wanted)

@@ -1,6 +1,6 @@
 //! # tapstack-protocol
 //!
-//! The sans-IO core of tapstack's NFC tap protocol (v1): no sockets, no
+//! The sans-IO core of tapstack's NFC tap protocol (v2): no sockets, no
 //! files, no clock, no global RNG. Time (`now`, Unix seconds) and randomness
 //! (`&mut impl CryptoRngCore`) are arguments; inputs are `handle_*`, outputs
 //! `poll_*`.

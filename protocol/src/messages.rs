@@ -58,9 +58,9 @@ pub struct Fci {
     pub versions: Vec<u8>,
     /// Scenario capability bits (`CAP_*`).
     pub scenarios: u8,
+    pub flags: u8,
     /// Largest command data the wallet accepts in one APDU.
     pub max_command: u16,
-    pub flags: u8,
     pub key_share: [u8; POINT_LEN],
 }
 

@@ -566,16 +566,16 @@ impl TerminalSession {
             .open(Direction::WalletToTerminal, 0, &[INS_AUTHORIZE], &resp.data)
             .map_err(|_| Error::BadMac)?;
         let wallet_resp = WalletResponse::decode(messages::unpad(&plain)?)?;
-        let (cert, wallet_ref) = match &wallet_resp.wallet {
+        let wallet_ref = match &wallet_resp.wallet {
             CertOnAir::Wire(w) => {
                 let cert =
                     compact::from_wire(w, ctx.trust.cas()).map_err(Error::cert(Party::Wallet))?;
-                (Some((cert, false)), cert_ref(&[0; 32]))
+                return self.finish(ctx, auth, keys, wallet_resp, cert, false, now);
             }
-            CertOnAir::Ref(r) => (ctx.wallet_certs.get(r).cloned().map(|c| (c, true)), *r),
+            CertOnAir::Ref(r) => *r,
         };
-        match cert {
-            Some((cert, known)) => self.finish(ctx, auth, keys, wallet_resp, cert, known, now),
+        match ctx.wallet_certs.get(&wallet_ref).cloned() {
+            Some(cert) => self.finish(ctx, auth, keys, wallet_resp, cert, true, now),
             None => {
                 self.out = Some(Command::new(
                     CLA_PROPRIETARY,

@@ -104,7 +104,10 @@ pub struct WalletContext {
     /// Whether extended-length APDUs are offered.
     pub extended: bool,
     terminal_certs: Bounded<[u8; CERT_REF_LEN], Certificate>,
-    given_to: Bounded<[u8; 32], ()>,
+    /// (terminal certificate hash, our certificate hash) pairs: which
+    /// terminals hold which of our certificates (a renewed certificate is
+    /// sent again).
+    given_to: Bounded<([u8; 32], [u8; 32]), ()>,
     own_wire: WireForm,
 }
 
@@ -647,7 +650,8 @@ fn authorize_selected(
     let wallet_body_bytes = wallet_body.to_bytes();
     let th2 = messages::th2(&th1, &req.signature, &wallet_body_bytes);
     let signature = crypto::sign(&ctx.key, &th2);
-    let send_cert = !ctx.given_to.contains(terminal.hash());
+    let given = (*terminal.hash(), *ctx.certificate.hash());
+    let send_cert = !ctx.given_to.contains(&given);
     let mut resp = WalletResponse {
         body: wallet_body,
         wallet: CertOnAir::Wire(ctx.own_wire.get(&ctx.certificate).to_vec()),
@@ -673,7 +677,7 @@ fn authorize_selected(
     );
 
     ctx.atc = atc;
-    ctx.given_to.insert(*terminal.hash(), ());
+    ctx.given_to.insert(given, ());
     let merchant = terminal.common_name().to_owned();
     Ok((
         Response::ok(sealed),

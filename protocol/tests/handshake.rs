@@ -446,6 +446,40 @@ fn repeat_customer_sends_hashes_not_certificates() {
 }
 
 #[test]
+fn a_renewed_wallet_certificate_is_sent_again_to_a_terminal_that_had_the_old_one() {
+    let pki = Pki::generate(&mut OsRng);
+    let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());
+    assert!(pki
+        .run_tap(&mut t, &mut w, pay(100), &mut OsRng)
+        .outcome
+        .is_some());
+    // The issuer renews the wallet's certificate for the same key.
+    let spec = CertSpec {
+        role: Role::Wallet,
+        common_name: "wallet",
+        not_before: pki.now - 1000,
+        not_after: pki.now + 100_000,
+        terminal_id: None,
+        endorsed_sites: &[],
+    };
+    w.certificate = pki::issue(
+        &spec,
+        pki.wallet.key.verifying_key(),
+        (&pki.issuer.cert, &pki.issuer.key),
+        &mut OsRng,
+    )
+    .unwrap();
+    let run = pki.run_tap(&mut t, &mut w, pay(100), &mut OsRng);
+    let outcome = run
+        .outcome
+        .as_ref()
+        .unwrap_or_else(|| panic!("{:?}", run.error));
+    assert_eq!(outcome.wallet.hash(), w.certificate.hash());
+    // The new certificate went in the answer: no GET CERTIFICATE.
+    assert_eq!(run.round_trips(), 3);
+}
+
+#[test]
 fn terminal_that_lost_the_wallet_certificate_asks_for_it() {
     let pki = Pki::generate(&mut OsRng);
     let (mut t, mut w) = (pki.terminal_context(), pki.wallet_context());

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: a dev PKI, a host, an emulated phone, and a pay, an order and
-# a pickup through tap-terminal, uploaded and shown from the host's ledger.
+# `make demo`: a dev PKI, a host, an emulated phone, and a pay, an order,
+# a pickup and a two-tap payment through tap-terminal (and a relayed phone
+# declined), uploaded and shown from the host's ledger.
 # Everything lives in target/demo (removed and made anew each run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -97,8 +98,16 @@ say "5. tap-terminal pay 12.50 CNY";        t pay 12.50 CNY
 say "6. tap-terminal order --cart cart.json"; t order --cart cart.json
 say "7. tap-terminal kiosk (pickup: the phone asks its user, then a second tap)"; t kiosk --taps 1
 say "8. tap-terminal pay 480.00 CNY (above the phone's limit: two taps)"; t pay 480.00 CNY
-say "9. the queue";                          t queue
-say "10. tap-terminal upload";                t upload
+say "9. a phone across town behind a relay (20 ms more per exchange): the timed exchange declines it"
+"$bin/tap-emu" pn532 --wallet phone/alice.toml --link "$demo/pn532-relay" --idle-ms 400 --fault relay@1:20 2> emu-relay.log &
+relay_pid=$!
+for _ in $(seq 1 100); do [ -e "$demo/pn532-relay" ] && break; sleep 0.1; done
+if TAPSTACK_READER_CONNECTION="pn532:$demo/pn532-relay" t pay 12.50 CNY; then
+  echo "a relayed tap was approved" >&2; exit 1
+fi
+kill "$relay_pid"; wait "$relay_pid" 2>/dev/null || true
+say "10. the queue";                          t queue
+say "11. tap-terminal upload";                t upload
 kill "${pids[1]}"; wait "${pids[1]}" 2>/dev/null || true
-say "11. what the host now holds — tap-host ledger"
+say "12. what the host now holds — tap-host ledger"
 "$bin/tap-host" ledger --store host-store

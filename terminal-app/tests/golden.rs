@@ -59,3 +59,93 @@ fn the_mark_file_format_is_pinned() {
     assert_eq!(Mark::decode_slot(&want[..SLOT]), Some(older));
     assert_eq!(&want[..8], b"TAPQHWM1");
 }
+
+/// Copy a directory tree (the golden queue is opened read-write).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A whole queue as this release leaves it on disk — sled's files and the
+/// high-water mark — with the protocol's golden pay and pickup records
+/// appended (`protocol/tests/golden`), the first acknowledged by the host, a
+/// declined intent remembered, the currency bound. A queue written by an
+/// older release must still open clean and say the same.
+#[test]
+fn a_queue_written_by_this_release_still_opens() {
+    use tapstack_protocol::codec::Codec;
+    use tapstack_protocol::crypto::sha256;
+    use tapstack_protocol::messages::WalletBody;
+    use tapstack_protocol::record::TransactionRecord;
+    use tapstack_terminal::queue::{IntentKey, Queue, QueueStore, RecordFacts, RememberedOutcome};
+
+    let records: Vec<TransactionRecord> = ["pay", "pickup"]
+        .iter()
+        .map(|n| {
+            let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("../protocol/tests/golden/record-{n}.tlv"));
+            TransactionRecord::decode(&std::fs::read(path).unwrap()).unwrap()
+        })
+        .collect();
+    let facts = |r: &TransactionRecord| {
+        let body = WalletBody::decode(&r.transcript.wallet_body).unwrap();
+        RecordFacts {
+            wallet: sha256(&[&r.wallet_certificate]),
+            atc: body.atc,
+            credential: body.credential.map(|c| c.id),
+            intent: None,
+        }
+    };
+    let golden_dir = golden("queue-v1");
+    if std::env::var_os("TAPTEST_BLESS").is_some() {
+        let _ = std::fs::remove_dir_all(&golden_dir);
+        std::fs::create_dir_all(&golden_dir).unwrap();
+        let q = Queue::open(&golden_dir.join("queue")).unwrap();
+        q.bind_currency("CNY").unwrap();
+        for r in &records {
+            q.append(facts(r), &mut |_, _| r.clone()).unwrap();
+        }
+        q.ack(1, records[0].hash()).unwrap();
+        let key = IntentKey {
+            key: "pos-7-0042".into(),
+            request: br#"{"amount":"9999.00","currency":"CNY"}"#.to_vec(),
+        };
+        q.remember_decline(&key, "floor_limit", "above the offline limit")
+            .unwrap();
+        drop(q);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&golden_dir, dir.path());
+    let q = Queue::open(&dir.path().join("queue")).unwrap();
+    assert!(q.integrity().is_ok(), "{}", q.integrity().summary());
+    assert_eq!(q.head().unwrap(), (2, records[1].hash()));
+    assert_eq!(q.acked().unwrap(), 1);
+    let pending = q.pending(10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].record().unwrap(), records[1]);
+    // One phone made both taps: its last counter is the pickup's.
+    let (pay, pickup) = (facts(&records[0]), facts(&records[1]));
+    assert_eq!(pay.wallet, pickup.wallet);
+    assert!(pay.atc < pickup.atc);
+    assert_eq!(q.last_atc(&pay.wallet).unwrap(), Some(pickup.atc));
+    assert!(q.credential_used(&pickup.credential.unwrap()).unwrap());
+    let remembered = q.recall("pos-7-0042").unwrap().expect("remembered");
+    assert_eq!(
+        remembered.outcome,
+        RememberedOutcome::Declined {
+            code: "floor_limit".into(),
+            message: "above the offline limit".into()
+        }
+    );
+    // The currency stays bound: another one is refused.
+    assert!(q.bind_currency("USD").is_err());
+    q.bind_currency("CNY").unwrap();
+}

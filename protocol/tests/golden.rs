@@ -62,6 +62,10 @@ fn the_revocation_list_format_is_pinned() {
     assert_eq!(list.to_bytes(), bytes, "re-encodes to the same bytes");
 }
 
+fn hex_line(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<String>() + "\n"
+}
+
 /// The certificates a host needs to re-verify the golden records: the
 /// root, the issuer (wallets), the acquirer (terminals), the operator
 /// (pickup credentials) and the terminal itself, as PEM, in that order.
@@ -138,6 +142,12 @@ fn the_transaction_record_format_is_pinned() {
             prev = rec.hash();
             std::fs::write(golden(&format!("record-{name}.tlv")), rec.to_bytes()).unwrap();
         }
+        // The issuer master key (demo PKI only): the host checks cryptograms.
+        std::fs::write(
+            golden("records-issuer-master.hex"),
+            hex_line(&pki.issuer_master_key.0),
+        )
+        .unwrap();
         let certs = [
             &pki.root,
             &pki.issuer,

@@ -28,12 +28,6 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// A socket operation failed.
-    #[error("network: {op} failed")]
-    Net {
-        op: &'static str,
-        source: std::io::Error,
-    },
     /// The PKI directory could not be loaded.
     #[error("PKI")]
     Pki(#[from] tapstack_certs::Error),
@@ -57,25 +51,6 @@ pub enum Error {
     /// TLS configuration or handshake.
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
-    /// A PEM file with no usable certificate or key.
-    #[error("{path}: {what}")]
-    Pem { path: PathBuf, what: &'static str },
-    /// Building the host's own TLS server certificate failed.
-    #[error("building the TLS server certificate: {what}")]
-    ServerCertificate { what: &'static str },
-    /// HTTP protocol error (client side).
-    #[error("HTTP: {0}")]
-    Http(#[from] hyper::Error),
-    /// The host answered a client request with an error status.
-    #[error("host answered {status}: {code}: {message}")]
-    Refused {
-        status: u16,
-        code: String,
-        message: String,
-    },
-    /// A response or request body that is not what the API says.
-    #[error("bad {what} body: {reason}")]
-    BadBody { what: &'static str, reason: String },
     /// An operation ran out of time.
     #[error("{what} timed out")]
     Timeout { what: &'static str },
@@ -85,6 +60,9 @@ pub enum Error {
         field: &'static str,
         reason: &'static str,
     },
+    /// The upload client, its TLS or its wire types.
+    #[error(transparent)]
+    Upload(#[from] tapstack_upload::Error),
 }
 
 impl Error {

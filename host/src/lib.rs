@@ -53,7 +53,9 @@
 //! # Ok(()) }
 //! ```
 
-pub mod client;
+/// The upload client lives in `tapstack-upload`; re-exported for the
+/// host's tests and tools.
+pub use tapstack_upload::client;
 mod error;
 pub mod fastverify;
 pub mod ingest;
@@ -62,6 +64,6 @@ pub mod revocations;
 pub mod server;
 pub mod store;
 pub mod tls;
-pub mod wire;
+pub use tapstack_upload::wire;
 
 pub use error::Error;

@@ -846,7 +846,7 @@ async fn renewal_mid_queue_keeps_one_chain() {
     assert!(
         matches!(
             &refused,
-            Err(tapstack_host::Error::Refused { status: 422, code, .. }) if code == "certificate_rejected"
+            Err(tapstack_upload::Error::Refused { status: 422, code, .. }) if code == "certificate_rejected"
         ),
         "{refused:?}"
     );
@@ -869,7 +869,7 @@ async fn renewal_mid_queue_keeps_one_chain() {
     assert!(
         matches!(
             &refused,
-            Err(tapstack_host::Error::Refused { status: 422, .. })
+            Err(tapstack_upload::Error::Refused { status: 422, .. })
         ),
         "{refused:?}"
     );

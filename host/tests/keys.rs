@@ -559,7 +559,7 @@ async fn a_failing_hsm_fails_the_batch_instead_of_declining_taps() {
         session.destroy_object(h).unwrap();
     }
     match client.upload(&bytes(&records[1..])).await {
-        Err(tapstack_host::Error::Refused { status, code, .. }) => {
+        Err(tapstack_upload::Error::Refused { status, code, .. }) => {
             assert_eq!((status, code.as_str()), (503, "issuer_key_unavailable"));
         }
         other => panic!("{other:?}"),

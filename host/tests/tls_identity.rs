@@ -9,10 +9,10 @@ mod common;
 use common::*;
 use tapstack_host::server::Limits;
 use tapstack_host::wire::{Reason, RecordStatus};
-use tapstack_host::Error;
 use tapstack_protocol::crypto;
 use tapstack_protocol::pki::{CertError, Role};
 use tapstack_protocol::testkit::Identity;
+use tapstack_upload::Error;
 
 fn client_as(
     fx: &Fixture,

@@ -260,7 +260,7 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 /// rest is read and dropped up to a cap, so the client sees the 413 rather
 /// than a reset; then the connection closes.
 async fn read_body(req: Request<Incoming>, max: usize, timeout: Duration) -> Result<Vec<u8>, Resp> {
-    use tapstack_host::server::{read_limited, BodyError};
+    use tapstack_upload::http::{read_limited, BodyError};
     let closing = |mut r: Resp| {
         r.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -89,7 +89,7 @@ pub struct QueueSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostSection {
-    /// `https://host:port`
+    /// `https://HOST:PORT`, HOST a DNS name or an IP address.
     pub url: String,
     /// The TLS CA certificate (`tap-certs tls-ca`, PEM or DER) the host's
     /// TLS server certificate is issued by: not the payment root, which
@@ -348,8 +348,11 @@ impl Config {
             ));
         }
         if let Some(h) = &self.host {
-            if !h.url.starts_with("https://") {
-                return Err(format!("host.url {:?} must be https://", h.url));
+            if let Err(e) = tapstack_upload::client::Endpoint::parse_url(&h.url) {
+                return Err(format!(
+                    "host.url {:?}: {e} (https://HOST:PORT, HOST a name or an address)",
+                    h.url
+                ));
             }
             if h.batch_size == 0 || h.batch_size > 1000 {
                 return Err("host.batch_size must be 1 to 1000".into());

@@ -37,9 +37,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
-use tapstack_host::client::HostClient;
 use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::terminal::TerminalContext;
+use tapstack_upload::client::HostClient;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 

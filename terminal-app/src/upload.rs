@@ -4,20 +4,19 @@
 //! — and records pruned only once acknowledged. Every sync also fetches the
 //! host's revocation list.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand_core::RngCore;
 use serde::Serialize;
-use tapstack_host::client::HostClient;
-use tapstack_host::tls::{client_config, TlsIdentity};
-use tapstack_host::wire::RecordStatus;
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::pki::Role;
 use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::terminal::TerminalContext;
+use tapstack_upload::client::{Endpoint, HostClient};
+use tapstack_upload::tls::{client_config, TlsIdentity};
+use tapstack_upload::wire::RecordStatus;
 
 use crate::config::Config;
 use crate::queue::{Queue, QueueStore};
@@ -35,13 +34,8 @@ pub fn client(config: &Config, ctx: &TerminalContext) -> Result<HostClient, Erro
         .host
         .as_ref()
         .ok_or_else(|| upload_err("no [host] in the configuration"))?;
-    let addr_text = host
-        .url
-        .trim_start_matches("https://")
-        .trim_end_matches('/');
-    let addr: SocketAddr = addr_text
-        .parse()
-        .map_err(|_| upload_err(format!("host.url {:?}: use https://IP:PORT", host.url)))?;
+    let endpoint = Endpoint::parse_url(&host.url)
+        .map_err(|e| upload_err(format!("host.url {:?}: {e}", host.url)))?;
     // The TLS CA (`tap-certs tls-ca`): a plain X.509 certificate, not one of
     // the payment PKI's.
     let ca = tapstack_certs::read_pem_certificate(&config.path(&host.ca))?;
@@ -80,7 +74,7 @@ pub fn client(config: &Config, ctx: &TerminalContext) -> Result<HostClient, Erro
         .iter()
         .map(|p| tapstack_certs::read_certificate(&config.path(p)).map(|c| c.der().to_vec()))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(HostClient::new(addr, name, tls)
+    Ok(HostClient::new(endpoint, name, tls)
         .with_timeout(Duration::from_secs(30))
         .with_terminal_certificate(ctx.certificate.der().to_vec())
         .with_earlier_certificates(earlier))

@@ -16,8 +16,10 @@ fn config(shop: &Shop) -> PathBuf {
         "[terminal]\ncertificate = \"terminal.pem\"\nkey = \"terminal.key\"\ncurrency = \"CNY\"\ntap_timeout_secs = 5\n\n\
          [reader]\nconnection = \"emu:phones/alice.toml\"\n\n\
          [trust]\nroot = \"pki/root.pem\"\nissuers = [\"pki/issuer.pem\"]\noperators = [\"pki/operator.pem\"]\n\n\
-         [queue]\npath = \"queue\"\n\n[host]\nurl = \"https://{}\"\nca = \"tls/tls-ca.pem\"\n",
-        shop.host_addr
+         [queue]\npath = \"queue\"\n\n[host]\nurl = \"https://localhost:{}\"\nca = \"tls/tls-ca.pem\"\n",
+        // By name: the upload client resolves it (the other tests use
+        // the address).
+        shop.host_addr.port()
     );
     let path = shop.dir.path().join("terminal.toml");
     std::fs::write(&path, text).unwrap();

@@ -48,9 +48,80 @@ impl Reply {
     }
 }
 
+/// Where a host listens: a host name (resolved at each connect, every
+/// address tried in turn — a name behind a balancer or with several
+/// records) or an IP address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Self {
+        Endpoint {
+            host: a.ip().to_string(),
+            port: a.port(),
+        }
+    }
+}
+
+impl core::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl Endpoint {
+    /// `https://HOST:PORT` (an optional trailing `/`): HOST a DNS name, an
+    /// IPv4 address or a bracketed IPv6 address. Anything else — another
+    /// scheme, a path, user info, no port — is refused.
+    pub fn parse_url(url: &str) -> Result<Self, Error> {
+        let bad = |reason| Error::Invalid {
+            field: "host URL",
+            reason,
+        };
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or(bad("must start with https://"))?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(bad("only https://HOST:PORT (no path, query or user)"));
+        }
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (h, p) = v6.split_once("]:").ok_or(bad("IPv6 needs [ADDR]:PORT"))?;
+                h.parse::<std::net::Ipv6Addr>()
+                    .map_err(|_| bad("not an IPv6 address"))?;
+                (h, p)
+            }
+            None => rest.rsplit_once(':').ok_or(bad("a port is required"))?,
+        };
+        let port: u16 = port.parse().map_err(|_| bad("port is not 1 to 65535"))?;
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if port == 0 || !(name_ok || host.contains(':')) {
+            return Err(bad("not a host name or address with a port 1 to 65535"));
+        }
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
 /// A mutual-TLS client of one host.
 pub struct HostClient {
-    addr: SocketAddr,
+    endpoint: Endpoint,
     server_name: ServerName<'static>,
     connector: TlsConnector,
     conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
@@ -66,7 +137,7 @@ pub struct HostClient {
 impl core::fmt::Debug for HostClient {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("HostClient")
-            .field("addr", &self.addr)
+            .field("endpoint", &self.endpoint)
             .field("server_name", &self.server_name)
             .finish_non_exhaustive()
     }
@@ -76,12 +147,12 @@ impl HostClient {
     /// `tls` from [`crate::tls::client_config`]; `server_name` as in the
     /// host's certificate (`localhost` or `127.0.0.1` for a generated one).
     pub fn new(
-        addr: SocketAddr,
+        endpoint: impl Into<Endpoint>,
         server_name: ServerName<'static>,
         tls: Arc<rustls::ClientConfig>,
     ) -> Self {
         HostClient {
-            addr,
+            endpoint: endpoint.into(),
             server_name,
             connector: TlsConnector::from(tls),
             conn: tokio::sync::Mutex::new(None),
@@ -113,7 +184,7 @@ impl HostClient {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Error> {
-        let tcp = TcpStream::connect(self.addr)
+        let tcp = TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
             .await
             .map_err(|source| Error::Net {
                 op: "connect",
@@ -133,6 +204,11 @@ impl HostClient {
             let _ = conn.await;
         });
         Ok(send)
+    }
+
+    /// Where this client connects.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// Drop the kept connection (the next call opens a new one).
@@ -241,5 +317,49 @@ impl HostClient {
                 message: String::new(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_urls_take_names_and_addresses_and_nothing_else() {
+        let ok = |u: &str, h: &str, p: u16| {
+            assert_eq!(
+                Endpoint::parse_url(u).unwrap(),
+                Endpoint {
+                    host: h.into(),
+                    port: p
+                },
+                "{u}"
+            );
+        };
+        ok("https://127.0.0.1:8443", "127.0.0.1", 8443);
+        ok("https://host.example.com:443/", "host.example.com", 443);
+        ok("https://tap-host-2:8443", "tap-host-2", 8443);
+        ok("https://[::1]:8443", "::1", 8443);
+        for bad in [
+            "http://127.0.0.1:8443",
+            "https://127.0.0.1",
+            "https://127.0.0.1:0",
+            "https://127.0.0.1:99999",
+            "https://host:8443/v1",
+            "https://user@host:8443",
+            "https://:8443",
+            "https://bad_name:8443",
+            "https://[::1]8443",
+            "https://[zz]:8443",
+            "https://a..b:8443",
+        ] {
+            assert!(Endpoint::parse_url(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Endpoint::parse_url("https://[::1]:8443")
+                .unwrap()
+                .to_string(),
+            "[::1]:8443"
+        );
     }
 }

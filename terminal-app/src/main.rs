@@ -209,8 +209,8 @@ impl Out {
                 }
                 self.line(&line);
             }
-            Outcome::Declined { code, message } => {
-                self.line(&format!("declined: {message} [{code}]"));
+            Outcome::Declined { decline, message } => {
+                self.line(&format!("declined: {message} [{}]", decline.code()));
             }
             Outcome::Refused { code, message } => note(&format!("refused: {message} [{code}]")),
             Outcome::TimedOut { message } | Outcome::Cancelled { message } => {

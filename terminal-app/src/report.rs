@@ -33,8 +33,14 @@ pub enum Outcome {
     /// The record is on disk: `seq`, `record_id`, `kind`, `amount`, … as in
     /// the API's `approved`.
     Approved(Approved),
-    /// A phone tapped and the tap was declined.
-    Declined { code: &'static str, message: String },
+    /// A phone tapped and the tap was declined: the decline's `code` and
+    /// its typed fields (`sw` and `meaning` of a phone's refusal, the
+    /// `party` of a rejected certificate, …), and the message.
+    Declined {
+        #[serde(flatten)]
+        decline: Decline,
+        message: String,
+    },
     /// Refused before any phone was asked for.
     Refused { code: &'static str, message: String },
     /// No phone in time.
@@ -52,7 +58,7 @@ impl Outcome {
         match r {
             TapResult::Approved(a) => Some(Outcome::Approved(a.clone())),
             TapResult::Declined(d) => Some(Outcome::Declined {
-                code: d.code(),
+                decline: d.clone(),
                 message: d.to_string(),
             }),
             TapResult::ConfirmOnPhone => None,

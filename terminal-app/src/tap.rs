@@ -77,6 +77,44 @@ impl Intent {
     }
 }
 
+impl From<ProtocolError> for Decline {
+    /// The one place a protocol failure becomes a decline with a stable code.
+    fn from(e: ProtocolError) -> Decline {
+        match e {
+            ProtocolError::Relayed { micros, bound } => Decline::Relayed {
+                micros,
+                bound_micros: bound,
+            },
+            ProtocolError::WalletRefused { sw } => Decline::PhoneRefused {
+                sw: sw.to_string(),
+                meaning: sw.meaning().to_owned(),
+            },
+            ProtocolError::NotAWallet { sw } => Decline::NotAWallet { sw: sw.to_string() },
+            ProtocolError::Certificate { party, source } => Decline::CertificateRejected {
+                party: party.to_string(),
+                reason: source.to_string(),
+            },
+            ProtocolError::BadSignature { party } | ProtocolError::HighSSignature { party } => {
+                Decline::BadSignature {
+                    party: party.to_string(),
+                }
+            }
+            e @ (ProtocolError::CvmRequired | ProtocolError::PromptMismatch) => {
+                Decline::PresenceMissing {
+                    detail: e.to_string(),
+                }
+            }
+            ProtocolError::Credential(problem) => Decline::CredentialRejected {
+                problem: problem.to_string(),
+            },
+            ProtocolError::AtcRegression { last, got } => Decline::AtcReplay { last, got },
+            e => Decline::Protocol {
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
 /// Why a tap did not go through. `code()` is stable (API, logs, docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
@@ -103,7 +141,38 @@ pub enum Decline {
     BadIntent {
         detail: String,
     },
-    /// The protocol refused (certificate, signature, CVM, wallet refusal …).
+    /// The phone answered with a status word instead: `sw` in hex and what
+    /// it means in plain words (`9104`: "this phone does not trust this
+    /// terminal", `9103`: "declined on the phone", …).
+    PhoneRefused {
+        sw: String,
+        meaning: String,
+    },
+    /// The phone holds no tapstack wallet (SELECT answered `sw`).
+    NotAWallet {
+        sw: String,
+    },
+    /// A certificate of `party` (wallet, terminal, operator, kiosk) was
+    /// refused: expired, not yet valid, revoked, of an unknown issuer …
+    CertificateRejected {
+        party: String,
+        reason: String,
+    },
+    /// A signature of `party` did not verify: a forged or damaged message.
+    BadSignature {
+        party: String,
+    },
+    /// The tap needed the user's presence on the phone and the phone
+    /// verified no one, or confirmed another prompt than this tap's.
+    PresenceMissing {
+        detail: String,
+    },
+    /// The pickup credential the phone released does not hold here.
+    CredentialRejected {
+        problem: String,
+    },
+    /// Any other protocol failure (a malformed or unauthenticated message,
+    /// a step out of order); `detail` says which.
     Protocol {
         detail: String,
     },
@@ -159,6 +228,12 @@ impl Decline {
             Decline::TerminalCertificateExpired { .. } => "terminal_certificate_expired",
             Decline::TerminalCertificateNotYetValid { .. } => "terminal_certificate_not_yet_valid",
             Decline::BadIntent { .. } => "bad_intent",
+            Decline::PhoneRefused { .. } => "phone_refused",
+            Decline::NotAWallet { .. } => "not_a_wallet",
+            Decline::CertificateRejected { .. } => "certificate_rejected",
+            Decline::BadSignature { .. } => "bad_signature",
+            Decline::PresenceMissing { .. } => "presence_missing",
+            Decline::CredentialRejected { .. } => "credential_rejected",
             Decline::Protocol { .. } => "protocol",
             Decline::Relayed { .. } => "relayed",
             Decline::Transport { .. } => "transport",
@@ -194,6 +269,23 @@ impl core::fmt::Display for Decline {
                 crate::utc(crate::unix_now())
             ),
             Decline::BadIntent { detail } => write!(f, "invalid request: {detail}"),
+            Decline::PhoneRefused { sw, meaning } => {
+                write!(f, "the phone refused: {meaning} ({sw})")
+            }
+            Decline::NotAWallet { sw } => {
+                write!(f, "no tapstack wallet on this phone (SELECT answered {sw})")
+            }
+            Decline::CertificateRejected { party, reason } => {
+                write!(f, "{party} certificate rejected: {reason}")
+            }
+            Decline::BadSignature { party } => write!(
+                f,
+                "the {party}'s signature does not verify (a forged or damaged message)"
+            ),
+            Decline::PresenceMissing { detail } => f.write_str(detail),
+            Decline::CredentialRejected { problem } => {
+                write!(f, "the pickup credential is {problem}")
+            }
             Decline::Protocol { detail } => f.write_str(detail),
             Decline::Relayed {
                 micros,
@@ -574,15 +666,7 @@ impl Engine {
                 Err(d) => return Step::Failed(d),
             };
             if let Err(e) = session.handle_response(&mut self.ctx, resp, spent, now, rng) {
-                return Step::Failed(match e {
-                    ProtocolError::Relayed { micros, bound } => Decline::Relayed {
-                        micros,
-                        bound_micros: bound,
-                    },
-                    e => Decline::Protocol {
-                        detail: e.to_string(),
-                    },
-                });
+                return Step::Failed(Decline::from(e));
             }
             while let Some(ev) = session.poll_event() {
                 match ev {

@@ -406,8 +406,8 @@ fn approved_exits_0_declined_2_and_json_has_the_outcome() {
     assert_eq!(r.code(), 2, "{r:?}");
     assert!(
         r.stdout()
-            .contains("\ndeclined: wallet refused: declined on the phone (9103)")
-            && r.stdout().contains("[protocol]"),
+            .contains("\ndeclined: the phone refused: declined on the phone (9103)")
+            && r.stdout().contains("[phone_refused]"),
         "{r:?}"
     );
     let r = c.run(&["pay", "3.00", "CNY", "--json"]);
@@ -415,7 +415,13 @@ fn approved_exits_0_declined_2_and_json_has_the_outcome() {
     let v = r.json();
     assert_eq!(
         (v["status"].as_str(), v["code"].as_str()),
-        (Some("declined"), Some("protocol")),
+        (Some("declined"), Some("phone_refused")),
+        "{v}"
+    );
+    // The status word itself and its meaning, for a point of sale.
+    assert_eq!(
+        (v["sw"].as_str(), v["meaning"].as_str()),
+        (Some("9103"), Some("declined on the phone")),
         "{v}"
     );
 

@@ -192,13 +192,14 @@ fn risk_rules_through_the_engine_write_nothing() {
 fn hostile_phones_end_in_clear_declines_and_write_nothing() {
     let shop = Shop::new(LIMITS);
     let mut e = shop.engine();
-    // Garbage may parse as some status word (protocol) or not at all (transport).
+    // Garbage may parse as some status word (a refusal), as something
+    // malformed (protocol) or not at all (transport).
     for (fault, codes) in [
         ("remove@3/1", &["transport"][..]),
-        ("garbage@3/2", &["transport", "protocol"]),
+        ("garbage@3/2", &["transport", "protocol", "phone_refused"]),
         ("corrupt@3/3", &["protocol"]),
-        ("sw@3:6F00/4", &["protocol"]),
-        ("garbage@1/5", &["transport", "protocol"]),
+        ("sw@3:6F00/4", &["phone_refused"]),
+        ("garbage@1/5", &["transport", "protocol", "not_a_wallet"]),
     ] {
         let mut f = shop.field(&[&shop.phones[0]], &[fault]);
         // Taps before the faulty one (tap numbers are per field).

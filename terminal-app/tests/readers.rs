@@ -101,7 +101,7 @@ fn every_scenario(w: &World, connection: &str) {
     // nothing.
     let endorsement = engine.ctx.endorsement.take();
     match tap(&mut engine, field.as_mut(), &locker) {
-        TapResult::Declined(Decline::Protocol { detail }) if detail.contains("9104") => {}
+        TapResult::Declined(Decline::PhoneRefused { sw, .. }) if sw == "9104" => {}
         other => panic!("unendorsed pickup: {other:?}"),
     }
     engine.ctx.endorsement = endorsement;

@@ -224,7 +224,7 @@ impl Phone {
                     scenario,
                     prompt,
                 } => {
-                    tracing::info!(phone = %self.name, %merchant, scenario = scenario.kind(), prompt = %hex::encode(prompt), "phone asks: confirm, then tap again");
+                    tracing::info!(phone = %self.name, %merchant, scenario = scenario.kind().as_str(), prompt = %hex::encode(prompt), "phone asks: confirm, then tap again");
                     // The simulated user confirms exactly the prompt on
                     // screen: the confirmation carries its hash.
                     if self.policy == CvmPolicy::ConfirmOnPhone
@@ -239,7 +239,7 @@ impl Phone {
                     cvm,
                     scenario,
                 } => {
-                    tracing::info!(phone = %self.name, %merchant, atc, ?cvm, scenario = scenario.kind(), "authorized");
+                    tracing::info!(phone = %self.name, %merchant, atc, ?cvm, scenario = scenario.kind().as_str(), "authorized");
                     self.authorized = true;
                 }
                 WalletEvent::Receipt { merchant, receipt } => {

@@ -23,7 +23,7 @@ use tapstack_certs::IssuerKeys;
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::crypto::{compress, sha256};
 use tapstack_protocol::error::Party;
-use tapstack_protocol::messages::{th1, AuthBody, WalletBody};
+use tapstack_protocol::messages::th1;
 use tapstack_protocol::pki::{CertError, Certificate, Role, TrustStore};
 use tapstack_protocol::record::{check_chain, TransactionRecord, VerifiedRecord};
 use tapstack_protocol::revocation::RevocationList;
@@ -31,9 +31,7 @@ use tapstack_protocol::scenario::Scenario;
 
 use crate::fastverify::Ring;
 use crate::revocations::Revocations;
-use crate::store::{
-    AtcPolicy, ChainHead, Disposition, RecordSummary, ScenarioKind, Store, StoredRecord,
-};
+use crate::store::{AtcPolicy, ChainHead, Disposition, RecordSummary, Store, StoredRecord};
 use crate::wire::{BatchResponse, Flag, Reason, RecordResult, RecordStatus};
 use crate::Error;
 use tapstack_protocol::crypto::{RustCrypto, SignatureVerifier};
@@ -195,13 +193,9 @@ fn summarize(record: &TransactionRecord, terminal_name: &str) -> RecordSummary {
         terminal_name: terminal_name.to_owned(),
         ..Default::default()
     };
-    if let Ok(auth) = AuthBody::decode(&record.transcript.auth_body) {
+    if let Ok(auth) = record.auth_body() {
         s.tap_time = Some(u64::from(auth.time));
-        s.scenario = Some(match &auth.scenario {
-            Scenario::Pay { .. } => ScenarioKind::Pay,
-            Scenario::Order { .. } => ScenarioKind::Order,
-            Scenario::Pickup { .. } => ScenarioKind::Pickup,
-        });
+        s.scenario = Some(auth.scenario.kind());
         if let Some(a) = auth.scenario.amount() {
             s.amount_minor = Some(a.minor);
             s.currency = Some(a.currency.as_str().to_owned());
@@ -210,7 +204,7 @@ fn summarize(record: &TransactionRecord, terminal_name: &str) -> RecordSummary {
             s.site = Some(site.clone());
         }
     }
-    if let Ok(body) = WalletBody::decode(&record.transcript.wallet_body) {
+    if let Ok(body) = record.wallet_body() {
         s.atc = Some(body.atc);
         s.credential = body.credential.as_ref().map(|c| hex::encode(c.id));
     }

@@ -100,24 +100,9 @@ impl AtcPolicy {
     }
 }
 
-/// The scenario of a record, as the ledger groups it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScenarioKind {
-    Pay,
-    Order,
-    Pickup,
-}
-
-impl ScenarioKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ScenarioKind::Pay => "pay",
-            ScenarioKind::Order => "order",
-            ScenarioKind::Pickup => "pickup",
-        }
-    }
-}
+/// The scenario of a record, as the ledger groups it (the protocol's one
+/// kind; stored as `"pay"`, `"order"`, `"pickup"`).
+pub use tapstack_protocol::scenario::ScenarioKind;
 
 /// What the ledger needs to know about a record without re-decoding it.
 /// Fields are `None` when a declined record's transcript did not decode.

@@ -174,7 +174,7 @@ fn main() {
         println!(
             "  #{} {:<7} chain {} signatures {} cryptogram {}",
             r.seq,
-            v.as_ref().map(|v| v.scenario.kind()).unwrap_or("?"),
+            v.as_ref().map_or("?", |v| v.scenario.kind().as_str()),
             if chain.is_ok() { "ok" } else { "BROKEN" },
             if v.is_ok() { "ok" } else { "BAD" },
             match cryptogram {

@@ -43,6 +43,24 @@ pub struct TransactionRecord {
 }
 
 impl TransactionRecord {
+    /// The signed AuthBody the record carries: the scenario, the terminal's
+    /// clock, the timed exchange. Decoded, not verified ([`verify_record`]
+    /// does that).
+    pub fn auth_body(&self) -> Result<AuthBody, DecodeError> {
+        AuthBody::decode(&self.transcript.auth_body)
+    }
+
+    /// The signed WalletBody the record carries: counter, CVM, cryptogram
+    /// or credential. Decoded, not verified.
+    pub fn wallet_body(&self) -> Result<WalletBody, DecodeError> {
+        WalletBody::decode(&self.transcript.wallet_body)
+    }
+
+    /// The record's scenario (kind, amount and currency, cart hash, site).
+    pub fn scenario(&self) -> Result<Scenario, DecodeError> {
+        Ok(self.auth_body()?.scenario)
+    }
+
     /// Build and sign the record of an approved tap.
     #[allow(clippy::too_many_arguments)] // each is a distinct record field
     pub fn new(
@@ -245,7 +263,7 @@ pub fn verify_contents(
 ) -> Result<VerifiedRecord, Error> {
     let t = &record.transcript;
     let fci = Fci::decode(&t.fci)?;
-    let auth = AuthBody::decode(&t.auth_body)?;
+    let auth = record.auth_body()?;
     let time = u64::from(auth.time);
     trust
         .verify_with(
@@ -266,7 +284,7 @@ pub fn verify_contents(
         || !fci.versions.contains(&messages::VERSION_2)
     {
         return Err(Error::ScenarioUnsupported {
-            scenario: auth.scenario.kind(),
+            scenario: auth.scenario.kind().as_str(),
         });
     }
     let th1 = messages::th1(&t.fci, &t.auth_body);

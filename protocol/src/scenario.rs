@@ -259,12 +259,42 @@ pub enum Scenario {
     Pickup { site: String },
 }
 
-impl Scenario {
-    pub fn kind(&self) -> &'static str {
+/// The three kinds of tap, as every layer names them (records, the
+/// host's ledger, the terminal's API): `pay`, `order`, `pickup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum ScenarioKind {
+    Pay,
+    Order,
+    Pickup,
+}
+
+impl ScenarioKind {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Scenario::Pay { .. } => "pay",
-            Scenario::Order { .. } => "order",
-            Scenario::Pickup { .. } => "pickup",
+            ScenarioKind::Pay => "pay",
+            ScenarioKind::Order => "order",
+            ScenarioKind::Pickup => "pickup",
+        }
+    }
+}
+
+impl core::fmt::Display for ScenarioKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Scenario {
+    pub fn kind(&self) -> ScenarioKind {
+        match self {
+            Scenario::Pay { .. } => ScenarioKind::Pay,
+            Scenario::Order { .. } => ScenarioKind::Order,
+            Scenario::Pickup { .. } => ScenarioKind::Pickup,
         }
     }
 

@@ -436,7 +436,7 @@ impl TerminalSession {
         }
         if fci.scenarios & self.params.scenario.capability() == 0 {
             return Err(Error::ScenarioUnsupported {
-                scenario: self.params.scenario.kind(),
+                scenario: self.params.scenario.kind().as_str(),
             });
         }
         self.events.push_back(TerminalEvent::Selected {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tapstack_protocol::scenario::Currency;
+use tapstack_protocol::scenario::{Currency, ScenarioKind};
 
 use crate::risk::RiskLimits;
 use crate::Error;
@@ -234,13 +234,12 @@ impl Default for RelaySection {
 }
 
 impl RelaySection {
-    /// The allowance for a scenario (`pay`, `order`, `pickup`).
-    pub fn allowance(&self, kind: &str) -> std::time::Duration {
+    /// The allowance for a scenario.
+    pub fn allowance(&self, kind: ScenarioKind) -> std::time::Duration {
         let ms = match kind {
-            "pay" => self.pay_ms,
-            "order" => self.order_ms,
-            "pickup" => self.pickup_ms,
-            _ => None,
+            ScenarioKind::Pay => self.pay_ms,
+            ScenarioKind::Order => self.order_ms,
+            ScenarioKind::Pickup => self.pickup_ms,
         };
         std::time::Duration::from_millis(ms.unwrap_or(self.allowance_ms))
     }

@@ -38,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 use tapstack_protocol::revocation::RevocationList;
+use tapstack_protocol::scenario::ScenarioKind;
 use tapstack_protocol::terminal::TerminalContext;
 use tapstack_upload::client::HostClient;
 use tokio::net::TcpListener;
@@ -234,7 +235,7 @@ pub(crate) struct IntentCell {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct IntentView {
     pub id: String,
-    pub kind: &'static str,
+    pub kind: ScenarioKind,
     pub state: &'static str,
     pub message: String,
     #[serde(rename = "final")]
@@ -259,11 +260,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn kind(intent: &Intent) -> &'static str {
+fn kind(intent: &Intent) -> ScenarioKind {
     match intent {
-        Intent::Pay { .. } => "pay",
-        Intent::Order { .. } => "order",
-        Intent::Pickup { .. } => "pickup",
+        Intent::Pay { .. } => ScenarioKind::Pay,
+        Intent::Order { .. } => ScenarioKind::Order,
+        Intent::Pickup { .. } => ScenarioKind::Pickup,
     }
 }
 

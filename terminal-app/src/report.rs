@@ -4,8 +4,7 @@
 //! The transaction view is the one `GET /v1/transactions` returns.
 
 use serde::Serialize;
-use tapstack_protocol::codec::Codec;
-use tapstack_protocol::messages::AuthBody;
+use tapstack_protocol::scenario::ScenarioKind;
 
 use crate::queue::{Queue, QueueStore, Stored};
 use crate::tap::{Approved, Decline, Engine, TapResult, Terms};
@@ -90,7 +89,7 @@ impl Outcome {
 pub struct TransactionView {
     pub seq: u64,
     pub record_id: String,
-    pub kind: &'static str,
+    pub kind: ScenarioKind,
     /// Minor units; `null` for pickups.
     pub amount: Option<u64>,
     pub currency: Option<String>,
@@ -104,15 +103,15 @@ impl TransactionView {
     /// The view of `s`, given the host's acknowledged sequence number.
     pub fn of(s: &Stored, acked: u64) -> Result<Self, Error> {
         let r = s.record()?;
-        let auth = AuthBody::decode(&r.transcript.auth_body).map_err(|e| Error::Corrupt {
+        let scenario = r.scenario().map_err(|e| Error::Corrupt {
             what: "record",
             detail: e.to_string(),
         })?;
-        let amount = auth.scenario.amount();
+        let amount = scenario.amount();
         Ok(TransactionView {
             seq: s.seq,
             record_id: hex::encode(s.hash),
-            kind: auth.scenario.kind(),
+            kind: scenario.kind(),
             amount: amount.map(|a| a.minor),
             currency: amount.map(|a| a.currency.to_string()),
             order_number: r.order_number,

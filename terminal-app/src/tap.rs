@@ -10,9 +10,11 @@ use tapstack_protocol::airtime;
 use tapstack_protocol::apdu::{Command, ExchangeError, LinkLimits, Response, TerminalLink};
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::error::Error as ProtocolError;
-use tapstack_protocol::messages::{AuthBody, Cvm, WalletBody};
+use tapstack_protocol::messages::Cvm;
 use tapstack_protocol::record::TransactionRecord;
-use tapstack_protocol::scenario::{record_check, Amount, Cart, Currency, Receipt, Scenario};
+use tapstack_protocol::scenario::{
+    record_check, Amount, Cart, Currency, Receipt, Scenario, ScenarioKind,
+};
 use tapstack_protocol::terminal::{
     RelayPolicy, TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
 };
@@ -428,7 +430,7 @@ pub struct Approved {
     pub seq: u64,
     #[serde(with = "hex_bytes")]
     pub record_id: [u8; 32],
-    pub kind: &'static str,
+    pub kind: ScenarioKind,
     pub amount: Option<u64>,
     pub currency: Option<String>,
     pub atc: u32,
@@ -477,8 +479,8 @@ impl Approved {
             detail: e.to_string(),
         };
         let r = TransactionRecord::decode(bytes).map_err(corrupt)?;
-        let auth = AuthBody::decode(&r.transcript.auth_body).map_err(corrupt)?;
-        let body = WalletBody::decode(&r.transcript.wallet_body).map_err(corrupt)?;
+        let auth = r.auth_body().map_err(corrupt)?;
+        let body = r.wallet_body().map_err(corrupt)?;
         Ok(Approved::new(
             &auth.scenario,
             r.seq,
@@ -588,14 +590,12 @@ pub fn risk_state(queue: &Queue) -> Result<RiskState, Error> {
     let mut state = RiskState::default();
     for s in queue.pending(usize::MAX)? {
         let r = s.record()?;
-        let auth = AuthBody::decode(&r.transcript.auth_body).map_err(|e| Error::Corrupt {
+        let corrupt = |e: tapstack_protocol::codec::DecodeError| Error::Corrupt {
             what: "record",
             detail: e.to_string(),
-        })?;
-        let body = WalletBody::decode(&r.transcript.wallet_body).map_err(|e| Error::Corrupt {
-            what: "record",
-            detail: e.to_string(),
-        })?;
+        };
+        let auth = r.auth_body().map_err(corrupt)?;
+        let body = r.wallet_body().map_err(corrupt)?;
         let amount = auth.scenario.amount().map(|a| a.minor);
         state.add(
             amount.map(|_| body.wallet_cert_hash),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rand_core::OsRng;
 use tapstack_emulator::{Fault, FaultScript};
-use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency};
+use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, ScenarioKind};
 use tapstack_terminal::app::{self, EmuField, Field};
 use tapstack_terminal::config::Config;
 use tapstack_terminal::queue::QueueStore;
@@ -319,8 +319,14 @@ fn bad_configuration_values_get_clear_errors() {
         (7000, "pcsc:ACS")
     );
     // [relay]: absent from the file, defaults; one scenario overridden.
-    assert_eq!(c.relay.allowance("pay"), Duration::from_millis(10));
-    assert_eq!(c.relay.allowance("pickup"), Duration::from_millis(25));
+    assert_eq!(
+        c.relay.allowance(ScenarioKind::Pay),
+        Duration::from_millis(10)
+    );
+    assert_eq!(
+        c.relay.allowance(ScenarioKind::Pickup),
+        Duration::from_millis(25)
+    );
     let bad_env = [("TAPSTACK_RISK_FLOOR_LIMIT".to_string(), "lots".to_string())];
     let err = Config::load(&path, bad_env).unwrap_err().to_string();
     assert!(

@@ -39,10 +39,11 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::daemon::{
-    CancelRefused, CreateRefused, Event, IntentCell, Shared, SyncStatus, TerminalInfo,
+    CancelRefused, CreateRefused, Daemon, Event, IntentCell, Shared, SyncStatus, TerminalInfo,
 };
 use crate::queue::QueueStore;
 use crate::tap::Intent;
+use crate::Error;
 
 type RespBody = BoxBody<Bytes, Infallible>;
 type Resp = Response<RespBody>;
@@ -57,6 +58,24 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Accept connections until `stop`, then let open ones finish (the caller
 /// bounds how long).
+impl Daemon {
+    /// Serve the local API on `listener` until `shutdown` completes (or the
+    /// reader thread dies: an error). Then: stop accepting, let the reader
+    /// finish a tap in flight and cancel what waits, let open requests
+    /// finish (up to `Options::grace`), stop the uploader.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
+        self.serve_with(
+            move |shared, stop| serve_http(shared, listener, stop),
+            shutdown,
+        )
+        .await
+    }
+}
+
 pub(crate) async fn serve_http(
     shared: Arc<Shared>,
     listener: TcpListener,

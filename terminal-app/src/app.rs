@@ -1,21 +1,19 @@
-//! Assembling a terminal from its configuration, and the phone "fields"
-//! (readers) the CLI, the daemon and kiosk mode tap through.
+//! Assembling a terminal from its configuration: the engine, and the
+//! phone field (reader) the configuration names.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tapstack_certs::{read_certificate, read_private_key};
-use tapstack_emulator::phone::{Phone, PhoneQueue, Reply};
-use tapstack_emulator::{profile, FaultScript};
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::pki::{Role, TrustStore};
 use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::terminal::TerminalContext;
 
 use crate::config::Config;
+pub use crate::field::{EmuField, Field};
 use crate::queue::{Queue, QueueStore};
-use crate::tap::{Engine, Link, LinkFailure, TapResult};
+use crate::tap::Engine;
 use crate::Error;
 
 fn file_err(path: &Path, reason: impl ToString) -> Error {
@@ -145,85 +143,6 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
         revocation_grace: config.trust.revocation_grace_secs,
         relay: config.relay.clone(),
     })
-}
-
-/// Where phones are tapped: a reader.
-pub trait Field: Send {
-    /// Wait up to `timeout` for a phone; run `tap` with it; wait for it to
-    /// leave. `None` when no phone came.
-    fn with_phone(
-        &mut self,
-        timeout: Duration,
-        tap: &mut dyn FnMut(&mut dyn Link) -> TapResult,
-    ) -> Result<Option<TapResult>, Error>;
-    fn describe(&self) -> String;
-}
-
-/// `emu:<profile>[,<profile>…]`: emulated phones in this process.
-#[derive(Debug)]
-pub struct EmuField {
-    queue: PhoneQueue,
-    description: String,
-}
-
-impl EmuField {
-    pub fn open(spec: &str, base: &Path) -> Result<Self, Error> {
-        Self::with_faults(spec, base, FaultScript::default())
-    }
-
-    /// Phones that misbehave as `faults` scripts (see `tapstack_emulator::faults`).
-    pub fn with_faults(spec: &str, base: &Path, faults: FaultScript) -> Result<Self, Error> {
-        let mut phones = Vec::new();
-        for p in spec.split(',').filter(|s| !s.is_empty()) {
-            let path = if Path::new(p).is_absolute() {
-                p.into()
-            } else {
-                base.join(p)
-            };
-            let w = profile::load(&path).map_err(|e| file_err(&path, e))?;
-            phones.push(Phone::from_wallet(w));
-        }
-        if phones.is_empty() {
-            return Err(Error::File {
-                path: base.to_path_buf(),
-                reason: "emu: needs at least one wallet profile (emu:alice.toml)".into(),
-            });
-        }
-        Ok(EmuField {
-            description: format!("emu:{spec}"),
-            queue: PhoneQueue::new(phones, faults),
-        })
-    }
-}
-
-struct EmuLink<'a>(&'a mut PhoneQueue);
-
-impl Link for EmuLink<'_> {
-    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkFailure> {
-        match self.0.transmit(apdu) {
-            Reply::Data(d) => Ok(d),
-            Reply::Removed => Err(LinkFailure::Removed),
-        }
-    }
-}
-
-impl Field for EmuField {
-    fn with_phone(
-        &mut self,
-        _timeout: Duration,
-        tap: &mut dyn FnMut(&mut dyn Link) -> TapResult,
-    ) -> Result<Option<TapResult>, Error> {
-        if self.queue.enter().is_none() {
-            return Ok(None);
-        }
-        let result = tap(&mut EmuLink(&mut self.queue));
-        self.queue.leave();
-        Ok(Some(result))
-    }
-
-    fn describe(&self) -> String {
-        self.description.clone()
-    }
 }
 
 /// Open the reader the configuration names.

@@ -1,5 +1,6 @@
-//! `tap-terminal serve`: the reader loop, the local HTTP+JSON API
-//! ([`crate::api`]) and a background uploader, in one process.
+//! `tap-terminal serve`: the reader loop, the intents, the background
+//! uploader — and, passed in by `api.rs` (`Daemon::serve`), the local
+//! HTTP+JSON API, in one process. This module does not know the API.
 //!
 //! ```text
 //!  POS / agent ──HTTP──▶ api (tokio, hyper)            reader thread (owns Engine + Field)
@@ -41,11 +42,10 @@ use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::scenario::ScenarioKind;
 use tapstack_protocol::terminal::TerminalContext;
 use tapstack_upload::client::HostClient;
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::app::Field;
 use crate::config::Config;
+use crate::field::Field;
 use crate::queue::{IntentKey, Queue, RememberedOutcome};
 use crate::tap::{Approved, Decline, Engine, Intent, TapResult};
 use crate::upload::{self, SyncReport};
@@ -1152,15 +1152,20 @@ impl Daemon {
         })
     }
 
-    /// Serve the API on `listener` until `shutdown` completes (or the reader
-    /// thread dies: an error). Then: stop accepting, let the reader finish a
-    /// tap in flight and cancel what waits, let open requests finish (up to
+    /// Run with `front` (the local API: `api.rs` passes its HTTP server,
+    /// see `Daemon::serve`) until `shutdown` completes (or the reader thread
+    /// dies: an error). Then: stop `front` and the reader (it finishes a tap
+    /// in flight and cancels what waits), let open requests finish (up to
     /// [`Options::grace`]), stop the uploader.
-    pub async fn serve(
+    pub(crate) async fn serve_with<F, Fut>(
         self,
-        listener: TcpListener,
+        front: F,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Error>
+    where
+        F: FnOnce(Arc<Shared>, watch::Receiver<bool>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let Daemon {
             shared,
             reader,
@@ -1199,11 +1204,7 @@ impl Daemon {
                 }
             })
         };
-        let http = tokio::spawn(crate::api::serve_http(
-            shared.clone(),
-            listener,
-            stop_rx.clone(),
-        ));
+        let http = tokio::spawn(front(shared.clone(), stop_rx.clone()));
 
         tokio::pin!(shutdown);
         let reader_died = tokio::select! {

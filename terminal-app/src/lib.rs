@@ -16,6 +16,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod daemon;
+pub mod field;
 pub mod mark;
 pub mod queue;
 pub mod readers;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tapstack_protocol::apdu::LinkLimits;
 use tapstack_reader::{Cancel, Reader, ReaderError, Session};
 
-use crate::app::Field;
+use crate::field::Field;
 use crate::tap::{Link, LinkFailure, TapResult};
 use crate::Error;
 

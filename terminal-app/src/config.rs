@@ -177,6 +177,16 @@ pub struct KioskSection {
     pub endorsement: Option<PathBuf>,
 }
 
+/// The command that opens `slot`: `open_command` with the slot number
+/// appended, or `None` when no command is configured (then only log it).
+/// One definition for the CLI's kiosk loop and the daemon.
+pub fn open_slot_command(open_command: &[String], slot: u16) -> Option<std::process::Command> {
+    let (prog, args) = open_command.split_first()?;
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args).arg(slot.to_string());
+    Some(cmd)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {

@@ -1030,13 +1030,11 @@ impl Reader {
 /// not hold up the next customer). Failures are logged; the pickup is
 /// recorded either way.
 fn open_slot(open_command: &[String], slot: u16, seq: u64) {
-    let Some((prog, args)) = open_command.split_first() else {
+    let Some(mut cmd) = crate::config::open_slot_command(open_command, slot) else {
         tracing::info!(slot, seq, "open slot (no open_command configured)");
         return;
     };
-    let mut cmd = std::process::Command::new(prog);
-    cmd.args(args).arg(slot.to_string());
-    let prog = prog.clone();
+    let prog = cmd.get_program().to_string_lossy().into_owned();
     let spawned = std::thread::Builder::new().name("open-slot".into()).spawn(move || match cmd.status() {
         Ok(s) if s.success() => tracing::info!(slot, seq, "slot opened"),
         Ok(s) => tracing::error!(slot, seq, status = %s, "open_command failed: open the slot by hand"),

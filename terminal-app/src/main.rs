@@ -348,13 +348,12 @@ fn take(engine: &mut Engine, config: &Config, intent: &Intent, out: &mut Out) ->
 }
 
 fn open_slot(out: &mut Out, command: &[String], slot: u16) -> Result<()> {
-    let Some((prog, args)) = command.split_first() else {
+    let Some(mut cmd) = tapstack_terminal::config::open_slot_command(command, slot) else {
         out.say(&format!("open slot {slot} (no open_command configured)"));
         return Ok(());
     };
-    let status = std::process::Command::new(prog)
-        .args(args)
-        .arg(slot.to_string())
+    let prog = cmd.get_program().to_string_lossy().into_owned();
+    let status = cmd
         .stdout(if out.json {
             std::process::Stdio::null()
         } else {

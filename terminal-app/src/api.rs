@@ -41,7 +41,6 @@ use tokio::task::JoinSet;
 use crate::daemon::{
     CancelRefused, CreateRefused, Daemon, Event, IntentCell, Shared, SyncStatus, TerminalInfo,
 };
-use crate::queue::QueueStore;
 use crate::tap::Intent;
 use crate::Error;
 
@@ -505,7 +504,7 @@ fn parse_intent(shared: &Shared, body: &[u8]) -> Result<(Intent, Value), ApiErro
 /// queue that cannot be read is left to the tap (declined `storage`).
 async fn check_now(shared: &Arc<Shared>, intent: &Intent) -> Result<(), ApiError> {
     let queue = shared.queue.clone();
-    let queued = tokio::task::spawn_blocking(move || crate::tap::risk_state(&queue)).await;
+    let queued = tokio::task::spawn_blocking(move || crate::tap::risk_state(queue.as_ref())).await;
     let queued = match queued {
         Ok(Ok(state)) => state,
         Ok(Err(e)) => {
@@ -826,7 +825,7 @@ struct IntentsView {
 async fn queue_view(shared: &Arc<Shared>) -> Result<QueueView, ApiError> {
     let queue = shared.queue.clone();
     let facts = tokio::task::spawn_blocking(move || -> Result<_, crate::Error> {
-        let state = crate::tap::risk_state(&queue)?;
+        let state = crate::tap::risk_state(queue.as_ref())?;
         Ok((state, queue.head()?.0, queue.acked()?))
     })
     .await
@@ -875,9 +874,10 @@ async fn transactions(shared: &Arc<Shared>, query: &str) -> Handled {
         },
     };
     let queue = shared.queue.clone();
-    let result =
-        tokio::task::spawn_blocking(move || crate::report::TransactionView::recent(&queue, limit))
-            .await;
+    let result = tokio::task::spawn_blocking(move || {
+        crate::report::TransactionView::recent(queue.as_ref(), limit)
+    })
+    .await;
     match result {
         Ok(Ok(list)) => Ok(json(
             StatusCode::OK,

@@ -127,9 +127,9 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
     ctx.revocations = revocations;
     ctx.endorsement = endorsement;
     ctx.require_presence = config.terminal.require_presence;
-    let queue = Arc::new(Queue::open(&config.path(&config.queue.path))?);
+    let queue: Arc<dyn QueueStore> = Arc::new(Queue::open(&config.path(&config.queue.path))?);
     queue.bind_currency(&config.currency().to_string())?;
-    let risk = crate::tap::risk_state(&queue)?;
+    let risk = crate::tap::risk_state(queue.as_ref())?;
     let _ = queue.head()?;
     Ok(Engine {
         ctx,

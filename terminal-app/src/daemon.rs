@@ -46,7 +46,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::Config;
 use crate::field::Field;
-use crate::queue::{IntentKey, Queue, RememberedOutcome};
+use crate::queue::{IntentKey, QueueStore, RememberedOutcome};
 use crate::tap::{Approved, Decline, Engine, Intent, TapResult};
 use crate::upload::{self, SyncReport};
 use crate::Error;
@@ -510,7 +510,7 @@ pub(crate) struct TerminalInfo {
 pub(crate) struct Shared {
     pub registry: Mutex<Registry>,
     intents_tx: Mutex<Option<mpsc::Sender<Arc<IntentCell>>>>,
-    pub queue: Arc<Queue>,
+    pub queue: Arc<dyn QueueStore>,
     pub uploader: Option<Arc<Uploader>>,
     pub reader: Mutex<ReaderStatus>,
     pub shutting_down: AtomicBool,
@@ -683,7 +683,7 @@ pub(crate) struct Uploader {
     inner: tokio::sync::Mutex<UploadInner>,
     status: Mutex<SyncStatus>,
     kick: Notify,
-    queue: Arc<Queue>,
+    queue: Arc<dyn QueueStore>,
     batch: usize,
     interval: Duration,
     pub(crate) after_taps: u32,
@@ -787,7 +787,7 @@ const SYNC_WAIT: Duration = Duration::from_secs(5);
 
 /// Store a decline under the intent's idempotency key (so a retry after a
 /// restart gets it); a failure to store is logged, not fatal.
-fn remember_decline(queue: &Queue, cell: &IntentCell, d: &Decline) {
+fn remember_decline(queue: &dyn QueueStore, cell: &IntentCell, d: &Decline) {
     let Some(key) = &cell.key else { return };
     let key = IntentKey {
         key: key.clone(),
@@ -867,7 +867,7 @@ impl Reader {
             }
         }
         if rebuild {
-            match crate::tap::risk_state(&self.engine.queue) {
+            match crate::tap::risk_state(self.engine.queue.as_ref()) {
                 Ok(state) => self.engine.risk = state,
                 Err(e) => {
                     tracing::error!(error = %e, "could not rebuild the risk state from the queue; keeping the old one")
@@ -879,7 +879,7 @@ impl Reader {
     /// Decline `cell` without a tap, remembering the outcome under its key.
     fn decline(&self, cell: &IntentCell, d: &Decline) {
         tracing::info!(intent = %cell.id, code = d.code(), "declined");
-        remember_decline(&self.engine.queue, cell, d);
+        remember_decline(self.engine.queue.as_ref(), cell, d);
         cell.settle(State::Declined {
             code: d.code().into(),
             message: d.to_string(),
@@ -964,7 +964,7 @@ impl Reader {
                     }
                     TapResult::Declined(d) => {
                         tracing::info!(intent = %cell.id, code = d.code(), "declined");
-                        remember_decline(&engine.queue, cell, d);
+                        remember_decline(engine.queue.as_ref(), cell, d);
                         cell.settle(State::Declined {
                             code: d.code().into(),
                             message: d.to_string(),

@@ -156,7 +156,7 @@ impl Integrity {
 }
 
 /// The queue as the terminal uses it.
-pub trait QueueStore: Send + Sync {
+pub trait QueueStore: Send + Sync + core::fmt::Debug {
     /// `(seq, hash)` of the last approved record; `(0, zeros)` for none.
     fn head(&self) -> Result<(u64, [u8; 32]), Error>;
     /// Build the next record with `build(seq, prev_hash)`, store it and put
@@ -176,6 +176,27 @@ pub trait QueueStore: Send + Sync {
     fn acked(&self) -> Result<u64, Error>;
     fn last_atc(&self, wallet: &[u8; 32]) -> Result<Option<u32>, Error>;
     fn credential_used(&self, id: &[u8; 16]) -> Result<bool, Error>;
+    /// The queue's integrity as of now.
+    fn integrity(&self) -> Integrity;
+    /// Fail with a clear error unless the queue can approve a tap now: not
+    /// damaged, and storage working (after a storage error it tries to
+    /// recover first).
+    fn ready(&self) -> Result<(), Error>;
+    /// The newest `n` approved records, newest first.
+    fn recent(&self, n: usize) -> Result<Vec<Stored>, Error>;
+    /// The queue's records are in one currency: record it on first use, and
+    /// refuse another while records in the old one wait for upload (they
+    /// would be shown, counted and limited in the wrong currency).
+    fn bind_currency(&self, code: &str) -> Result<(), Error>;
+    /// Remember a declined outcome for an idempotency key.
+    fn remember_decline(&self, key: &IntentKey, code: &str, message: &str) -> Result<(), Error>;
+    /// What the queue remembers for an idempotency key.
+    fn recall(&self, key: &str) -> Result<Option<Remembered>, Error>;
+    /// The host says it holds `1..=seq`, the last with `hash` (an upload's
+    /// answer, or an empty batch's). Prunes what the host holds; a fresh
+    /// queue under a certificate the host knows continues the host's chain;
+    /// a conflict is damage.
+    fn host_head(&self, seq: u64, hash: Option<[u8; 32]>) -> Result<usize, Error>;
 }
 
 const ACKED: &[u8] = b"acked";
@@ -662,28 +683,6 @@ impl Queue {
         s.sync().map_err(|e| store_err(&self.dir, "sync", e))
     }
 
-    /// The queue's integrity as of now.
-    pub fn integrity(&self) -> Integrity {
-        let g = lock(&self.inner);
-        Integrity {
-            path: self.dir.display().to_string(),
-            approved: g.approved.seq,
-            acked: g.approved.acked,
-            damaged: g.damaged.clone(),
-            storage_error: g.storage_error.clone(),
-            set_aside: g.set_aside.clone(),
-            host_checked: g.approved.host_checked,
-        }
-    }
-
-    /// Fail with a clear error unless the queue can approve a tap now: not
-    /// damaged, and storage working (after a storage error it tries to
-    /// recover first).
-    pub fn ready(&self) -> Result<(), Error> {
-        let mut g = lock(&self.inner);
-        self.ready_locked(&mut g)
-    }
-
     fn ready_locked(&self, g: &mut Inner) -> Result<(), Error> {
         if !g.damaged.is_empty() {
             let list: Vec<String> = g.damaged.iter().map(ToString::to_string).collect();
@@ -752,154 +751,6 @@ impl Queue {
     /// Every stored approved record, oldest first (stops at damage).
     pub fn all(&self) -> Result<Vec<Stored>, Error> {
         self.pending(usize::MAX)
-    }
-
-    /// The newest `n` approved records, newest first.
-    pub fn recent(&self, n: usize) -> Result<Vec<Stored>, Error> {
-        let g = lock(&self.inner);
-        let last = g.approved.seq;
-        self.with_sled(&g, |s| {
-            s.records
-                .range(..=last.to_be_bytes())
-                .rev()
-                .filter_map(|kv| kv.ok().and_then(|(k, v)| decode_stored(&k, &v).ok()))
-                .take(n)
-                .map(Ok)
-                .collect()
-        })
-    }
-
-    /// The queue's records are in one currency: record it on first use, and
-    /// refuse another while records in the old one wait for upload (they
-    /// would be shown, counted and limited in the wrong currency).
-    pub fn bind_currency(&self, code: &str) -> Result<(), Error> {
-        let waiting = self.pending(usize::MAX)?.len();
-        let g = lock(&self.inner);
-        let Some(s) = &g.sled else { return Ok(()) };
-        let current = s
-            .meta
-            .get(CURRENCY)
-            .map_err(|e| store_err(&self.dir, "currency", e))?;
-        match current {
-            Some(c) if c.as_ref() == code.as_bytes() => Ok(()),
-            Some(c) if waiting > 0 => Err(Error::CurrencyChange {
-                path: self.dir.clone(),
-                queued: waiting,
-                was: String::from_utf8_lossy(&c).into_owned(),
-                now: code.into(),
-            }),
-            _ => {
-                s.meta
-                    .insert(CURRENCY, code.as_bytes())
-                    .map_err(|e| store_err(&self.dir, "currency", e))?;
-                s.sync().map_err(|e| store_err(&self.dir, "sync", e))
-            }
-        }
-    }
-
-    /// Remember a declined outcome for an idempotency key.
-    pub fn remember_decline(
-        &self,
-        key: &IntentKey,
-        code: &str,
-        message: &str,
-    ) -> Result<(), Error> {
-        let g = lock(&self.inner);
-        let value = Remembered {
-            at: unix_now(),
-            request: String::from_utf8_lossy(&key.request).into_owned(),
-            outcome: RememberedOutcome::Declined {
-                code: code.into(),
-                message: message.into(),
-            },
-        };
-        self.with_sled(&g, |s| {
-            let bytes =
-                serde_json::to_vec(&value).map_err(|e| store_err(&self.dir, "intent", e))?;
-            s.intents
-                .insert(key.key.as_bytes(), bytes)
-                .map_err(|e| store_err(&self.dir, "intent", e))?;
-            s.sync().map_err(|e| store_err(&self.dir, "sync", e))
-        })
-    }
-
-    /// What the queue remembers for an idempotency key.
-    pub fn recall(&self, key: &str) -> Result<Option<Remembered>, Error> {
-        let g = lock(&self.inner);
-        self.with_sled(&g, |s| {
-            let Some(v) = s
-                .intents
-                .get(key.as_bytes())
-                .map_err(|e| store_err(&self.dir, "intent", e))?
-            else {
-                return Ok(None);
-            };
-            serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    what: "idempotency entry",
-                    detail: e.to_string(),
-                })
-        })
-    }
-
-    /// The host says it holds `1..=seq`, the last with `hash` (an upload's
-    /// answer, or an empty batch's). Prunes what the host holds; a fresh
-    /// queue under a certificate the host knows continues the host's chain;
-    /// a conflict is damage.
-    pub fn host_head(&self, seq: u64, hash: Option<[u8; 32]>) -> Result<usize, Error> {
-        let mut g = lock(&self.inner);
-        let a = g.approved;
-        if seq > a.seq {
-            if a.seq == a.acked && g.damaged.is_empty() {
-                let hash = hash.ok_or_else(|| Error::Upload {
-                    detail: format!("host reported head {seq} without its hash"),
-                })?;
-                // Nothing pending here: continue the host's chain.
-                let next = Mark {
-                    seq,
-                    hash,
-                    acked: seq,
-                    acked_hash: hash,
-                    host_checked: true,
-                    ..a
-                };
-                self.set_acked(&g, seq, hash)?;
-                self.write_mark(&mut g, next)?;
-                tracing::warn!(queue = %self.dir.display(), seq, "the host already holds records of this terminal: continuing its chain");
-                return Ok(0);
-            }
-            g.damaged.push(Damage {
-                from: Some(a.acked + 1),
-                to: Some(a.seq),
-                reason: format!(
-                    "the host holds this terminal's records up to {seq}, beyond this queue's {}: these records were made on a stale chain (an older copy of the queue?)",
-                    a.seq
-                ),
-            });
-            return Err(Error::Damaged {
-                path: self.dir.clone(),
-                detail: g
-                    .damaged
-                    .last()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-            });
-        }
-        drop(g);
-        let pruned = match hash {
-            Some(h) if seq > 0 => self.ack(seq, h)?,
-            _ => 0,
-        };
-        let mut g = lock(&self.inner);
-        if !g.approved.host_checked {
-            let next = Mark {
-                host_checked: true,
-                ..g.approved
-            };
-            self.write_mark(&mut g, next)?;
-        }
-        Ok(pruned)
     }
 
     fn set_acked(&self, g: &Inner, seq: u64, hash: [u8; 32]) -> Result<(), Error> {
@@ -1042,6 +893,171 @@ impl Queue {
 }
 
 impl QueueStore for Queue {
+    /// The queue's integrity as of now.
+    fn integrity(&self) -> Integrity {
+        let g = lock(&self.inner);
+        Integrity {
+            path: self.dir.display().to_string(),
+            approved: g.approved.seq,
+            acked: g.approved.acked,
+            damaged: g.damaged.clone(),
+            storage_error: g.storage_error.clone(),
+            set_aside: g.set_aside.clone(),
+            host_checked: g.approved.host_checked,
+        }
+    }
+
+    /// Fail with a clear error unless the queue can approve a tap now: not
+    /// damaged, and storage working (after a storage error it tries to
+    /// recover first).
+    fn ready(&self) -> Result<(), Error> {
+        let mut g = lock(&self.inner);
+        self.ready_locked(&mut g)
+    }
+
+    /// The newest `n` approved records, newest first.
+    fn recent(&self, n: usize) -> Result<Vec<Stored>, Error> {
+        let g = lock(&self.inner);
+        let last = g.approved.seq;
+        self.with_sled(&g, |s| {
+            s.records
+                .range(..=last.to_be_bytes())
+                .rev()
+                .filter_map(|kv| kv.ok().and_then(|(k, v)| decode_stored(&k, &v).ok()))
+                .take(n)
+                .map(Ok)
+                .collect()
+        })
+    }
+
+    /// The queue's records are in one currency: record it on first use, and
+    /// refuse another while records in the old one wait for upload (they
+    /// would be shown, counted and limited in the wrong currency).
+    fn bind_currency(&self, code: &str) -> Result<(), Error> {
+        let waiting = self.pending(usize::MAX)?.len();
+        let g = lock(&self.inner);
+        let Some(s) = &g.sled else { return Ok(()) };
+        let current = s
+            .meta
+            .get(CURRENCY)
+            .map_err(|e| store_err(&self.dir, "currency", e))?;
+        match current {
+            Some(c) if c.as_ref() == code.as_bytes() => Ok(()),
+            Some(c) if waiting > 0 => Err(Error::CurrencyChange {
+                path: self.dir.clone(),
+                queued: waiting,
+                was: String::from_utf8_lossy(&c).into_owned(),
+                now: code.into(),
+            }),
+            _ => {
+                s.meta
+                    .insert(CURRENCY, code.as_bytes())
+                    .map_err(|e| store_err(&self.dir, "currency", e))?;
+                s.sync().map_err(|e| store_err(&self.dir, "sync", e))
+            }
+        }
+    }
+
+    /// Remember a declined outcome for an idempotency key.
+    fn remember_decline(&self, key: &IntentKey, code: &str, message: &str) -> Result<(), Error> {
+        let g = lock(&self.inner);
+        let value = Remembered {
+            at: unix_now(),
+            request: String::from_utf8_lossy(&key.request).into_owned(),
+            outcome: RememberedOutcome::Declined {
+                code: code.into(),
+                message: message.into(),
+            },
+        };
+        self.with_sled(&g, |s| {
+            let bytes =
+                serde_json::to_vec(&value).map_err(|e| store_err(&self.dir, "intent", e))?;
+            s.intents
+                .insert(key.key.as_bytes(), bytes)
+                .map_err(|e| store_err(&self.dir, "intent", e))?;
+            s.sync().map_err(|e| store_err(&self.dir, "sync", e))
+        })
+    }
+
+    /// What the queue remembers for an idempotency key.
+    fn recall(&self, key: &str) -> Result<Option<Remembered>, Error> {
+        let g = lock(&self.inner);
+        self.with_sled(&g, |s| {
+            let Some(v) = s
+                .intents
+                .get(key.as_bytes())
+                .map_err(|e| store_err(&self.dir, "intent", e))?
+            else {
+                return Ok(None);
+            };
+            serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    what: "idempotency entry",
+                    detail: e.to_string(),
+                })
+        })
+    }
+
+    /// The host says it holds `1..=seq`, the last with `hash` (an upload's
+    /// answer, or an empty batch's). Prunes what the host holds; a fresh
+    /// queue under a certificate the host knows continues the host's chain;
+    /// a conflict is damage.
+    fn host_head(&self, seq: u64, hash: Option<[u8; 32]>) -> Result<usize, Error> {
+        let mut g = lock(&self.inner);
+        let a = g.approved;
+        if seq > a.seq {
+            if a.seq == a.acked && g.damaged.is_empty() {
+                let hash = hash.ok_or_else(|| Error::Upload {
+                    detail: format!("host reported head {seq} without its hash"),
+                })?;
+                // Nothing pending here: continue the host's chain.
+                let next = Mark {
+                    seq,
+                    hash,
+                    acked: seq,
+                    acked_hash: hash,
+                    host_checked: true,
+                    ..a
+                };
+                self.set_acked(&g, seq, hash)?;
+                self.write_mark(&mut g, next)?;
+                tracing::warn!(queue = %self.dir.display(), seq, "the host already holds records of this terminal: continuing its chain");
+                return Ok(0);
+            }
+            g.damaged.push(Damage {
+                from: Some(a.acked + 1),
+                to: Some(a.seq),
+                reason: format!(
+                    "the host holds this terminal's records up to {seq}, beyond this queue's {}: these records were made on a stale chain (an older copy of the queue?)",
+                    a.seq
+                ),
+            });
+            return Err(Error::Damaged {
+                path: self.dir.clone(),
+                detail: g
+                    .damaged
+                    .last()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            });
+        }
+        drop(g);
+        let pruned = match hash {
+            Some(h) if seq > 0 => self.ack(seq, h)?,
+            _ => 0,
+        };
+        let mut g = lock(&self.inner);
+        if !g.approved.host_checked {
+            let next = Mark {
+                host_checked: true,
+                ..g.approved
+            };
+            self.write_mark(&mut g, next)?;
+        }
+        Ok(pruned)
+    }
+
     fn head(&self) -> Result<(u64, [u8; 32]), Error> {
         let g = lock(&self.inner);
         Ok((g.approved.seq, g.approved.hash))

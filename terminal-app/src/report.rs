@@ -6,7 +6,7 @@
 use serde::Serialize;
 use tapstack_protocol::scenario::ScenarioKind;
 
-use crate::queue::{Queue, QueueStore, Stored};
+use crate::queue::{QueueStore, Stored};
 use crate::tap::{Approved, Decline, Engine, TapResult, Terms};
 use crate::Error;
 
@@ -121,7 +121,7 @@ impl TransactionView {
     }
 
     /// The newest `limit` records the queue holds, newest first.
-    pub fn recent(queue: &Queue, limit: usize) -> Result<Vec<Self>, Error> {
+    pub fn recent(queue: &dyn QueueStore, limit: usize) -> Result<Vec<Self>, Error> {
         let acked = queue.acked()?;
         queue
             .recent(limit)?
@@ -167,7 +167,7 @@ impl QueueReport {
             oldest: engine.risk.oldest,
             head_seq: engine.queue.head()?.0,
             acked_seq: engine.queue.acked()?,
-            records: TransactionView::recent(&engine.queue, last)?,
+            records: TransactionView::recent(engine.queue.as_ref(), last)?,
             integrity: engine.queue.integrity(),
             revocations: engine.revocation_state(crate::unix_now()),
         })

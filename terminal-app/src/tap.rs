@@ -19,7 +19,7 @@ use tapstack_protocol::terminal::{
     RelayPolicy, TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
 };
 
-use crate::queue::{IntentKey, Queue, QueueStore, RecordFacts};
+use crate::queue::{IntentKey, QueueStore, RecordFacts};
 use crate::risk::{self, RiskDecline, RiskLimits, RiskState};
 use crate::Error;
 
@@ -521,7 +521,7 @@ fn cvm_name(c: Cvm) -> &'static str {
 /// The terminal's tap engine: protocol context, queue, risk state.
 pub struct Engine {
     pub ctx: TerminalContext,
-    pub queue: Arc<Queue>,
+    pub queue: Arc<dyn QueueStore>,
     pub risk: RiskState,
     pub limits: RiskLimits,
     pub currency: tapstack_protocol::scenario::Currency,
@@ -586,7 +586,7 @@ impl core::fmt::Debug for Engine {
 }
 
 /// Rebuild the risk state from the records waiting for upload.
-pub fn risk_state(queue: &Queue) -> Result<RiskState, Error> {
+pub fn risk_state(queue: &dyn QueueStore) -> Result<RiskState, Error> {
     let mut state = RiskState::default();
     for s in queue.pending(usize::MAX)? {
         let r = s.record()?;

@@ -19,7 +19,7 @@ use tapstack_upload::tls::{client_config, TlsIdentity};
 use tapstack_upload::wire::RecordStatus;
 
 use crate::config::Config;
-use crate::queue::{Queue, QueueStore};
+use crate::queue::QueueStore;
 use crate::Error;
 
 fn upload_err(detail: impl ToString) -> Error {
@@ -108,7 +108,7 @@ pub struct NotSettled {
 /// Upload everything pending, prune what the host acknowledged, refresh the
 /// revocation list (saved to `revocations_path` when newer).
 pub async fn sync(
-    queue: &Arc<Queue>,
+    queue: &Arc<dyn QueueStore>,
     client: &HostClient,
     batch: usize,
     ctx: &mut TerminalContext,

@@ -12,7 +12,6 @@ use tapstack_emulator::{Fault, FaultScript};
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, ScenarioKind};
 use tapstack_terminal::app::{self, EmuField, Field};
 use tapstack_terminal::config::Config;
-use tapstack_terminal::queue::QueueStore;
 use tapstack_terminal::risk::RiskDecline;
 use tapstack_terminal::tap::{Decline, Engine, Intent, TapResult};
 

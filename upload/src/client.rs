@@ -187,7 +187,8 @@ impl HostClient {
         let tcp = TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
             .await
             .map_err(|source| Error::Net {
-                op: "connect",
+                op: "connecting to",
+                endpoint: self.endpoint.to_string(),
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
@@ -196,7 +197,8 @@ impl HostClient {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|source| Error::Net {
-                op: "TLS handshake",
+                op: "TLS handshake with",
+                endpoint: format!("{} (server name {:?})", self.endpoint, self.server_name),
                 source,
             })?;
         let (send, conn) = http1::handshake(TokioIo::new(tls)).await?;
@@ -323,6 +325,59 @@ impl HostClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that trusts no one: these tests fail before or during the
+    /// handshake, never at the host's certificate.
+    fn client(endpoint: Endpoint) -> HostClient {
+        let cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        HostClient::new(
+            endpoint,
+            crate::tls::server_name("localhost").unwrap(),
+            Arc::new(cfg),
+        )
+        .with_timeout(Duration::from_secs(10))
+    }
+
+    /// A connection refused names the address and keeps the OS error; a
+    /// handshake with something that is not a TLS server names the server
+    /// name and keeps the TLS cause.
+    #[tokio::test]
+    async fn network_failures_say_where_and_why() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let err = client(addr.into()).health().await.unwrap_err().to_string();
+        assert!(
+            err.contains(&addr.to_string()) && err.contains("refused"),
+            "{err}"
+        );
+
+        // A plain-text server on the port (say, HTTP instead of HTTPS).
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = plain.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut s, _)) = plain.accept().await {
+                let _ = s
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let err = client(addr.into()).health().await.unwrap_err().to_string();
+        assert!(
+            err.contains("TLS handshake with")
+                && err.contains(&addr.to_string())
+                && err.contains("localhost"),
+            "{err}"
+        );
+        // The cause is there, not only "failed".
+        let cause = err.rsplit("failed: ").next().unwrap_or_default();
+        assert!(!cause.trim().is_empty(), "{err}");
+    }
 
     #[test]
     fn host_urls_take_names_and_addresses_and_nothing_else() {

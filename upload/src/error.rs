@@ -6,10 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A socket operation failed (or a host name did not resolve).
-    #[error("network: {op} failed")]
+    /// A socket operation failed (or a host name did not resolve): what,
+    /// with whom, and the cause (the OS error, the TLS alert).
+    #[error("{op} {endpoint} failed: {source}")]
     Net {
         op: &'static str,
+        endpoint: String,
         source: std::io::Error,
     },
     /// The PKI files (a key with loose permissions, a TLS server

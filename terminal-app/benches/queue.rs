@@ -41,7 +41,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand_core::OsRng;
 use tapstack_certs::LeafOptions;
 use tapstack_protocol::airtime;
-use tapstack_protocol::apdu::LinkLimits;
 use tapstack_protocol::codec::Codec;
 use tapstack_protocol::crypto::sha256;
 use tapstack_protocol::messages::INS_CONFIRM;
@@ -49,10 +48,11 @@ use tapstack_protocol::record::TransactionRecord;
 use tapstack_protocol::scenario::{Amount, Currency, Scenario};
 use tapstack_protocol::terminal::{TapOutcome, TapParams};
 use tapstack_protocol::testkit::Pki;
+use tapstack_reader::{Cancel, Capabilities, ReaderError, Session, TargetInfo};
 use tapstack_terminal::app::{self, Field};
 use tapstack_terminal::config::Config;
 use tapstack_terminal::queue::{Queue, QueueStore, RecordFacts};
-use tapstack_terminal::tap::{Intent, Link, LinkFailure, TapResult};
+use tapstack_terminal::tap::{Intent, TapResult};
 use tapstack_tests::{Child, Pcscd, VPCD_READER};
 
 /// Measured appends per operation (issue 5: N = 500).
@@ -401,15 +401,35 @@ struct Exchange {
     ended: Duration,
 }
 
-/// The reader's link, timed.
+/// The reader's session, timed.
 struct Timed<'a> {
-    inner: &'a mut dyn Link,
+    inner: &'a mut dyn Session,
     start: Instant,
     log: Vec<Exchange>,
 }
 
-impl Link for Timed<'_> {
-    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkFailure> {
+impl Session for Timed<'_> {
+    fn target(&self) -> &TargetInfo {
+        self.inner.target()
+    }
+
+    fn is_present(&mut self) -> Result<bool, ReaderError> {
+        self.inner.is_present()
+    }
+
+    fn wait_removed(&mut self, timeout: Duration, cancel: &Cancel) -> Result<(), ReaderError> {
+        self.inner.wait_removed(timeout, cancel)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn transport(&self) -> Duration {
+        self.inner.transport()
+    }
+
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, ReaderError> {
         let began = self.start.elapsed();
         let r = self.inner.transmit(apdu);
         let ended = self.start.elapsed();
@@ -421,10 +441,6 @@ impl Link for Timed<'_> {
             ended,
         });
         r
-    }
-
-    fn link_limits(&self) -> LinkLimits {
-        self.inner.link_limits()
     }
 }
 

@@ -5,10 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tapstack_emulator::phone::{Phone, PhoneQueue, Reply};
+use tapstack_emulator::phone::{Phone, PhoneQueue, Reply, ATS};
 use tapstack_emulator::{profile, FaultScript};
+use tapstack_reader::{Cancel, Capabilities, ReaderError, Session, TargetInfo};
 
-use crate::tap::{Link, LinkFailure, TapResult};
+use crate::tap::TapResult;
 use crate::Error;
 
 /// Where phones are tapped: a reader.
@@ -18,7 +19,7 @@ pub trait Field: Send {
     fn with_phone(
         &mut self,
         timeout: Duration,
-        tap: &mut dyn FnMut(&mut dyn Link) -> TapResult,
+        tap: &mut dyn FnMut(&mut dyn Session) -> TapResult,
     ) -> Result<Option<TapResult>, Error>;
     fn describe(&self) -> String;
 }
@@ -63,13 +64,39 @@ impl EmuField {
     }
 }
 
-struct EmuLink<'a>(&'a mut PhoneQueue);
+/// The phone in the field as a reader session, in process.
+struct EmuSession<'a> {
+    queue: &'a mut PhoneQueue,
+    target: TargetInfo,
+}
 
-impl Link for EmuLink<'_> {
-    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkFailure> {
-        match self.0.transmit(apdu) {
+impl Session for EmuSession<'_> {
+    fn target(&self) -> &TargetInfo {
+        &self.target
+    }
+
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        match self.queue.transmit(apdu) {
             Reply::Data(d) => Ok(d),
-            Reply::Removed => Err(LinkFailure::Removed),
+            Reply::Removed => Err(ReaderError::Removed),
+        }
+    }
+
+    fn is_present(&mut self) -> Result<bool, ReaderError> {
+        Ok(self.queue.current().is_some_and(|p| p.in_field()))
+    }
+
+    /// In process nobody lifts the phone away: it leaves when the tap is
+    /// over ([`EmuField`] makes it).
+    fn wait_removed(&mut self, _timeout: Duration, _cancel: &Cancel) -> Result<(), ReaderError> {
+        Ok(())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_apdu: tapstack_reader::loopback::MAX_APDU,
+            extended_length: true,
+            baud: None,
         }
     }
 }
@@ -78,12 +105,16 @@ impl Field for EmuField {
     fn with_phone(
         &mut self,
         _timeout: Duration,
-        tap: &mut dyn FnMut(&mut dyn Link) -> TapResult,
+        tap: &mut dyn FnMut(&mut dyn Session) -> TapResult,
     ) -> Result<Option<TapResult>, Error> {
-        if self.queue.enter().is_none() {
+        let Some(uid) = self.queue.enter().map(|p| p.uid()) else {
             return Ok(None);
-        }
-        let result = tap(&mut EmuLink(&mut self.queue));
+        };
+        let target = TargetInfo::iso_dep(&uid, &ATS);
+        let result = tap(&mut EmuSession {
+            queue: &mut self.queue,
+            target,
+        });
         self.queue.leave();
         Ok(Some(result))
     }

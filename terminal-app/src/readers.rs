@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use tapstack_protocol::apdu::LinkLimits;
 use tapstack_reader::{Cancel, Reader, ReaderError, Session};
 
 use crate::field::Field;
-use crate::tap::{Link, LinkFailure, TapResult};
+use crate::tap::TapResult;
 use crate::Error;
 
 /// How long the terminal waits, after a tap, for the phone to leave before
@@ -44,46 +43,19 @@ impl ReaderField {
     }
 }
 
-struct SessionLink<'a> {
-    session: Box<dyn Session + 'a>,
-    limits: LinkLimits,
-}
-
-impl Link for SessionLink<'_> {
-    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkFailure> {
-        self.session.transmit(apdu).map_err(|e| match e {
-            ReaderError::Removed => LinkFailure::Removed,
-            ReaderError::Timeout => LinkFailure::Timeout,
-            other => LinkFailure::Reader {
-                detail: other.to_string(),
-            },
-        })
-    }
-
-    fn link_limits(&self) -> LinkLimits {
-        self.limits
-    }
-
-    fn transport(&self) -> Duration {
-        self.session.transport()
-    }
-}
-
 impl Field for ReaderField {
     fn with_phone(
         &mut self,
         timeout: Duration,
-        tap: &mut dyn FnMut(&mut dyn Link) -> TapResult,
+        tap: &mut dyn FnMut(&mut dyn Session) -> TapResult,
     ) -> Result<Option<TapResult>, Error> {
-        let limits = self.reader.info().capabilities.link_limits();
-        let session = match self.reader.wait_for_target(timeout, &self.cancel) {
+        let mut session = match self.reader.wait_for_target(timeout, &self.cancel) {
             Ok(s) => s,
             Err(ReaderError::Timeout) | Err(ReaderError::Cancelled) => return Ok(None),
             Err(e) => return Err(reader_err(&self.connection, e)),
         };
-        let mut link = SessionLink { session, limits };
-        let result = tap(&mut link);
-        match link.session.wait_removed(LEAVE_WAIT, &self.cancel) {
+        let result = tap(session.as_mut());
+        match session.wait_removed(LEAVE_WAIT, &self.cancel) {
             Ok(())
             | Err(ReaderError::Removed)
             | Err(ReaderError::Timeout)

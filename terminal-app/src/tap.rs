@@ -18,46 +18,11 @@ use tapstack_protocol::scenario::{
 use tapstack_protocol::terminal::{
     RelayPolicy, TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
 };
+use tapstack_reader::{ReaderError, Session};
 
 use crate::queue::{IntentKey, QueueStore, RecordFacts};
 use crate::risk::{self, RiskDecline, RiskLimits, RiskState};
 use crate::Error;
-
-/// Why the reader could not carry an APDU.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LinkFailure {
-    /// The phone left the field.
-    Removed,
-    /// The phone did not answer in time.
-    Timeout,
-    /// Anything else the reader reported.
-    Reader { detail: String },
-}
-
-impl core::fmt::Display for LinkFailure {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            LinkFailure::Removed => f.write_str("the phone left the field"),
-            LinkFailure::Timeout => f.write_str("the phone did not answer in time"),
-            LinkFailure::Reader { detail } => write!(f, "reader: {detail}"),
-        }
-    }
-}
-
-/// A phone in the field, as the tap engine sees it.
-pub trait Link {
-    /// One wire APDU; the response includes the status word.
-    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, LinkFailure>;
-    /// What the reader carries (extended length, largest command data).
-    fn link_limits(&self) -> LinkLimits {
-        LinkLimits::EXTENDED
-    }
-    /// What the driver's own transport (daemon hop, serial line) adds to
-    /// one short exchange: part of the relay bound.
-    fn transport(&self) -> Duration {
-        Duration::ZERO
-    }
-}
 
 /// What a person or a point-of-sale asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -612,27 +577,31 @@ enum Step {
     Failed(Decline),
 }
 
-/// One logical command and the time its wire APDUs took at the link (the
-/// timed exchange is one wire APDU: this is its round trip at the reader).
+/// One logical command over the reader session, and the time its wire
+/// APDUs took in the driver (the timed exchange is one wire APDU: this is its
+/// round trip at the reader). The one place a reader failure becomes a
+/// decline.
 fn exchange(
     tl: &mut TerminalLink,
-    link: &mut dyn Link,
+    session: &mut dyn Session,
     cmd: Command,
 ) -> Result<(Response, Duration), Decline> {
     let mut spent = Duration::ZERO;
     tl.exchange(cmd, |wire| {
         let sent = Instant::now();
-        let r = link.transmit(wire);
+        let r = session.transmit(wire);
         spent += sent.elapsed();
         r
     })
     .map(|r| (r, spent))
-    .map_err(|e| match e {
-        ExchangeError::Transport(e) => Decline::Transport {
-            detail: e.to_string(),
-        },
-        ExchangeError::Link(e) => Decline::Transport {
-            detail: format!("bad response from the phone: {e}"),
+    .map_err(|e| Decline::Transport {
+        detail: match e {
+            ExchangeError::Transport(ReaderError::Removed) => "the phone left the field".into(),
+            ExchangeError::Transport(ReaderError::Timeout) => {
+                "the phone did not answer in time".into()
+            }
+            ExchangeError::Transport(e) => format!("reader: {e}"),
+            ExchangeError::Link(e) => format!("bad response from the phone: {e}"),
         },
     })
 }
@@ -641,34 +610,34 @@ impl Engine {
     fn handshake(
         &mut self,
         params: TapParams,
-        link: &mut dyn Link,
+        session: &mut dyn Session,
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Step {
-        let reader_limits = link.link_limits();
+        let reader_limits = session.link_limits();
         // The relay bound: this reader's own round trip plus the scenario's
         // allowance.
         self.ctx.relay = RelayPolicy {
             allowance: self.relay.allowance(params.scenario.kind()),
             attempts: self.relay.attempts,
-            ..RelayPolicy::for_link(&airtime::Link::pn532(), link.transport())
+            ..RelayPolicy::for_link(&airtime::Link::pn532(), session.transport())
         };
         let mut tl = TerminalLink::new(if reader_limits.extended {
             reader_limits
         } else {
             LinkLimits::SHORT
         });
-        let mut session = TerminalSession::new(params);
+        let mut tap = TerminalSession::new(params);
         let mut approved = None;
-        while let Some(cmd) = session.poll_command() {
-            let (resp, spent) = match exchange(&mut tl, link, cmd) {
+        while let Some(cmd) = tap.poll_command() {
+            let (resp, spent) = match exchange(&mut tl, session, cmd) {
                 Ok(r) => r,
                 Err(d) => return Step::Failed(d),
             };
-            if let Err(e) = session.handle_response(&mut self.ctx, resp, spent, now, rng) {
+            if let Err(e) = tap.handle_response(&mut self.ctx, resp, spent, now, rng) {
                 return Step::Failed(Decline::from(e));
             }
-            while let Some(ev) = session.poll_event() {
+            while let Some(ev) = tap.poll_event() {
                 match ev {
                     TerminalEvent::Selected {
                         extended,
@@ -691,7 +660,7 @@ impl Engine {
                 }
             }
             if let Some(o) = approved.take() {
-                return Step::Done(Box::new((o, session, tl)));
+                return Step::Done(Box::new((o, tap, tl)));
             }
         }
         Step::Failed(Decline::Protocol {
@@ -761,15 +730,15 @@ impl Engine {
         Ok(scenario)
     }
 
-    /// Run one tap of `intent` with the phone behind `link`.
+    /// Run one tap of `intent` with the phone in `session` (a reader's).
     pub fn tap(
         &mut self,
         intent: &Intent,
-        link: &mut dyn Link,
+        session: &mut dyn Session,
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> TapResult {
-        self.tap_keyed(intent, None, link, now, rng)
+        self.tap_keyed(intent, None, session, now, rng)
     }
 
     /// [`Engine::tap`] for an intent with an idempotency key: the key and
@@ -778,11 +747,11 @@ impl Engine {
         &mut self,
         intent: &Intent,
         key: Option<IntentKey>,
-        link: &mut dyn Link,
+        session: &mut dyn Session,
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> TapResult {
-        match self.tap_inner(intent, key, link, now, rng) {
+        match self.tap_inner(intent, key, session, now, rng) {
             Ok(r) => r,
             Err(d) => TapResult::Declined(d),
         }
@@ -792,7 +761,7 @@ impl Engine {
         &mut self,
         intent: &Intent,
         key: Option<IntentKey>,
-        link: &mut dyn Link,
+        session: &mut dyn Session,
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<TapResult, Decline> {
@@ -802,7 +771,7 @@ impl Engine {
             cvm_limit: self.limits.cvm_limit,
             send_certificate: self.send_certificate,
         };
-        let (outcome, mut session, mut tl) = match self.handshake(params, link, now, rng) {
+        let (outcome, mut tap, mut tl) = match self.handshake(params, session, now, rng) {
             Step::Done(done) => *done,
             Step::Confirm => return Ok(TapResult::ConfirmOnPhone),
             Step::Failed(d) => return Err(d),
@@ -862,18 +831,18 @@ impl Engine {
             slot,
         };
         let mut receipt_delivered = false;
-        if session.send_receipt(&receipt).is_ok() {
-            while let Some(cmd) = session.poll_command() {
-                let Ok((resp, spent)) = exchange(&mut tl, link, cmd) else {
+        if tap.send_receipt(&receipt).is_ok() {
+            while let Some(cmd) = tap.poll_command() {
+                let Ok((resp, spent)) = exchange(&mut tl, session, cmd) else {
                     break;
                 };
-                if session
+                if tap
                     .handle_response(&mut self.ctx, resp, spent, now, rng)
                     .is_err()
                 {
                     break;
                 }
-                while let Some(ev) = session.poll_event() {
+                while let Some(ev) = tap.poll_event() {
                     receipt_delivered |= ev == TerminalEvent::ReceiptDelivered;
                 }
             }

@@ -15,11 +15,12 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tapstack_reader::Session;
 use tapstack_terminal::app::{self, EmuField, Field};
 use tapstack_terminal::config::Config;
 use tapstack_terminal::daemon::{Daemon, Options};
 use tapstack_terminal::queue::{Queue, QueueStore};
-use tapstack_terminal::tap::{Link, TapResult};
+use tapstack_terminal::tap::TapResult;
 
 use common::Shop;
 
@@ -115,7 +116,7 @@ impl Field for GatedField {
     fn with_phone(
         &mut self,
         timeout: Duration,
-        tap: &mut dyn FnMut(&mut dyn Link) -> TapResult,
+        tap: &mut dyn FnMut(&mut dyn Session) -> TapResult,
     ) -> Result<Option<TapResult>, tapstack_terminal::Error> {
         match self.taps.recv_timeout(timeout) {
             Ok(t) => {

@@ -37,3 +37,4 @@ fuzz:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p tapstack-terminal --no-default-features -- -D warnings

@@ -11,7 +11,9 @@ use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::terminal::TerminalContext;
 
 use crate::config::Config;
-pub use crate::field::{EmuField, Field};
+#[cfg(feature = "emu")]
+pub use crate::field::EmuField;
+pub use crate::field::Field;
 use crate::queue::{Queue, QueueStore};
 use crate::tap::Engine;
 use crate::Error;
@@ -149,7 +151,13 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
 pub fn field(config: &Config) -> Result<Box<dyn Field>, Error> {
     let c = &config.reader.connection;
     if let Some(spec) = c.strip_prefix("emu:") {
+        #[cfg(feature = "emu")]
         return Ok(Box::new(EmuField::open(spec, &config.base)?));
+        #[cfg(not(feature = "emu"))]
+        return Err(Error::Reader {
+            connection: format!("emu:{spec}"),
+            detail: "this build has no emulated phones (built without the `emu` feature)".into(),
+        });
     }
     crate::readers::open(c)
 }

@@ -6,7 +6,7 @@
 //! exactly once. Regenerate only on purpose:
 //! `TAPTEST_BLESS=1 cargo test -p tapstack-host --test golden`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tapstack_host::ingest::{Ingestor, VerifyMode};
@@ -31,19 +31,6 @@ fn pem(name: &str) -> Certificate {
         &std::fs::read_to_string(protocol_golden(&format!("records-{name}.pem"))).unwrap(),
     )
     .unwrap()
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
 }
 
 fn ingestor(store: Arc<SledStore>) -> Ingestor {
@@ -84,7 +71,7 @@ fn a_store_written_by_this_release_still_opens_and_keeps_its_records_once() {
         store.sync().unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    copy_tree(&golden_dir, dir.path());
+    tapstack_tests::copy_tree(&golden_dir, dir.path()).unwrap();
     let store = Arc::new(SledStore::open(dir.path()).unwrap());
     let stored = store.records().unwrap();
     assert_eq!(stored.len(), 2);

@@ -60,20 +60,6 @@ fn the_mark_file_format_is_pinned() {
     assert_eq!(&want[..8], b"TAPQHWM1");
 }
 
-/// Copy a directory tree (the golden queue is opened read-write).
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
 /// A whole queue as this release leaves it on disk — sled's files and the
 /// high-water mark — with the protocol's golden pay and pickup records
 /// appended (`protocol/tests/golden`), the first acknowledged by the host, a
@@ -123,7 +109,7 @@ fn a_queue_written_by_this_release_still_opens() {
         drop(q);
     }
     let dir = tempfile::tempdir().unwrap();
-    copy_tree(&golden_dir, dir.path());
+    tapstack_tests::copy_tree(&golden_dir, dir.path()).unwrap();
     let q = Queue::open(&dir.path().join("queue")).unwrap();
     assert!(q.integrity().is_ok(), "{}", q.integrity().summary());
     assert_eq!(q.head().unwrap(), (2, records[1].hash()));

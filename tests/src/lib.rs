@@ -300,3 +300,19 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     }
     dir.join(name)
 }
+
+/// Copy a directory tree (a golden store is opened read-write, so a test
+/// works on a copy).
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_tree(&e.path(), &dest)?;
+        } else {
+            std::fs::copy(e.path(), dest)?;
+        }
+    }
+    Ok(())
+}

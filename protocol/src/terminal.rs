@@ -60,7 +60,8 @@ pub struct RelayPolicy {
     /// What a phone may add (its processing and scheduling); a relay adds
     /// more. Per scenario.
     pub allowance: Duration,
-    /// Timed exchanges tried before the tap is declined.
+    /// Timed exchanges tried before the tap is declined; a wallet answers
+    /// at most [`crate::wallet::RELAY_ANSWERS`] per SELECT.
     pub attempts: u8,
 }
 

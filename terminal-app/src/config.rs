@@ -391,8 +391,12 @@ impl Config {
                 return Err(format!("relay.{name} must be 1 to 1000 (milliseconds)"));
             }
         }
-        if rl.attempts == 0 || rl.attempts > 8 {
-            return Err("relay.attempts must be 1 to 8".into());
+        // A wallet answers at most RELAY_ANSWERS timed exchanges per SELECT.
+        let max = tapstack_protocol::wallet::RELAY_ANSWERS;
+        if rl.attempts == 0 || usize::from(rl.attempts) > max {
+            return Err(format!(
+                "relay.attempts must be 1 to {max} (a phone answers {max} timed exchanges per tap)"
+            ));
         }
         if let Some(k) = &self.kiosk {
             if k.site.is_empty() || k.site.len() > 32 {

@@ -297,7 +297,11 @@ fn bad_configuration_values_get_clear_errors() {
         ),
         (
             format!("{good}\n[relay]\nattempts = 0\n"),
-            "relay.attempts must be 1 to 8",
+            "relay.attempts must be 1 to 4",
+        ),
+        (
+            format!("{good}\n[relay]\nattempts = 5\n"),
+            "relay.attempts must be 1 to 4",
         ),
     ] {
         std::fs::write(&path, &edit).unwrap();

@@ -14,6 +14,7 @@ use rand_core::OsRng;
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency};
 use tapstack_terminal::app::{self, Field};
 use tapstack_terminal::config::Config;
+use tapstack_terminal::queue::QueueStore;
 use tapstack_terminal::tap::{Decline, Engine, Intent, TapResult};
 use tapstack_terminal::upload;
 use tapstack_tests::{workspace_binary, Child, Pcscd, VPCD_READER};
@@ -217,4 +218,73 @@ fn every_scenario_through_a_pn532_on_a_pty_then_upload() {
         std::thread::sleep(Duration::from_millis(20));
     }
     every_scenario(&w, &format!("pn532:{}", link.display()));
+}
+
+/// Through the binary: `tap-terminal pay` against pcscd and vpcd, the phone
+/// (`tap-emu`) behind a relay that adds 20 ms to every exchange. The timed
+/// exchange declines it (exit 2, code `relayed`, the time measured above
+/// the bound), nothing is queued and the phone's counter is untouched.
+#[test]
+fn a_relayed_phone_is_declined_by_the_binary_through_pcscd() {
+    let pcscd = Pcscd::start().unwrap();
+    let w = World::new();
+    let phone = w.dir.path().join("phones/alice.toml");
+    let port = pcscd.port.to_string();
+    let _emu = emu(
+        &[
+            "vpcd",
+            "--port",
+            &port,
+            "--wallet",
+            phone.to_str().unwrap(),
+            "--idle-ms",
+            "400",
+            "--fault",
+            "relay@1:20",
+        ],
+        w.dir.path(),
+    );
+    let path = w.dir.path().join("relay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[terminal]\ncertificate = \"terminal.pem\"\nkey = \"terminal.key\"\ncurrency = \"CNY\"\ntap_timeout_secs = 30\n\n\
+             [reader]\nconnection = \"pcsc:{VPCD_READER}\"\n\n\
+             [trust]\nroot = \"pki/root.pem\"\nissuers = [\"pki/issuer.pem\"]\noperators = [\"pki/operator.pem\"]\n\n\
+             [queue]\npath = \"queue-relay\"\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(workspace_binary("tap-terminal"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "pay",
+            "12.50",
+            "CNY",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    assert_eq!(v["code"], "relayed", "{v}");
+    let (micros, bound) = (
+        v["micros"].as_u64().unwrap(),
+        v["bound_micros"].as_u64().unwrap(),
+    );
+    assert!(micros >= 20_000 && bound < micros, "{v}");
+    let q = tapstack_terminal::queue::Queue::open(&w.dir.path().join("queue-relay")).unwrap();
+    assert_eq!(q.head().unwrap().0, 0, "nothing queued");
+    let atc = tapstack_emulator::profile::load(&phone)
+        .unwrap()
+        .atc
+        .value();
+    assert_eq!(atc, 0, "no AUTHORIZE reached the phone");
 }

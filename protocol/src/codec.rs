@@ -78,6 +78,14 @@ pub(crate) fn u16_be(field: &'static str, v: &[u8]) -> Result<u16, DecodeError> 
     Ok(u16::from_be_bytes(fixed::<2>(field, v)?))
 }
 
+/// The first `N` bytes of a hash: the short references of the protocol
+/// (certificate references, compact issuer references, receipt checks).
+pub(crate) fn prefix<const N: usize>(hash: &[u8; 32]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&hash[..N]);
+    out
+}
+
 /// An unsigned integer in its fewest big-endian bytes (one for zero).
 pub(crate) fn uint_bytes(v: u64) -> Vec<u8> {
     let b = v.to_be_bytes();

@@ -113,10 +113,22 @@ pub const ISSUER_REF_LEN: usize = 4;
 /// The reference a compact certificate names its issuer by: the first 4
 /// bytes of SHA-256 over the issuer's subject name (DER).
 pub fn issuer_ref(subject_name: &[u8]) -> [u8; ISSUER_REF_LEN] {
-    let h = crate::crypto::sha256(&[subject_name]);
-    let mut out = [0u8; ISSUER_REF_LEN];
-    out.copy_from_slice(&h[..ISSUER_REF_LEN]);
-    out
+    crate::codec::prefix(&crate::crypto::sha256(&[subject_name]))
+}
+
+/// The issuer reference of compact bytes, read the way [`decompress`]
+/// reads it (format, serial, then `00 ref`); `None` for a named issuer or
+/// bytes that are not compact.
+fn wire_issuer_ref(bytes: &[u8]) -> Option<[u8; ISSUER_REF_LEN]> {
+    let mut c = Cursor(bytes);
+    if c.byte("").ok()? != FORMAT_COMPACT_V1 {
+        return None;
+    }
+    c.bytes("").ok()?;
+    if c.byte("").ok()? != 0 {
+        return None;
+    }
+    c.take(ISSUER_REF_LEN, "").ok()?.try_into().ok()
 }
 
 /// The form a certificate crosses the air in: compact when it rebuilds to
@@ -152,15 +164,10 @@ pub fn from_wire<'a>(
 ) -> Result<Certificate, CertError> {
     match bytes.first() {
         Some(&FORMAT_COMPACT_V1) => {
-            // The issuer field follows the serial: `00 ref[4]`, or a name.
-            let ref_at = bytes.get(1).map_or(0, |n| 2 + usize::from(*n));
-            let wanted = match bytes.get(ref_at) {
-                Some(0) => bytes.get(ref_at + 1..ref_at + 1 + ISSUER_REF_LEN),
-                _ => None,
-            };
+            let wanted = wire_issuer_ref(bytes);
             let candidates: Vec<&Certificate> = cas
                 .into_iter()
-                .filter(|c| Some(&issuer_ref(c.subject_name())[..]) == wanted)
+                .filter(|c| Some(issuer_ref(c.subject_name())) == wanted)
                 .collect();
             // Usually one; a 4-byte reference may name two CAs of one
             // trust store, then the one that signed the certificate wins.

@@ -44,9 +44,7 @@ pub const CERT_REF_LEN: usize = 8;
 /// The reference a side sends in place of a certificate the other side
 /// already holds.
 pub fn cert_ref(hash: &[u8; 32]) -> [u8; CERT_REF_LEN] {
-    let mut r = [0u8; CERT_REF_LEN];
-    r.copy_from_slice(&hash[..CERT_REF_LEN]);
-    r
+    crate::codec::prefix(hash)
 }
 
 /// The wallet's answer to SELECT: versions, capabilities and its ephemeral
@@ -121,13 +119,9 @@ impl RelayCheck {
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let b: [u8; 10] = fixed("relay check", r.expect(0xD4)?)?;
-        let mut tn = [0u8; RELAY_NONCE_LEN];
-        let mut wn = [0u8; RELAY_NONCE_LEN];
-        tn.copy_from_slice(&b[..4]);
-        wn.copy_from_slice(&b[4..8]);
         Ok(RelayCheck {
-            terminal_nonce: tn,
-            wallet_nonce: wn,
+            terminal_nonce: fixed("terminal nonce", &b[..4])?,
+            wallet_nonce: fixed("wallet nonce", &b[4..8])?,
             micros: u16::from_be_bytes([b[8], b[9]]),
         })
     }

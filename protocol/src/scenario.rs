@@ -522,9 +522,7 @@ pub const RECORD_CHECK_LEN: usize = 4;
 
 /// [`Receipt::record_check`] of the record with this hash.
 pub fn record_check(record_hash: &[u8; 32]) -> [u8; RECORD_CHECK_LEN] {
-    let mut c = [0u8; RECORD_CHECK_LEN];
-    c.copy_from_slice(&record_hash[..RECORD_CHECK_LEN]);
-    c
+    crate::codec::prefix(record_hash)
 }
 
 /// What the terminal tells the phone once the record is durably queued.

@@ -512,7 +512,7 @@ impl Shop {
         &self,
         tag: &str,
         connection: &str,
-    ) -> Result<(tapstack_terminal::tap::Engine, Box<dyn Field>), String> {
+    ) -> Result<(tapstack_terminal::tap::Engine, Field), String> {
         let mut cfg = Config::load(&self.dir.path().join("terminal.toml"), std::iter::empty())
             .map_err(|e| e.to_string())?;
         cfg.reader.connection = connection.to_owned();
@@ -538,7 +538,7 @@ fn tap_emu() -> Result<PathBuf, String> {
 fn run_taps(
     name: &str,
     engine: &mut tapstack_terminal::tap::Engine,
-    field: &mut dyn Field,
+    field: &mut Field,
 ) -> DriverRow {
     let intent = Intent::Pay { amount: cny(1250) };
     let mut row = DriverRow {
@@ -549,17 +549,22 @@ fn run_taps(
     let mut warm = 0;
     while row.taps.len() < N_TAPS && row.failed.len() < MAX_FAILED_TAPS {
         let mut timing = None;
-        let result = field.with_phone(Duration::from_secs(30), &mut |link| {
-            let mut timed = Timed {
-                inner: link,
-                start: Instant::now(),
-                log: Vec::new(),
-            };
-            let r = engine.tap(&intent, &mut timed, now(), &mut OsRng);
-            let whole = timed.start.elapsed();
-            timing = Some((whole, timed.log));
-            r
-        });
+        let result = field.with_phone(
+            Duration::from_secs(30),
+            &Cancel::new(),
+            &Cancel::new(),
+            &mut |link| {
+                let mut timed = Timed {
+                    inner: link,
+                    start: Instant::now(),
+                    log: Vec::new(),
+                };
+                let r = engine.tap(&intent, &mut timed, now(), &mut OsRng);
+                let whole = timed.start.elapsed();
+                timing = Some((whole, timed.log));
+                r
+            },
+        );
         match (result, timing) {
             (Ok(Some(TapResult::Approved(a))), Some((whole, log))) if a.receipt_delivered => {
                 if warm < WARMUP_TAPS {
@@ -607,7 +612,7 @@ fn emu_row(shop: &Shop) -> Result<DriverRow, String> {
     Ok(run_taps(
         "`emu:` (in-process phone, no reader)",
         &mut engine,
-        field.as_mut(),
+        &mut field,
     ))
 }
 
@@ -641,7 +646,7 @@ fn pty_row(
         std::thread::sleep(Duration::from_millis(20));
     }
     let (mut engine, mut field) = shop.terminal(tag, &connection(&link))?;
-    let row = run_taps(name, &mut engine, field.as_mut());
+    let row = run_taps(name, &mut engine, &mut field);
     drop(field);
     drop(emu);
     Ok(row)
@@ -663,7 +668,7 @@ fn pcsc_row(shop: &Shop) -> Result<DriverRow, String> {
     let row = run_taps(
         "`pcsc:Virtual PCD 00 00` (pcscd + vpcd)",
         &mut engine,
-        field.as_mut(),
+        &mut field,
     );
     drop(field);
     drop(emu);

@@ -704,7 +704,7 @@ async fn get_intent(shared: &Arc<Shared>, id: &str, query: &str) -> Handled {
 
 fn cancel_intent(shared: &Arc<Shared>, id: &str) -> Handled {
     let cell = lookup(shared, id)?;
-    match cell.cancel() {
+    match shared.cancel(&cell) {
         Ok(()) => Ok(json(StatusCode::OK, &cell.view())),
         Err(CancelRefused::TapInProgress) => Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -11,8 +11,6 @@ use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::terminal::TerminalContext;
 
 use crate::config::Config;
-#[cfg(feature = "emu")]
-pub use crate::field::EmuField;
 pub use crate::field::Field;
 use crate::queue::{Queue, QueueStore};
 use crate::tap::Engine;
@@ -148,16 +146,6 @@ pub fn engine(config: &Config) -> Result<Engine, Error> {
 }
 
 /// Open the reader the configuration names.
-pub fn field(config: &Config) -> Result<Box<dyn Field>, Error> {
-    let c = &config.reader.connection;
-    if let Some(spec) = c.strip_prefix("emu:") {
-        #[cfg(feature = "emu")]
-        return Ok(Box::new(EmuField::open(spec, &config.base)?));
-        #[cfg(not(feature = "emu"))]
-        return Err(Error::Reader {
-            connection: format!("emu:{spec}"),
-            detail: "this build has no emulated phones (built without the `emu` feature)".into(),
-        });
-    }
-    crate::readers::open(c)
+pub fn field(config: &Config) -> Result<Field, Error> {
+    Field::open(&config.reader.connection, &config.base)
 }

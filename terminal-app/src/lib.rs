@@ -19,7 +19,6 @@ pub mod daemon;
 pub mod field;
 pub mod mark;
 pub mod queue;
-pub mod readers;
 pub mod report;
 pub mod risk;
 pub mod tap;

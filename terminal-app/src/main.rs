@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use tapstack_reader::Cancel;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -332,7 +333,7 @@ fn take(engine: &mut Engine, config: &Config, intent: &Intent, out: &mut Out) ->
                 message: "timed out: no phone".into(),
             });
         }
-        let result = field.with_phone(left, &mut |link| {
+        let result = field.with_phone(left, &Cancel::new(), &Cancel::new(), &mut |link| {
             let mut settled = settled.lock().unwrap_or_else(PoisonError::into_inner);
             out.say("reading …");
             let r = engine.tap(intent, link, unix_now(), &mut OsRng);
@@ -545,9 +546,10 @@ fn run(cli: Cli, out: &mut Out) -> Result<u8> {
             let mut done = 0;
             let mut last = exit::TIMED_OUT;
             while taps.is_none_or(|n| done < n) {
-                let result = field.with_phone(timeout, &mut |link| {
-                    engine.tap(&intent, link, unix_now(), &mut OsRng)
-                })?;
+                let result =
+                    field.with_phone(timeout, &Cancel::new(), &Cancel::new(), &mut |link| {
+                        engine.tap(&intent, link, unix_now(), &mut OsRng)
+                    })?;
                 let Some(outcome) = result.as_ref().and_then(Outcome::from_tap) else {
                     continue;
                 };

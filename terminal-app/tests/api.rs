@@ -15,12 +15,16 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tapstack_reader::Session;
-use tapstack_terminal::app::{self, EmuField, Field};
+use tapstack_emulator::phone::{Phone, PhoneQueue};
+use tapstack_emulator::{inprocess, FaultScript};
+use tapstack_reader::{
+    Cancel, Capabilities, LoopbackReader, Reader, ReaderError, ReaderInfo, Session, TargetInfo,
+};
+use tapstack_terminal::app;
 use tapstack_terminal::config::Config;
 use tapstack_terminal::daemon::{Daemon, Options};
+use tapstack_terminal::field::Field;
 use tapstack_terminal::queue::{Queue, QueueStore};
-use tapstack_terminal::tap::TapResult;
 
 use common::Shop;
 
@@ -104,43 +108,92 @@ enum Tap {
     },
 }
 
-/// The emulated phones, but a phone enters the field only when the test
-/// offers a tap.
-struct GatedField {
-    inner: EmuField,
+/// The emulated phones (the emulator's loopback reader, as `emu:` has
+/// them), but a phone enters the field only when the test offers a tap.
+struct GatedReader {
+    inner: LoopbackReader,
     taps: mpsc::Receiver<Tap>,
     used: Arc<AtomicUsize>,
+    /// Waits for a phone that ended because their token was cancelled.
+    cancelled: Arc<AtomicUsize>,
 }
 
-impl Field for GatedField {
-    fn with_phone(
-        &mut self,
-        timeout: Duration,
-        tap: &mut dyn FnMut(&mut dyn Session) -> TapResult,
-    ) -> Result<Option<TapResult>, tapstack_terminal::Error> {
-        match self.taps.recv_timeout(timeout) {
-            Ok(t) => {
-                if let Tap::Held { started, go } = &t {
-                    let _ = started.send(());
-                    let _ = go.recv();
-                }
-                self.used.fetch_add(1, Ordering::SeqCst);
-                let r = self.inner.with_phone(timeout, tap);
-                if let Tap::Stays { left } = &t {
-                    let _ = left.recv();
-                }
-                r
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(timeout);
-                Ok(None)
-            }
-        }
+impl Reader for GatedReader {
+    fn info(&self) -> ReaderInfo {
+        self.inner.info()
     }
 
-    fn describe(&self) -> String {
-        format!("gated {}", self.inner.describe())
+    fn wait_for_target(
+        &mut self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Result<Box<dyn Session + '_>, ReaderError> {
+        let deadline = Instant::now() + timeout;
+        let tap = loop {
+            if let Err(e) = cancel.check() {
+                self.cancelled.fetch_add(1, Ordering::SeqCst);
+                return Err(e);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ReaderError::Timeout);
+            }
+            match self.taps.recv_timeout(left.min(Duration::from_millis(10))) {
+                Ok(t) => break t,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(left.min(Duration::from_millis(10)))
+                }
+            }
+        };
+        let stays = match tap {
+            Tap::Now => None,
+            Tap::Held { started, go } => {
+                let _ = started.send(());
+                let _ = go.recv();
+                None
+            }
+            Tap::Stays { left } => Some(left),
+        };
+        self.used.fetch_add(1, Ordering::SeqCst);
+        let inner = self.inner.wait_for_target(timeout, &Cancel::new())?;
+        Ok(Box::new(GatedSession { inner, stays }))
+    }
+
+    fn set_transmit_timeout(&mut self, timeout: Duration) {
+        self.inner.set_transmit_timeout(timeout);
+    }
+}
+
+/// The phone of a [`GatedReader`]: it may rest on the reader after the tap.
+struct GatedSession<'a> {
+    inner: Box<dyn Session + 'a>,
+    /// Fires when the phone is lifted away.
+    stays: Option<mpsc::Receiver<()>>,
+}
+
+impl Session for GatedSession<'_> {
+    fn target(&self) -> &TargetInfo {
+        self.inner.target()
+    }
+
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, ReaderError> {
+        self.inner.transmit(apdu)
+    }
+
+    fn is_present(&mut self) -> Result<bool, ReaderError> {
+        self.inner.is_present()
+    }
+
+    fn wait_removed(&mut self, timeout: Duration, cancel: &Cancel) -> Result<(), ReaderError> {
+        if let Some(left) = self.stays.take() {
+            let _ = left.recv();
+        }
+        self.inner.wait_removed(timeout, cancel)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
 }
 
@@ -149,6 +202,7 @@ struct Running {
     addr: SocketAddr,
     taps: mpsc::Sender<Tap>,
     used: Arc<AtomicUsize>,
+    cancelled: Arc<AtomicUsize>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<Result<(), tapstack_terminal::Error>>>,
 }
@@ -172,12 +226,19 @@ fn start(shop: &Shop, config: &Path, opts: Options) -> Running {
     let spec = shop.phones[0].display().to_string();
     let (taps_tx, taps_rx) = mpsc::channel();
     let used = Arc::new(AtomicUsize::new(0));
-    let field = GatedField {
-        inner: EmuField::open(&spec, Path::new("/")).unwrap(),
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let wallet = tapstack_emulator::profile::load(&shop.phones[0]).unwrap();
+    let reader = GatedReader {
+        inner: inprocess::loopback(PhoneQueue::new(
+            vec![Phone::from_wallet(wallet)],
+            FaultScript::default(),
+        )),
         taps: taps_rx,
         used: used.clone(),
+        cancelled: cancelled.clone(),
     };
-    let daemon = Daemon::new(&config, engine, Box::new(field), opts).unwrap();
+    let field = Field::new(Box::new(reader), format!("gated emu:{spec}"));
+    let daemon = Daemon::new(&config, engine, field, opts).unwrap();
     let listener = shop
         .rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -191,6 +252,7 @@ fn start(shop: &Shop, config: &Path, opts: Options) -> Running {
         addr,
         taps: taps_tx,
         used,
+        cancelled,
         shutdown: Some(tx),
         handle: Some(handle),
     };
@@ -595,6 +657,37 @@ fn idempotency_keys_and_no_second_charge_for_one_intent() {
         .map(|r| r["amount"].as_u64().unwrap())
         .collect();
     assert_eq!(amounts, vec![700, 500], "one record for each intent");
+    d.stop(&shop);
+}
+
+/// `DELETE` of the intent waiting for a phone ends the reader's wait then
+/// and there (its cancel token), not at the end of a polling slice; the
+/// next intent takes the reader.
+#[test]
+fn a_cancel_ends_the_wait_for_a_phone_through_its_token() {
+    let shop = Shop::new();
+    let cfg = shop.write_config("", None);
+    let d = start(&shop, &cfg, Options::default());
+    let a = d.addr;
+    let first = create(a, &pay("1.00"));
+    wait_state(a, &first, "waiting_for_phone");
+    // Waiting for a phone, and nobody ended the wait yet.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.cancelled.load(Ordering::SeqCst), 0);
+    let r = request(a, "DELETE", &format!("/v1/intents/{first}"), &[], None);
+    assert_eq!(r.status, 200);
+    wait_for(a, "the wait to be cancelled", |_| {
+        d.cancelled.load(Ordering::SeqCst) == 1
+    });
+    let second = create(a, &pay("2.00"));
+    wait_state(a, &second, "waiting_for_phone");
+    d.tap();
+    assert_eq!(outcome(a, &second)["approved"]["amount"], 200);
+    assert_eq!(
+        d.used.load(Ordering::SeqCst),
+        1,
+        "one phone, for the second"
+    );
     d.stop(&shop);
 }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tapstack_reader::Cancel;
 
 use rand_core::{OsRng, RngCore};
 use tapstack_certs::LeafOptions;
@@ -78,9 +79,12 @@ fn child(dir: &Path) {
             minor: 100 + OsRng.next_u64() % 2000,
             currency: cny,
         };
-        let r = field.with_phone(Duration::from_secs(1), &mut |link| {
-            engine.tap(&Intent::Pay { amount }, link, now(), &mut OsRng)
-        });
+        let r = field.with_phone(
+            Duration::from_secs(1),
+            &Cancel::new(),
+            &Cancel::new(),
+            &mut |link| engine.tap(&Intent::Pay { amount }, link, now(), &mut OsRng),
+        );
         if let Ok(Some(TapResult::Approved(a))) = r {
             let _ = writeln!(out, "APPROVED {} {}", a.seq, hex::encode(a.record_id));
             let _ = out.flush();

@@ -6,12 +6,14 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tapstack_reader::Cancel;
 
 use rand_core::OsRng;
 use tapstack_emulator::{Fault, FaultScript};
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, ScenarioKind};
-use tapstack_terminal::app::{self, EmuField, Field};
+use tapstack_terminal::app::{self, Field};
 use tapstack_terminal::config::Config;
+use tapstack_terminal::field::open_emu;
 use tapstack_terminal::risk::RiskDecline;
 use tapstack_terminal::tap::{Decline, Engine, Intent, TapResult};
 
@@ -51,13 +53,13 @@ impl Shop {
         app::engine(&self.config()).unwrap()
     }
 
-    fn field(&self, phones: &[&Path], faults: &[&str]) -> EmuField {
+    fn field(&self, phones: &[&Path], faults: &[&str]) -> Field {
         let spec: Vec<String> = phones.iter().map(|p| p.display().to_string()).collect();
         let faults = FaultScript {
             faults: faults.iter().map(|f| Fault::parse(f).unwrap()).collect(),
             present: None,
         };
-        EmuField::with_faults(&spec.join(","), Path::new("/"), faults).unwrap()
+        open_emu(&spec.join(","), Path::new("/"), faults).unwrap()
     }
 }
 
@@ -72,11 +74,14 @@ fn cny(minor: u64) -> Intent {
     }
 }
 
-fn tap(engine: &mut Engine, field: &mut dyn Field, intent: &Intent) -> TapResult {
+fn tap(engine: &mut Engine, field: &mut Field, intent: &Intent) -> TapResult {
     field
-        .with_phone(Duration::from_secs(1), &mut |link| {
-            engine.tap(intent, link, now(), &mut OsRng)
-        })
+        .with_phone(
+            Duration::from_secs(1),
+            &Cancel::new(),
+            &Cancel::new(),
+            &mut |link| engine.tap(intent, link, now(), &mut OsRng),
+        )
         .unwrap()
         .unwrap()
 }
@@ -203,9 +208,12 @@ fn hostile_phones_end_in_clear_declines_and_write_nothing() {
         let mut f = shop.field(&[&shop.phones[0]], &[fault]);
         // Taps before the faulty one (tap numbers are per field).
         for _ in 1..fault.rsplit('/').next().unwrap().parse::<usize>().unwrap() {
-            let _ = f.with_phone(Duration::from_secs(1), &mut |_link| {
-                TapResult::ConfirmOnPhone
-            });
+            let _ = f.with_phone(
+                Duration::from_secs(1),
+                &Cancel::new(),
+                &Cancel::new(),
+                &mut |_link| TapResult::ConfirmOnPhone,
+            );
         }
         match tap(&mut e, &mut f, &cny(100)) {
             TapResult::Declined(d) => assert!(codes.contains(&d.code()), "{fault}: {d}"),
@@ -383,9 +391,12 @@ fn the_terminal_certificate_is_checked_at_tap_time() {
         e.ctx.certificate.not_after(),
     );
     let mut at = |e: &mut Engine, t: u64| {
-        f.with_phone(Duration::from_secs(1), &mut |link| {
-            e.tap(&cny(100), link, t, &mut OsRng)
-        })
+        f.with_phone(
+            Duration::from_secs(1),
+            &Cancel::new(),
+            &Cancel::new(),
+            &mut |link| e.tap(&cny(100), link, t, &mut OsRng),
+        )
         .unwrap()
         .unwrap()
     };

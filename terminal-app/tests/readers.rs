@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tapstack_reader::Cancel;
 
 use rand_core::OsRng;
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency};
@@ -36,13 +37,13 @@ fn config(w: &World, connection: &str) -> Config {
     Config::load(&path, std::iter::empty()).unwrap()
 }
 
-fn tap(engine: &mut Engine, field: &mut dyn Field, intent: &Intent) -> TapResult {
+fn tap(engine: &mut Engine, field: &mut Field, intent: &Intent) -> TapResult {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "no phone within 30 s");
         if let Some(r) = field
-            .with_phone(left, &mut |link| {
+            .with_phone(left, &Cancel::new(), &Cancel::new(), &mut |link| {
                 engine.tap(intent, link, now(), &mut OsRng)
             })
             .unwrap()
@@ -69,7 +70,7 @@ fn every_scenario(w: &World, connection: &str) {
     let pay = approved(
         tap(
             &mut engine,
-            field.as_mut(),
+            &mut field,
             &Intent::Pay {
                 amount: Amount {
                     minor: 1250,
@@ -90,7 +91,7 @@ fn every_scenario(w: &World, connection: &str) {
         }],
     };
     let order = approved(
-        tap(&mut engine, field.as_mut(), &Intent::Order { cart }),
+        tap(&mut engine, &mut field, &Intent::Order { cart }),
         "order",
     );
     assert_eq!(order.order_number.as_deref(), Some("A2"));
@@ -101,7 +102,7 @@ fn every_scenario(w: &World, connection: &str) {
     // certified shop naming the site: the phone answers 9104 and releases
     // nothing.
     let endorsement = engine.ctx.endorsement.take();
-    match tap(&mut engine, field.as_mut(), &locker) {
+    match tap(&mut engine, &mut field, &locker) {
         TapResult::Declined(Decline::PhoneRefused { sw, .. }) if sw == "9104" => {}
         other => panic!("unendorsed pickup: {other:?}"),
     }
@@ -109,10 +110,10 @@ fn every_scenario(w: &World, connection: &str) {
     // Endorsed: the phone asks its user (presence by default), then the
     // second tap collects the parcel.
     assert_eq!(
-        tap(&mut engine, field.as_mut(), &locker),
+        tap(&mut engine, &mut field, &locker),
         TapResult::ConfirmOnPhone
     );
-    let pickup = approved(tap(&mut engine, field.as_mut(), &locker), "pickup");
+    let pickup = approved(tap(&mut engine, &mut field, &locker), "pickup");
     assert_eq!(
         (pickup.slot, pickup.parcel.as_deref(), pickup.cvm),
         (Some(12), Some("SF1"), "confirmed_on_phone")
@@ -125,10 +126,10 @@ fn every_scenario(w: &World, connection: &str) {
         },
     };
     assert_eq!(
-        tap(&mut engine, field.as_mut(), &big),
+        tap(&mut engine, &mut field, &big),
         TapResult::ConfirmOnPhone
     );
-    let second = approved(tap(&mut engine, field.as_mut(), &big), "second tap");
+    let second = approved(tap(&mut engine, &mut field, &big), "second tap");
     assert_eq!((second.seq, second.cvm), (4, "confirmed_on_phone"));
 
     let client = upload::client(&config, &engine.ctx).unwrap();

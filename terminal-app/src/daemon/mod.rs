@@ -4,10 +4,10 @@
 //!
 //! ```text
 //!  POS / agent ──HTTP──▶ api (tokio, hyper)            reader thread (owns Engine + Field)
-//!    POST /v1/intents ──▶ Registry ──intent (FIFO)──▶  activate ─▶ with_phone(slice) loop
+//!    POST /v1/intents ──▶ Registry ──intent (FIFO)──▶  activate ─▶ with_phone(deadline, wake)
 //!    GET  …/{id}?wait     ▲  IntentCell (state, events) ◀── reading / confirm / outcome
 //!    GET  …/{id}/events ──┘  watch ─▶ long-poll, SSE     │ approved: every N taps ─▶ kick
-//!    DELETE …/{id} ─▶ cancel (not while reading)         ▼
+//!    DELETE …/{id} ─▶ cancel (not while reading) ─ wake ▼
 //!    POST /v1/sync ─────────────────────────────▶ Uploader ─ upload::sync (mTLS) ─ every
 //!                                                   interval, backoff with jitter on failure
 //!                                                   └─▶ Update (revocations, risk rebuild) ─▶ reader
@@ -15,9 +15,11 @@
 //!
 //! * One thread owns the [`Engine`] and the [`Field`]: one intent is active
 //!   at a time (one phone in the field at a time); the others wait in FIFO
-//!   order. The active intent waits for a phone in short slices, checking
-//!   between them whether it was cancelled, expired or the daemon is
-//!   stopping.
+//!   order. The active intent waits for a phone until its deadline on a
+//!   reader wait that is cancellable ([`tapstack_reader::Cancel`]): a
+//!   `DELETE`, an expiry, a new revocation list or the risk state to rebuild
+//!   ([`Wake`]) and shutdown end the wait at once; the reader looks at why
+//!   and waits again or stops.
 //! * An intent ends at its first approval or decline: a later tap cannot
 //!   attach to it, so the same wallet tapping twice is charged once.
 //! * An intent being read cannot be cancelled or expire: the tap runs to its
@@ -41,6 +43,7 @@ use serde::Serialize;
 use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::scenario::ScenarioKind;
 use tapstack_protocol::terminal::TerminalContext;
+use tapstack_reader::Cancel;
 use tapstack_upload::client::HostClient;
 use tokio::sync::{watch, Notify};
 
@@ -75,9 +78,6 @@ pub struct Options {
     pub max_wait: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
-    /// How long the reader waits for a phone before checking for
-    /// cancellation, expiry and shutdown.
-    pub slice: Duration,
     /// Largest wait between failed uploads (backoff with jitter up to this).
     pub backoff_max: Duration,
     /// At shutdown: how long open connections and a running upload get to
@@ -95,164 +95,13 @@ impl Default for Options {
             body_timeout: Duration::from_secs(10),
             max_wait: Duration::from_secs(60),
             max_connections: 256,
-            slice: Duration::from_millis(200),
             backoff_max: Duration::from_secs(300),
             grace: Duration::from_secs(5),
         }
     }
 }
 
-// ---------------------------------------------------------------- intents
-
-/// Why an intent was cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum CancelReason {
-    Request,
-    Shutdown,
-}
-
-/// Where an intent is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum State {
-    /// Behind another intent.
-    Queued,
-    WaitingForPhone,
-    /// A phone is in the field and the tap runs: not cancellable.
-    Reading,
-    ConfirmOnPhone,
-    Approved(Box<Approved>),
-    Declined {
-        code: String,
-        message: String,
-    },
-    Cancelled(CancelReason),
-    Expired,
-}
-
-impl State {
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            State::Queued => "queued",
-            State::WaitingForPhone => "waiting_for_phone",
-            State::Reading => "reading",
-            State::ConfirmOnPhone => "confirm_on_phone",
-            State::Approved(_) => "approved",
-            State::Declined { .. } => "declined",
-            State::Cancelled(_) => "cancelled",
-            State::Expired => "expired",
-        }
-    }
-
-    pub(crate) fn is_final(&self) -> bool {
-        matches!(
-            self,
-            State::Approved(_) | State::Declined { .. } | State::Cancelled(_) | State::Expired
-        )
-    }
-
-    /// What a person at the counter reads.
-    pub(crate) fn message(&self) -> String {
-        match self {
-            State::Queued => "waiting for the reader".into(),
-            State::WaitingForPhone => "tap your phone".into(),
-            State::Reading => "reading".into(),
-            State::ConfirmOnPhone => "confirm on your phone, then tap again".into(),
-            State::Approved(a) => {
-                let mut line = format!("approved — queued #{}", a.seq);
-                if let Some(n) = &a.order_number {
-                    line.push_str(&format!(", order {n}"));
-                }
-                if let (Some(s), Some(p)) = (a.slot, &a.parcel) {
-                    line.push_str(&format!(", slot {s} for parcel {p}"));
-                }
-                line
-            }
-            State::Declined { message, .. } => format!("declined: {message}"),
-            State::Cancelled(CancelReason::Request) => "cancelled".into(),
-            State::Cancelled(CancelReason::Shutdown) => {
-                "cancelled: the terminal is shutting down".into()
-            }
-            State::Expired => "no phone in time".into(),
-        }
-    }
-}
-
-/// One state change, as the event stream delivers it.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Event {
-    /// 1, 2, … within the intent (the SSE `id`).
-    pub seq: usize,
-    pub state: &'static str,
-    pub message: String,
-    pub at: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approved: Option<Box<Approved>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub declined: Option<DeclineView>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct DeclineView {
-    pub code: String,
-    pub message: String,
-}
-
-/// Events kept per intent; past it only the final one is still recorded.
-const MAX_EVENTS: usize = 64;
-
-#[derive(Debug)]
-struct CellInner {
-    state: State,
-    events: Vec<Event>,
-    taps: u32,
-    finished: Option<Instant>,
-}
-
-/// Why `DELETE` did not cancel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CancelRefused {
-    TapInProgress,
-    AlreadyFinal(&'static str),
-}
-
-/// One tap intent, shared by the API and the reader.
-#[derive(Debug)]
-pub(crate) struct IntentCell {
-    pub id: String,
-    pub intent: Intent,
-    /// The request as received (echoed back; compared for idempotency).
-    pub request: serde_json::Value,
-    pub key: Option<String>,
-    pub created_at: u64,
-    pub expires_at: u64,
-    deadline: Instant,
-    inner: Mutex<CellInner>,
-    version: watch::Sender<usize>,
-}
-
-/// A snapshot of an intent for the API.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct IntentView {
-    pub id: String,
-    pub kind: ScenarioKind,
-    pub state: &'static str,
-    pub message: String,
-    #[serde(rename = "final")]
-    pub is_final: bool,
-    pub created_at: u64,
-    pub expires_at: u64,
-    pub taps: u32,
-    pub request: serde_json::Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approved: Option<Box<Approved>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub declined: Option<DeclineView>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cancel_reason: Option<CancelReason>,
-}
+// ---------------------------------------------------------------- shared
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking holder leaves consistent data behind (every update is a
@@ -260,201 +109,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn kind(intent: &Intent) -> ScenarioKind {
-    match intent {
-        Intent::Pay { .. } => ScenarioKind::Pay,
-        Intent::Order { .. } => ScenarioKind::Order,
-        Intent::Pickup { .. } => ScenarioKind::Pickup,
+/// The reader's current wait for a phone, which others end at once when
+/// the reader must look again: an intent cancelled or expired, an update
+/// from the uploader. Shutdown ends every wait through the reader's stop
+/// token, the parent of each wait's token.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Wake(Arc<Mutex<Cancel>>);
+
+impl Wake {
+    /// A new token for the next wait, ended by [`Wake::wake`] or by `stop`.
+    /// Armed before the reader looks at intents and updates, so a wake that
+    /// comes after that look ends the wait that follows it.
+    fn arm(&self, stop: &Cancel) -> Cancel {
+        let c = stop.child();
+        *lock(&self.0) = c.clone();
+        c
+    }
+
+    /// End the reader's current wait (it looks again).
+    pub(crate) fn wake(&self) {
+        lock(&self.0).cancel();
     }
 }
-
-impl IntentCell {
-    pub(crate) fn new(
-        intent: Intent,
-        request: serde_json::Value,
-        key: Option<String>,
-        timeout: Duration,
-    ) -> Self {
-        let mut id = [0u8; 12];
-        OsRng.fill_bytes(&mut id);
-        let created_at = unix_now();
-        let first = Event {
-            seq: 1,
-            state: "queued",
-            message: State::Queued.message(),
-            at: created_at,
-            approved: None,
-            declined: None,
-        };
-        IntentCell {
-            id: format!("in_{}", hex::encode(id)),
-            intent,
-            request,
-            key,
-            created_at,
-            expires_at: created_at.saturating_add(timeout.as_secs()),
-            deadline: Instant::now() + timeout,
-            inner: Mutex::new(CellInner {
-                state: State::Queued,
-                events: vec![first],
-                taps: 0,
-                finished: None,
-            }),
-            version: watch::channel(1).0,
-        }
-    }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<usize> {
-        self.version.subscribe()
-    }
-
-    pub(crate) fn view(&self) -> IntentView {
-        let g = lock(&self.inner);
-        IntentView {
-            id: self.id.clone(),
-            kind: kind(&self.intent),
-            state: g.state.name(),
-            message: g.state.message(),
-            is_final: g.state.is_final(),
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-            taps: g.taps,
-            request: self.request.clone(),
-            idempotency_key: self.key.clone(),
-            approved: match &g.state {
-                State::Approved(a) => Some(a.clone()),
-                _ => None,
-            },
-            declined: match &g.state {
-                State::Declined { code, message } => Some(DeclineView {
-                    code: code.clone(),
-                    message: message.clone(),
-                }),
-                _ => None,
-            },
-            cancel_reason: match &g.state {
-                State::Cancelled(r) => Some(*r),
-                _ => None,
-            },
-        }
-    }
-
-    pub(crate) fn is_final(&self) -> bool {
-        lock(&self.inner).state.is_final()
-    }
-
-    fn state(&self) -> State {
-        lock(&self.inner).state.clone()
-    }
-
-    /// Events from number `from` (1-based) on, and whether the intent is over
-    /// (then the list ends with its final event).
-    pub(crate) fn events_from(&self, from: usize) -> (Vec<Event>, bool) {
-        let g = lock(&self.inner);
-        let list = g.events.iter().filter(|e| e.seq >= from).cloned().collect();
-        (list, g.state.is_final())
-    }
-
-    /// Move to `to` if `allowed(current)`; record the event; wake watchers.
-    fn transition(&self, to: State, allowed: impl FnOnce(&State) -> bool) -> bool {
-        let mut g = lock(&self.inner);
-        if g.state.is_final() || !allowed(&g.state) {
-            return false;
-        }
-        if to == State::Reading {
-            g.taps = g.taps.saturating_add(1);
-        }
-        let final_now = to.is_final();
-        if final_now {
-            g.finished = Some(Instant::now());
-        }
-        if g.events.len() < MAX_EVENTS || final_now {
-            let event = Event {
-                seq: g.events.last().map_or(1, |e| e.seq + 1),
-                state: to.name(),
-                message: to.message(),
-                at: unix_now(),
-                approved: match &to {
-                    State::Approved(a) => Some(a.clone()),
-                    _ => None,
-                },
-                declined: match &to {
-                    State::Declined { code, message } => Some(DeclineView {
-                        code: code.clone(),
-                        message: message.clone(),
-                    }),
-                    _ => None,
-                },
-            };
-            g.events.push(event);
-        }
-        g.state = to;
-        let n = g.events.len();
-        drop(g);
-        self.version.send_replace(n);
-        true
-    }
-
-    /// The reader takes it up: queued → waiting for a phone.
-    fn activate(&self) -> bool {
-        self.transition(State::WaitingForPhone, |s| *s == State::Queued)
-    }
-
-    /// A phone entered the field for this intent.
-    fn begin_reading(&self) -> bool {
-        self.transition(State::Reading, |s| {
-            matches!(s, State::WaitingForPhone | State::ConfirmOnPhone)
-        })
-    }
-
-    /// The end of a tap, from the reader.
-    fn settle(&self, to: State) -> bool {
-        self.transition(to, |_| true)
-    }
-
-    pub(crate) fn cancel(&self) -> Result<(), CancelRefused> {
-        if self.transition(State::Cancelled(CancelReason::Request), |s| {
-            matches!(
-                s,
-                State::Queued | State::WaitingForPhone | State::ConfirmOnPhone
-            )
-        }) {
-            return Ok(());
-        }
-        match self.state() {
-            State::Reading => Err(CancelRefused::TapInProgress),
-            State::Cancelled(_) => Ok(()),
-            s => Err(CancelRefused::AlreadyFinal(s.name())),
-        }
-    }
-
-    /// Past its deadline and not being read: expired.
-    fn expire_if_due(&self, now: Instant) -> bool {
-        now >= self.deadline && self.transition(State::Expired, |s| *s != State::Reading)
-    }
-
-    fn finished_at(&self) -> Option<Instant> {
-        lock(&self.inner).finished
-    }
-}
-
-/// Why an intent could not be created.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum CreateRefused {
-    /// Same idempotency key, another request.
-    KeyConflict(String),
-    TooMany(usize),
-    ShuttingDown,
-}
-
-/// Every intent the daemon remembers, and the idempotency keys.
-#[derive(Debug, Default)]
-pub(crate) struct Registry {
-    intents: HashMap<String, Arc<IntentCell>>,
-    keys: HashMap<String, String>,
-}
-
-// ---------------------------------------------------------------- shared
 
 /// Messages from the uploader to the reader thread.
 #[derive(Debug)]
@@ -514,6 +190,8 @@ pub(crate) struct Shared {
     pub uploader: Option<Arc<Uploader>>,
     pub reader: Mutex<ReaderStatus>,
     pub shutting_down: AtomicBool,
+    /// Ends the reader's wait for a phone (see [`Wake`]).
+    pub wake: Wake,
     pub opts: Options,
     pub terminal: TerminalInfo,
     /// The revocation list in force (kept current by the uploader).
@@ -536,6 +214,16 @@ impl Shared {
 
     pub(crate) fn reader_status(&self) -> ReaderStatus {
         lock(&self.reader).clone()
+    }
+
+    /// Cancel `cell` (`DELETE`): a reader waiting for a phone for it stops
+    /// waiting at once.
+    pub(crate) fn cancel(&self, cell: &IntentCell) -> Result<(), CancelRefused> {
+        let r = cell.cancel();
+        if r.is_ok() {
+            self.wake.wake();
+        }
+        r
     }
 
     pub(crate) fn get(&self, id: &str) -> Option<Arc<IntentCell>> {
@@ -648,8 +336,12 @@ impl Shared {
     fn housekeeping(&self) {
         let now = Instant::now();
         let mut reg = lock(&self.registry);
+        let mut expired = false;
         for c in reg.intents.values() {
-            c.expire_if_due(now);
+            expired |= c.expire_if_due(now);
+        }
+        if expired {
+            self.wake.wake();
         }
         let mut finished: Vec<(Instant, String, Option<String>)> = reg
             .intents
@@ -669,9 +361,11 @@ impl Shared {
     }
 }
 
+mod intents;
 mod reader;
 mod uploader;
 
+pub(crate) use intents::*;
 use reader::Reader;
 use uploader::UploadInner;
 pub(crate) use uploader::Uploader;
@@ -682,7 +376,8 @@ pub(crate) use uploader::Uploader;
 pub struct Daemon {
     shared: Arc<Shared>,
     reader: Reader,
-    stopping: Arc<AtomicBool>,
+    /// Cancelled at shutdown: ends the reader's waits, and it stops.
+    stop: Cancel,
 }
 
 impl core::fmt::Debug for Daemon {
@@ -700,9 +395,10 @@ impl Daemon {
     pub fn new(
         config: &Config,
         engine: Engine,
-        field: Box<dyn Field>,
+        field: Field,
         opts: Options,
     ) -> Result<Self, Error> {
+        let wake = Wake::default();
         let (intents_tx, intents_rx) = mpsc::channel();
         let (updates_tx, updates_rx) = mpsc::channel();
         let revocations = Arc::new(Mutex::new(engine.ctx.revocations.clone()));
@@ -730,6 +426,7 @@ impl Daemon {
                     after_taps: host.sync_after_taps,
                     revocations_path: config.trust.revocations.as_ref().map(|p| config.path(p)),
                     updates: updates_tx,
+                    wake: wake.clone(),
                     revocations: revocations.clone(),
                 }))
             }
@@ -747,6 +444,7 @@ impl Daemon {
                 ..Default::default()
             }),
             shutting_down: AtomicBool::new(false),
+            wake: wake.clone(),
             revocations,
             revocation_grace: engine.revocation_grace,
             terminal: TerminalInfo {
@@ -758,15 +456,15 @@ impl Daemon {
             },
             opts: opts.clone(),
         });
-        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = Cancel::new();
         let reader = Reader {
             engine,
             field,
             intents: intents_rx,
             updates: updates_rx,
             shared: shared.clone(),
-            stopping: stopping.clone(),
-            slice: opts.slice,
+            stop: stop.clone(),
+            wake,
             open_command: config
                 .kiosk
                 .as_ref()
@@ -777,7 +475,7 @@ impl Daemon {
         Ok(Daemon {
             shared,
             reader,
-            stopping,
+            stop,
         })
     }
 
@@ -798,12 +496,12 @@ impl Daemon {
         let Daemon {
             shared,
             reader,
-            stopping,
+            stop,
         } = self;
         // Should this future be dropped half-way, the reader still stops.
         let _guard = StopReader {
             shared: shared.clone(),
-            stopping: stopping.clone(),
+            stop: stop.clone(),
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -842,7 +540,7 @@ impl Daemon {
         };
         tracing::info!("shutting down");
         shared.shutting_down.store(true, Ordering::SeqCst);
-        stopping.store(true, Ordering::SeqCst);
+        stop.cancel();
         let _ = stop_tx.send(true);
         // No new intents reach the reader; it drains and cancels the queue.
         lock(&shared.intents_tx).take();
@@ -880,13 +578,13 @@ impl Daemon {
 /// Tells the reader thread to stop (finishing a tap in flight) when dropped.
 struct StopReader {
     shared: Arc<Shared>,
-    stopping: Arc<AtomicBool>,
+    stop: Cancel,
 }
 
 impl Drop for StopReader {
     fn drop(&mut self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
-        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.cancel();
         lock(&self.shared.intents_tx).take();
     }
 }

@@ -2,6 +2,21 @@
 
 use super::*;
 
+/// How long the reader rests after a reader error before it waits again.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Sleep `d`, or less once `cancel` is set.
+fn pause(d: Duration, cancel: &Cancel) {
+    let end = Instant::now() + d;
+    while !cancel.is_cancelled() {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(20)));
+    }
+}
+
 /// How long an intent waits for the start-up sync of a fresh queue.
 const SYNC_WAIT: Duration = Duration::from_secs(5);
 
@@ -28,12 +43,13 @@ enum Outcome {
 
 pub(super) struct Reader {
     pub(super) engine: Engine,
-    pub(super) field: Box<dyn Field>,
+    pub(super) field: Field,
     pub(super) intents: mpsc::Receiver<Arc<IntentCell>>,
     pub(super) updates: mpsc::Receiver<Update>,
     pub(super) shared: Arc<Shared>,
-    pub(super) stopping: Arc<AtomicBool>,
-    pub(super) slice: Duration,
+    /// Cancelled at shutdown: ends every wait, and the loop.
+    pub(super) stop: Cancel,
+    pub(super) wake: Wake,
     pub(super) open_command: Vec<String>,
     pub(super) approved_since_kick: u32,
 }
@@ -55,7 +71,7 @@ impl Reader {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
-            if self.stopping.load(Ordering::SeqCst) {
+            if self.stop.is_cancelled() {
                 cell.settle(State::Cancelled(CancelReason::Shutdown));
                 continue;
             }
@@ -144,11 +160,13 @@ impl Reader {
             request: serde_json::to_vec(&cell.request).unwrap_or_default(),
         });
         loop {
+            // Armed first: whatever changes after the look below ends the wait.
+            let wait = self.wake.arm(&self.stop);
             self.apply_updates();
             if cell.is_final() {
                 return;
             }
-            if self.stopping.load(Ordering::SeqCst) {
+            if self.stop.is_cancelled() {
                 cell.settle(State::Cancelled(CancelReason::Shutdown));
                 return;
             }
@@ -156,14 +174,16 @@ impl Reader {
             if cell.expire_if_due(now) {
                 return;
             }
-            let slice = self
-                .slice
-                .min(cell.deadline.saturating_duration_since(now))
+            let left = cell
+                .deadline
+                .saturating_duration_since(now)
                 .max(Duration::from_millis(1));
             let mut outcome: Option<Outcome> = None;
             let engine = &mut self.engine;
             let open_command = &self.open_command;
-            let result = self.field.with_phone(slice, &mut |link| {
+            // The phone's leaving is waited for until shutdown only: a
+            // phone resting on the reader must not tap the next intent.
+            let result = self.field.with_phone(left, &wait, &self.stop, &mut |link| {
                 if !cell.begin_reading() {
                     // Cancelled or expired a moment ago: leave the phone alone.
                     return TapResult::Declined(Decline::BadIntent {
@@ -220,11 +240,7 @@ impl Reader {
                 None if result.is_err() => {
                     // The reader failed (unplugged, daemon gone): retry in a
                     // while, still watching for cancellation and expiry.
-                    std::thread::sleep(
-                        self.slice
-                            .max(Duration::from_millis(100))
-                            .min(Duration::from_secs(1)),
-                    );
+                    pause(ERROR_PAUSE, &wait);
                 }
                 None => {}
             }

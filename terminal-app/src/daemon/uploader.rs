@@ -20,6 +20,8 @@ pub(crate) struct Uploader {
     pub(crate) after_taps: u32,
     pub(super) revocations_path: Option<PathBuf>,
     pub(super) updates: mpsc::Sender<Update>,
+    /// Ends the reader's wait for a phone, so it takes the update at once.
+    pub(super) wake: Wake,
     pub(super) revocations: Arc<Mutex<Option<RevocationList>>>,
 }
 
@@ -52,6 +54,7 @@ impl Uploader {
         }
         // Even a failed sync may have pruned acknowledged batches.
         let _ = self.updates.send(Update::Synced);
+        self.wake.wake();
         drop(guard);
         let mut s = lock(&self.status);
         s.attempted_at = Some(started);

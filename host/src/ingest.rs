@@ -196,10 +196,7 @@ fn summarize(record: &TransactionRecord, terminal_name: &str) -> RecordSummary {
     if let Ok(auth) = record.auth_body() {
         s.tap_time = Some(u64::from(auth.time));
         s.scenario = Some(auth.scenario.kind());
-        if let Some(a) = auth.scenario.amount() {
-            s.amount_minor = Some(a.minor);
-            s.currency = Some(a.currency.as_str().to_owned());
-        }
+        s.set_amount(auth.scenario.amount());
         if let Scenario::Pickup { site } = &auth.scenario {
             s.site = Some(site.clone());
         }

@@ -31,7 +31,7 @@ pub struct LedgerRow {
     pub day: String,
     /// ISO 4217 code (absent for pickups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub currency: Option<String>,
+    pub currency: Option<Currency>,
     /// Settled records.
     pub count: u64,
     /// Sum of settled amounts, minor units.
@@ -48,7 +48,7 @@ pub struct LedgerRow {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerTotal {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub currency: Option<String>,
+    pub currency: Option<Currency>,
     pub count: u64,
     pub amount_minor: u64,
 }
@@ -87,11 +87,15 @@ pub fn utc_day(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-type Key = (String, String, String, Option<String>);
+type Key = (String, String, String, Option<Currency>);
 
-fn add_to(totals: &mut BTreeMap<Option<String>, LedgerTotal>, cur: &Option<String>, amount: u64) {
-    let t = totals.entry(cur.clone()).or_insert_with(|| LedgerTotal {
-        currency: cur.clone(),
+fn add_to(
+    totals: &mut BTreeMap<Option<Currency>, LedgerTotal>,
+    cur: Option<Currency>,
+    amount: u64,
+) {
+    let t = totals.entry(cur).or_insert_with(|| LedgerTotal {
+        currency: cur,
         count: 0,
         amount_minor: 0,
     });
@@ -117,14 +121,14 @@ impl Ledger {
                 hex::encode(r.terminal),
                 scenario.clone(),
                 day.clone(),
-                s.currency.clone(),
+                s.currency,
             );
             let row = rows.entry(key).or_insert_with(|| LedgerRow {
                 terminal: hex::encode(r.terminal),
                 terminal_name: s.terminal_name.clone(),
                 scenario,
                 day,
-                currency: s.currency.clone(),
+                currency: s.currency,
                 count: 0,
                 amount_minor: 0,
                 held: 0,
@@ -132,25 +136,25 @@ impl Ledger {
                 declined: 0,
                 declined_amount_minor: 0,
             });
-            let amount = s.amount_minor.unwrap_or(0);
+            let amount = s.amount().map_or(0, |a| a.minor);
             match r.disposition {
                 Disposition::Accepted if r.is_settled() => {
                     row.count += 1;
                     row.amount_minor = row.amount_minor.saturating_add(amount);
                     ledger.settled += 1;
-                    add_to(&mut totals, &s.currency, amount);
+                    add_to(&mut totals, s.currency, amount);
                 }
                 Disposition::Accepted => {
                     row.held += 1;
                     row.held_amount_minor = row.held_amount_minor.saturating_add(amount);
                     ledger.held += 1;
-                    add_to(&mut held_totals, &s.currency, amount);
+                    add_to(&mut held_totals, s.currency, amount);
                 }
                 Disposition::Declined(reason) => {
                     row.declined += 1;
                     row.declined_amount_minor = row.declined_amount_minor.saturating_add(amount);
                     ledger.declined += 1;
-                    add_to(&mut declined_totals, &s.currency, amount);
+                    add_to(&mut declined_totals, s.currency, amount);
                     *ledger
                         .declined_reasons
                         .entry(reason.as_str().to_owned())
@@ -169,8 +173,7 @@ impl Ledger {
     /// A table for people.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let money = |minor: u64, cur: &Option<String>| match cur.as_deref().and_then(Currency::new)
-        {
+        let money = |minor: u64, cur: &Option<Currency>| match *cur {
             Some(currency) => Amount { minor, currency }.to_string(),
             None => "-".to_owned(),
         };
@@ -203,7 +206,7 @@ impl Ledger {
                 let _ = writeln!(out, "  none");
             }
             for t in totals {
-                let what = t.currency.as_deref().unwrap_or("pickups");
+                let what = t.currency.as_ref().map_or("pickups", Currency::as_str);
                 let _ = writeln!(
                     out,
                     "  {what:<8} {:>7} records {:>18}",
@@ -250,7 +253,7 @@ mod tests {
                 terminal_name: "Tea House".into(),
                 scenario: Some(ScenarioKind::Pay),
                 amount_minor: Some(minor),
-                currency: Some("CNY".into()),
+                currency: Currency::new("CNY"),
                 tap_time: Some(1_780_000_000),
                 ..Default::default()
             },

@@ -103,6 +103,7 @@ impl AtcPolicy {
 /// The scenario of a record, as the ledger groups it (the protocol's one
 /// kind; stored as `"pay"`, `"order"`, `"pickup"`).
 pub use tapstack_protocol::scenario::ScenarioKind;
+use tapstack_protocol::scenario::{Amount, Currency};
 
 /// What the ledger needs to know about a record without re-decoding it.
 /// Fields are `None` when a declined record's transcript did not decode.
@@ -111,10 +112,11 @@ pub struct RecordSummary {
     /// Common name of the terminal certificate (the merchant name).
     pub terminal_name: String,
     pub scenario: Option<ScenarioKind>,
-    /// Amount in minor units (pay, order).
+    /// Amount in minor units (pay, order): with `currency`, the tap's
+    /// [`Amount`] ([`RecordSummary::amount`]), stored as two columns.
     pub amount_minor: Option<u64>,
     /// ISO 4217 code (pay, order).
-    pub currency: Option<String>,
+    pub currency: Option<Currency>,
     /// Site (pickup).
     pub site: Option<String>,
     /// Terminal time of the tap (Unix seconds).
@@ -132,6 +134,22 @@ pub struct RecordSummary {
     /// Pickup credential id, hex.
     pub credential: Option<String>,
     pub order_number: Option<String>,
+}
+
+impl RecordSummary {
+    /// The tap's amount (pay, order).
+    pub fn amount(&self) -> Option<Amount> {
+        Some(Amount {
+            minor: self.amount_minor?,
+            currency: self.currency?,
+        })
+    }
+
+    /// Store `amount` in its two columns.
+    pub fn set_amount(&mut self, amount: Option<Amount>) {
+        self.amount_minor = amount.map(|a| a.minor);
+        self.currency = amount.map(|a| a.currency);
+    }
 }
 
 /// One stored record: the exact bytes the terminal signed plus what the host

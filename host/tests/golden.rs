@@ -86,9 +86,10 @@ fn a_store_written_by_this_release_still_opens_and_keeps_its_records_once() {
     }
     let (pay, pickup) = (&stored[0].summary, &stored[1].summary);
     assert_eq!(
-        (pay.amount_minor, pay.currency.as_deref()),
-        (Some(1250), Some("CNY"))
+        pay.amount().map(|a| a.to_string()).as_deref(),
+        Some("12.50 CNY")
     );
+    assert_eq!(pickup.amount(), None);
     assert_eq!(pickup.site.as_deref(), Some("LOCKER-7"));
     assert!(pickup.credential.is_some());
     assert_eq!((pay.atc, pickup.atc), (Some(1), Some(2)));

@@ -11,7 +11,7 @@ use tapstack_host::store::Disposition;
 use tapstack_host::wire::{BatchRequest, BatchResponse, Flag, Reason, RecordStatus};
 use tapstack_protocol::crypto;
 use tapstack_protocol::record::TransactionRecord;
-use tapstack_protocol::scenario::{PickupCredential, Scenario};
+use tapstack_protocol::scenario::{Currency, PickupCredential, Scenario};
 use tapstack_protocol::Codec;
 
 fn statuses(r: &BatchResponse) -> Vec<(RecordStatus, Option<Reason>)> {
@@ -76,7 +76,7 @@ async fn good_batch_of_every_scenario_is_stored_and_acknowledged() {
     let cny = ledger
         .totals
         .iter()
-        .find(|t| t.currency.as_deref() == Some("CNY"))
+        .find(|t| t.currency == Currency::new("CNY"))
         .unwrap();
     assert_eq!((cny.count, cny.amount_minor), (2, 1250 + 2950));
     host.stop().await;
@@ -604,7 +604,7 @@ async fn bad_cryptogram_is_declined_and_reused_credential_is_flagged() {
         .iter()
         .map(|t| (t.currency.clone(), t.count))
         .collect();
-    assert_eq!(cny, vec![(Some("CNY".to_owned()), 1)]);
+    assert_eq!(cny, vec![(Currency::new("CNY"), 1)]);
     host.stop().await;
 }
 

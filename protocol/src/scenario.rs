@@ -68,14 +68,77 @@ impl Currency {
     }
 }
 
+/// The code as text (`"CNY"`); only an active ISO 4217 code deserializes.
+#[cfg(feature = "serde")]
+impl serde::Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Currency::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An optional [`Amount`] as two fields of the object around it — `amount`
+/// (minor units) and `currency` (the code), both `null` without an amount
+/// (a pickup) — for `#[serde(flatten, with = "amount_fields")]`. This is
+/// the shape of the terminal's API (docs/terminal-api.yaml).
+#[cfg(feature = "serde")]
+pub mod amount_fields {
+    use super::{Amount, Currency};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Fields {
+        amount: Option<u64>,
+        currency: Option<Currency>,
+    }
+
+    pub fn serialize<S: Serializer>(a: &Option<Amount>, s: S) -> Result<S::Ok, S::Error> {
+        Fields {
+            amount: a.map(|a| a.minor),
+            currency: a.map(|a| a.currency),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Amount>, D::Error> {
+        match Fields::deserialize(d)? {
+            Fields {
+                amount: Some(minor),
+                currency: Some(currency),
+            } => Ok(Some(Amount { minor, currency })),
+            Fields {
+                amount: None,
+                currency: None,
+            } => Ok(None),
+            _ => Err(serde::de::Error::custom(
+                "amount and currency come together or not at all",
+            )),
+        }
+    }
+}
+
 impl core::fmt::Display for Currency {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// An amount in minor units of a currency.
+/// An amount in minor units of a currency: the one money type, from the
+/// CLI's and the API's decimal text ([`Amount::parse`]) through scenarios,
+/// records, the terminal's views and the host's ledger to the printed
+/// `12.50 CNY` ([`Display`](core::fmt::Display)). With the `serde` feature it is
+/// `{"minor": 1250, "currency": "CNY"}` on its own, and [`amount_fields`]
+/// carries an optional one as the `amount`/`currency` pair of the API's
+/// objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Amount {
     pub minor: u64,
     pub currency: Currency,
@@ -590,6 +653,51 @@ impl Codec for Receipt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn money_in_json_is_one_type_both_ways() {
+        use serde_json::json;
+        let cny = Currency::new("CNY").unwrap();
+        let a = Amount::parse("12.50", cny).unwrap();
+        assert_eq!(
+            serde_json::to_value(a).unwrap(),
+            json!({"minor": 1250, "currency": "CNY"})
+        );
+        assert_eq!(
+            serde_json::from_value::<Amount>(json!({"minor": 1250, "currency": "CNY"})).unwrap(),
+            a
+        );
+        // Only active ISO 4217 codes come in.
+        for bad in ["XYZ", "cny", "CNYY", "XTS"] {
+            assert!(
+                serde_json::from_value::<Currency>(json!(bad)).is_err(),
+                "{bad}"
+            );
+        }
+        // The API's pair of fields.
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct View {
+            seq: u64,
+            #[serde(flatten, with = "amount_fields")]
+            amount: Option<Amount>,
+        }
+        let paid = View {
+            seq: 1,
+            amount: Some(a),
+        };
+        let v = serde_json::to_value(&paid).unwrap();
+        assert_eq!(v, json!({"seq": 1, "amount": 1250, "currency": "CNY"}));
+        assert_eq!(serde_json::from_value::<View>(v).unwrap(), paid);
+        let pickup = View {
+            seq: 2,
+            amount: None,
+        };
+        let v = serde_json::to_value(&pickup).unwrap();
+        assert_eq!(v, json!({"seq": 2, "amount": null, "currency": null}));
+        assert_eq!(serde_json::from_value::<View>(v).unwrap(), pickup);
+        assert!(serde_json::from_value::<View>(json!({"seq": 3, "amount": 5})).is_err());
+    }
 
     fn cny() -> Currency {
         Currency::new("CNY").unwrap()

@@ -4,7 +4,7 @@
 //! The transaction view is the one `GET /v1/transactions` returns.
 
 use serde::Serialize;
-use tapstack_protocol::scenario::ScenarioKind;
+use tapstack_protocol::scenario::{amount_fields, Amount, Currency, ScenarioKind};
 
 use crate::queue::{QueueStore, Stored};
 use crate::tap::{Approved, Decline, Engine, TapResult, Terms};
@@ -90,9 +90,9 @@ pub struct TransactionView {
     pub seq: u64,
     pub record_id: String,
     pub kind: ScenarioKind,
-    /// Minor units; `null` for pickups.
-    pub amount: Option<u64>,
-    pub currency: Option<String>,
+    /// `amount` (minor units) and `currency`; `null` for pickups.
+    #[serde(flatten, with = "amount_fields")]
+    pub amount: Option<Amount>,
     pub order_number: Option<String>,
     pub recorded_at: u64,
     /// The host acknowledged it (about to be pruned).
@@ -107,13 +107,11 @@ impl TransactionView {
             what: "record",
             detail: e.to_string(),
         })?;
-        let amount = scenario.amount();
         Ok(TransactionView {
             seq: s.seq,
             record_id: hex::encode(s.hash),
             kind: scenario.kind(),
-            amount: amount.map(|a| a.minor),
-            currency: amount.map(|a| a.currency.to_string()),
+            amount: scenario.amount(),
             order_number: r.order_number,
             recorded_at: r.recorded_at,
             uploaded: s.seq <= acked,
@@ -137,7 +135,7 @@ impl TransactionView {
 pub struct QueueReport {
     /// The terminal certificate's common name.
     pub terminal: String,
-    pub currency: String,
+    pub currency: Currency,
     /// Records waiting for upload.
     pub pending: u32,
     /// Their total, minor units of `currency` (pickups count 0).
@@ -161,7 +159,7 @@ impl QueueReport {
     pub fn of(engine: &Engine, last: usize) -> Result<Self, Error> {
         Ok(QueueReport {
             terminal: engine.ctx.certificate.common_name().to_string(),
-            currency: engine.currency.to_string(),
+            currency: engine.currency,
             pending: engine.risk.queued_count,
             pending_amount: engine.risk.queued_amount,
             oldest: engine.risk.oldest,

@@ -13,7 +13,7 @@ use tapstack_protocol::error::Error as ProtocolError;
 use tapstack_protocol::messages::Cvm;
 use tapstack_protocol::record::TransactionRecord;
 use tapstack_protocol::scenario::{
-    record_check, Amount, Cart, Currency, Receipt, Scenario, ScenarioKind,
+    amount_fields, record_check, Amount, Cart, Currency, Receipt, Scenario, ScenarioKind,
 };
 use tapstack_protocol::terminal::{
     RelayPolicy, TapOutcome, TapParams, TerminalContext, TerminalEvent, TerminalSession,
@@ -396,8 +396,9 @@ pub struct Approved {
     #[serde(with = "hex_bytes")]
     pub record_id: [u8; 32],
     pub kind: ScenarioKind,
-    pub amount: Option<u64>,
-    pub currency: Option<String>,
+    /// `amount` (minor units) and `currency`; `null` for pickups.
+    #[serde(flatten, with = "amount_fields")]
+    pub amount: Option<Amount>,
     pub atc: u32,
     pub cvm: &'static str,
     #[serde(with = "hex_bytes")]
@@ -424,8 +425,7 @@ impl Approved {
             seq,
             record_id,
             kind: scenario.kind(),
-            amount: scenario.amount().map(|a| a.minor),
-            currency: scenario.amount().map(|a| a.currency.to_string()),
+            amount: scenario.amount(),
             atc,
             cvm: cvm_name(cvm),
             wallet,

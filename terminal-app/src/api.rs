@@ -33,14 +33,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, MAX_CART_ITEMS, MAX_SITE};
+use tapstack_protocol::scenario::MAX_CART_ITEMS;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::daemon::{
-    CancelRefused, CreateRefused, Daemon, Event, IntentCell, Shared, SyncStatus, TerminalInfo,
-};
+use crate::daemon::{CancelRefused, CreateRefused, Daemon, Event, IntentCell, Shared, SyncStatus};
+use crate::request::IntentRequest;
 use crate::tap::Intent;
 use crate::Error;
 
@@ -403,99 +402,24 @@ async fn create_intent(shared: &Arc<Shared>, req: Request<Incoming>) -> Handled 
 }
 
 /// Parse and validate a request; the returned value is the request as
-/// received (echoed back and compared for idempotency).
+/// received (echoed back and compared for idempotency). Three steps: the
+/// JSON's shape (what is missing, unknown or of the wrong type: 400, with
+/// the field's path), then the [`IntentRequest`] the CLI reads too, then
+/// the one conversion to an intent both share ([`IntentRequest::to_intent`]:
+/// 422 with its code; a missing pickup site is a 400).
 fn parse_intent(shared: &Shared, body: &[u8]) -> Result<(Intent, Value), ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad("bad_json", format!("request body is not JSON: {e}")))?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| ApiError::bad("bad_json", "the request body must be a JSON object"))?;
-    let kind = match obj.get("kind") {
-        Some(Value::String(k)) => k.as_str(),
-        Some(_) => {
-            return Err(ApiError::bad(
-                "bad_field",
-                "kind must be a string: pay, order or pickup",
-            ))
-        }
-        None => {
-            return Err(ApiError::bad(
-                "missing_field",
-                "kind is required: pay, order or pickup",
-            ))
-        }
-    };
+    check_shape(&value)?;
+    let request: IntentRequest = serde_json::from_value(value.clone())
+        .map_err(|e| ApiError::bad("bad_json", format!("request body: {e}")))?;
     let terminal = &shared.terminal;
-    let intent = match kind {
-        "pay" => {
-            only_fields(obj, "", &["kind", "amount", "currency"])?;
-            let currency = currency_field(terminal, obj, "", "currency")?;
-            let amount = amount_field(obj.get("amount"), "amount", currency)?;
-            Intent::Pay { amount }
-        }
-        "order" => {
-            only_fields(obj, "", &["kind", "cart"])?;
-            let cart = match obj.get("cart") {
-                Some(Value::Object(c)) => c,
-                Some(_) => {
-                    return Err(ApiError::bad(
-                        "bad_field",
-                        "cart must be an object {\"currency\": …, \"items\": […]}",
-                    ))
-                }
-                None => {
-                    return Err(ApiError::bad(
-                        "missing_field",
-                        "cart is required for an order",
-                    ))
-                }
-            };
-            let cart = parse_cart(terminal, cart)?;
-            cart.validate()
-                .map_err(|e| ApiError::invalid("bad_cart", format!("cart: {e}")))?;
-            Intent::Order { cart }
-        }
-        "pickup" => {
-            only_fields(obj, "", &["kind", "site"])?;
-            let site = match obj.get("site") {
-                Some(Value::String(s)) => s.clone(),
-                Some(_) => return Err(ApiError::bad("bad_field", "site must be a string")),
-                None => terminal.kiosk_site.clone().ok_or_else(|| {
-                    ApiError::bad(
-                        "missing_field",
-                        "site is required (no [kiosk] site configured)",
-                    )
-                })?,
-            };
-            if site.is_empty() || site.len() > MAX_SITE || site.chars().any(char::is_control) {
-                return Err(ApiError::invalid(
-                    "bad_site",
-                    format!("site must be 1 to {MAX_SITE} bytes of text"),
-                ));
-            }
-            if let Some(k) = &terminal.kiosk_site {
-                if *k != site {
-                    return Err(ApiError::invalid(
-                        "wrong_site",
-                        format!("this kiosk is {k}, not {site}"),
-                    ));
-                }
-            }
-            Intent::Pickup { site }
-        }
-        other => {
-            return Err(ApiError::invalid(
-                "bad_kind",
-                format!("kind {other:?} is not pay, order or pickup"),
-            ))
-        }
-    };
-    // The checks the CLI runs too (tap::Terms): the currency, an amount
-    // above zero and within the floor limit.
-    terminal
-        .terms
-        .check_request(&intent)
-        .map_err(|d| ApiError::invalid(d.code(), terminal.terms.explain(&d)))?;
+    let intent = request
+        .to_intent(&terminal.terms, terminal.kiosk_site.as_deref())
+        .map_err(|r| match r.code {
+            "missing_field" => ApiError::bad(r.code, r.message),
+            _ => ApiError::invalid(r.code, r.message),
+        })?;
     Ok((intent, value))
 }
 
@@ -525,6 +449,65 @@ async fn check_now(shared: &Arc<Shared>, intent: &Intent) -> Result<(), ApiError
     .map_err(|d| ApiError::invalid(d.code(), terms.explain(&d)))
 }
 
+/// The request's JSON shape, field by field, before serde reads it: every
+/// problem named by its path (`cart.items[0].qty`). A JSON number where an
+/// amount goes is refused as `bad_amount` (a float cannot carry money), a
+/// quantity that is not a whole number from 1 as `bad_cart`.
+fn check_shape(value: &Value) -> Result<(), ApiError> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ApiError::bad("bad_json", "the request body must be a JSON object"))?;
+    let kind = match obj.get("kind") {
+        Some(Value::String(k)) => k.as_str(),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "bad_field",
+                "kind must be a string: pay, order or pickup",
+            ))
+        }
+        None => {
+            return Err(ApiError::bad(
+                "missing_field",
+                "kind is required: pay, order or pickup",
+            ))
+        }
+    };
+    match kind {
+        "pay" => {
+            only_fields(obj, "", &["kind", "amount", "currency"])?;
+            text_field(obj, "", "currency", true)?;
+            amount_shape(obj, "", "amount")
+        }
+        "order" => {
+            only_fields(obj, "", &["kind", "cart"])?;
+            let cart = match obj.get("cart") {
+                Some(Value::Object(c)) => c,
+                Some(_) => {
+                    return Err(ApiError::bad(
+                        "bad_field",
+                        "cart must be an object {\"currency\": …, \"items\": […]}",
+                    ))
+                }
+                None => {
+                    return Err(ApiError::bad(
+                        "missing_field",
+                        "cart is required for an order",
+                    ))
+                }
+            };
+            cart_shape(cart)
+        }
+        "pickup" => {
+            only_fields(obj, "", &["kind", "site"])?;
+            text_field(obj, "", "site", false)
+        }
+        other => Err(ApiError::invalid(
+            "bad_kind",
+            format!("kind {other:?} is not pay, order or pickup"),
+        )),
+    }
+}
+
 fn only_fields(obj: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(), ApiError> {
     match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(ApiError::bad(
@@ -535,62 +518,40 @@ fn only_fields(obj: &Map<String, Value>, at: &str, allowed: &[&str]) -> Result<(
     }
 }
 
-fn currency_field(
-    terminal: &TerminalInfo,
+/// `name` is a string (or absent, unless `required`).
+fn text_field(
     obj: &Map<String, Value>,
     at: &str,
     name: &str,
-) -> Result<Currency, ApiError> {
-    let expected = terminal.terms.currency;
-    let text = match obj.get(name) {
-        Some(Value::String(s)) => s,
-        Some(_) => {
-            return Err(ApiError::bad(
-                "bad_field",
-                format!("{at}{name} must be a string like \"{expected}\""),
-            ))
-        }
-        None => {
-            return Err(ApiError::bad(
-                "missing_field",
-                format!("{at}{name} is required"),
-            ))
-        }
-    };
-    let currency = Currency::parse(text)
-        .map_err(|e| ApiError::invalid("bad_currency", format!("{at}{name}: {e}")))?;
-    // Before the amounts are parsed: they are read in the currency's minor units.
-    terminal
-        .terms
-        .check_currency(currency)
-        .map_err(|d| ApiError::invalid(d.code(), d.to_string()))?;
-    Ok(currency)
+    required: bool,
+) -> Result<(), ApiError> {
+    match obj.get(name) {
+        Some(Value::String(_)) => Ok(()),
+        Some(_) => Err(ApiError::bad(
+            "bad_field",
+            format!("{at}{name} must be a string"),
+        )),
+        None if required => Err(ApiError::bad(
+            "missing_field",
+            format!("{at}{name} is required"),
+        )),
+        None => Ok(()),
+    }
 }
 
-fn amount_field(v: Option<&Value>, name: &str, currency: Currency) -> Result<Amount, ApiError> {
-    let text = match v {
-        Some(Value::String(s)) => s,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "bad_amount",
-                format!("{name} must be a decimal string like \"12.50\", not a JSON number"),
-            ))
-        }
-        None => {
-            return Err(ApiError::bad(
-                "missing_field",
-                format!("{name} is required"),
-            ))
-        }
-    };
-    Amount::parse(text, currency).ok_or_else(|| {
-        ApiError::invalid("bad_amount", format!("{name} {text:?} is not an amount in {currency}: digits, at most {} decimals, no sign or exponent", currency.exponent()))
-    })
+fn amount_shape(obj: &Map<String, Value>, at: &str, name: &str) -> Result<(), ApiError> {
+    match obj.get(name) {
+        Some(Value::String(_)) | None => text_field(obj, at, name, true),
+        Some(_) => Err(ApiError::invalid(
+            "bad_amount",
+            format!("{at}{name} must be a decimal string like \"12.50\", not a JSON number"),
+        )),
+    }
 }
 
-fn parse_cart(terminal: &TerminalInfo, cart: &Map<String, Value>) -> Result<Cart, ApiError> {
+fn cart_shape(cart: &Map<String, Value>) -> Result<(), ApiError> {
     only_fields(cart, "cart.", &["currency", "items"])?;
-    let currency = currency_field(terminal, cart, "cart.", "currency")?;
+    text_field(cart, "cart.", "currency", true)?;
     let items = match cart.get("items") {
         Some(Value::Array(a)) => a,
         Some(_) => return Err(ApiError::bad("bad_field", "cart.items must be an array")),
@@ -602,7 +563,6 @@ fn parse_cart(terminal: &TerminalInfo, cart: &Map<String, Value>) -> Result<Cart
             format!("a cart has 1 to {MAX_CART_ITEMS} items"),
         ));
     }
-    let mut lines = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let at = format!("cart.items[{i}].");
         let Value::Object(item) = item else {
@@ -612,28 +572,15 @@ fn parse_cart(terminal: &TerminalInfo, cart: &Map<String, Value>) -> Result<Cart
             ));
         };
         only_fields(item, &at, &["sku", "name", "qty", "price"])?;
-        let text = |name: &str| match item.get(name) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(ApiError::bad(
-                "bad_field",
-                format!("{at}{name} must be a string"),
-            )),
-            None => Err(ApiError::bad(
-                "missing_field",
-                format!("{at}{name} is required"),
-            )),
-        };
-        let (sku, name) = (text("sku")?, text("name")?);
-        let qty = match item.get("qty") {
-            Some(Value::Number(n)) => {
-                n.as_u64()
-                    .and_then(|q| u32::try_from(q).ok())
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "bad_cart",
-                            format!("{at}qty must be a whole number from 1"),
-                        )
-                    })?
+        text_field(item, &at, "sku", true)?;
+        text_field(item, &at, "name", true)?;
+        match item.get("qty") {
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|q| u32::try_from(q).is_ok()) => {}
+            Some(Value::Number(_)) => {
+                return Err(ApiError::invalid(
+                    "bad_cart",
+                    format!("{at}qty must be a whole number from 1"),
+                ))
             }
             Some(_) => {
                 return Err(ApiError::bad(
@@ -647,19 +594,10 @@ fn parse_cart(terminal: &TerminalInfo, cart: &Map<String, Value>) -> Result<Cart
                     format!("{at}qty is required"),
                 ))
             }
-        };
-        let price = amount_field(item.get("price"), &format!("{at}price"), currency)?;
-        lines.push(CartItem {
-            sku,
-            name,
-            qty,
-            unit_price: price.minor,
-        });
+        }
+        amount_shape(item, &at, "price")?;
     }
-    Ok(Cart {
-        currency,
-        items: lines,
-    })
+    Ok(())
 }
 
 fn lookup(shared: &Shared, id: &str) -> Result<Arc<IntentCell>, ApiError> {

@@ -15,11 +15,13 @@
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod counter;
 pub mod daemon;
 pub mod field;
 pub mod mark;
 pub mod queue;
 pub mod report;
+pub mod request;
 pub mod risk;
 pub mod tap;
 pub mod upload;

@@ -4,20 +4,20 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tapstack_reader::Cancel;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use rand_core::OsRng;
-use serde::{Deserialize, Serialize};
-use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency};
+use serde::Serialize;
+use tapstack_protocol::scenario::Amount;
 use tapstack_terminal::app;
 use tapstack_terminal::config::{Config, EXAMPLE};
-use tapstack_terminal::report::{exit, Outcome, QueueReport};
-use tapstack_terminal::tap::{Engine, Intent, TapResult};
-use tapstack_terminal::{unix_now, upload, utc};
+use tapstack_terminal::counter::{self, Progress};
+use tapstack_terminal::report::{exit, integrity_lines, Outcome, QueueReport};
+use tapstack_terminal::request::{CartRequest, IntentRequest};
+use tapstack_terminal::tap::{Engine, Intent};
+use tapstack_terminal::upload::{self, Repair};
 
 const EXIT_HELP: &str = "\
 Exit status of pay, order and kiosk:
@@ -124,24 +124,6 @@ enum QueueAction {
     Repair,
 }
 
-/// The cart file: amounts as decimal strings in the cart's currency.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CartFile {
-    currency: String,
-    items: Vec<CartLine>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CartLine {
-    sku: String,
-    name: String,
-    qty: u32,
-    /// Unit price, e.g. "8.00".
-    price: String,
-}
-
 /// Where the CLI writes. Stdout may be a pipe closed early (`tap-terminal
 /// queue | head`): then writing stops quietly. With `--json` stdout carries
 /// only JSON; the lines for a person go to stderr.
@@ -227,62 +209,27 @@ fn note(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-fn refused(code: &'static str, message: String) -> Outcome {
-    Outcome::Refused { code, message }
-}
-
-/// Read a cart file: `Err` if it cannot be read, `Ok(Err(refusal))` if
-/// it is not a valid cart.
-fn read_cart(path: &Path) -> Result<std::result::Result<Cart, Outcome>> {
+/// Read a cart file (JSON, at most 64 KiB): `Err` if it cannot be read,
+/// `Ok(Err(refusal))` if it is not a cart.
+fn read_cart(path: &Path) -> Result<std::result::Result<CartRequest, Outcome>> {
     let meta = std::fs::metadata(path).with_context(|| format!("cart {}", path.display()))?;
     if meta.len() > 64 * 1024 {
         bail!("cart {} is larger than 64 KiB", path.display());
     }
     let bytes = std::fs::read(path).with_context(|| format!("cart {}", path.display()))?;
-    let bad = |code, what: String| {
-        Ok(Err(refused(
-            code,
-            format!("cart {}: {what}", path.display()),
-        )))
-    };
-    let f: CartFile = match serde_json::from_slice(&bytes) {
-        Ok(f) => f,
-        Err(e) => return bad("bad_cart", e.to_string()),
-    };
-    let currency = match Currency::parse(&f.currency) {
-        Ok(c) => c,
-        Err(e) => return bad("bad_currency", format!("currency: {e}")),
-    };
-    let mut items = Vec::with_capacity(f.items.len());
-    for l in f.items {
-        let Some(price) = Amount::parse(&l.price, currency) else {
-            return bad(
-                "bad_amount",
-                format!(
-                    "item {}: price {:?} is not an amount in {currency}",
-                    l.sku, l.price
-                ),
-            );
-        };
-        items.push(CartItem {
-            sku: l.sku,
-            name: l.name,
-            qty: l.qty,
-            unit_price: price.minor,
-        });
-    }
-    let cart = Cart { currency, items };
-    if let Err(e) = cart.validate() {
-        return bad("bad_cart", e.to_string());
-    }
-    Ok(Ok(cart))
+    Ok(
+        serde_json::from_slice(&bytes).map_err(|e| Outcome::Refused {
+            code: "bad_cart",
+            message: format!("cart {}: {e}", path.display()),
+        }),
+    )
 }
 
-/// Ctrl-C or SIGTERM while `pay` or `order` waits for a phone: report
-/// `cancelled` and exit 3. Never while a phone is being read: the tap
-/// finishes and its outcome is reported instead. The flag is true once an
-/// outcome is known.
-fn cancel_on_signal(settled: Arc<Mutex<bool>>, out: Out) {
+/// A token cancelled by Ctrl-C or SIGTERM: a wait for a phone ends
+/// (`cancelled`, exit 3); a tap in progress finishes and is reported.
+fn cancel_on_signal() -> Cancel {
+    let cancel = Cancel::new();
+    let token = cancel.clone();
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -293,61 +240,63 @@ fn cancel_on_signal(settled: Arc<Mutex<bool>>, out: Out) {
                 return;
             };
             rt.block_on(tapstack_terminal::daemon::shutdown_signal());
-            let settled = settled.lock().unwrap_or_else(PoisonError::into_inner);
-            if *settled {
-                return; // the main thread reports the outcome
-            }
-            let mut out = out;
-            out.outcome(&Outcome::Cancelled {
-                message: "cancelled: no tap was taken".into(),
-            });
-            // Holding the lock: no tap can start.
-            std::process::exit(i32::from(exit::TIMED_OUT));
+            token.cancel();
         });
     if let Err(e) = spawned {
         note(&format!(
             "warning: Ctrl-C will not be reported as cancelled: {e}"
         ));
     }
+    cancel
 }
 
-/// Take one intent: the checks first (no phone is asked for if they
-/// fail), then wait for phones (a second tap after "confirm on your
-/// phone") until approved, declined or out of time.
-fn take(engine: &mut Engine, config: &Config, intent: &Intent, out: &mut Out) -> Result<Outcome> {
-    if let Err(d) = engine.check_intent(intent, unix_now()) {
-        return Ok(Outcome::refused(&engine.terms(), &d));
+/// Take one request at the counter (`pay`, `order`).
+fn take(
+    engine: &mut Engine,
+    config: &Config,
+    request: &IntentRequest,
+    out: &mut Out,
+) -> Result<Outcome> {
+    let intent = match counter::intent(engine, request, None) {
+        Ok(i) => i,
+        Err(refusal) => return Ok(refusal.into()),
+    };
+    match &intent {
+        Intent::Pay { amount } => out.say(&format!(
+            "pay {amount} at {}",
+            engine.ctx.certificate.common_name()
+        )),
+        Intent::Order { cart } => {
+            let total = Amount {
+                minor: cart.total().unwrap_or(0),
+                currency: cart.currency,
+            };
+            out.say(&format!(
+                "order of {} item(s), total {total}",
+                cart.items.len()
+            ));
+        }
+        Intent::Pickup { .. } => {}
     }
     let mut field = app::field(config)?;
-    let settled = Arc::new(Mutex::new(false));
-    cancel_on_signal(settled.clone(), *out);
+    let cancel = cancel_on_signal();
     let timeout = Duration::from_secs(config.terminal.tap_timeout_secs);
-    let deadline = Instant::now() + timeout;
-    out.say("tap your phone …");
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            let mut settled = settled.lock().unwrap_or_else(PoisonError::into_inner);
-            *settled = true;
-            return Ok(Outcome::TimedOut {
-                message: "timed out: no phone".into(),
-            });
-        }
-        let result = field.with_phone(left, &Cancel::new(), &Cancel::new(), &mut |link| {
-            let mut settled = settled.lock().unwrap_or_else(PoisonError::into_inner);
-            out.say("reading …");
-            let r = engine.tap(intent, link, unix_now(), &mut OsRng);
-            *settled = !matches!(r, TapResult::ConfirmOnPhone);
-            r
-        })?;
-        match result.as_ref().and_then(Outcome::from_tap) {
-            Some(o) => return Ok(o),
-            None if result.is_some() => out.say("confirm on your phone, then tap again"),
-            None => {}
-        }
-    }
+    Ok(counter::take(
+        engine,
+        &mut field,
+        &intent,
+        timeout,
+        &cancel,
+        &mut |p| match p {
+            Progress::WaitingForPhone => out.say("tap your phone …"),
+            Progress::Reading => out.say("reading …"),
+            Progress::ConfirmOnPhone => out.say("confirm on your phone, then tap again"),
+        },
+    )?)
 }
 
+/// The kiosk's slot-open hook, run to its end (its output on stdout unless
+/// `--json`).
 fn open_slot(out: &mut Out, command: &[String], slot: u16) -> Result<()> {
     let Some(mut cmd) = tapstack_terminal::config::open_slot_command(command, slot) else {
         out.say(&format!("open slot {slot} (no open_command configured)"));
@@ -366,36 +315,6 @@ fn open_slot(out: &mut Out, command: &[String], slot: u16) -> Result<()> {
         bail!("open_command for slot {slot} failed: {status}");
     }
     Ok(())
-}
-
-/// `queue repair`: ask the host for its head, rebuild from it.
-fn repair(config: &Config) -> Result<u8> {
-    let path = config.path(&config.queue.path);
-    let (seq, hash) = {
-        let engine = app::engine(config)?;
-        let integrity = engine.queue.integrity();
-        if integrity.is_ok() {
-            println!("queue {}: intact; nothing to repair", integrity.path);
-            return Ok(0);
-        }
-        let client = upload::client(config, &engine.ctx)?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let resp = rt
-            .block_on(client.upload(&[]))
-            .map_err(|e| anyhow::anyhow!("asking the host for its head: {e}"))?;
-        let hash: Option<[u8; 32]> = resp
-            .head_hash
-            .as_deref()
-            .and_then(|h| hex::decode(h).ok())
-            .and_then(|v| v.try_into().ok());
-        (resp.acked_seq, hash)
-    };
-    println!("the host holds this terminal's records up to #{seq}");
-    let done = tapstack_terminal::queue::Queue::repair(&path, seq, hash)?;
-    println!("{done}");
-    Ok(0)
 }
 
 fn main() -> ExitCode {
@@ -472,7 +391,18 @@ fn run(cli: Cli, out: &mut Out) -> Result<u8> {
         ..
     } = &cli.command
     {
-        return repair(&config);
+        match upload::repair(&config)? {
+            Repair::Intact { path } => {
+                out.line(&format!("queue {path}: intact; nothing to repair"))
+            }
+            Repair::Repaired { host_seq, summary } => {
+                out.line(&format!(
+                    "the host holds this terminal's records up to #{host_seq}"
+                ));
+                out.line(&summary)
+            }
+        };
+        return Ok(0);
     }
     let mut engine = app::engine(&config)?;
     if matches!(
@@ -486,42 +416,15 @@ fn run(cli: Cli, out: &mut Out) -> Result<u8> {
         Command::Pay {
             amount, currency, ..
         } => {
-            let outcome = match Currency::parse(&currency) {
-                Err(e) => refused("bad_currency", e.to_string()),
-                Ok(cur) => match Amount::parse(&amount, cur) {
-                    None => refused(
-                        "bad_amount",
-                        format!(
-                            "{amount:?} is not an amount in {cur}: digits, at most {} decimals",
-                            cur.exponent()
-                        ),
-                    ),
-                    Some(amount) => {
-                        out.say(&format!(
-                            "pay {amount} at {}",
-                            engine.ctx.certificate.common_name()
-                        ));
-                        take(&mut engine, &config, &Intent::Pay { amount }, out)?
-                    }
-                },
-            };
+            let request = IntentRequest::Pay { amount, currency };
+            let outcome = take(&mut engine, &config, &request, out)?;
             out.outcome(&outcome);
             Ok(outcome.exit_code())
         }
         Command::Order { cart, .. } => {
             let outcome = match read_cart(&cart)? {
                 Err(refusal) => refusal,
-                Ok(cart) => {
-                    let total = Amount {
-                        minor: cart.total().unwrap_or(0),
-                        currency: cart.currency,
-                    };
-                    out.say(&format!(
-                        "order of {} item(s), total {total}",
-                        cart.items.len()
-                    ));
-                    take(&mut engine, &config, &Intent::Order { cart }, out)?
-                }
+                Ok(cart) => take(&mut engine, &config, &IntentRequest::Order { cart }, out)?,
             };
             out.outcome(&outcome);
             Ok(outcome.exit_code())
@@ -532,42 +435,37 @@ fn run(cli: Cli, out: &mut Out) -> Result<u8> {
                 .or_else(|| kiosk.as_ref().map(|k| k.site.clone()))
                 .context("no site: pass --site or set [kiosk] site")?;
             let command = kiosk.map(|k| k.open_command).unwrap_or_default();
-            let intent = Intent::Pickup { site: site.clone() };
-            if let Err(d) = engine.check_intent(&intent, unix_now()) {
-                let outcome = Outcome::refused(&engine.terms(), &d);
-                out.outcome(&outcome);
-                return Ok(outcome.exit_code());
+            let request = IntentRequest::Pickup {
+                site: Some(site.clone()),
+            };
+            if let Err(refusal) = counter::intent(&engine, &request, None) {
+                let refusal = Outcome::from(refusal);
+                out.outcome(&refusal);
+                return Ok(refusal.exit_code());
             }
             let timeout = Duration::from_secs(config.terminal.tap_timeout_secs);
             let mut field = app::field(&config)?;
             out.say(&format!(
                 "kiosk at {site}: tap your phone to collect a parcel"
             ));
-            let mut done = 0;
-            let mut last = exit::TIMED_OUT;
-            while taps.is_none_or(|n| done < n) {
-                let result =
-                    field.with_phone(timeout, &Cancel::new(), &Cancel::new(), &mut |link| {
-                        engine.tap(&intent, link, unix_now(), &mut OsRng)
-                    })?;
-                let Some(outcome) = result.as_ref().and_then(Outcome::from_tap) else {
-                    continue;
-                };
-                done += 1;
-                out.outcome(&outcome);
-                last = outcome.exit_code();
-                if let Outcome::Approved(a) = &outcome {
-                    if let Some(slot) = a.slot {
-                        if let Err(e) = open_slot(out, &command, slot) {
-                            note(&format!(
-                                "{e:#} — the pickup is recorded (#{}); open slot {slot} by hand",
-                                a.seq
-                            ));
-                        }
+            let cancel = cancel_on_signal();
+            let shared = std::cell::RefCell::new(&mut *out);
+            Ok(counter::kiosk(
+                &mut engine,
+                &mut field,
+                &site,
+                taps,
+                timeout,
+                &cancel,
+                &mut |o| shared.borrow_mut().outcome(o),
+                &mut |slot, seq| {
+                    if let Err(e) = open_slot(&mut shared.borrow_mut(), &command, slot) {
+                        note(&format!(
+                            "{e:#} — the pickup is recorded (#{seq}); open slot {slot} by hand"
+                        ));
                     }
-                }
-            }
-            Ok(last)
+                },
+            )?)
         }
         Command::Queue {
             action: Some(QueueAction::Verify { json }),
@@ -575,23 +473,10 @@ fn run(cli: Cli, out: &mut Out) -> Result<u8> {
         } => {
             let report = engine.queue.integrity();
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out.line(&serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
-                    "queue {}: {} — approved up to #{}, host holds up to #{}",
-                    report.path,
-                    report.summary(),
-                    report.approved,
-                    report.acked
-                );
-                if !report.set_aside.is_empty() {
-                    println!(
-                        "set aside (appends that never completed, never approved): {:?}",
-                        report.set_aside
-                    );
-                }
-                if !report.damaged.is_empty() {
-                    println!("the terminal approves nothing until this is repaired: see `tap-terminal queue repair` and docs/operations.md");
+                for line in integrity_lines(&report) {
+                    out.line(&line);
                 }
             }
             Ok(if report.is_ok() { 0 } else { exit::ERROR })
@@ -606,59 +491,16 @@ fn run(cli: Cli, out: &mut Out) -> Result<u8> {
                     report.integrity.summary()
                 ));
             }
-            let code = if damaged { exit::ERROR } else { 0 };
             if out.json {
                 out.json(&report);
-                return Ok(code);
-            }
-            let queued = Amount {
-                minor: report.pending_amount,
-                currency: engine.currency,
-            };
-            let oldest = report.oldest.map_or_else(|| "-".to_owned(), utc);
-            let lines = [
-                format!(
-                    "terminal {} — {} record(s) waiting for upload, {} in total, host holds up to #{}",
-                    report.terminal, report.pending, report.head_seq, report.acked_seq
-                ),
-                format!("queued {queued}, oldest from {oldest}"),
-                match &report.revocations {
-                    None => "revocation list: none configured".to_owned(),
-                    Some(r) => format!(
-                        "revocation list #{} {} — next update due {}{}",
-                        r.number,
-                        r.status,
-                        utc(r.next_update),
-                        match r.status {
-                            "overdue" => " (refresh from the host failing; approvals stop after the grace)",
-                            "expired" => " (past the grace: NO approvals until `tap-terminal upload` refreshes it)",
-                            _ => "",
-                        }
-                    ),
-                },
-            ];
-            let records = report.records.iter().map(|r| {
-                format!(
-                    "  #{} {} at {}{}",
-                    r.seq,
-                    r.record_id.get(..16).unwrap_or(&r.record_id),
-                    utc(r.recorded_at),
-                    r.order_number
-                        .as_ref()
-                        .map(|n| format!(" order {n}"))
-                        .unwrap_or_default()
-                )
-            });
-            for line in lines.into_iter().chain(records) {
-                if !out.line(&line) {
-                    break; // `queue | head`: the reader has what it wanted
+            } else {
+                for line in report.lines() {
+                    if !out.line(&line) {
+                        break; // `queue | head`: the reader has what it wanted
+                    }
                 }
             }
-            Ok(if report.integrity.is_ok() {
-                0
-            } else {
-                exit::ERROR
-            })
+            Ok(if damaged { exit::ERROR } else { 0 })
         }
         Command::Serve => {
             let field = app::field(&config)?;
@@ -684,19 +526,7 @@ fn run(cli: Cli, out: &mut Out) -> Result<u8> {
             Ok(0)
         }
         Command::Upload => {
-            let client = upload::client(&config, &engine.ctx)?;
-            let batch = config.host.as_ref().map_or(200, |h| h.batch_size);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let revocations = config.trust.revocations.as_ref().map(|p| config.path(p));
-            let report = rt.block_on(upload::sync(
-                &engine.queue,
-                &client,
-                batch,
-                &mut engine.ctx,
-                revocations,
-            ))?;
+            let report = upload::sync_blocking(&config, &mut engine)?;
             out.line(&serde_json::to_string_pretty(&report)?);
             Ok(0)
         }

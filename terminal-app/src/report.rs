@@ -7,7 +7,7 @@ use serde::Serialize;
 use tapstack_protocol::scenario::{amount_fields, Amount, Currency, ScenarioKind};
 
 use crate::queue::{QueueStore, Stored};
-use crate::tap::{Approved, Decline, Engine, TapResult, Terms};
+use crate::tap::{Approved, Decline, Engine, TapResult};
 use crate::Error;
 
 /// Exit statuses of `tap-terminal pay`, `order` and `kiosk`.
@@ -64,13 +64,6 @@ impl Outcome {
         }
     }
 
-    /// An intent the terminal refused before asking for a phone.
-    pub fn refused(terms: &Terms, d: &Decline) -> Self {
-        Outcome::Refused {
-            code: d.code(),
-            message: terms.explain(d),
-        }
-    }
 
     /// The process exit status for this outcome ([`exit`]).
     pub fn exit_code(&self) -> u8 {
@@ -79,6 +72,16 @@ impl Outcome {
             Outcome::Declined { .. } => exit::DECLINED,
             Outcome::TimedOut { .. } | Outcome::Cancelled { .. } => exit::TIMED_OUT,
             Outcome::Refused { .. } | Outcome::Error { .. } => exit::ERROR,
+        }
+    }
+}
+
+/// An intent the terminal refused before asking for a phone.
+impl From<crate::request::Refusal> for Outcome {
+    fn from(r: crate::request::Refusal) -> Self {
+        Outcome::Refused {
+            code: r.code,
+            message: r.message,
         }
     }
 }
@@ -170,4 +173,71 @@ impl QueueReport {
             revocations: engine.revocation_state(crate::unix_now()),
         })
     }
+}
+
+impl QueueReport {
+    /// `tap-terminal queue` for people: the counts, the revocation list,
+    /// then a line per record.
+    pub fn lines(&self) -> Vec<String> {
+        let queued = Amount {
+            minor: self.pending_amount,
+            currency: self.currency,
+        };
+        let oldest = self.oldest.map_or_else(|| "-".to_owned(), crate::utc);
+        let mut lines = vec![
+            format!(
+                "terminal {} — {} record(s) waiting for upload, {} in total, host holds up to #{}",
+                self.terminal, self.pending, self.head_seq, self.acked_seq
+            ),
+            format!("queued {queued}, oldest from {oldest}"),
+            match &self.revocations {
+                None => "revocation list: none configured".to_owned(),
+                Some(r) => format!(
+                    "revocation list #{} {} — next update due {}{}",
+                    r.number,
+                    r.status,
+                    crate::utc(r.next_update),
+                    match r.status {
+                        "overdue" => " (refresh from the host failing; approvals stop after the grace)",
+                        "expired" => " (past the grace: NO approvals until `tap-terminal upload` refreshes it)",
+                        _ => "",
+                    }
+                ),
+            },
+        ];
+        lines.extend(self.records.iter().map(|r| {
+            format!(
+                "  #{} {} at {}{}",
+                r.seq,
+                r.record_id.get(..16).unwrap_or(&r.record_id),
+                crate::utc(r.recorded_at),
+                r.order_number
+                    .as_ref()
+                    .map(|n| format!(" order {n}"))
+                    .unwrap_or_default()
+            )
+        }));
+        lines
+    }
+}
+
+/// `tap-terminal queue verify` for people.
+pub fn integrity_lines(report: &crate::queue::Integrity) -> Vec<String> {
+    let mut lines = vec![format!(
+        "queue {}: {} — approved up to #{}, host holds up to #{}",
+        report.path,
+        report.summary(),
+        report.approved,
+        report.acked
+    )];
+    if !report.set_aside.is_empty() {
+        lines.push(format!(
+            "set aside (appends that never completed, never approved): {:?}",
+            report.set_aside
+        ));
+    }
+    if !report.damaged.is_empty() {
+        lines.push("the terminal approves nothing until this is repaired: see `tap-terminal queue repair` and docs/operations.md".into());
+    }
+    lines
 }

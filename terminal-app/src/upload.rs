@@ -209,13 +209,13 @@ pub async fn sync(
     Ok(report)
 }
 
-/// Before the first tap of a queue under a configured host: learn the
-/// host's head (one sync) so the queue continues the host's chain. Does
-/// nothing when the queue already knows it or no host is configured.
-pub fn ensure_host_checked(config: &Config, engine: &mut crate::tap::Engine) -> Result<(), Error> {
-    if !engine.require_host_check || engine.queue.integrity().host_checked {
-        return Ok(());
-    }
+/// One sync now, on a runtime of its own (`tap-terminal upload`, and the
+/// CLI before the first tap of a new queue): [`sync`] with the
+/// configuration's batch size and revocation-list path.
+pub fn sync_blocking(
+    config: &Config,
+    engine: &mut crate::tap::Engine,
+) -> Result<SyncReport, Error> {
     let client = client(config, &engine.ctx)?;
     let batch = config.host.as_ref().map_or(200, |h| h.batch_size);
     let revocations = config.trust.revocations.as_ref().map(|p| config.path(p));
@@ -230,12 +230,61 @@ pub fn ensure_host_checked(config: &Config, engine: &mut crate::tap::Engine) -> 
         &mut engine.ctx,
         revocations,
     ))
-    .map_err(|e| {
+}
+
+/// Before the first tap of a queue under a configured host: learn the
+/// host's head (one sync) so the queue continues the host's chain. Does
+/// nothing when the queue already knows it or no host is configured.
+pub fn ensure_host_checked(config: &Config, engine: &mut crate::tap::Engine) -> Result<(), Error> {
+    if !engine.require_host_check || engine.queue.integrity().host_checked {
+        return Ok(());
+    }
+    sync_blocking(config, engine).map_err(|e| {
         upload_err(format!(
             "this queue has never synced with the host and must before its first tap: {e}"
         ))
     })?;
     Ok(())
+}
+
+/// What `tap-terminal queue repair` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    /// Nothing to repair (the queue's path).
+    Intact { path: String },
+    /// Rebuilt from what the host holds (up to `host_seq`).
+    Repaired { host_seq: u64, summary: String },
+}
+
+/// `queue repair`: ask the host for its head, rebuild a damaged queue from
+/// it ([`crate::queue::Queue::repair`], which refuses to lose approvals).
+pub fn repair(config: &Config) -> Result<Repair, Error> {
+    let path = config.path(&config.queue.path);
+    let (host_seq, hash) = {
+        let engine = crate::app::engine(config)?;
+        let integrity = engine.queue.integrity();
+        if integrity.is_ok() {
+            return Ok(Repair::Intact {
+                path: integrity.path,
+            });
+        }
+        let client = client(config, &engine.ctx)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(upload_err)?;
+        let resp = rt
+            .block_on(client.upload(&[]))
+            .map_err(|e| upload_err(format!("asking the host for its head: {e}")))?;
+        let hash: Option<[u8; 32]> = resp
+            .head_hash
+            .as_deref()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|v| v.try_into().ok());
+        (resp.acked_seq, hash)
+    };
+    let summary = crate::queue::Queue::repair(&path, host_seq, hash)?;
+    Ok(Repair::Repaired { host_seq, summary })
 }
 
 /// Exponential backoff with full jitter: attempt 0 → up to 1 s, doubling to

@@ -135,3 +135,50 @@ fn a_queue_written_by_this_release_still_opens() {
     assert!(q.bind_currency("USD").is_err());
     q.bind_currency("CNY").unwrap();
 }
+
+/// The configuration file is persisted by operators: a `terminal.toml`
+/// with every section set must keep loading with the same meaning (paths
+/// relative to the file, defaults for what a section leaves out).
+#[test]
+fn a_configuration_written_for_this_release_still_loads() {
+    use tapstack_terminal::config::Config;
+    let path = golden("terminal-v1.toml");
+    let base = path.parent().unwrap();
+    let c = Config::load(&path, std::iter::empty()).unwrap();
+    assert_eq!(c.currency().to_string(), "JPY");
+    assert_eq!(c.terminal.order_prefix, "K");
+    assert!(!c.terminal.send_certificate && c.terminal.require_presence);
+    assert_eq!(c.terminal.tap_timeout_secs, 45);
+    assert_eq!(c.terminal.previous_certificates.len(), 1);
+    assert_eq!(c.path(&c.terminal.key), base.join("terminal.key"));
+    assert_eq!(c.reader.connection, "pn532:/dev/ttyUSB0?baud=115200");
+    assert_eq!(c.trust.issuers.len(), 2);
+    assert_eq!(c.trust.revocation_grace_secs, 86_400);
+    assert_eq!(
+        c.path(&c.queue.path),
+        std::path::PathBuf::from("/var/lib/tapstack/queue")
+    );
+    let host = c.host.as_ref().unwrap();
+    assert_eq!(
+        (
+            host.url.as_str(),
+            host.server_name.as_str(),
+            host.batch_size,
+            host.sync_interval_secs,
+            host.sync_after_taps
+        ),
+        ("https://host.example:8443", "host.example", 150, 30, 5)
+    );
+    // A partial [risk] keeps the other defaults.
+    let defaults = tapstack_terminal::risk::RiskLimits::default();
+    assert_eq!((c.risk.floor_limit, c.risk.cvm_limit), (20_000, 5_000));
+    assert_eq!(c.risk.queue_max_count, defaults.queue_max_count);
+    let kiosk = c.kiosk.as_ref().unwrap();
+    assert_eq!(kiosk.site, "00042", "a site id stays text");
+    assert_eq!(kiosk.open_command, ["/usr/local/bin/open-slot", "--bank", "B"]);
+    assert_eq!(c.api.listen, "127.0.0.1:7301");
+    assert_eq!(
+        (c.relay.allowance_ms, c.relay.pay_ms, c.relay.pickup_ms, c.relay.attempts),
+        (12, None, Some(25), 2)
+    );
+}

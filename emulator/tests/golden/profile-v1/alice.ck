@@ -1,0 +1,1 @@
+3926d76e3bb615c42dcc5fa78dcc7cca

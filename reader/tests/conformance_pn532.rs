@@ -7,3 +7,53 @@ mod conformance;
 use conformance::rigs::*;
 
 tapstack_reader_conformance_suite!(PtyRig::native());
+
+/// A cancel from another thread ends the native driver's wait for a target
+/// at once: the wait is a future raced against the cancel, not a loop that
+/// looks at it every 50 ms. The field is empty (the one phone tapped and
+/// left; the next comes after 10 minutes), the wait's timeout is 30 s, and
+/// only a bound of 1 s after the cancel is asserted (loaded machines).
+#[test]
+fn a_cancel_ends_a_wait_for_a_target_promptly() {
+    use std::time::{Duration, Instant};
+    use tapstack_reader::{Cancel, ReaderError};
+
+    let world = conformance::World::new();
+    let alice = world.wallet("alice");
+    let mut rig = PtyRig::native();
+    let mut reader = conformance::Rig::start(
+        &mut rig,
+        &[&alice],
+        &["--idle-ms", "200", "--gap-ms", "600000"],
+    );
+    {
+        let mut s = reader
+            .wait_for_target(conformance::PATIENCE, &Cancel::new())
+            .unwrap_or_else(|e| panic!("{e}; emulator:\n{}", conformance::Rig::log(&rig)));
+        s.select(&tapstack_protocol::messages::AID).unwrap();
+        // The phone leaves 200 ms after its last APDU.
+        s.wait_removed(conformance::PATIENCE, &Cancel::new())
+            .unwrap_or_else(|e| panic!("{e}; emulator:\n{}", conformance::Rig::log(&rig)));
+    }
+    let cancel = Cancel::new();
+    let c2 = cancel.clone();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c2.cancel();
+        Instant::now()
+    });
+    let r = reader.wait_for_target(Duration::from_secs(30), &cancel);
+    let ended = Instant::now();
+    let cancelled_at = canceller.join().unwrap();
+    let took = ended.saturating_duration_since(cancelled_at);
+    match r {
+        Err(ReaderError::Cancelled) => {}
+        Err(e) => panic!("{e}; emulator:\n{}", conformance::Rig::log(&rig)),
+        Ok(s) => panic!("a target in an empty field: {:?}", s.target()),
+    }
+    eprintln!("the wait ended {took:?} after the cancel");
+    assert!(
+        took < Duration::from_secs(1),
+        "ended {took:?} after the cancel"
+    );
+}

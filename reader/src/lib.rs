@@ -617,6 +617,10 @@ pub(crate) enum Step<T> {
 /// finds a target, the deadline passes or `cancel` is set; pauses are
 /// cancellable. A reader that is gone is waited for (it may come back
 /// within `timeout`); a wait that ends while it is still gone reports why.
+#[cfg_attr(
+    not(any(feature = "pcsc", feature = "libnfc", feature = "loopback")),
+    allow(dead_code)
+)]
 pub(crate) fn wait_for<T>(
     timeout: Duration,
     cancel: &Cancel,

@@ -57,3 +57,32 @@ fn a_cancel_ends_a_wait_for_a_target_promptly() {
         "ended {took:?} after the cancel"
     );
 }
+
+/// Discovery probes a named serial port with a wake-up and
+/// GetFirmwareVersion (on the driver's async line) and finds the PN532.
+#[test]
+fn discovery_finds_the_pn532_on_a_named_port() {
+    let world = conformance::World::new();
+    let alice = world.wallet("alice");
+    // The driver opened at the power-on rate, where discovery probes.
+    let mut rig = PtyRig::native_at_115200();
+    let reader = conformance::Rig::start(&mut rig, &[&alice], &[]);
+    drop(reader);
+    let found = tapstack_reader::pn532::discover(&[rig.link()]);
+    assert_eq!(
+        found.len(),
+        1,
+        "{found:?}; emulator:\n{}",
+        conformance::Rig::log(&rig)
+    );
+    assert_eq!(found[0].driver, tapstack_reader::Driver::Pn532);
+    assert!(
+        found[0].name.starts_with("PN532 v1.6 on "),
+        "{}",
+        found[0].name
+    );
+    assert_eq!(
+        found[0].connection,
+        format!("pn532:{}", rig.link().display())
+    );
+}

@@ -26,6 +26,8 @@ fn a_cancel_ends_a_wait_for_a_target_promptly() {
         &[&alice],
         &["--idle-ms", "200", "--gap-ms", "600000"],
     );
+    // SetSerialBaudRate and the host switch went through on the async line.
+    assert_eq!(reader.info().capabilities.baud, Some(921_600));
     {
         let mut s = reader
             .wait_for_target(conformance::PATIENCE, &Cancel::new())
@@ -67,6 +69,7 @@ fn discovery_finds_the_pn532_on_a_named_port() {
     // The driver opened at the power-on rate, where discovery probes.
     let mut rig = PtyRig::native_at_115200();
     let reader = conformance::Rig::start(&mut rig, &[&alice], &[]);
+    assert_eq!(reader.info().capabilities.baud, Some(115_200));
     drop(reader);
     let found = tapstack_reader::pn532::discover(&[rig.link()]);
     assert_eq!(

@@ -39,8 +39,9 @@ fn a_cancel_ends_a_wait_for_a_target_promptly() {
     }
     let cancel = Cancel::new();
     let c2 = cancel.clone();
+    // 325 ms: between two of the 50 ms slices the driver used to poll in.
     let canceller = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(325));
         c2.cancel();
         Instant::now()
     });

@@ -42,8 +42,9 @@ fn a_cancel_ends_a_wait_for_a_target_promptly() {
     // 325 ms: between two of the 50 ms slices the driver used to poll in.
     let canceller = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(325));
+        let at = Instant::now();
         c2.cancel();
-        Instant::now()
+        at
     });
     let r = reader.wait_for_target(Duration::from_secs(30), &cancel);
     let ended = Instant::now();

@@ -699,8 +699,9 @@ mod tests {
         let c2 = cancel.clone();
         let canceller = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
+            let at = std::time::Instant::now();
             c2.cancel();
-            std::time::Instant::now()
+            at
         });
         let r = h
             .list_passive_target(Duration::from_secs(30), &cancel)

@@ -493,3 +493,43 @@ pub fn discover(extra: &[PathBuf]) -> Vec<ReaderDescriptor> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blocking method called from async code (as the blocking port
+    /// allowed) runs its future on a scoped thread instead of panicking,
+    /// and the runtime is dropped there without blocking.
+    #[tokio::test]
+    async fn the_line_runtime_works_inside_another_runtime() {
+        let rt = LineRuntime::new().unwrap();
+        let cancel = Cancel::new();
+        let got = rt.block_on(async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            7
+        });
+        assert_eq!(got, 7);
+        cancel.cancel();
+        rt.pause(Duration::from_secs(30), &cancel); // returns at once
+        drop(rt);
+    }
+
+    #[test]
+    fn a_pause_ends_on_a_cancel_from_another_thread() {
+        let rt = LineRuntime::new().unwrap();
+        let cancel = Cancel::new();
+        let c2 = cancel.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c2.cancel();
+        });
+        let started = Instant::now();
+        rt.pause(Duration::from_secs(30), &cancel);
+        t.join().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "bound against hanging only"
+        );
+    }
+}

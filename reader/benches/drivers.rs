@@ -5,7 +5,8 @@
 //!   `SCardTransmit` on the same card and a bare loopback TCP round trip of
 //!   the same bytes (vpcd's own link);
 //! - native PN532 and libnfc on the same PTY (`tap-emu pn532`) beside raw
-//!   InDataExchange frames written and read by hand, and the modelled serial
+//!   InDataExchange frames written and read by hand on the same async serial
+//!   stream the native driver uses (tokio-serial), and the modelled serial
 //!   time (bytes × 10 bits / baud) at 115,200 and 921,600 baud;
 //! - loopback beside calling the phone queue directly.
 //!
@@ -24,9 +25,10 @@ use rand_core::OsRng;
 use tapstack_emulator::faults::FaultScript;
 use tapstack_emulator::phone::{Phone, PhoneQueue, Reply};
 use tapstack_reader::pn532::frame::{encode, Frame, FrameParser, TFI_CHIP, TFI_HOST};
-use tapstack_reader::pn532::{Pn532, Port, SerialIo};
+use tapstack_reader::pn532::{open_port, LineRuntime, Pn532};
 use tapstack_reader::{Cancel, LoopbackReader, Reader, Session};
 use tapstack_tests::{Child, Pcscd, VPCD_READER};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const N: usize = 300;
 
@@ -195,9 +197,10 @@ fn pcsc_rows(wallet: &Path, rows: &mut Vec<Row>) {
 /// Raw InDataExchange frames by hand over the PTY (the transport the PN532
 /// drivers stand on).
 fn raw_pty_row(link: &Path) -> Row {
-    let mut h = Pn532::new(SerialIo::open(link, 115_200).unwrap(), 115_200);
-    h.init(Duration::from_secs(1)).unwrap();
-    h.list_passive_target(Duration::from_secs(30), &Cancel::new())
+    let rt = LineRuntime::new().unwrap();
+    let mut h = Pn532::new(open_port(&rt, link, 115_200).unwrap(), 115_200);
+    rt.block_on(h.init(Duration::from_secs(1))).unwrap();
+    rt.block_on(h.list_passive_target(Duration::from_secs(30), &Cancel::new()))
         .unwrap()
         .unwrap();
     let mut io = h.into_port();
@@ -206,24 +209,32 @@ fn raw_pty_row(link: &Path) -> Row {
     row("raw InDataExchange frames over the PTY (no driver)", |a| {
         let mut p = vec![0x40, 0x01];
         p.extend_from_slice(a);
-        io.write_all(&encode(TFI_HOST, &p)).unwrap();
-        loop {
-            if let Some(f) = frames.next_frame() {
-                if let Frame::Info {
-                    tfi: TFI_CHIP,
-                    data,
-                } = f
-                {
-                    return data;
-                }
-                continue;
-            }
-            let n = io
-                .read(&mut buf, Instant::now() + Duration::from_secs(5))
+        rt.block_on(async {
+            AsyncWriteExt::write_all(&mut io, &encode(TFI_HOST, &p))
+                .await
                 .unwrap();
-            assert!(n > 0, "PTY silent");
-            frames.push(&buf[..n]);
-        }
+            loop {
+                if let Some(f) = frames.next_frame() {
+                    if let Frame::Info {
+                        tfi: TFI_CHIP,
+                        data,
+                    } = f
+                    {
+                        return data;
+                    }
+                    continue;
+                }
+                let n = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    AsyncReadExt::read(&mut io, &mut buf),
+                )
+                .await
+                .expect("PTY silent")
+                .unwrap();
+                assert!(n > 0, "PTY closed");
+                frames.push(&buf[..n]);
+            }
+        })
     })
 }
 

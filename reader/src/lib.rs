@@ -13,8 +13,12 @@
 //!                                                          │ transmit_logical(Command) → Response
 //!                                                          │   (TerminalLink: chaining, GET RESPONSE)
 //!                                                          │ is_present / wait_removed
-//!   asynch::AsyncReader: the same on a dedicated thread, async, cancellable
 //! ```
+//!
+//! Every wait takes a [`Cancel`]: set from any thread, it ends the wait
+//! promptly. Blocking drivers look at it between short slices; the native
+//! PN532 driver, whose serial line is a tokio stream, races each wait
+//! against [`Cancel::cancelled`], so a cancel ends it at once.
 //!
 //! Reader and transport problems are [`ReaderError`]s (timeout, removal,
 //! reader gone, …); what the card application answers — every status word —
@@ -44,7 +48,6 @@ use tapstack_protocol::apdu::{
     Command, ExchangeError, LinkError, LinkLimits, Response, TerminalLink,
 };
 
-pub mod asynch;
 mod connection;
 #[cfg(feature = "libnfc")]
 pub mod libnfc;
@@ -113,12 +116,6 @@ pub enum ReaderError {
     /// The response is not an APDU response (fewer than 2 bytes, too long).
     #[error("bad response: {0}")]
     Link(#[from] LinkError),
-    /// An asynchronous reader's worker thread has stopped.
-    #[error("the reader's worker thread has stopped")]
-    WorkerStopped,
-    /// No session is open (asynchronous reader).
-    #[error("no target session is open")]
-    NoSession,
 }
 
 impl ReaderError {
@@ -133,10 +130,27 @@ impl ReaderError {
 
 /// A cancellation token: clone it, hand it to a wait, call [`Cancel::cancel`]
 /// from anywhere. A child token is cancelled with its parent.
+///
+/// Blocking code asks [`Cancel::is_cancelled`] / [`Cancel::check`]; async
+/// code awaits [`Cancel::cancelled`], which is woken by the cancel itself
+/// (no polling), so a future raced against it ends at once.
 #[derive(Debug, Clone, Default)]
 pub struct Cancel {
-    flag: Arc<AtomicBool>,
-    parent: Option<Arc<AtomicBool>>,
+    flag: Arc<Flag>,
+    parent: Option<Arc<Flag>>,
+}
+
+/// One token's state: set once, waking whoever awaits it.
+#[derive(Debug, Default)]
+struct Flag {
+    set: AtomicBool,
+    woken: tokio::sync::Notify,
+}
+
+impl Flag {
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::SeqCst)
+    }
 }
 
 impl Cancel {
@@ -145,21 +159,19 @@ impl Cancel {
     }
 
     pub fn cancel(&self) {
-        self.flag.store(true, Ordering::SeqCst);
+        self.flag.set.store(true, Ordering::SeqCst);
+        // Wakes every `cancelled()` of this token and of its children.
+        self.flag.woken.notify_waiters();
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.flag.load(Ordering::SeqCst)
-            || self
-                .parent
-                .as_ref()
-                .is_some_and(|p| p.load(Ordering::SeqCst))
+        self.flag.is_set() || self.parent.as_ref().is_some_and(|p| p.is_set())
     }
 
     /// A token cancelled by this one or by itself.
     pub fn child(&self) -> Cancel {
         Cancel {
-            flag: Arc::new(AtomicBool::new(false)),
+            flag: Arc::default(),
             parent: Some(self.flag.clone()),
         }
     }
@@ -170,6 +182,27 @@ impl Cancel {
             Err(ReaderError::Cancelled)
         } else {
             Ok(())
+        }
+    }
+
+    /// Completes once this token (or its parent) is cancelled: at once if it
+    /// already is. Cancel-safe; race a wait against it with `tokio::select!`.
+    pub async fn cancelled(&self) {
+        // A `Notified` hears `notify_waiters` from its creation on, so a
+        // cancel between the check below and the await is not missed.
+        let own = self.flag.woken.notified();
+        let parent = self.parent.as_ref().map(|p| p.woken.notified());
+        if self.is_cancelled() {
+            return;
+        }
+        match parent {
+            None => own.await,
+            Some(parent) => {
+                tokio::select! {
+                    () = own => {}
+                    () = parent => {}
+                }
+            }
         }
     }
 }
@@ -584,10 +617,28 @@ pub(crate) enum Step<T> {
 /// finds a target, the deadline passes or `cancel` is set; pauses are
 /// cancellable. A reader that is gone is waited for (it may come back
 /// within `timeout`); a wait that ends while it is still gone reports why.
+#[cfg_attr(
+    not(any(feature = "pcsc", feature = "libnfc", feature = "loopback")),
+    allow(dead_code)
+)]
 pub(crate) fn wait_for<T>(
     timeout: Duration,
     cancel: &Cancel,
+    look: impl FnMut(Duration) -> Step<T>,
+) -> Result<T, ReaderError> {
+    wait_for_pausing(timeout, cancel, look, |pause| {
+        sleep_cancellable(pause, cancel)
+    })
+}
+
+/// [`wait_for`] with the driver's own pause between looks: `pause(d)` waits
+/// `d` at most and returns early once `cancel` is set (the native PN532
+/// driver sleeps on its runtime, raced against [`Cancel::cancelled`]).
+pub(crate) fn wait_for_pausing<T>(
+    timeout: Duration,
+    cancel: &Cancel,
     mut look: impl FnMut(Duration) -> Step<T>,
+    mut pause: impl FnMut(Duration),
 ) -> Result<T, ReaderError> {
     let deadline = Instant::now() + timeout;
     let mut last_err = None;
@@ -597,7 +648,7 @@ pub(crate) fn wait_for<T>(
             Err(ReaderError::Timeout) => return Err(last_err.unwrap_or(ReaderError::Timeout)),
             Err(e) => return Err(e),
         };
-        let pause = match look(left) {
+        let wait = match look(left) {
             Step::Found(t) => return Ok(t),
             Step::Stop(e) => return Err(e),
             Step::Idle(pause) => {
@@ -609,8 +660,8 @@ pub(crate) fn wait_for<T>(
                 pause
             }
         };
-        if !pause.is_zero() {
-            sleep_cancellable(pause.min(left), cancel);
+        if !wait.is_zero() {
+            pause(wait.min(left));
         }
     }
 }
@@ -640,6 +691,41 @@ mod tests {
         parent.cancel();
         assert!(other.is_cancelled());
         assert!(matches!(other.check(), Err(ReaderError::Cancelled)));
+    }
+
+    #[tokio::test]
+    async fn cancelled_completes_on_a_cancel_from_another_thread_or_of_the_parent() {
+        let bound = Duration::from_secs(10); // against hanging only
+                                             // Already cancelled: at once.
+        let done = Cancel::new();
+        done.cancel();
+        tokio::time::timeout(bound, done.cancelled()).await.unwrap();
+        // Cancelled from another thread while awaited.
+        let c = Cancel::new();
+        let c2 = c.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            c2.cancel();
+        });
+        tokio::time::timeout(bound, c.cancelled()).await.unwrap();
+        t.join().unwrap();
+        // A child wakes with its parent; a parent not with its child.
+        let parent = Cancel::new();
+        let child = parent.child();
+        let sibling = parent.child();
+        sibling.cancel();
+        let early = tokio::time::timeout(Duration::from_millis(50), parent.cancelled()).await;
+        assert!(early.is_err(), "a child's cancel does not reach the parent");
+        let p2 = parent.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            p2.cancel();
+        });
+        tokio::time::timeout(bound, child.cancelled())
+            .await
+            .unwrap();
+        t.join().unwrap();
+        assert!(child.is_cancelled());
     }
 
     #[test]

@@ -602,7 +602,7 @@ async fn bad_cryptogram_is_declined_and_reused_credential_is_flagged() {
     let cny: Vec<_> = ledger
         .totals
         .iter()
-        .map(|t| (t.currency.clone(), t.count))
+        .map(|t| (t.currency, t.count))
         .collect();
     assert_eq!(cny, vec![(Currency::new("CNY"), 1)]);
     host.stop().await;

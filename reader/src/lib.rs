@@ -137,7 +137,8 @@ impl ReaderError {
 #[derive(Debug, Clone, Default)]
 pub struct Cancel {
     flag: Arc<Flag>,
-    parent: Option<Arc<Flag>>,
+    /// Cancelled with it (and with its own parents, all the way up).
+    parent: Option<Box<Cancel>>,
 }
 
 /// One token's state: set once, waking whoever awaits it.
@@ -145,11 +146,26 @@ pub struct Cancel {
 struct Flag {
     set: AtomicBool,
     woken: tokio::sync::Notify,
+    /// The children's flags, woken with this one.
+    children: std::sync::Mutex<Vec<std::sync::Weak<Flag>>>,
 }
 
 impl Flag {
     fn is_set(&self) -> bool {
         self.set.load(Ordering::SeqCst)
+    }
+
+    /// Wake every `cancelled()` of this token and of its descendants.
+    fn wake(&self) {
+        self.woken.notify_waiters();
+        let children = self
+            .children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for c in children.iter().filter_map(std::sync::Weak::upgrade) {
+            c.wake();
+        }
     }
 }
 
@@ -160,19 +176,27 @@ impl Cancel {
 
     pub fn cancel(&self) {
         self.flag.set.store(true, Ordering::SeqCst);
-        // Wakes every `cancelled()` of this token and of its children.
-        self.flag.woken.notify_waiters();
+        self.flag.wake();
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.flag.is_set() || self.parent.as_ref().is_some_and(|p| p.is_set())
+        self.flag.is_set() || self.parent.as_ref().is_some_and(|p| p.is_cancelled())
     }
 
-    /// A token cancelled by this one or by itself.
+    /// A token cancelled by this one (or any of its ancestors) or by itself.
     pub fn child(&self) -> Cancel {
+        let flag = Arc::<Flag>::default();
+        let mut children = self
+            .flag
+            .children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        children.retain(|c| c.strong_count() > 0);
+        children.push(Arc::downgrade(&flag));
+        drop(children);
         Cancel {
-            flag: Arc::default(),
-            parent: Some(self.flag.clone()),
+            flag,
+            parent: Some(Box::new(self.clone())),
         }
     }
 
@@ -185,25 +209,18 @@ impl Cancel {
         }
     }
 
-    /// Completes once this token (or its parent) is cancelled: at once if it
-    /// already is. Cancel-safe; race a wait against it with `tokio::select!`.
+    /// Completes once this token (or an ancestor) is cancelled: at once if
+    /// it already is. Cancel-safe; race a wait against it with
+    /// `tokio::select!`.
     pub async fn cancelled(&self) {
         // A `Notified` hears `notify_waiters` from its creation on, so a
-        // cancel between the check below and the await is not missed.
+        // cancel between the check below and the await is not missed; an
+        // ancestor's cancel wakes its descendants' `Notify` too.
         let own = self.flag.woken.notified();
-        let parent = self.parent.as_ref().map(|p| p.woken.notified());
         if self.is_cancelled() {
             return;
         }
-        match parent {
-            None => own.await,
-            Some(parent) => {
-                tokio::select! {
-                    () = own => {}
-                    () = parent => {}
-                }
-            }
-        }
+        own.await;
     }
 }
 
@@ -679,6 +696,31 @@ pub(crate) fn remaining(deadline: Instant, cancel: &Cancel) -> Result<Duration, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grandchildren_follow_their_ancestors() {
+        let root = Cancel::new();
+        let grandchild = root.child().child();
+        assert!(!grandchild.is_cancelled());
+        root.cancel();
+        assert!(grandchild.is_cancelled());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let other = Cancel::new();
+        let deep = other.child().child();
+        let waiter = std::thread::spawn(move || {
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), deep.cancelled())
+                    .await
+                    .is_ok()
+            })
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        other.cancel();
+        assert!(waiter.join().unwrap(), "the grandchild's future ended");
+    }
 
     #[test]
     fn cancel_children_follow_parents() {

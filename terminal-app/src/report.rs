@@ -64,7 +64,6 @@ impl Outcome {
         }
     }
 
-
     /// The process exit status for this outcome ([`exit`]).
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -175,10 +175,18 @@ fn a_configuration_written_for_this_release_still_loads() {
     assert_eq!(c.risk.queue_max_count, defaults.queue_max_count);
     let kiosk = c.kiosk.as_ref().unwrap();
     assert_eq!(kiosk.site, "00042", "a site id stays text");
-    assert_eq!(kiosk.open_command, ["/usr/local/bin/open-slot", "--bank", "B"]);
+    assert_eq!(
+        kiosk.open_command,
+        ["/usr/local/bin/open-slot", "--bank", "B"]
+    );
     assert_eq!(c.api.listen, "127.0.0.1:7301");
     assert_eq!(
-        (c.relay.allowance_ms, c.relay.pay_ms, c.relay.pickup_ms, c.relay.attempts),
+        (
+            c.relay.allowance_ms,
+            c.relay.pay_ms,
+            c.relay.pickup_ms,
+            c.relay.attempts
+        ),
         (12, None, Some(25), 2)
     );
 }

@@ -15,7 +15,9 @@ case "$purpose" in
   # libnfc-bin: nfc-list, the independent libnfc client of the PN532 emulator tests;
   # softhsm2: the PKCS#11 token holding the issuer master key in the tests and
   # `make bench` (libsofthsm2.so + softhsm2-util).
-  test) packages+=(pcsc-tools libnfc-bin softhsm2) ;;
+  # postgresql: the shared host store of the scaled-host tests (each test
+  # runs its own server: initdb into a temp dir; no system service).
+  test) packages+=(pcsc-tools libnfc-bin softhsm2 postgresql) ;;
   demo) ;;
   fuzz) packages+=(g++) ;;
   *) echo "unknown purpose: $purpose" >&2; exit 2 ;;

@@ -14,6 +14,12 @@ pub enum Error {
         op: &'static str,
         source: sled::Error,
     },
+    /// The PostgreSQL store failed.
+    #[error("database: {op} failed: {source}")]
+    Database {
+        op: &'static str,
+        source: tokio_postgres::Error,
+    },
     /// A value in the store does not decode: the store is damaged or was
     /// written by an incompatible version.
     #[error("store: corrupt {what}")]

@@ -1,5 +1,6 @@
-//! Where accepted records live: a small trait, so a shared SQL database can
-//! back several host instances later, and its sled implementation.
+//! Where accepted records live: a small trait and two implementations —
+//! sled embedded in one process (the default: a single shop, `make demo`)
+//! and PostgreSQL shared by several host instances (`pg_store.rs`).
 //!
 //! Contract of every [`Store`]:
 //!
@@ -30,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::wire::{Flag, Reason};
 use crate::Error;
 
+mod pg_store;
 mod sled_store;
+pub use pg_store::{PgStore, DEFAULT_POOL_SIZE};
 pub use sled_store::{SledStore, SyncCounts};
 
 /// The last record of a terminal's chain.
@@ -226,6 +229,113 @@ pub(crate) fn hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
     let mut out = [0u8; N];
     hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
+}
+
+/// What a store keeps beside a record's bytes, as JSON (sled's value, the
+/// `meta` column of PostgreSQL): one encoding for both stores.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Meta {
+    received_at: u64,
+    disposition: Disposition,
+    flags: Vec<Flag>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    summary: RecordSummary,
+}
+
+impl Meta {
+    pub(crate) fn json(r: &StoredRecord) -> Vec<u8> {
+        serde_json::to_vec(&Meta {
+            received_at: r.received_at,
+            disposition: r.disposition,
+            flags: r.flags.clone(),
+            detail: r.detail.clone(),
+            summary: r.summary.clone(),
+        })
+        .unwrap_or_default()
+    }
+
+    pub(crate) fn parse(json: &[u8]) -> Result<Meta, Error> {
+        serde_json::from_slice(json).map_err(|_| Error::Corrupt {
+            what: "record metadata",
+        })
+    }
+
+    pub(crate) fn record(
+        self,
+        terminal: [u8; 32],
+        seq: u64,
+        hash: [u8; 32],
+        bytes: Vec<u8>,
+    ) -> StoredRecord {
+        StoredRecord {
+            terminal,
+            seq,
+            hash,
+            received_at: self.received_at,
+            disposition: self.disposition,
+            flags: self.flags,
+            detail: self.detail,
+            summary: self.summary,
+            bytes,
+        }
+    }
+}
+
+fn hex_ref(r: &RecordRef) -> String {
+    format!(
+        "seq {} of terminal {}",
+        r.seq,
+        hex::encode(&r.terminal[..8])
+    )
+}
+
+/// Why an accepted record may not settle, given what the store holds: the
+/// settled record of the same tap (TH1), the settled record with the same
+/// (wallet, ATC), the wallet's highest settled ATC. One rule for every
+/// store; each looks these up inside its atomic append.
+pub(crate) fn settle_verdict(
+    r: &StoredRecord,
+    same_tap: Option<RecordRef>,
+    same_atc: Option<RecordRef>,
+    highest_atc: Option<u32>,
+    policy: &AtcPolicy,
+) -> Option<(Reason, String)> {
+    if r.disposition != Disposition::Accepted {
+        return None;
+    }
+    if let Some(o) = same_tap {
+        return Some((
+            Reason::DuplicateTap,
+            format!(
+                "this tap (same transcript) is already settled as {}",
+                hex_ref(&o)
+            ),
+        ));
+    }
+    let (_, atc) = r.wallet_atc()?;
+    if let Some(o) = same_atc {
+        return Some((
+            Reason::ClonedWallet,
+            format!(
+                "the wallet already settled ATC {atc} in another tap ({}): a cloned wallet",
+                hex_ref(&o)
+            ),
+        ));
+    }
+    policy.check(highest_atc, atc).map(|reason| {
+        let h = highest_atc.unwrap_or(0);
+        let detail = format!(
+            "ATC {atc} is more than {} {} the wallet's highest settled ATC {h}",
+            policy.window,
+            if reason == Reason::AtcJump {
+                "ahead of"
+            } else {
+                "behind"
+            }
+        );
+        (reason, detail)
+    })
 }
 
 /// Storage of verified records (see the module docs for the contract).

@@ -316,3 +316,202 @@ pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The newest PostgreSQL server binaries Debian installed
+/// (`/usr/lib/postgresql/<major>/bin`), if any.
+pub fn postgres_bin() -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").is_file().then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// A private PostgreSQL server for one test: `initdb` into a temporary
+/// directory, then `postgres` on a free port of 127.0.0.1 with its socket
+/// in that directory. PostgreSQL refuses to run as root: run as root (CI),
+/// it runs as `nobody`. Stopped (fast shutdown) when dropped; nothing
+/// depends on a system service.
+#[derive(Debug)]
+pub struct Postgres {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    bin: PathBuf,
+    server: Option<Child>,
+}
+
+impl Postgres {
+    /// The user that owns the cluster (trust authentication, loopback only).
+    pub const USER: &'static str = "tapstack";
+
+    pub fn start() -> Result<Self, HarnessError> {
+        let bin = postgres_bin().ok_or_else(|| {
+            err("no PostgreSQL server in /usr/lib/postgresql (Debian package postgresql; `make test` installs it)")
+        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("tapstack-pg-")
+            .tempdir()
+            .map_err(|e| err(format!("postgres temp dir: {e}")))?;
+        let as_root = nix::unistd::Uid::effective().is_root();
+        if as_root {
+            let nobody = nix::unistd::User::from_name("nobody")
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    err("running as root, and there is no user nobody to run PostgreSQL")
+                })?;
+            nix::unistd::chown(dir.path(), Some(nobody.uid), Some(nobody.gid))
+                .map_err(|e| err(format!("chown {}: {e}", dir.path().display())))?;
+        }
+        let mut pg = Postgres {
+            port: free_port()?,
+            dir,
+            bin,
+            server: None,
+        };
+        let out = pg
+            .command("initdb")
+            .args(["-D"])
+            .arg(pg.data())
+            .args(["-U", Self::USER, "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .map_err(|e| err(format!("initdb: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        pg.run()?;
+        Ok(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A command of the server's binaries, as the cluster's owner.
+    fn command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(name));
+        if nix::unistd::Uid::effective().is_root() {
+            use std::os::unix::process::CommandExt;
+            if let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") {
+                cmd.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+            }
+        }
+        cmd.current_dir(self.dir.path());
+        cmd
+    }
+
+    /// Start the server on the cluster and wait until it takes connections.
+    fn run(&mut self) -> Result<(), HarnessError> {
+        let log = self.dir.path().join("postgres.log");
+        let mut cmd = self.command("postgres");
+        cmd.arg("-D")
+            .arg(self.data())
+            .arg("-k")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "max_connections=200"]);
+        // The log file is created by root in a directory nobody owns: fine.
+        self.server = Some(Child::spawn("postgres", &mut cmd, Some(&log))?);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = self
+                .command("pg_isready")
+                .arg("-h")
+                .arg(self.dir.path())
+                .args(["-p", &self.port.to_string(), "-U", Self::USER, "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return Ok(());
+            }
+            if let Some(s) = self.server.as_mut().and_then(Child::try_wait) {
+                return Err(err(format!(
+                    "postgres exited ({s}): {}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(err("postgres did not become ready within 60 s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// libpq connection string of the `postgres` database (TCP on 127.0.0.1).
+    pub fn url(&self) -> String {
+        self.url_of("postgres")
+    }
+
+    /// `postgres://` URL of database `db`.
+    pub fn url_of(&self, db: &str) -> String {
+        format!("postgres://{}@127.0.0.1:{}/{db}", Self::USER, self.port)
+    }
+
+    /// Create database `name` (a fresh store per test on one server).
+    pub fn create_database(&self, name: &str) -> Result<String, HarnessError> {
+        let out = self
+            .command("createdb")
+            .arg("-h")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-U", Self::USER, name])
+            .output()
+            .map_err(|e| err(format!("createdb: {e}")))?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "createdb {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(self.url_of(name))
+    }
+
+    /// Stop it the hard way (SIGKILL to the postmaster), as a crash does.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.kill_hard();
+        }
+    }
+
+    /// Start it again on the same cluster and port (after [`Self::kill_hard`]
+    /// or [`Self::stop`]): crash recovery runs first.
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop();
+        // Backends of a killed postmaster notice and exit; until then the
+        // port may still be held.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_listening(self.port) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.run()
+    }
+
+    /// Fast shutdown (SIGINT: clients are disconnected, the WAL flushed).
+    pub fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            if s.try_wait().is_none() {
+                if let Ok(pid) = i32::try_from(s.pid()) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+                }
+                if s.wait_timeout(Duration::from_secs(10)).is_none() {
+                    s.kill_hard();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

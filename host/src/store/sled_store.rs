@@ -27,10 +27,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 
-use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use super::{AtcPolicy, ChainHead, Disposition, RecordRef, RecordSummary, Store, StoredRecord};
+use super::{AtcPolicy, ChainHead, Disposition, Meta, RecordRef, Store, StoredRecord};
 use crate::wire::{Flag, Reason};
 use crate::Error;
 
@@ -51,16 +50,6 @@ pub struct SledStore {
     device: DeviceSync,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Meta {
-    received_at: u64,
-    disposition: Disposition,
-    flags: Vec<Flag>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    detail: Option<String>,
-    summary: RecordSummary,
-}
-
 fn record_key(terminal: &[u8; 32], seq: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..32].copy_from_slice(terminal);
@@ -69,14 +58,7 @@ fn record_key(terminal: &[u8; 32], seq: u64) -> [u8; 40] {
 }
 
 fn encode_value(r: &StoredRecord) -> Vec<u8> {
-    let meta = Meta {
-        received_at: r.received_at,
-        disposition: r.disposition,
-        flags: r.flags.clone(),
-        detail: r.detail.clone(),
-        summary: r.summary.clone(),
-    };
-    let meta = serde_json::to_vec(&meta).unwrap_or_default();
+    let meta = Meta::json(r);
     let mut v = Vec::with_capacity(37 + meta.len() + r.bytes.len());
     v.push(VALUE_FORMAT);
     v.extend_from_slice(&r.hash);
@@ -118,20 +100,9 @@ fn decode_value(key: &[u8], v: &[u8]) -> Result<StoredRecord, Error> {
     let end = 37usize
         .checked_add(len as usize)
         .ok_or(corrupt("record value"))?;
-    let meta: Meta = serde_json::from_slice(v.get(37..end).ok_or(corrupt("record value"))?)
-        .map_err(|_| corrupt("record metadata"))?;
+    let meta = Meta::parse(v.get(37..end).ok_or(corrupt("record value"))?)?;
     let bytes = v.get(end..).unwrap_or_default().to_vec();
-    Ok(StoredRecord {
-        terminal,
-        seq,
-        hash,
-        received_at: meta.received_at,
-        disposition: meta.disposition,
-        flags: meta.flags,
-        detail: meta.detail,
-        summary: meta.summary,
-        bytes,
-    })
+    Ok(meta.record(terminal, seq, hash, bytes))
 }
 
 fn encode_head(h: &ChainHead) -> [u8; 40] {
@@ -420,18 +391,9 @@ fn read_atc(v: Option<&[u8]>) -> Result<Option<u32>, Error> {
     .transpose()
 }
 
-fn hex_ref(r: &RecordRef) -> String {
-    format!(
-        "seq {} of terminal {}",
-        r.seq,
-        hex::encode(&r.terminal[..8])
-    )
-}
-
 type TxResult<T> = Result<T, ConflictableTransactionError<Abort>>;
 
-/// Why an accepted record may not settle: its tap (TH1) is settled already,
-/// its (wallet, ATC) is, or its ATC is outside the wallet's window.
+/// [`super::settle_verdict`] with the lookups in sled's trees.
 fn settle_check(
     r: &StoredRecord,
     taps: &sled::transaction::TransactionalTree,
@@ -443,51 +405,24 @@ fn settle_check(
     if r.disposition != Disposition::Accepted {
         return Ok(None);
     }
-    if let Some(th1) = r.th1() {
-        let v = taps.get(th1)?;
-        if let Some(o) = decode_refs(v.as_deref())
+    let same_tap = match r.th1() {
+        Some(th1) => decode_refs(taps.get(th1)?.as_deref())
             .map_err(|_| abort("index entry"))?
             .first()
-        {
-            return Ok(Some((
-                Reason::DuplicateTap,
-                format!(
-                    "this tap (same transcript) is already settled as {}",
-                    hex_ref(o)
-                ),
-            )));
-        }
-    }
-    let Some((w, atc)) = r.wallet_atc() else {
-        return Ok(None);
+            .copied(),
+        None => None,
     };
-    let v = wallet_atc.get(index_key_wallet(&w, atc))?;
-    if let Some(o) = decode_refs(v.as_deref())
-        .map_err(|_| abort("index entry"))?
-        .first()
-    {
-        return Ok(Some((
-            Reason::ClonedWallet,
-            format!(
-                "the wallet already settled ATC {atc} in another tap ({}): a cloned wallet",
-                hex_ref(o)
-            ),
-        )));
-    }
-    let high = read_atc(wallet_high.get(w)?.as_deref()).map_err(|_| abort("wallet ATC"))?;
-    Ok(policy.check(high, atc).map(|reason| {
-        let h = high.unwrap_or(0);
-        let detail = format!(
-            "ATC {atc} is more than {} {} the wallet's highest settled ATC {h}",
-            policy.window,
-            if reason == Reason::AtcJump {
-                "ahead of"
-            } else {
-                "behind"
-            }
-        );
-        (reason, detail)
-    }))
+    let (same_atc, high) = match r.wallet_atc() {
+        Some((w, atc)) => (
+            decode_refs(wallet_atc.get(index_key_wallet(&w, atc))?.as_deref())
+                .map_err(|_| abort("index entry"))?
+                .first()
+                .copied(),
+            read_atc(wallet_high.get(w)?.as_deref()).map_err(|_| abort("wallet ATC"))?,
+        ),
+        None => (None, None),
+    };
+    Ok(super::settle_verdict(r, same_tap, same_atc, high, policy))
 }
 
 /// Device syncs started and completed by a [`SledStore`].

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tapstack_host::ingest::VerifyMode;
 use tapstack_host::ledger::Ledger;
 use tapstack_host::server::{Host, HostOptions, Limits};
-use tapstack_host::store::{AtcPolicy, SledStore, Store};
+use tapstack_host::store::{AtcPolicy, PgStore, Store, StoreSpec};
 use tapstack_host::tls::TlsIdentity;
 
 #[derive(Debug, Parser)]
@@ -46,9 +46,15 @@ enum Command {
         /// any (root.key …) gets a warning, and --production refuses it.
         #[arg(long, value_name = "DIR")]
         pki: PathBuf,
-        /// The store directory (sled; created if missing).
-        #[arg(long, value_name = "DIR")]
-        store: PathBuf,
+        /// The store: a directory (sled, embedded; created if missing; one
+        /// instance) or a PostgreSQL URL, `postgres://user@host:port/db`
+        /// (shared by every instance on it; the schema is brought up to
+        /// date at start).
+        #[arg(long, value_name = "DIR|URL")]
+        store: String,
+        /// Connections to PostgreSQL of this instance.
+        #[arg(long, value_name = "N", default_value_t = tapstack_host::store::DEFAULT_POOL_SIZE)]
+        pool_size: usize,
         /// Address to listen on; port 0 picks a free port (printed on stdout).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
@@ -98,10 +104,19 @@ enum Command {
         #[arg(long, value_name = "FILE", requires = "hsm")]
         pin_file: Option<PathBuf>,
     },
-    /// Report accepted records per terminal, scenario and day (the server must be stopped: sled locks its directory).
+    /// Bring a PostgreSQL store's schema up to date (host/migrations) and
+    /// print its version. `serve` does it too; run it first when several
+    /// instances start at once, or to check a database.
+    Migrate {
+        #[arg(long, value_name = "URL")]
+        store: String,
+    },
+    /// Report accepted records per terminal, scenario and day. A PostgreSQL
+    /// store is read while instances serve it; a sled store only with its
+    /// server stopped (sled locks its directory).
     Ledger {
-        #[arg(long, value_name = "DIR")]
-        store: PathBuf,
+        #[arg(long, value_name = "DIR|URL")]
+        store: String,
         /// JSON for machines.
         #[arg(long)]
         json: bool,
@@ -120,12 +135,33 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Logs on stderr: one JSON object a line when stderr is not a terminal
+/// (journald, a collector), readable lines when it is; `info` unless
+/// `TAP_HOST_LOG=warn|debug|…`.
+fn init_logs() {
+    let level = std::env::var("TAP_HOST_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    init_logs();
     match cli.command {
         Command::Serve {
             pki,
             store,
+            pool_size,
             listen,
             tls,
             tls_cert,
@@ -164,8 +200,8 @@ fn run() -> Result<()> {
                         names.join(", ")
                     );
                 }
-                eprintln!(
-                    "tap-host: WARN: the PKI directory holds CA private keys: {}. The host \
+                tracing::warn!(
+                    "the PKI directory holds CA private keys: {}. The host \
                      reads none of them, but anyone who breaks into this machine can use them \
                      to mint terminals, wallets and credentials. Keep them offline with \
                      tap-certs and give the host only the *.pem files and revocations.tlv \
@@ -189,16 +225,16 @@ fn run() -> Result<()> {
                     let pin = tapstack_certs::hsm::read_pin(pin_file.as_deref())?;
                     let key = tapstack_certs::HsmMasterKey::open(spec, pin)
                         .with_context(|| format!("opening the issuer master key {spec}"))?;
-                    eprintln!(
-                        "tap-host: issuer master key: {}",
+                    tracing::info!(
+                        "issuer master key: {}",
                         tapstack_certs::IssuerKeys::location(&key)
                     );
                     Some(Arc::new(key))
                 }
                 None => {
                     let path = pki.path(tapstack_certs::MASTER_KEY_FILE);
-                    eprintln!(
-                        "tap-host: WARN: the issuer master key is in a file, {}, and in this \
+                    tracing::warn!(
+                        "the issuer master key is in a file, {}, and in this \
                          process's memory: anyone who reads either can make every wallet's \
                          cryptogram key. Development only: in production keep it in an HSM \
                          (tap-certs init --hsm, tap-host serve --hsm MODULE:TOKEN:LABEL).",
@@ -207,10 +243,10 @@ fn run() -> Result<()> {
                     None
                 }
             };
-            let db: Arc<dyn Store> = Arc::new(
-                SledStore::open(&store)
-                    .with_context(|| format!("opening the store in {}", store.display()))?,
-            );
+            let spec = StoreSpec::parse(&store);
+            let db: Arc<dyn Store> = spec
+                .open(pool_size)
+                .with_context(|| format!("opening the store {spec}"))?;
             let tls = TlsIdentity::from_pem_files(&tls_cert, &tls_key)?;
             let limits = Limits {
                 max_body,
@@ -249,20 +285,27 @@ fn run() -> Result<()> {
                 anyhow::Ok(())
             })?;
         }
-        Command::Ledger { store, json } => {
-            // sled would create an empty store at a mistyped path and the
-            // ledger would report zero: only `serve` creates a store.
-            if !store.join("db").is_file() {
+        Command::Migrate { store } => {
+            let StoreSpec::Postgres(url) = StoreSpec::parse(&store) else {
                 anyhow::bail!(
-                    "no store at {} (`tap-host serve --store DIR` creates one; check the path)",
-                    store.display()
+                    "migrate is for a PostgreSQL store (postgres://…); a sled store needs none"
                 );
-            }
-            let db = SledStore::open(&store).with_context(|| {
-                format!(
-                    "opening the store in {} (is tap-host serve running on it?)",
-                    store.display()
-                )
+            };
+            let shown = StoreSpec::Postgres(url.clone()).to_string();
+            let db =
+                PgStore::connect_and_migrate(&url).with_context(|| format!("migrating {shown}"))?;
+            println!(
+                "{shown}: schema version {} ({} migration(s) applied now)",
+                db.0, db.1
+            );
+        }
+        Command::Ledger { store, json } => {
+            let spec = StoreSpec::parse(&store);
+            let db = spec.open_existing().with_context(|| match &spec {
+                StoreSpec::Sled(_) => {
+                    format!("opening the store {spec} (is tap-host serve running on it?)")
+                }
+                StoreSpec::Postgres(_) => format!("opening the store {spec}"),
             })?;
             let ledger = Ledger::from_records(&db.records()?);
             if json {

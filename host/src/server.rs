@@ -204,10 +204,23 @@ impl Host {
     }
 
     async fn connection(self: Arc<Self>, acceptor: TlsAcceptor, tcp: tokio::net::TcpStream) {
-        let Ok(Ok(stream)) =
-            tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(tcp)).await
-        else {
-            return;
+        let peer_addr = tcp
+            .peer_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let stream = match tokio::time::timeout(self.limits.handshake_timeout, acceptor.accept(tcp))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                // Why a client was refused: no certificate, a wrong CA,
+                // a role that may not connect, plain HTTP on the port…
+                tracing::warn!(peer = %peer_addr, error = %e, "TLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(peer = %peer_addr, timeout_ms = self.limits.handshake_timeout.as_millis() as u64, "TLS handshake timed out");
+                return;
+            }
         };
         let peer = stream
             .get_ref()
@@ -260,7 +273,23 @@ impl Host {
         }
     }
 
+    /// `POST /v1/batches`, with one log line per batch: the terminal, the
+    /// counts, the latency — and one per refused record or batch, with why.
     async fn batches(
+        &self,
+        peer: &Arc<Certificate>,
+        req: Request<Incoming>,
+    ) -> Response<Full<Bytes>> {
+        let started = std::time::Instant::now();
+        let r = self.batch(peer, req).await;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if !r.status().is_success() {
+            tracing::warn!(terminal = %peer.common_name(), status = r.status().as_u16(), ms, "batch refused");
+        }
+        r
+    }
+
+    async fn batch(
         &self,
         peer: &Arc<Certificate>,
         req: Request<Incoming>,
@@ -300,14 +329,18 @@ impl Host {
             );
         };
         let ingestor = self.ingestor.clone();
-        let peer = peer.clone();
+        let who = peer.clone();
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            ingestor.ingest_with_earlier(&peer, &earlier, &records, unix_now())
+            ingestor.ingest_with_earlier(&who, &earlier, &records, unix_now())
         })
         .await;
         match result {
-            Ok(Ok(resp)) => json(StatusCode::OK, &resp),
+            Ok(Ok(resp)) => {
+                log_batch(peer, &resp, started.elapsed());
+                json(StatusCode::OK, &resp)
+            }
             Ok(Err(e @ Error::IssuerKey { .. })) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "issuer_key_unavailable",
@@ -323,6 +356,37 @@ impl Host {
                 "internal",
                 "nothing was acknowledged: ingest task failed",
             ),
+        }
+    }
+}
+
+/// One line per batch; one per record the host did not take as sent.
+fn log_batch(peer: &Certificate, resp: &crate::wire::BatchResponse, took: Duration) {
+    let terminal = peer.common_name();
+    tracing::info!(
+        terminal = %terminal,
+        chain = %resp.terminal.get(..16).unwrap_or_default(),
+        records = resp.results.len(),
+        accepted = resp.accepted,
+        duplicates = resp.duplicates,
+        declined = resp.declined,
+        rejected = resp.rejected,
+        acked_seq = resp.acked_seq,
+        ms = took.as_secs_f64() * 1000.0,
+        "batch"
+    );
+    for r in &resp.results {
+        let reason = r.reason.map(|x| x.as_str());
+        match r.status {
+            crate::wire::RecordStatus::Rejected => tracing::warn!(
+                terminal = %terminal, seq = r.seq, reason, detail = r.message.as_deref(),
+                "record rejected"
+            ),
+            crate::wire::RecordStatus::Declined => tracing::info!(
+                terminal = %terminal, seq = r.seq, reason, detail = r.message.as_deref(),
+                "record declined"
+            ),
+            _ => {}
         }
     }
 }

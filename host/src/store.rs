@@ -338,6 +338,70 @@ pub(crate) fn settle_verdict(
     })
 }
 
+/// Which store `--store` names: a directory (sled, embedded; one
+/// instance) or a PostgreSQL URL (`postgres://…`; shared by instances).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Sled(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl StoreSpec {
+    pub fn parse(s: &str) -> StoreSpec {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            StoreSpec::Postgres(s.to_owned())
+        } else {
+            StoreSpec::Sled(s.into())
+        }
+    }
+
+    /// Open it for serving: sled creates its directory, PostgreSQL brings
+    /// its schema up to date.
+    pub fn open(&self, pool_size: usize) -> Result<std::sync::Arc<dyn Store>, Error> {
+        Ok(match self {
+            StoreSpec::Sled(dir) => std::sync::Arc::new(SledStore::open(dir)?),
+            StoreSpec::Postgres(url) => std::sync::Arc::new(PgStore::open(url, pool_size)?),
+        })
+    }
+
+    /// Open a store that must exist already, changing nothing (`ledger`).
+    pub fn open_existing(&self) -> Result<std::sync::Arc<dyn Store>, Error> {
+        Ok(match self {
+            StoreSpec::Sled(dir) => {
+                // sled would create an empty store at a mistyped path.
+                if !dir.join("db").is_file() {
+                    return Err(Error::Invalid {
+                        field: "store",
+                        reason: "no sled store there (`tap-host serve --store DIR` creates one; check the path)",
+                    });
+                }
+                std::sync::Arc::new(SledStore::open(dir)?)
+            }
+            StoreSpec::Postgres(url) => std::sync::Arc::new(PgStore::open_existing(url, 2)?),
+        })
+    }
+}
+
+impl core::fmt::Display for StoreSpec {
+    /// The directory, or the URL without its password.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StoreSpec::Sled(dir) => write!(f, "{}", dir.display()),
+            StoreSpec::Postgres(url) => {
+                let shown = match (url.find("://"), url.rfind('@')) {
+                    (Some(scheme), Some(at)) if at > scheme => {
+                        let userinfo = &url[scheme + 3..at];
+                        let user = userinfo.split(':').next().unwrap_or_default();
+                        format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+                    }
+                    _ => url.clone(),
+                };
+                f.write_str(&shown)
+            }
+        }
+    }
+}
+
 /// Storage of verified records (see the module docs for the contract).
 pub trait Store: Send + Sync + core::fmt::Debug {
     /// The terminal's chain head, `None` before its first record.

@@ -8,7 +8,6 @@ mod common;
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
@@ -41,7 +40,16 @@ struct Server {
 }
 
 impl Server {
-    fn start(fx: &Fixture, store: &Path) -> Server {
+    /// `store`: a sled directory or a `postgres://` URL.
+    fn start(fx: &Fixture, store: impl AsRef<std::ffi::OsStr>) -> Server {
+        Self::start_with(fx, store, Stdio::inherit())
+    }
+
+    fn start_with(
+        fx: &Fixture,
+        store: impl AsRef<std::ffi::OsStr>,
+        stderr: impl Into<Stdio>,
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tap-host"))
             .args(["serve", "--listen", "127.0.0.1:0", "--pki"])
             .arg(&fx.pki_dir)
@@ -50,7 +58,7 @@ impl Server {
             .arg("--store")
             .arg(store)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -79,10 +87,10 @@ impl Drop for Server {
     }
 }
 
-fn ledger_binary(store: &Path) -> (Ledger, String) {
+fn ledger_binary(store: impl AsRef<std::ffi::OsStr>) -> (Ledger, String) {
     let run = |json: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-host"));
-        cmd.args(["ledger", "--store"]).arg(store);
+        cmd.args(["ledger", "--store"]).arg(store.as_ref());
         if json {
             cmd.arg("--json");
         }
@@ -163,6 +171,176 @@ async fn a_tap_re_signed_under_a_second_seq_settles_once_through_the_binaries() 
     assert!(text.contains("totals (settled only):"), "{text}");
     assert!(text.contains("62.00 CNY"), "{text}");
     assert!(text.contains("2 settled, 0 held, 2 declined"), "{text}");
+}
+
+/// The same rules with two `tap-host serve` instances on one PostgreSQL
+/// database (a real server the test starts): a terminal's chain continued
+/// across instances, a tap re-signed under a second seq and uploaded to the
+/// *other* instance declined `duplicate_tap` (the database decides, not a
+/// process), a retry to either instance answered `duplicate`, and the
+/// ledger read from the database while both instances keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgres_settle_each_tap_once() {
+    let fx = Fixture::new();
+    let pg = tapstack_tests::Postgres::start().unwrap();
+    let url = pg.create_database("host").unwrap();
+    let (a, b) = (Server::start(&fx, &url), Server::start(&fx, &url));
+    let id = fx.kit.terminal.clone();
+    let mut t = fx.sim(id.clone());
+    let wallet = fx.kit.new_wallet(&mut OsRng);
+    let mut phone = fx.kit.wallet_context_for(&wallet);
+    let genuine = t.tap(&fx.kit, &mut phone, pay(5000));
+    let mut again = genuine.clone();
+    again.seq = 2;
+    again.prev_hash = genuine.hash();
+    again.signature = crypto::sign(&id.key, &again.signed_bytes());
+    t.seq = 2;
+    t.prev = again.hash();
+    let honest = t.tap(&fx.kit, &mut phone, pay(1200));
+
+    let to_a = fx.client(a.addr, Some(&id));
+    let to_b = fx.client(b.addr, Some(&id));
+    let r = to_a
+        .upload(&bytes(std::slice::from_ref(&genuine)))
+        .await
+        .unwrap();
+    assert_eq!(statuses(&r), vec![(RecordStatus::Accepted, None)]);
+    let r = to_b
+        .upload(&bytes(&[genuine.clone(), again.clone(), honest.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(
+        statuses(&r),
+        vec![
+            (RecordStatus::Duplicate, None),
+            (RecordStatus::Declined, Some(Reason::DuplicateTap)),
+            (RecordStatus::Accepted, None),
+        ],
+        "{r:?}"
+    );
+    assert_eq!(r.acked_seq, 3);
+    let r = to_a.upload(&bytes(&[again, honest])).await.unwrap();
+    assert_eq!(
+        statuses(&r),
+        vec![
+            (RecordStatus::Duplicate, Some(Reason::DuplicateTap)),
+            (RecordStatus::Duplicate, None),
+        ]
+    );
+    // Read while both serve.
+    let (ledger, text) = ledger_binary(&url);
+    assert_eq!((ledger.settled, ledger.declined), (2, 1));
+    assert_eq!(ledger.totals[0].amount_minor, 5000 + 1200);
+    assert!(text.contains("62.00 CNY"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tap-host"))
+        .args(["migrate", "--store", &url])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.contains("schema version 1 (0 migration(s) applied now)"),
+        "{said}"
+    );
+    a.stop();
+    b.stop();
+    // A database that holds no store is refused, not reported as empty.
+    let empty = pg.create_database("empty").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tap-host"))
+        .args(["ledger", "--store", &empty])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no tapstack store"),
+        "{out:?}"
+    );
+}
+
+/// The host says what it did: on stderr that is not a terminal, one JSON
+/// object a line — one per batch with the terminal, the counts and the
+/// latency, one per declined record with its reason, and one per refused
+/// TLS client with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_logs_each_batch_and_each_refusal_as_json_lines() {
+    let fx = Fixture::new();
+    let log = fx.dir.path().join("host.log");
+    let server = Server::start_with(
+        &fx,
+        fx.dir.path().join("store"),
+        std::fs::File::create(&log).unwrap(),
+    );
+    let id = fx.kit.terminal.clone();
+    let mut t = fx.sim(id.clone());
+    let wallet = fx.kit.new_wallet(&mut OsRng);
+    let mut phone = fx.kit.wallet_context_for(&wallet);
+    let genuine = t.tap(&fx.kit, &mut phone, pay(700));
+    let mut again = genuine.clone();
+    again.seq = 2;
+    again.prev_hash = genuine.hash();
+    again.signature = crypto::sign(&id.key, &again.signed_bytes());
+    let client = fx.client(server.addr, Some(&id));
+    client.upload(&bytes(&[genuine, again])).await.unwrap();
+    // Not TLS at all.
+    {
+        use std::io::Write;
+        let mut plain = std::net::TcpStream::connect(server.addr).unwrap();
+        plain.write_all(b"GET /v1/health HTTP/1.1\r\n\r\n").unwrap();
+        let _ = plain.read(&mut [0u8; 64]);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines: Vec<serde_json::Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        if lines
+            .iter()
+            .any(|l| l["message"] == "TLS handshake refused")
+            || std::time::Instant::now() > deadline
+        {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    server.stop();
+    let batch = lines
+        .iter()
+        .find(|l| l["message"] == "batch")
+        .unwrap_or_else(|| panic!("no batch line: {lines:?}"));
+    assert_eq!(batch["level"], "INFO");
+    assert_eq!(
+        (
+            batch["records"].as_u64(),
+            batch["accepted"].as_u64(),
+            batch["declined"].as_u64(),
+            batch["acked_seq"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1), Some(2)),
+        "{batch}"
+    );
+    assert!(
+        batch["terminal"].as_str().is_some_and(|t| !t.is_empty()),
+        "{batch}"
+    );
+    assert!(batch["ms"].as_f64().is_some_and(|ms| ms > 0.0), "{batch}");
+    let declined = lines
+        .iter()
+        .find(|l| l["message"] == "record declined")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(
+        (declined["seq"].as_u64(), declined["reason"].as_str()),
+        (Some(2), Some("duplicate_tap"))
+    );
+    let tls = lines
+        .iter()
+        .find(|l| l["message"] == "TLS handshake refused")
+        .unwrap_or_else(|| panic!("no TLS refusal: {lines:?}"));
+    assert!(
+        tls["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{tls}"
+    );
 }
 
 /// The high-S twin of a genuine record (anyone can make it: s → n − s) is

@@ -91,6 +91,11 @@ pub struct QueueSection {
 pub struct HostSection {
     /// `https://HOST:PORT`, HOST a DNS name or an IP address.
     pub url: String,
+    /// More instances of the same host (`https://HOST:PORT` each, the same
+    /// TLS server name), tried in turn when the one in use cannot be
+    /// reached. A balancer's address in `url` needs none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<String>,
     /// The TLS CA certificate (`tap-certs tls-ca`, PEM or DER) the host's
     /// TLS server certificate is issued by: not the payment root, which
     /// signs no TLS certificate.
@@ -362,6 +367,11 @@ impl Config {
                     "host.url {:?}: {e} (https://HOST:PORT, HOST a name or an address)",
                     h.url
                 ));
+            }
+            for u in &h.failover {
+                if let Err(e) = tapstack_upload::client::Endpoint::parse_url(u) {
+                    return Err(format!("host.failover {u:?}: {e} (https://HOST:PORT each)"));
+                }
             }
             if h.batch_size == 0 || h.batch_size > 1000 {
                 return Err("host.batch_size must be 1 to 1000".into());

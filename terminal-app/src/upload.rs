@@ -36,6 +36,13 @@ pub fn client(config: &Config, ctx: &TerminalContext) -> Result<HostClient, Erro
         .ok_or_else(|| upload_err("no [host] in the configuration"))?;
     let endpoint = Endpoint::parse_url(&host.url)
         .map_err(|e| upload_err(format!("host.url {:?}: {e}", host.url)))?;
+    let failover = host
+        .failover
+        .iter()
+        .map(|u| {
+            Endpoint::parse_url(u).map_err(|e| upload_err(format!("host.failover {u:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     // The TLS CA (`tap-certs tls-ca`): a plain X.509 certificate, not one of
     // the payment PKI's.
     let ca = tapstack_certs::read_pem_certificate(&config.path(&host.ca))?;
@@ -75,6 +82,7 @@ pub fn client(config: &Config, ctx: &TerminalContext) -> Result<HostClient, Erro
         .map(|p| tapstack_certs::read_certificate(&config.path(p)).map(|c| c.der().to_vec()))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(HostClient::new(endpoint, name, tls)
+        .with_failover(failover)
         .with_timeout(Duration::from_secs(30))
         .with_terminal_certificate(ctx.certificate.der().to_vec())
         .with_earlier_certificates(earlier))

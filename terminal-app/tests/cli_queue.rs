@@ -292,3 +292,50 @@ fn a_renewed_certificate_continues_the_chain_of_the_old_one() {
         Some(5)
     );
 }
+
+/// `[host] failover`: with the first instance unreachable (nothing listens
+/// on its port), `upload` goes to the next one, and says where it could
+/// not connect only when none answers.
+#[test]
+fn upload_fails_over_to_the_next_host_instance() {
+    let shop = Shop::new();
+    let cfg = config(&shop);
+    let dead = tapstack_tests::free_port().unwrap();
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("url = \"https://localhost:{}\"", shop.host_addr.port()),
+        &format!(
+            "url = \"https://127.0.0.1:{dead}\"\nfailover = [\"https://localhost:{}\"]",
+            shop.host_addr.port()
+        ),
+    );
+    std::fs::write(&cfg, &text_cfg).unwrap();
+    assert!(text_cfg.contains("failover"), "{text_cfg}");
+    let o = run(&cfg, &["pay", "1.00", "CNY"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&cfg, &["upload"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        shop.host_store.head(&shop.terminal).unwrap().map(|h| h.seq),
+        Some(1)
+    );
+    // No instance answers: the error names the last one tried.
+    let dead2 = tapstack_tests::free_port().unwrap();
+    std::fs::write(
+        &cfg,
+        text_cfg.replace(
+            &format!(
+                "failover = [\"https://localhost:{}\"]",
+                shop.host_addr.port()
+            ),
+            &format!("failover = [\"https://127.0.0.1:{dead2}\"]"),
+        ),
+    )
+    .unwrap();
+    let o = run(&cfg, &["upload"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(&format!("127.0.0.1:{dead2}")),
+        "{}",
+        text(&o)
+    );
+}

@@ -119,9 +119,13 @@ impl Endpoint {
     }
 }
 
-/// A mutual-TLS client of one host.
+/// A mutual-TLS client of one host — or of several interchangeable
+/// instances ([`HostClient::with_failover`]): a connection goes to the one
+/// that answered last, and to the next in turn when it cannot be reached.
 pub struct HostClient {
-    endpoint: Endpoint,
+    /// The host's instances, the first as configured; `current` is tried first.
+    endpoints: Vec<Endpoint>,
+    current: std::sync::atomic::AtomicUsize,
     server_name: ServerName<'static>,
     connector: TlsConnector,
     conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
@@ -137,7 +141,7 @@ pub struct HostClient {
 impl core::fmt::Debug for HostClient {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("HostClient")
-            .field("endpoint", &self.endpoint)
+            .field("endpoints", &self.endpoints)
             .field("server_name", &self.server_name)
             .finish_non_exhaustive()
     }
@@ -152,7 +156,8 @@ impl HostClient {
         tls: Arc<rustls::ClientConfig>,
     ) -> Self {
         HostClient {
-            endpoint: endpoint.into(),
+            endpoints: vec![endpoint.into()],
+            current: std::sync::atomic::AtomicUsize::new(0),
             server_name,
             connector: TlsConnector::from(tls),
             conn: tokio::sync::Mutex::new(None),
@@ -177,18 +182,49 @@ impl HostClient {
         self
     }
 
+    /// More instances of the same host (same TLS server name), tried in
+    /// turn when the one in use cannot be reached: at least once delivery
+    /// makes any of them right, the host de-duplicates.
+    pub fn with_failover(mut self, more: impl IntoIterator<Item = Endpoint>) -> Self {
+        self.endpoints.extend(more);
+        self
+    }
+
     /// Deadline of each call (default 30 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
+    /// A connection to the instance in use, else to the next one that
+    /// answers (which is then in use); the last failure when none does.
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Error> {
-        let tcp = TcpStream::connect((self.endpoint.host.as_str(), self.endpoint.port))
+        use std::sync::atomic::Ordering;
+        let n = self.endpoints.len();
+        let first = self.current.load(Ordering::Relaxed) % n.max(1);
+        let mut last = None;
+        for i in 0..n {
+            let at = (first + i) % n;
+            match self.connect_to(&self.endpoints[at]).await {
+                Ok(send) => {
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok(send);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(Error::Invalid {
+            field: "host URL",
+            reason: "no endpoint",
+        }))
+    }
+
+    async fn connect_to(&self, endpoint: &Endpoint) -> Result<SendRequest<Full<Bytes>>, Error> {
+        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
             .await
             .map_err(|source| Error::Net {
                 op: "connecting to",
-                endpoint: self.endpoint.to_string(),
+                endpoint: endpoint.to_string(),
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
@@ -198,7 +234,7 @@ impl HostClient {
             .await
             .map_err(|source| Error::Net {
                 op: "TLS handshake with",
-                endpoint: format!("{} (server name {:?})", self.endpoint, self.server_name),
+                endpoint: format!("{} (server name {:?})", endpoint, self.server_name),
                 source,
             })?;
         let (send, conn) = http1::handshake(TokioIo::new(tls)).await?;
@@ -208,9 +244,10 @@ impl HostClient {
         Ok(send)
     }
 
-    /// Where this client connects.
+    /// Where this client connects now (the instance in use).
     pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+        let at = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.endpoints[at % self.endpoints.len()]
     }
 
     /// Drop the kept connection (the next call opens a new one).

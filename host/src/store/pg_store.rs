@@ -105,6 +105,33 @@ impl PgStore {
     /// `host=/run/pg port=5432 user=tap dbname=tap`) with a pool of
     /// `pool_size` connections, and bring the schema up to date.
     pub fn open(url: &str, pool_size: usize) -> Result<Self, Error> {
+        let store = Self::connect(url, pool_size)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Connect to a database that already holds a tapstack store, changing
+    /// nothing (`tap-host ledger`): refused when its schema is missing.
+    pub fn open_existing(url: &str, pool_size: usize) -> Result<Self, Error> {
+        let store = Self::connect(url, pool_size)?;
+        let version = store.block_on(async {
+            let c = store.client().await?;
+            let row = c
+                .query_one("SELECT to_regclass('tapstack_migrations') IS NOT NULL", &[])
+                .await
+                .map_err(db("look for the schema"))?;
+            Ok(row.get::<_, bool>(0))
+        })?;
+        if !version {
+            return Err(Error::Invalid {
+                field: "store",
+                reason: "the database holds no tapstack store (tap-host migrate creates one)",
+            });
+        }
+        Ok(store)
+    }
+
+    fn connect(url: &str, pool_size: usize) -> Result<Self, Error> {
         let config: tokio_postgres::Config = url.parse().map_err(|source| Error::Database {
             op: "parse the connection string",
             source,
@@ -150,13 +177,18 @@ impl PgStore {
                 field: "store",
                 reason: "cannot build the connection pool",
             })?;
-        let store = PgStore {
+        Ok(PgStore {
             rt: Some(rt),
             pool,
             target,
-        };
-        store.migrate()?;
-        Ok(store)
+        })
+    }
+
+    /// `tap-host migrate`: connect, migrate; (schema version, applied now).
+    pub fn connect_and_migrate(url: &str) -> Result<(i32, usize), Error> {
+        let store = Self::connect(url, 1)?;
+        let applied = store.migrate()?;
+        Ok((store.schema_version()?, applied))
     }
 
     /// Where it is connected (host or socket directory, database).

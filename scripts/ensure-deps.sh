@@ -16,8 +16,9 @@ case "$purpose" in
   # softhsm2: the PKCS#11 token holding the issuer master key in the tests and
   # `make bench` (libsofthsm2.so + softhsm2-util).
   # postgresql: the shared host store of the scaled-host tests (each test
-  # runs its own server: initdb into a temp dir; no system service).
-  test) packages+=(pcsc-tools libnfc-bin softhsm2 postgresql) ;;
+  # runs its own server: initdb into a temp dir; no system service);
+  # haproxy: the balancer in front of several host instances (TCP mode).
+  test) packages+=(pcsc-tools libnfc-bin softhsm2 postgresql haproxy) ;;
   demo) ;;
   fuzz) packages+=(g++) ;;
   *) echo "unknown purpose: $purpose" >&2; exit 2 ;;

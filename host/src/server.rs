@@ -211,6 +211,12 @@ impl Host {
             .await
         {
             Ok(Ok(s)) => s,
+            // Connected and closed without a byte: a balancer's TCP health
+            // check, not a refused client.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(peer = %peer_addr, "connection closed before TLS");
+                return;
+            }
             Ok(Err(e)) => {
                 // Why a client was refused: no certificate, a wrong CA,
                 // a role that may not connect, plain HTTP on the port…

@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,51 +15,7 @@ use common::*;
 use tapstack_host::wire::RecordStatus;
 
 /// A `tap-host serve` child process; killed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(fx: &Fixture, store: &std::path::Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tap-host"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--pki"])
-            .arg(&fx.pki_dir)
-            .arg("--tls")
-            .arg(&fx.tls_dir)
-            .arg("--store")
-            .arg(store)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on https://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Server {
-            addr: addr.parse().unwrap(),
-            child,
-        }
-    }
-
-    fn kill9(mut self) {
-        // Child::kill sends SIGKILL on Unix.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::HostProcess as Server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_upload_loses_nothing_acknowledged() {

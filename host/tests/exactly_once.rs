@@ -7,8 +7,7 @@ mod common;
 
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use common::*;
@@ -33,59 +32,7 @@ fn statuses(r: &BatchResponse) -> Vec<(RecordStatus, Option<Reason>)> {
     r.results.iter().map(|x| (x.status, x.reason)).collect()
 }
 
-/// `tap-host serve` as a child process; killed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    /// `store`: a sled directory or a `postgres://` URL.
-    fn start(fx: &Fixture, store: impl AsRef<std::ffi::OsStr>) -> Server {
-        Self::start_with(fx, store, Stdio::inherit())
-    }
-
-    fn start_with(
-        fx: &Fixture,
-        store: impl AsRef<std::ffi::OsStr>,
-        stderr: impl Into<Stdio>,
-    ) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tap-host"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--pki"])
-            .arg(&fx.pki_dir)
-            .arg("--tls")
-            .arg(&fx.tls_dir)
-            .arg("--store")
-            .arg(store)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on https://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Server { child, addr }
-    }
-
-    fn stop(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::HostProcess as Server;
 
 fn ledger_binary(store: impl AsRef<std::ffi::OsStr>) -> (Ledger, String) {
     let run = |json: bool| {
@@ -265,9 +212,10 @@ async fn two_instances_on_postgres_settle_each_tap_once() {
 async fn the_host_logs_each_batch_and_each_refusal_as_json_lines() {
     let fx = Fixture::new();
     let log = fx.dir.path().join("host.log");
-    let server = Server::start_with(
+    let server = Server::start_on(
         &fx,
         fx.dir.path().join("store"),
+        "127.0.0.1:0",
         std::fs::File::create(&log).unwrap(),
     );
     let id = fx.kit.terminal.clone();

@@ -515,3 +515,58 @@ impl Drop for Postgres {
         self.stop();
     }
 }
+
+/// HAProxy in TCP mode in front of `backends` (TLS passes through to
+/// them), on a free port of 127.0.0.1, health-checking each backend every
+/// 200 ms and sending a new connection to a live one: its config is
+/// generated into a temporary directory. Killed when dropped.
+#[derive(Debug)]
+pub struct Haproxy {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    _child: Child,
+}
+
+impl Haproxy {
+    pub fn start(backends: &[std::net::SocketAddr]) -> Result<Self, HarnessError> {
+        let dir = tempfile::tempdir().map_err(|e| err(format!("haproxy temp dir: {e}")))?;
+        let port = free_port()?;
+        let mut cfg = format!(
+            "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  option redispatch\n\nfrontend hosts\n  bind 127.0.0.1:{port}\n  default_backend instances\n\nbackend instances\n  balance roundrobin\n"
+        );
+        for (i, b) in backends.iter().enumerate() {
+            cfg.push_str(&format!(
+                "  server i{i} {b} check inter 200ms fall 1 rise 1\n"
+            ));
+        }
+        let conf = dir.path().join("haproxy.cfg");
+        fs::write(&conf, cfg).map_err(|e| err(format!("haproxy config: {e}")))?;
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db").arg("-f").arg(&conf);
+        let child = Child::spawn("haproxy", &mut cmd, Some(&dir.path().join("haproxy.log")))
+            .map_err(|e| {
+                err(format!(
+                    "{e} (Debian package haproxy; `make test` installs it)"
+                ))
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_listening(port) {
+            if Instant::now() >= deadline {
+                return Err(err(format!(
+                    "haproxy did not listen on {port}: {}",
+                    fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Haproxy {
+            port,
+            dir,
+            _child: child,
+        })
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}

@@ -376,3 +376,67 @@ impl Running {
         }
     }
 }
+
+/// `tap-host serve` as a child process on the fixture's PKI and TLS
+/// identity, `store` a sled directory or a `postgres://` URL; SIGKILLed on
+/// drop (and by [`HostProcess::kill9`], as a crash).
+pub struct HostProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl HostProcess {
+    pub fn start(fx: &Fixture, store: impl AsRef<std::ffi::OsStr>) -> HostProcess {
+        Self::start_on(fx, store, "127.0.0.1:0", std::process::Stdio::inherit())
+    }
+
+    /// On `listen` (a fixed port, so a restarted instance is where a
+    /// balancer expects it), its stderr (the log) to `stderr`.
+    pub fn start_on(
+        fx: &Fixture,
+        store: impl AsRef<std::ffi::OsStr>,
+        listen: &str,
+        stderr: impl Into<std::process::Stdio>,
+    ) -> HostProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tap-host"))
+            .args(["serve", "--listen", listen, "--pki"])
+            .arg(&fx.pki_dir)
+            .arg("--tls")
+            .arg(&fx.tls_dir)
+            .arg("--store")
+            .arg(store)
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on https://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        HostProcess { child, addr }
+    }
+
+    /// SIGKILL and reap it (a crash; also how the tests stop it).
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn stop(self) {
+        self.kill9();
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

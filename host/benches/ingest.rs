@@ -1,7 +1,7 @@
 //! `make bench`, host part: ingest throughput — records verified and durably
 //! stored per second — with many concurrent terminals uploading over
 //! loopback HTTPS with mutual TLS, printed beside the machine's raw
-//! ECDSA-verify ceiling (`openssl speed -seconds 3 ecdsap256`, run by this
+//! ECDSA-verify ceiling (`openssl speed -multi $(nproc) ecdsap256`, run by this
 //! same process) divided by the signatures each record needs.
 //!
 //! A pay record needs 4 ECDSA P-256 verifications: the terminal's signature
@@ -10,7 +10,8 @@
 //! signature is checked once per connection and once per batch, not per
 //! record; the roots and CAs once at start-up.)
 //!
-//! Budget (DESIGN §8): ingest ≥ 70 % of verify/s ÷ 4.
+//! Budget (DESIGN §8): ingest ≥ 85 % of the all-core verify/s ÷ 4; the
+//! PostgreSQL store at one instance ≥ 70 % of sled.
 //!
 //! The issuer master key, two ways, same records, same run: the file key
 //! (`issuer-master.key`, in host memory) and the same key imported into a
@@ -44,9 +45,18 @@ const RECORDS_PER_TERMINAL: usize = 96;
 const WALLETS: usize = 256;
 const BATCH: usize = 32;
 
-fn openssl_verify_per_sec() -> Option<f64> {
+/// `openssl speed -multi <cores> -seconds 3 ecdsap256`: the machine's
+/// verify ceiling on all its cores (the ingest runs on all of them too).
+fn openssl_verify_per_sec(cores: usize) -> Option<f64> {
     let out = std::process::Command::new("openssl")
-        .args(["speed", "-seconds", "3", "ecdsap256"])
+        .args([
+            "speed",
+            "-multi",
+            &cores.to_string(),
+            "-seconds",
+            "3",
+            "ecdsap256",
+        ])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -167,15 +177,14 @@ fn run(
     setup: &Setup,
     mode: VerifyMode,
     issuer_keys: Option<Arc<dyn tapstack_certs::IssuerKeys>>,
+    store: Arc<dyn Store>,
 ) -> (usize, f64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let store_dir = tempfile::tempdir().unwrap();
-    rt.block_on(async {
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(store_dir.path()).unwrap());
+    let (total, secs) = rt.block_on(async {
         let certs = tapstack_certs::PublicPki::load(&setup.pki_dir).unwrap();
         // The host's TLS identity from a TLS CA of its own (not the payment root).
         let tls_ca = tapstack_certs::TlsCa::generate(30, unix_now(), &mut OsRng).unwrap();
@@ -263,9 +272,18 @@ fn run(
         let secs = start.elapsed().as_secs_f64();
         let _ = stop_tx.send(());
         let _ = server.await;
-        assert_eq!(store.records().unwrap().len(), total);
         (total, secs)
-    })
+    });
+    // The stores block: checked off the runtime.
+    assert_eq!(store.records().unwrap().len(), total);
+    (total, secs)
+}
+
+/// A fresh sled store in its own temporary directory (kept alive by the
+/// returned guard).
+fn sled_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (Arc::new(SledStore::open(dir.path()).unwrap()), dir)
 }
 
 /// Single-thread verifications per second of ring and RustCrypto p256.
@@ -314,7 +332,7 @@ fn main() {
     );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (ring, p256) = primitive_rates();
-    let openssl = openssl_verify_per_sec();
+    let openssl = openssl_verify_per_sec(cores);
     // The same master key in a SoftHSM2 token.
     let hsm = softhsm::SoftHsm::new();
     let token_key: Arc<dyn tapstack_certs::IssuerKeys> = Arc::new(
@@ -338,20 +356,34 @@ fn main() {
     let hsm_derive = derive_rate(&*token_key);
     // Interleaved, three times each, so drift on a shared machine hits both;
     // each run is only about a second, so single runs move by ±10 %.
-    let (mut file_rates, mut hsm_rates) = (Vec::new(), Vec::new());
+    // PostgreSQL, one instance: a private server (initdb in a temp dir),
+    // a fresh database per run.
+    let pg = tapstack_tests::Postgres::start().unwrap();
+    let (mut file_rates, mut hsm_rates, mut pg_rates) = (Vec::new(), Vec::new(), Vec::new());
     let mut n = 0;
-    for _ in 0..3 {
-        let (fnum, fsecs) = run(&setup, VerifyMode::Ring, None);
+    for i in 0..3 {
+        let (store, _dir) = sled_store();
+        let (fnum, fsecs) = run(&setup, VerifyMode::Ring, None, store);
         file_rates.push(fnum as f64 / fsecs);
-        let (hnum, hsecs) = run(&setup, VerifyMode::Ring, Some(token_key.clone()));
+        let (store, _dir) = sled_store();
+        let (hnum, hsecs) = run(&setup, VerifyMode::Ring, Some(token_key.clone()), store);
         hsm_rates.push(hnum as f64 / hsecs);
+        let url = pg.create_database(&format!("bench{i}")).unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            tapstack_host::store::PgStore::open(&url, tapstack_host::store::DEFAULT_POOL_SIZE)
+                .unwrap(),
+        );
+        let (pnum, psecs) = run(&setup, VerifyMode::Ring, None, store);
+        pg_rates.push(pnum as f64 / psecs);
         n = fnum;
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let ingest = mean(&file_rates);
     let ingest_hsm = mean(&hsm_rates);
+    let ingest_pg = mean(&pg_rates);
     let secs = n as f64 / ingest;
-    let (rn, rsecs) = run(&setup, VerifyMode::Reference, None);
+    let (store, _dir) = sled_store();
+    let (rn, rsecs) = run(&setup, VerifyMode::Reference, None, store);
     let reference = rn as f64 / rsecs;
 
     println!();
@@ -361,7 +393,9 @@ fn main() {
         "  ECDSA P-256 verify, 1 core: protocol    {p256:>9.0} /s  (crypto::verify, RustCrypto)"
     );
     match openssl {
-        Some(v) => println!("  openssl speed -seconds 3 ecdsap256      {v:>9.0} verify/s"),
+        Some(v) => println!(
+            "  openssl speed -multi {cores} ecdsap256        {v:>9.0} verify/s (all cores)"
+        ),
         None => println!("  openssl speed ecdsap256                 unavailable"),
     }
     println!("  signatures per record                   {SIGNATURES_PER_RECORD}");
@@ -378,15 +412,25 @@ fn main() {
             "MISSED"
         }
     );
+    println!("  ingest, ring, PostgreSQL (1 instance)   {ingest_pg:>9.0} records/s  (runs {pg_rates:.0?}; pool {})", tapstack_host::store::DEFAULT_POOL_SIZE);
+    println!(
+        "  PostgreSQL / sled                       {:>8.0} %   aim ≥ 70 %: {}",
+        ingest_pg / ingest * 100.0,
+        if ingest_pg >= 0.70 * ingest {
+            "MET"
+        } else {
+            "MISSED"
+        }
+    );
     println!("  ingest, reference verifier (p256)       {reference:>9.0} records/s  ({rn} records in {rsecs:.2} s)");
     if let Some(v) = openssl {
         let ceiling = v / SIGNATURES_PER_RECORD;
         let ratio = ingest / ceiling;
         println!("  ceiling = openssl verify/s ÷ {SIGNATURES_PER_RECORD}          {ceiling:>9.0} records/s");
         println!(
-            "  ingest / ceiling                        {:>8.0} %   budget ≥ 70 %: {}",
+            "  ingest / ceiling                        {:>8.0} %   budget ≥ 85 %: {}",
             ratio * 100.0,
-            if ratio >= 0.70 { "MET" } else { "MISSED" }
+            if ratio >= 0.85 { "MET" } else { "MISSED" }
         );
         println!(
             "  reference / ceiling                     {:>8.0} %",

@@ -218,6 +218,38 @@ fn races(store: Arc<dyn Store>) {
         .filter(|r| r.disposition == Disposition::Accepted)
         .collect();
     assert_eq!(settled.len(), 1);
+
+    // One pickup credential used at four terminals at once: however the
+    // appends interleave, every use sees the others and all are flagged.
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4u8)
+        .map(|i| {
+            let store = store.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let t = terminal(30 + i);
+                let mut r = vec![rec(t, 1, 70 + i, 80 + i, 1, Some(9))];
+                barrier.wait();
+                loop {
+                    match store.append(&t, None, &mut r, &POLICY) {
+                        Err(Error::HeadMoved) => continue,
+                        other => break other.unwrap(),
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    for i in 0..4u8 {
+        assert_eq!(
+            store.record(&terminal(30 + i), 1).unwrap().unwrap().flags,
+            [Flag::CredentialReused],
+            "use at terminal {i}"
+        );
+    }
+    assert_eq!(store.credential_uses(&[9; 16]).unwrap().len(), 4);
 }
 
 #[test]

@@ -3,18 +3,25 @@
 //! applied in order by [`PgStore::migrate`] (`tap-host migrate`, and at
 //! start); the versions applied are in `tapstack_migrations`.
 //!
-//! Every [`Store::append`] is one SERIALIZABLE transaction: it reads the
-//! terminal's head, applies the settlement rules against the indices (the
-//! transaction sees its own earlier inserts), inserts the records and the
-//! index rows and moves the head. What exactly-once rests on is the
-//! database's own: `records (terminal, seq)`, `taps (th1)` and
-//! `wallet_atc (wallet, atc)` are primary keys, so two instances racing on
-//! one terminal, one tap or one wallet cannot both commit. A transaction
-//! that loses such a race (serialization failure, deadlock, unique
-//! violation) is reported as [`Error::HeadMoved`]: the ingest re-reads and
-//! tries again, and then sees the winner. Committed means durable
-//! (PostgreSQL's WAL, `synchronous_commit` on): [`Store::sync`] has nothing
-//! left to do.
+//! Every [`Store::append`] is one READ COMMITTED transaction that takes
+//! the locks its rules need: the terminal's head row (`FOR UPDATE`), and a
+//! transaction-scoped advisory lock per wallet and per pickup credential it
+//! touches, so appends of one chain, one wallet or one credential take
+//! turns on whichever instance they run, and unrelated terminals do not
+//! wait for each other. Inside, it applies the settlement rules against the
+//! indices (seeing its own earlier rows), inserts the records and the index
+//! rows and moves the head. What exactly-once rests on is the database's
+//! own: `records (terminal, seq)`, `taps (th1)` and `wallet_atc (wallet,
+//! atc)` are primary keys, so two instances racing on one terminal or one
+//! tap cannot both commit: the second insert waits for the first
+//! transaction and fails when it commits. A transaction that loses such a
+//! race (unique violation, deadlock, serialization failure) is reported as
+//! [`Error::HeadMoved`]: the ingest re-reads and tries again, and then sees
+//! the winner. (SERIALIZABLE was tried first: with 64 terminals uploading
+//! at once its predicate locks on the shared index pages failed unrelated
+//! appends faster than the ingest's retries could absorb.) Committed means
+//! durable (PostgreSQL's WAL, `synchronous_commit` on): [`Store::sync`] has
+//! nothing left to do.
 //!
 //! The trait is blocking (the ingest runs on blocking threads); the store
 //! drives `tokio-postgres` through a `deadpool-postgres` pool on a small
@@ -321,6 +328,12 @@ impl PgStore {
         .transpose()
     }
 
+    /// One append in a fixed number of round trips, whatever the batch
+    /// size: lock the head; take the wallet and credential locks in one
+    /// sorted statement; read what the batch's taps, ATCs, wallets and
+    /// credentials already have in four queries; decide every record in
+    /// memory (in order, each seeing the batch's earlier records, as the
+    /// sled store does); write with one multi-row insert per table.
     async fn append_tx(
         &self,
         terminal: &[u8; 32],
@@ -328,91 +341,166 @@ impl PgStore {
         batch: &[StoredRecord],
         policy: &AtcPolicy,
     ) -> Result<Vec<StoredRecord>, Error> {
+        use std::collections::{BTreeSet, HashMap};
         let mut c = self.client().await?;
         let tx = c
             .build_transaction()
-            .isolation_level(IsolationLevel::Serializable)
+            .isolation_level(IsolationLevel::ReadCommitted)
             .start()
             .await
             .map_err(db("begin"))?;
-        if Self::head_in(&tx, terminal).await? != expected {
+        // The chain: its head row locked until commit (a first append has
+        // none; a racing first append then fails on the records' key).
+        let head = tx
+            .query_opt(
+                "SELECT seq, hash FROM heads WHERE terminal = $1 FOR UPDATE",
+                &[&&terminal[..]],
+            )
+            .await
+            .map_err(db("lock the chain head"))?
+            .map(|r| {
+                Ok::<_, Error>(ChainHead {
+                    seq: seq_of(r.get(0))?,
+                    hash: bytes(r.get::<_, &[u8]>(1), "chain head")?,
+                })
+            })
+            .transpose()?;
+        if head != expected {
             return Err(Error::HeadMoved);
         }
         let base = expected.map_or(0, |h| h.seq);
         let mut out: Vec<StoredRecord> = batch.to_vec();
-        let mut earlier: Vec<RecordRef> = Vec::new();
+
+        // What the accepted records of the batch will look up.
+        let accepted = || {
+            out.iter()
+                .filter(|r| r.disposition == Disposition::Accepted)
+        };
+        let th1s: Vec<[u8; 32]> = accepted().filter_map(StoredRecord::th1).collect();
+        let atcs: Vec<([u8; 32], u32)> = accepted().filter_map(StoredRecord::wallet_atc).collect();
+        let wallets: BTreeSet<[u8; 32]> = atcs.iter().map(|(w, _)| *w).collect();
+        let credentials: BTreeSet<[u8; 16]> =
+            accepted().filter_map(StoredRecord::credential_id).collect();
+
+        // Appends of one wallet or one credential take turns, on whichever
+        // instance; taken in one sorted order, so they cannot deadlock.
+        let mut locks: BTreeSet<(i32, i32)> = BTreeSet::new();
+        locks.extend(wallets.iter().map(|w| (LOCK_WALLET, lock_id(w))));
+        locks.extend(credentials.iter().map(|c| (LOCK_CREDENTIAL, lock_id(c))));
+        if !locks.is_empty() {
+            let (spaces, keys): (Vec<i32>, Vec<i32>) = locks.into_iter().unzip();
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(s, k)
+                 FROM (SELECT * FROM unnest($1::int4[], $2::int4[]) AS l(s, k) ORDER BY s, k) AS o",
+                &[&spaces, &keys],
+            )
+            .await
+            .map_err(db("take the locks"))?;
+        }
+
+        let mut taps: HashMap<[u8; 32], RecordRef> = HashMap::new();
+        if !th1s.is_empty() {
+            let keys: Vec<&[u8]> = th1s.iter().map(|t| &t[..]).collect();
+            for row in tx
+                .query(
+                    "SELECT th1, terminal, seq FROM taps WHERE th1 = ANY($1)",
+                    &[&keys],
+                )
+                .await
+                .map_err(db("read index"))?
+            {
+                let th1 = bytes(row.get::<_, &[u8]>(0), "index entry")?;
+                taps.insert(th1, ref_at(&row, 1)?);
+            }
+        }
+        let mut uses: HashMap<([u8; 32], u32), RecordRef> = HashMap::new();
+        let mut high: HashMap<[u8; 32], u32> = HashMap::new();
+        if !atcs.is_empty() {
+            let ws: Vec<&[u8]> = atcs.iter().map(|(w, _)| &w[..]).collect();
+            let ns: Vec<i64> = atcs.iter().map(|(_, a)| i64::from(*a)).collect();
+            for row in tx
+                .query(
+                    "SELECT u.wallet, u.atc, u.terminal, u.seq FROM wallet_atc u
+                     JOIN unnest($1::bytea[], $2::int8[]) AS k(wallet, atc)
+                       ON u.wallet = k.wallet AND u.atc = k.atc",
+                    &[&ws, &ns],
+                )
+                .await
+                .map_err(db("read index"))?
+            {
+                let w = bytes(row.get::<_, &[u8]>(0), "index entry")?;
+                let atc = atc_of(row.get(1))?;
+                uses.insert((w, atc), ref_at(&row, 2)?);
+            }
+            let distinct: Vec<&[u8]> = wallets.iter().map(|w| &w[..]).collect();
+            for row in tx
+                .query(
+                    "SELECT wallet, atc FROM wallet_high WHERE wallet = ANY($1)",
+                    &[&distinct],
+                )
+                .await
+                .map_err(db("read index"))?
+            {
+                high.insert(
+                    bytes(row.get::<_, &[u8]>(0), "index entry")?,
+                    atc_of(row.get(1))?,
+                );
+            }
+        }
+        let mut creds: HashMap<[u8; 16], Vec<RecordRef>> = HashMap::new();
+        if !credentials.is_empty() {
+            let ids: Vec<&[u8]> = credentials.iter().map(|c| &c[..]).collect();
+            for row in tx
+                .query(
+                    "SELECT credential, terminal, seq FROM credential_uses
+                     WHERE credential = ANY($1) ORDER BY terminal, seq",
+                    &[&ids],
+                )
+                .await
+                .map_err(db("read index"))?
+            {
+                let id = bytes(row.get::<_, &[u8]>(0), "index entry")?;
+                creds.entry(id).or_default().push(ref_at(&row, 1)?);
+            }
+        }
+
+        // Decide, in order; the batch's own accepted records join the maps.
+        let mut earlier: BTreeSet<RecordRef> = BTreeSet::new();
+        let mut new_taps: Vec<([u8; 32], i64)> = Vec::new();
+        let mut new_uses: Vec<([u8; 32], u32, i64)> = Vec::new();
+        let mut new_creds: Vec<([u8; 16], i64)> = Vec::new();
         for i in 0..out.len() {
             let me = out[i].reference();
             let seq = sql_seq(me.seq)?;
-            if out[i].disposition == Disposition::Accepted {
-                let same_tap = match out[i].th1() {
-                    Some(th1) => Self::refs(
-                        &tx,
-                        "SELECT terminal, seq FROM taps WHERE th1 = $1",
-                        &[&&th1[..]],
-                    )
-                    .await?
-                    .first()
-                    .copied(),
-                    None => None,
-                };
-                let (same_atc, high) = match out[i].wallet_atc() {
-                    Some((w, atc)) => (
-                        Self::refs(
-                            &tx,
-                            "SELECT terminal, seq FROM wallet_atc WHERE wallet = $1 AND atc = $2",
-                            &[&&w[..], &i64::from(atc)],
-                        )
-                        .await?
-                        .first()
-                        .copied(),
-                        Self::highest(&tx, &w).await?,
-                    ),
-                    None => (None, None),
-                };
-                if let Some((reason, detail)) =
-                    settle_verdict(&out[i], same_tap, same_atc, high, policy)
-                {
-                    out[i].disposition = Disposition::Declined(reason);
-                    out[i].detail = Some(detail);
-                }
+            let same_tap = out[i].th1().and_then(|t| taps.get(&t).copied());
+            let (same_atc, highest) = match out[i].wallet_atc() {
+                Some((w, atc)) => (uses.get(&(w, atc)).copied(), high.get(&w).copied()),
+                None => (None, None),
+            };
+            if let Some((reason, detail)) =
+                settle_verdict(&out[i], same_tap, same_atc, highest, policy)
+            {
+                out[i].disposition = Disposition::Declined(reason);
+                out[i].detail = Some(detail);
             }
             if out[i].disposition != Disposition::Accepted {
                 continue;
             }
             if let Some(th1) = out[i].th1() {
-                tx.execute(
-                    "INSERT INTO taps (th1, terminal, seq) VALUES ($1, $2, $3)",
-                    &[&&th1[..], &&terminal[..], &seq],
-                )
-                .await
-                .map_err(db("index the tap"))?;
+                taps.insert(th1, me);
+                new_taps.push((th1, seq));
             }
             if let Some((w, atc)) = out[i].wallet_atc() {
-                tx.execute(
-                    "INSERT INTO wallet_atc (wallet, atc, terminal, seq) VALUES ($1, $2, $3, $4)",
-                    &[&&w[..], &i64::from(atc), &&terminal[..], &seq],
-                )
-                .await
-                .map_err(db("index the wallet's ATC"))?;
-                tx.execute(
-                    "INSERT INTO wallet_high (wallet, atc) VALUES ($1, $2)
-                     ON CONFLICT (wallet) DO UPDATE SET atc = GREATEST(wallet_high.atc, EXCLUDED.atc)",
-                    &[&&w[..], &i64::from(atc)],
-                )
-                .await
-                .map_err(db("index the wallet's highest ATC"))?;
+                uses.insert((w, atc), me);
+                let h = high.entry(w).or_insert(atc);
+                *h = (*h).max(atc);
+                new_uses.push((w, atc, seq));
             }
             if let Some(id) = out[i].credential_id() {
-                let others = Self::refs(
-                    &tx,
-                    "SELECT terminal, seq FROM credential_uses WHERE credential = $1 ORDER BY terminal, seq",
-                    &[&&id[..]],
-                )
-                .await?;
+                let others = creds.entry(id).or_default();
                 if !others.is_empty() {
                     out[i].add_flag(Flag::CredentialReused);
-                    for o in others {
+                    for o in others.clone() {
                         if &o.terminal == terminal && o.seq > base {
                             // An earlier record of this same append.
                             if let Some(r) = usize::try_from(o.seq - base - 1)
@@ -422,23 +510,64 @@ impl PgStore {
                                 r.add_flag(Flag::CredentialReused);
                             }
                         } else {
-                            earlier.push(o);
+                            earlier.insert(o);
                         }
                     }
                 }
-                tx.execute(
-                    "INSERT INTO credential_uses (credential, terminal, seq) VALUES ($1, $2, $3)",
-                    &[&&id[..], &&terminal[..], &seq],
-                )
-                .await
-                .map_err(db("index the credential"))?;
+                creds.entry(id).or_default().push(me);
+                new_creds.push((id, seq));
             }
+        }
+
+        // Write.
+        let t: &[u8] = &terminal[..];
+        if !new_taps.is_empty() {
+            let keys: Vec<&[u8]> = new_taps.iter().map(|(k, _)| &k[..]).collect();
+            let seqs: Vec<i64> = new_taps.iter().map(|(_, s)| *s).collect();
+            tx.execute(
+                "INSERT INTO taps (th1, terminal, seq)
+                 SELECT k, $2, s FROM unnest($1::bytea[], $3::int8[]) AS x(k, s)",
+                &[&keys, &t, &seqs],
+            )
+            .await
+            .map_err(db("index the taps"))?;
+        }
+        if !new_uses.is_empty() {
+            let ws: Vec<&[u8]> = new_uses.iter().map(|(w, _, _)| &w[..]).collect();
+            let ns: Vec<i64> = new_uses.iter().map(|(_, a, _)| i64::from(*a)).collect();
+            let seqs: Vec<i64> = new_uses.iter().map(|(_, _, s)| *s).collect();
+            tx.execute(
+                "INSERT INTO wallet_atc (wallet, atc, terminal, seq)
+                 SELECT w, a, $3, s FROM unnest($1::bytea[], $2::int8[], $4::int8[]) AS x(w, a, s)",
+                &[&ws, &ns, &t, &seqs],
+            )
+            .await
+            .map_err(db("index the wallets' ATCs"))?;
+            tx.execute(
+                "INSERT INTO wallet_high (wallet, atc)
+                 SELECT w, max(a) FROM unnest($1::bytea[], $2::int8[]) AS x(w, a) GROUP BY w
+                 ON CONFLICT (wallet) DO UPDATE SET atc = GREATEST(wallet_high.atc, EXCLUDED.atc)",
+                &[&ws, &ns],
+            )
+            .await
+            .map_err(db("index the wallets' highest ATCs"))?;
+        }
+        if !new_creds.is_empty() {
+            let ids: Vec<&[u8]> = new_creds.iter().map(|(c, _)| &c[..]).collect();
+            let seqs: Vec<i64> = new_creds.iter().map(|(_, s)| *s).collect();
+            tx.execute(
+                "INSERT INTO credential_uses (credential, terminal, seq)
+                 SELECT c, $2, s FROM unnest($1::bytea[], $3::int8[]) AS x(c, s)",
+                &[&ids, &t, &seqs],
+            )
+            .await
+            .map_err(db("index the credentials"))?;
         }
         for o in earlier {
             let oseq = sql_seq(o.seq)?;
             let row = tx
                 .query_opt(
-                    "SELECT hash, meta::text, bytes FROM records WHERE terminal = $1 AND seq = $2 FOR UPDATE",
+                    "SELECT hash, meta::text FROM records WHERE terminal = $1 AND seq = $2 FOR UPDATE",
                     &[&&o.terminal[..], &oseq],
                 )
                 .await
@@ -460,22 +589,25 @@ impl PgStore {
             .await
             .map_err(db("flag a record"))?;
         }
-        for r in &out {
-            tx.execute(
-                "INSERT INTO records (terminal, seq, hash, received_at, meta, bytes)
-                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)",
-                &[
-                    &&terminal[..],
-                    &sql_seq(r.seq)?,
-                    &&r.hash[..],
-                    &i64::try_from(r.received_at).unwrap_or(i64::MAX),
-                    &meta_text(r)?,
-                    &r.bytes,
-                ],
-            )
-            .await
-            .map_err(db("insert a record"))?;
-        }
+        let seqs: Vec<i64> = out
+            .iter()
+            .map(|r| sql_seq(r.seq))
+            .collect::<Result<_, _>>()?;
+        let hashes: Vec<&[u8]> = out.iter().map(|r| &r.hash[..]).collect();
+        let received: Vec<i64> = out
+            .iter()
+            .map(|r| i64::try_from(r.received_at).unwrap_or(i64::MAX))
+            .collect();
+        let metas: Vec<String> = out.iter().map(meta_text).collect::<Result<_, _>>()?;
+        let blobs: Vec<&[u8]> = out.iter().map(|r| r.bytes.as_slice()).collect();
+        tx.execute(
+            "INSERT INTO records (terminal, seq, hash, received_at, meta, bytes)
+             SELECT $1, s, h, r, m::jsonb, b
+             FROM unnest($2::int8[], $3::bytea[], $4::int8[], $5::text[], $6::bytea[]) AS x(s, h, r, m, b)",
+            &[&t, &seqs, &hashes, &received, &metas, &blobs],
+        )
+        .await
+        .map_err(db("insert the records"))?;
         let Some(last) = out.last() else {
             return Ok(out);
         };
@@ -484,12 +616,7 @@ impl PgStore {
                 "INSERT INTO heads (terminal, seq, hash) VALUES ($1, $2, $3)
                  ON CONFLICT (terminal) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash
                  WHERE heads.seq = $4",
-                &[
-                    &&terminal[..],
-                    &sql_seq(last.seq)?,
-                    &&last.hash[..],
-                    &sql_seq(base)?,
-                ],
+                &[&t, &sql_seq(last.seq)?, &&last.hash[..], &sql_seq(base)?],
             )
             .await
             .map_err(db("move the chain head"))?;
@@ -499,6 +626,29 @@ impl PgStore {
         tx.commit().await.map_err(db("commit"))?;
         Ok(out)
     }
+}
+
+/// Advisory-lock namespaces (the first argument of the two-key form).
+const LOCK_WALLET: i32 = 0x7461_7001;
+const LOCK_CREDENTIAL: i32 = 0x7461_7002;
+
+/// The advisory-lock key of a wallet or credential: its first 4 bytes (two
+/// that share them only wait for each other).
+fn lock_id(key: &[u8]) -> i32 {
+    key.get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, i32::from_be_bytes)
+}
+
+fn ref_at(row: &tokio_postgres::Row, at: usize) -> Result<RecordRef, Error> {
+    Ok(RecordRef {
+        terminal: bytes(row.get::<_, &[u8]>(at), "index entry")?,
+        seq: seq_of(row.get(at + 1))?,
+    })
+}
+
+fn atc_of(v: i64) -> Result<u32, Error> {
+    u32::try_from(v).map_err(|_| Error::Corrupt { what: "wallet ATC" })
 }
 
 fn meta_text(r: &StoredRecord) -> Result<String, Error> {

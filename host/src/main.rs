@@ -301,11 +301,19 @@ fn run() -> Result<()> {
         }
         Command::Ledger { store, json } => {
             let spec = StoreSpec::parse(&store);
-            let db = spec.open_existing().with_context(|| match &spec {
-                StoreSpec::Sled(_) => {
-                    format!("opening the store {spec} (is tap-host serve running on it?)")
-                }
-                StoreSpec::Postgres(_) => format!("opening the store {spec}"),
+            let db = spec.open_existing().map_err(|e| match e {
+                // A mistyped path or an empty database: said as such, not
+                // reported as a ledger of zero.
+                tapstack_host::Error::Invalid {
+                    field: "store",
+                    reason,
+                } => anyhow::anyhow!("no store at {spec}: {reason}"),
+                e => anyhow::Error::new(e).context(match &spec {
+                    StoreSpec::Sled(_) => {
+                        format!("opening the store {spec} (is tap-host serve running on it?)")
+                    }
+                    StoreSpec::Postgres(_) => format!("opening the store {spec}"),
+                }),
             })?;
             let ledger = Ledger::from_records(&db.records()?);
             if json {

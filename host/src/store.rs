@@ -372,7 +372,7 @@ impl StoreSpec {
                 if !dir.join("db").is_file() {
                     return Err(Error::Invalid {
                         field: "store",
-                        reason: "no sled store there (`tap-host serve --store DIR` creates one; check the path)",
+                        reason: "no sled store there: `tap-host serve --store DIR` creates one; check the path",
                     });
                 }
                 std::sync::Arc::new(SledStore::open(dir)?)

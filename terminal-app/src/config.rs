@@ -520,6 +520,7 @@ path = "queue"                   # sled directory; back it up, never edit it
 
 [host]
 url = "https://127.0.0.1:8443"
+# failover = ["https://10.0.0.11:8443"]   # more instances, tried in turn when url cannot be reached
 ca = "tls/tls-ca.pem"             # the TLS CA (`tap-certs tls-ca`), not the payment root
 server_name = "localhost"
 tls_certificate = "terminal-tls.pem"   # `tap-certs terminal-tls`: the mTLS client certificate

@@ -96,6 +96,7 @@ pub struct Ingestor {
     mode: VerifyMode,
     atc_policy: AtcPolicy,
     locks: Mutex<HashMap<[u8; 32], Arc<Mutex<()>>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 enum Step {
@@ -238,6 +239,7 @@ impl Ingestor {
             mode,
             atc_policy: AtcPolicy::default(),
             locks: Mutex::new(HashMap::new()),
+            metrics: Arc::default(),
         })
     }
 
@@ -269,6 +271,11 @@ impl Ingestor {
             VerifyMode::Ring => &Ring,
             VerifyMode::Reference => &RustCrypto,
         }
+    }
+
+    /// Its counters and latencies ([`crate::metrics`]).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     fn terminal_lock(&self, terminal: &[u8; 32]) -> Arc<Mutex<()>> {
@@ -399,6 +406,7 @@ impl Ingestor {
         let mut steps: Vec<Step> = Vec::with_capacity(records.len());
         let mut blocked = false;
         let mut terminal_known = HashSet::new();
+        let verifying = std::time::Instant::now();
         for bytes in records {
             if blocked {
                 steps.push(reject(
@@ -432,10 +440,13 @@ impl Ingestor {
             }
             steps.push(step);
         }
+        self.metrics.verify.observe(verifying.elapsed());
         if !pending.is_empty() {
+            let storing = std::time::Instant::now();
             self.store
                 .append(&th, head, &mut pending, &self.atc_policy)?;
             self.store.sync()?;
+            self.metrics.store.observe(storing.elapsed());
         }
         // The final verdicts come back from the store: it declines repeats
         // and marks credential reuse inside the appending transaction.

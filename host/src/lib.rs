@@ -60,6 +60,7 @@ mod error;
 pub mod fastverify;
 pub mod ingest;
 pub mod ledger;
+pub mod metrics;
 pub mod revocations;
 pub mod server;
 pub mod store;

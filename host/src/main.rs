@@ -55,6 +55,11 @@ enum Command {
         /// Connections to PostgreSQL of this instance.
         #[arg(long, value_name = "N", default_value_t = tapstack_host::store::DEFAULT_POOL_SIZE)]
         pool_size: usize,
+        /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this
+        /// address too; port 0 picks a free port (printed on stdout after
+        /// the upload address).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
         /// Address to listen on; port 0 picks a free port (printed on stdout).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
@@ -162,6 +167,7 @@ fn run() -> Result<()> {
             pki,
             store,
             pool_size,
+            metrics,
             listen,
             tls,
             tls_cert,
@@ -280,8 +286,26 @@ fn run() -> Result<()> {
                     .with_context(|| format!("binding {listen}"))?;
                 let addr = listener.local_addr()?;
                 println!("listening on https://{addr}");
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let scraper = match metrics {
+                    Some(m) => {
+                        let l = tokio::net::TcpListener::bind(m)
+                            .await
+                            .with_context(|| format!("binding --metrics {m}"))?;
+                        println!("metrics on http://{}/metrics", l.local_addr()?);
+                        let mut stop = stop_rx.clone();
+                        Some(tokio::spawn(host.clone().serve_metrics(l, async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        })))
+                    }
+                    None => None,
+                };
                 std::io::stdout().flush()?;
                 host.serve(listener, shutdown_signal()).await?;
+                let _ = stop_tx.send(true);
+                if let Some(s) = scraper {
+                    let _ = s.await;
+                }
                 anyhow::Ok(())
             })?;
         }

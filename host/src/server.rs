@@ -163,6 +163,65 @@ impl Host {
     /// connection (an ingest already running finishes on its own thread:
     /// what it stores stays stored, its answer is lost, a retry gets
     /// `duplicate`).
+    /// Serve `GET /metrics` (Prometheus text format, [`crate::metrics`])
+    /// in plain HTTP on `listener` until `shutdown`: for a scraper on the
+    /// host's network, apart from the upload port, which admits terminals
+    /// only. Anything else is 404.
+    pub async fn serve_metrics(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        tokio::pin!(shutdown);
+        let mut conns = JoinSet::new();
+        loop {
+            let tcp = tokio::select! {
+                () = &mut shutdown => break,
+                a = listener.accept() => match a {
+                    Ok((tcp, _)) => tcp,
+                    Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                },
+            };
+            let host = self.clone();
+            conns.spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let host = host.clone();
+                    async move {
+                        let r = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                            let store = host.ingestor.store().clone();
+                            let metrics = host.ingestor.metrics().clone();
+                            // The pool's status is cheap; the store may block.
+                            let text =
+                                tokio::task::spawn_blocking(move || metrics.render(store.as_ref()))
+                                    .await
+                                    .unwrap_or_default();
+                            let mut r = Response::new(Full::new(Bytes::from(text)));
+                            r.headers_mut().insert(
+                                CONTENT_TYPE,
+                                HeaderValue::from_static("text/plain; version=0.0.4"),
+                            );
+                            r
+                        } else {
+                            error(StatusCode::NOT_FOUND, "not_found", "GET /metrics only")
+                        };
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(tcp), service),
+                )
+                .await;
+            });
+            while conns.try_join_next().is_some() {}
+        }
+        conns.shutdown().await;
+        Ok(())
+    }
+
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
@@ -290,6 +349,7 @@ impl Host {
         let r = self.batch(peer, req).await;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         if !r.status().is_success() {
+            self.ingestor.metrics().batch_refused();
             tracing::warn!(terminal = %peer.common_name(), status = r.status().as_u16(), ms, "batch refused");
         }
         r
@@ -345,6 +405,7 @@ impl Host {
         match result {
             Ok(Ok(resp)) => {
                 log_batch(peer, &resp, started.elapsed());
+                self.ingestor.metrics().batch_done(&resp, started.elapsed());
                 json(StatusCode::OK, &resp)
             }
             Ok(Err(e @ Error::IssuerKey { .. })) => error(

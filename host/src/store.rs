@@ -445,6 +445,22 @@ pub trait Store: Send + Sync + core::fmt::Debug {
 
     /// Accepted records that used this pickup credential.
     fn credential_uses(&self, id: &[u8; 16]) -> Result<Vec<RecordRef>, Error>;
+
+    /// Its connection pool, for a store that has one (PostgreSQL).
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
+}
+
+/// A store's database connections of this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Open connections.
+    pub size: usize,
+    /// Open and idle.
+    pub available: usize,
+    /// Callers waiting for one (the pool is saturated when this stays up).
+    pub waiting: usize,
 }
 
 #[cfg(test)]

@@ -131,7 +131,10 @@ async fn two_instances_on_postgres_settle_each_tap_once() {
     let fx = Fixture::new();
     let pg = tapstack_tests::Postgres::start().unwrap();
     let url = pg.create_database("host").unwrap();
-    let (a, b) = (Server::start(&fx, &url), Server::start(&fx, &url));
+    let (a, b) = (
+        Server::start_with_metrics(&fx, &url),
+        Server::start(&fx, &url),
+    );
     let id = fx.kit.terminal.clone();
     let mut t = fx.sim(id.clone());
     let wallet = fx.kit.new_wallet(&mut OsRng);
@@ -173,6 +176,23 @@ async fn two_instances_on_postgres_settle_each_tap_once() {
             (RecordStatus::Duplicate, Some(Reason::DuplicateTap)),
             (RecordStatus::Duplicate, None),
         ]
+    );
+    // What instance a did, as Prometheus scrapes it: one batch accepted a
+    // record, the other found two duplicates; its pool is open.
+    let m = common::scrape(a.metrics.unwrap());
+    for line in [
+        "tapstack_host_batches_total{outcome=\"ok\"} 2",
+        "tapstack_host_records_total{status=\"accepted\"} 1",
+        "tapstack_host_records_total{status=\"duplicate\"} 2",
+        "tapstack_host_records_total{status=\"declined\"} 0",
+        "tapstack_host_batch_seconds_count 2",
+        "tapstack_host_store_seconds_count 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} not in:\n{m}");
+    }
+    assert!(
+        m.contains("tapstack_host_store_pool_connections{state=\"size\"}"),
+        "{m}"
     );
     // Read while both serve.
     let (ledger, text) = ledger_binary(&url);

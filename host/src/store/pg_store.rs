@@ -669,6 +669,15 @@ fn stored(row: &tokio_postgres::Row) -> Result<StoredRecord, Error> {
 const SELECT_RECORD: &str = "SELECT terminal, seq, hash, meta::text, bytes FROM records";
 
 impl Store for PgStore {
+    fn pool_status(&self) -> Option<super::PoolStatus> {
+        let s = self.pool.status();
+        Some(super::PoolStatus {
+            size: s.size,
+            available: s.available,
+            waiting: s.waiting,
+        })
+    }
+
     fn head(&self, terminal: &[u8; 32]) -> Result<Option<ChainHead>, Error> {
         self.block_on(async { Self::head_in(&self.client().await?, terminal).await })
     }

@@ -383,6 +383,8 @@ impl Running {
 pub struct HostProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// Where it serves `GET /metrics`, when started with it.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl HostProcess {
@@ -398,9 +400,36 @@ impl HostProcess {
         listen: &str,
         stderr: impl Into<std::process::Stdio>,
     ) -> HostProcess {
+        Self::start_args(fx, store, listen, stderr, false)
+    }
+
+    /// With `GET /metrics` on a free port too.
+    pub fn start_with_metrics(fx: &Fixture, store: impl AsRef<std::ffi::OsStr>) -> HostProcess {
+        Self::start_args(
+            fx,
+            store,
+            "127.0.0.1:0",
+            std::process::Stdio::inherit(),
+            true,
+        )
+    }
+
+    fn start_args(
+        fx: &Fixture,
+        store: impl AsRef<std::ffi::OsStr>,
+        listen: &str,
+        stderr: impl Into<std::process::Stdio>,
+        metrics: bool,
+    ) -> HostProcess {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tap-host"))
-            .args(["serve", "--listen", listen, "--pki"])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tap-host"));
+        if metrics {
+            cmd.args(["serve", "--metrics", "127.0.0.1:0"]);
+        } else {
+            cmd.arg("serve");
+        }
+        let mut child = cmd
+            .args(["--listen", listen, "--pki"])
             .arg(&fx.pki_dir)
             .arg("--tls")
             .arg(&fx.tls_dir)
@@ -410,17 +439,30 @@ impl HostProcess {
             .stderr(stderr)
             .spawn()
             .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
         let addr = line
             .trim()
             .strip_prefix("listening on https://")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .unwrap();
-        HostProcess { child, addr }
+        let metrics = metrics.then(|| {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            line.trim()
+                .strip_prefix("metrics on http://")
+                .and_then(|a| a.strip_suffix("/metrics"))
+                .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+                .parse()
+                .unwrap()
+        });
+        HostProcess {
+            child,
+            addr,
+            metrics,
+        }
     }
 
     /// SIGKILL and reap it (a crash; also how the tests stop it).
@@ -439,4 +481,21 @@ impl Drop for HostProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET /metrics` of a host started with metrics: the body.
+pub fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }

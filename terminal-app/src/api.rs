@@ -39,8 +39,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::daemon::{CancelRefused, CreateRefused, Daemon, Event, IntentCell, Shared, SyncStatus};
-use crate::request::IntentRequest;
-use crate::tap::Intent;
+use crate::request::{parse_currency, IntentRequest};
+use crate::tap::{Intent, Terms};
 use crate::Error;
 
 type RespBody = BoxBody<Bytes, Infallible>;
@@ -410,7 +410,7 @@ async fn create_intent(shared: &Arc<Shared>, req: Request<Incoming>) -> Handled 
 fn parse_intent(shared: &Shared, body: &[u8]) -> Result<(Intent, Value), ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad("bad_json", format!("request body is not JSON: {e}")))?;
-    check_shape(&value)?;
+    check_shape(&shared.terminal.terms, &value)?;
     let request: IntentRequest = serde_json::from_value(value.clone())
         .map_err(|e| ApiError::bad("bad_json", format!("request body: {e}")))?;
     let terminal = &shared.terminal;
@@ -452,8 +452,10 @@ async fn check_now(shared: &Arc<Shared>, intent: &Intent) -> Result<(), ApiError
 /// The request's JSON shape, field by field, before serde reads it: every
 /// problem named by its path (`cart.items[0].qty`). A JSON number where an
 /// amount goes is refused as `bad_amount` (a float cannot carry money), a
-/// quantity that is not a whole number from 1 as `bad_cart`.
-fn check_shape(value: &Value) -> Result<(), ApiError> {
+/// quantity that is not a whole number from 1 as `bad_cart`. The currency
+/// is checked as soon as it is read (before any amount, which is read in
+/// its minor units): a request with several faults gets the first.
+fn check_shape(terms: &Terms, value: &Value) -> Result<(), ApiError> {
     let obj = value
         .as_object()
         .ok_or_else(|| ApiError::bad("bad_json", "the request body must be a JSON object"))?;
@@ -475,7 +477,7 @@ fn check_shape(value: &Value) -> Result<(), ApiError> {
     match kind {
         "pay" => {
             only_fields(obj, "", &["kind", "amount", "currency"])?;
-            text_field(obj, "", "currency", true)?;
+            currency_shape(terms, obj, "")?;
             amount_shape(obj, "", "amount")
         }
         "order" => {
@@ -495,7 +497,7 @@ fn check_shape(value: &Value) -> Result<(), ApiError> {
                     ))
                 }
             };
-            cart_shape(cart)
+            cart_shape(terms, cart)
         }
         "pickup" => {
             only_fields(obj, "", &["kind", "site"])?;
@@ -549,14 +551,34 @@ fn amount_shape(obj: &Map<String, Value>, at: &str, name: &str) -> Result<(), Ap
     }
 }
 
-fn cart_shape(cart: &Map<String, Value>) -> Result<(), ApiError> {
+/// `currency` is a string, an ISO 4217 code, and the terminal's.
+fn currency_shape(terms: &Terms, obj: &Map<String, Value>, at: &str) -> Result<(), ApiError> {
+    let expected = terms.currency;
+    match obj.get("currency") {
+        Some(Value::String(text)) => parse_currency(terms, text, &format!("{at}currency"))
+            .map(|_| ())
+            .map_err(|r| ApiError::invalid(r.code, r.message)),
+        Some(_) => Err(ApiError::bad(
+            "bad_field",
+            format!("{at}currency must be a string like \"{expected}\""),
+        )),
+        None => Err(ApiError::bad(
+            "missing_field",
+            format!("{at}currency is required"),
+        )),
+    }
+}
+
+fn cart_shape(terms: &Terms, cart: &Map<String, Value>) -> Result<(), ApiError> {
     only_fields(cart, "cart.", &["currency", "items"])?;
-    text_field(cart, "cart.", "currency", true)?;
+    currency_shape(terms, cart, "cart.")?;
     let items = match cart.get("items") {
         Some(Value::Array(a)) => a,
         Some(_) => return Err(ApiError::bad("bad_field", "cart.items must be an array")),
         None => return Err(ApiError::bad("missing_field", "cart.items is required")),
     };
+    // Before the items: a cart of none, or of too many (CartRequest::to_cart
+    // says the same; here it comes before any item's fault).
     if items.is_empty() || items.len() > MAX_CART_ITEMS {
         return Err(ApiError::invalid(
             "bad_cart",

@@ -83,7 +83,8 @@ pub fn take(
 /// each outcome to `each` as it comes, then, for an approved pickup,
 /// `open(slot, seq)` (the slot-open hook; the pickup is recorded whatever
 /// it does). Returns the last outcome's exit status
-/// ([`crate::report::exit::TIMED_OUT`] when no tap came).
+/// ([`crate::report::exit::TIMED_OUT`] when no tap came); a cancel ends
+/// with a `cancelled` outcome and its status, as `pay` does.
 #[allow(clippy::too_many_arguments)]
 pub fn kiosk(
     engine: &mut Engine,
@@ -115,6 +116,14 @@ pub fn kiosk(
                 open(slot, a.seq);
             }
         }
+    }
+    if cancel.is_cancelled() {
+        // Ctrl-C or SIGTERM while waiting for the next phone.
+        let cancelled = Outcome::Cancelled {
+            message: "cancelled: no tap was taken".into(),
+        };
+        each(&cancelled);
+        return Ok(cancelled.exit_code());
     }
     Ok(last)
 }

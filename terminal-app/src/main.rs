@@ -226,26 +226,53 @@ fn read_cart(path: &Path) -> Result<std::result::Result<CartRequest, Outcome>> {
 }
 
 /// A token cancelled by Ctrl-C or SIGTERM: a wait for a phone ends
-/// (`cancelled`, exit 3); a tap in progress finishes and is reported.
+/// (`cancelled`, exit 3); a tap in progress finishes and is reported. The
+/// handlers are in place when this returns.
 fn cancel_on_signal() -> Cancel {
+    use tokio::signal::unix::{signal, SignalKind};
     let cancel = Cancel::new();
+    let warn = |e: &dyn std::fmt::Display| {
+        note(&format!(
+            "warning: Ctrl-C will not be reported as cancelled: {e}"
+        ))
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn(&e);
+            return cancel;
+        }
+    };
+    let signals = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    });
+    let (mut int, mut term) = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            warn(&e);
+            return cancel;
+        }
+    };
     let token = cancel.clone();
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(tapstack_terminal::daemon::shutdown_signal());
+            rt.block_on(async {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            });
             token.cancel();
         });
     if let Err(e) = spawned {
-        note(&format!(
-            "warning: Ctrl-C will not be reported as cancelled: {e}"
-        ));
+        warn(&e);
     }
     cancel
 }
@@ -422,9 +449,19 @@ fn run(cli: Cli, out: &mut Out) -> Result<u8> {
             Ok(outcome.exit_code())
         }
         Command::Order { cart, .. } => {
-            let outcome = match read_cart(&cart)? {
+            let cart_path = cart;
+            let outcome = match read_cart(&cart_path)? {
                 Err(refusal) => refusal,
-                Ok(cart) => take(&mut engine, &config, &IntentRequest::Order { cart }, out)?,
+                Ok(cart) => {
+                    match take(&mut engine, &config, &IntentRequest::Order { cart }, out)? {
+                        // Which file the refused cart came from.
+                        Outcome::Refused { code, message } => Outcome::Refused {
+                            code,
+                            message: format!("cart {}: {message}", cart_path.display()),
+                        },
+                        o => o,
+                    }
+                }
             };
             out.outcome(&outcome);
             Ok(outcome.exit_code())
@@ -445,10 +482,10 @@ fn run(cli: Cli, out: &mut Out) -> Result<u8> {
             }
             let timeout = Duration::from_secs(config.terminal.tap_timeout_secs);
             let mut field = app::field(&config)?;
+            let cancel = cancel_on_signal();
             out.say(&format!(
                 "kiosk at {site}: tap your phone to collect a parcel"
             ));
-            let cancel = cancel_on_signal();
             let shared = std::cell::RefCell::new(&mut *out);
             Ok(counter::kiosk(
                 &mut engine,

@@ -94,7 +94,7 @@ pub fn parse_amount(text: &str, name: &str, currency: Currency) -> Result<Amount
 
 /// `text` as the terminal's currency: an ISO 4217 code, and the one the
 /// terminal takes (checked before any amount is read in its minor units).
-fn parse_currency(terms: &Terms, text: &str, name: &str) -> Result<Currency, Refusal> {
+pub fn parse_currency(terms: &Terms, text: &str, name: &str) -> Result<Currency, Refusal> {
     let currency =
         Currency::parse(text).map_err(|e| Refusal::new("bad_currency", format!("{name}: {e}")))?;
     terms

@@ -804,6 +804,11 @@ fn bad_input_gets_codes_and_writes_nothing() {
         (br#"{"kind":7}"#.to_vec(), 400, "bad_field"),
         (br#"{"kind":"pay","amount":"1.00","currency":"CNY","tip":"1.00"}"#.to_vec(), 400, "unknown_field"),
         (br#"{"kind":"pay","amount":"1.00"}"#.to_vec(), 400, "missing_field"),
+        // Several faults: the currency is judged first, as it is read
+        // (amounts are read in its minor units).
+        (br#"{"kind":"pay","currency":"XYZ"}"#.to_vec(), 422, "bad_currency"),
+        (br#"{"kind":"pay","currency":"EUR","amount":12.5}"#.to_vec(), 422, "wrong_currency"),
+        (br#"{"kind":"order","cart":{"currency":"EUR","items":"x"}}"#.to_vec(), 422, "wrong_currency"),
         (br#"{"kind":"pay","amount":"12.50","currency":"USD"}"#.to_vec(), 422, "wrong_currency"),
         (br#"{"kind":"pay","amount":"12.50","currency":"cny"}"#.to_vec(), 422, "bad_currency"),
         (br#"{"kind":"pay","amount":"1e3","currency":"CNY"}"#.to_vec(), 422, "bad_amount"),

@@ -704,6 +704,30 @@ fn no_phone_in_time_or_cancelled_exits_3() {
     assert!(rest.contains("cancelled"), "{seen}{rest}");
     assert!(asked.elapsed() < Duration::from_secs(10));
     assert_eq!(c.queue()["head_seq"].as_u64(), Some(1));
+
+    // The kiosk loop too: SIGTERM while it waits for the next phone is a
+    // cancelled outcome and exit 3, not a silent exit with the last tap's.
+    let mut child = c
+        .command(&["kiosk", "--site", "LOCKER-7", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("kiosk at LOCKER-7") {
+        let mut line = String::new();
+        assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "{said}");
+        said.push_str(&line);
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    let last: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(last["status"], "cancelled", "{text}");
 }
 
 #[test]

@@ -203,14 +203,29 @@ impl HostClient {
         let n = self.endpoints.len();
         let first = self.current.load(Ordering::Relaxed) % n.max(1);
         let mut last = None;
+        // One instance may not eat the whole deadline (a machine that is
+        // down drops the SYN: no refusal comes) when there are others.
+        let each = if n > 1 {
+            (self.timeout / 3).max(Duration::from_secs(1))
+        } else {
+            self.timeout
+        };
         for i in 0..n {
             let at = (first + i) % n;
-            match self.connect_to(&self.endpoints[at]).await {
-                Ok(send) => {
+            let endpoint = &self.endpoints[at];
+            match tokio::time::timeout(each, self.connect_to(endpoint)).await {
+                Ok(Ok(send)) => {
                     self.current.store(at, Ordering::Relaxed);
                     return Ok(send);
                 }
-                Err(e) => last = Some(e),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    last = Some(Error::Net {
+                        op: "connecting to",
+                        endpoint: endpoint.to_string(),
+                        source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                    })
+                }
             }
         }
         Err(last.unwrap_or(Error::Invalid {

@@ -72,12 +72,25 @@ impl Drop for PgStore {
 }
 
 fn db(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    move |source| Error::Database { op, source }
+}
+
+/// Inside an append: losing a race to another writer is [`Error::HeadMoved`]
+/// (the ingest re-reads and tries again) — a deadlock, a serialization
+/// failure, or a unique violation on the keys two writers race for; any
+/// other failure, a unique violation elsewhere included, is what it is.
+fn db_append(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
     move |source| {
-        if source.code().is_some_and(|c| {
-            *c == SqlState::T_R_SERIALIZATION_FAILURE
-                || *c == SqlState::T_R_DEADLOCK_DETECTED
-                || *c == SqlState::UNIQUE_VIOLATION
-        }) {
+        let raced = source.as_db_error().is_some_and(|e| {
+            *e.code() == SqlState::T_R_SERIALIZATION_FAILURE
+                || *e.code() == SqlState::T_R_DEADLOCK_DETECTED
+                || (*e.code() == SqlState::UNIQUE_VIOLATION
+                    && matches!(
+                        e.constraint(),
+                        Some("records_pkey" | "taps_pkey" | "wallet_atc_pkey" | "heads_pkey")
+                    ))
+        });
+        if raced {
             Error::HeadMoved
         } else {
             Error::Database { op, source }
@@ -97,13 +110,6 @@ fn sql_seq(seq: u64) -> Result<i64, Error> {
     i64::try_from(seq).map_err(|_| Error::Invalid {
         field: "seq",
         reason: "above 2^63",
-    })
-}
-
-fn record_ref(row: &tokio_postgres::Row) -> Result<RecordRef, Error> {
-    Ok(RecordRef {
-        terminal: bytes(row.get::<_, &[u8]>(0), "index entry")?,
-        seq: seq_of(row.get(1))?,
     })
 }
 
@@ -290,7 +296,7 @@ impl PgStore {
             .await
             .map_err(db("read index"))?
             .iter()
-            .map(record_ref)
+            .map(|r| ref_at(r, 0))
             .collect()
     }
 
@@ -308,17 +314,19 @@ impl PgStore {
         .transpose()
     }
 
+    /// The head; `lock` is `""` or `"FOR UPDATE"`.
     async fn head_in(
         c: &impl GenericClient,
         terminal: &[u8; 32],
+        lock: &str,
     ) -> Result<Option<ChainHead>, Error> {
         let row = c
             .query_opt(
-                "SELECT seq, hash FROM heads WHERE terminal = $1",
+                &format!("SELECT seq, hash FROM heads WHERE terminal = $1 {lock}"),
                 &[&&terminal[..]],
             )
             .await
-            .map_err(db("read the chain head"))?;
+            .map_err(db_append("read the chain head"))?;
         row.map(|r| {
             Ok(ChainHead {
                 seq: seq_of(r.get(0))?,
@@ -348,24 +356,10 @@ impl PgStore {
             .isolation_level(IsolationLevel::ReadCommitted)
             .start()
             .await
-            .map_err(db("begin"))?;
+            .map_err(db_append("begin"))?;
         // The chain: its head row locked until commit (a first append has
         // none; a racing first append then fails on the records' key).
-        let head = tx
-            .query_opt(
-                "SELECT seq, hash FROM heads WHERE terminal = $1 FOR UPDATE",
-                &[&&terminal[..]],
-            )
-            .await
-            .map_err(db("lock the chain head"))?
-            .map(|r| {
-                Ok::<_, Error>(ChainHead {
-                    seq: seq_of(r.get(0))?,
-                    hash: bytes(r.get::<_, &[u8]>(1), "chain head")?,
-                })
-            })
-            .transpose()?;
-        if head != expected {
+        if Self::head_in(&tx, terminal, "FOR UPDATE").await? != expected {
             return Err(Error::HeadMoved);
         }
         let base = expected.map_or(0, |h| h.seq);
@@ -395,7 +389,7 @@ impl PgStore {
                 &[&spaces, &keys],
             )
             .await
-            .map_err(db("take the locks"))?;
+            .map_err(db_append("take the locks"))?;
         }
 
         let mut taps: HashMap<[u8; 32], RecordRef> = HashMap::new();
@@ -407,7 +401,7 @@ impl PgStore {
                     &[&keys],
                 )
                 .await
-                .map_err(db("read index"))?
+                .map_err(db_append("read index"))?
             {
                 let th1 = bytes(row.get::<_, &[u8]>(0), "index entry")?;
                 taps.insert(th1, ref_at(&row, 1)?);
@@ -426,7 +420,7 @@ impl PgStore {
                     &[&ws, &ns],
                 )
                 .await
-                .map_err(db("read index"))?
+                .map_err(db_append("read index"))?
             {
                 let w = bytes(row.get::<_, &[u8]>(0), "index entry")?;
                 let atc = atc_of(row.get(1))?;
@@ -439,7 +433,7 @@ impl PgStore {
                     &[&distinct],
                 )
                 .await
-                .map_err(db("read index"))?
+                .map_err(db_append("read index"))?
             {
                 high.insert(
                     bytes(row.get::<_, &[u8]>(0), "index entry")?,
@@ -457,7 +451,7 @@ impl PgStore {
                     &[&ids],
                 )
                 .await
-                .map_err(db("read index"))?
+                .map_err(db_append("read index"))?
             {
                 let id = bytes(row.get::<_, &[u8]>(0), "index entry")?;
                 creds.entry(id).or_default().push(ref_at(&row, 1)?);
@@ -530,7 +524,7 @@ impl PgStore {
                 &[&keys, &t, &seqs],
             )
             .await
-            .map_err(db("index the taps"))?;
+            .map_err(db_append("index the taps"))?;
         }
         if !new_uses.is_empty() {
             let ws: Vec<&[u8]> = new_uses.iter().map(|(w, _, _)| &w[..]).collect();
@@ -542,7 +536,7 @@ impl PgStore {
                 &[&ws, &ns, &t, &seqs],
             )
             .await
-            .map_err(db("index the wallets' ATCs"))?;
+            .map_err(db_append("index the wallets' ATCs"))?;
             tx.execute(
                 "INSERT INTO wallet_high (wallet, atc)
                  SELECT w, max(a) FROM unnest($1::bytea[], $2::int8[]) AS x(w, a) GROUP BY w
@@ -550,7 +544,7 @@ impl PgStore {
                 &[&ws, &ns],
             )
             .await
-            .map_err(db("index the wallets' highest ATCs"))?;
+            .map_err(db_append("index the wallets' highest ATCs"))?;
         }
         if !new_creds.is_empty() {
             let ids: Vec<&[u8]> = new_creds.iter().map(|(c, _)| &c[..]).collect();
@@ -561,7 +555,7 @@ impl PgStore {
                 &[&ids, &t, &seqs],
             )
             .await
-            .map_err(db("index the credentials"))?;
+            .map_err(db_append("index the credentials"))?;
         }
         for o in earlier {
             let oseq = sql_seq(o.seq)?;
@@ -571,7 +565,7 @@ impl PgStore {
                     &[&&o.terminal[..], &oseq],
                 )
                 .await
-                .map_err(db("read a record"))?
+                .map_err(db_append("read a record"))?
                 .ok_or(Error::Corrupt {
                     what: "index points at no record",
                 })?;
@@ -587,7 +581,7 @@ impl PgStore {
                 &[&&o.terminal[..], &oseq, &meta_text(&rec)?],
             )
             .await
-            .map_err(db("flag a record"))?;
+            .map_err(db_append("flag a record"))?;
         }
         let seqs: Vec<i64> = out
             .iter()
@@ -607,7 +601,7 @@ impl PgStore {
             &[&t, &seqs, &hashes, &received, &metas, &blobs],
         )
         .await
-        .map_err(db("insert the records"))?;
+        .map_err(db_append("insert the records"))?;
         let Some(last) = out.last() else {
             return Ok(out);
         };
@@ -619,11 +613,11 @@ impl PgStore {
                 &[&t, &sql_seq(last.seq)?, &&last.hash[..], &sql_seq(base)?],
             )
             .await
-            .map_err(db("move the chain head"))?;
+            .map_err(db_append("move the chain head"))?;
         if moved != 1 {
             return Err(Error::HeadMoved);
         }
-        tx.commit().await.map_err(db("commit"))?;
+        tx.commit().await.map_err(db_append("commit"))?;
         Ok(out)
     }
 }
@@ -679,7 +673,7 @@ impl Store for PgStore {
     }
 
     fn head(&self, terminal: &[u8; 32]) -> Result<Option<ChainHead>, Error> {
-        self.block_on(async { Self::head_in(&self.client().await?, terminal).await })
+        self.block_on(async { Self::head_in(&self.client().await?, terminal, "").await })
     }
 
     fn record_hash(&self, terminal: &[u8; 32], seq: u64) -> Result<Option<[u8; 32]>, Error> {

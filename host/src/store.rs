@@ -290,6 +290,39 @@ fn hex_ref(r: &RecordRef) -> String {
     )
 }
 
+/// Record `i` of an append (the records of `terminal` after seq `base`)
+/// used a pickup credential that `others` used before: flag it, and the
+/// earlier records of this same append among `others`; return the rest —
+/// records stored before, which the store flags in place.
+pub(crate) fn flag_credential_reuse(
+    out: &mut [StoredRecord],
+    i: usize,
+    others: &[RecordRef],
+    terminal: &[u8; 32],
+    base: u64,
+) -> Vec<RecordRef> {
+    let mut earlier = Vec::new();
+    if others.is_empty() {
+        return earlier;
+    }
+    if let Some(r) = out.get_mut(i) {
+        r.add_flag(Flag::CredentialReused);
+    }
+    for o in others {
+        if &o.terminal == terminal && o.seq > base {
+            if let Some(r) = usize::try_from(o.seq - base - 1)
+                .ok()
+                .and_then(|j| out.get_mut(j))
+            {
+                r.add_flag(Flag::CredentialReused);
+            }
+        } else {
+            earlier.push(*o);
+        }
+    }
+    earlier
+}
+
 /// Why an accepted record may not settle, given what the store holds: the
 /// settled record of the same tap (TH1), the settled record with the same
 /// (wallet, ATC), the wallet's highest settled ATC. One rule for every

@@ -200,6 +200,19 @@ impl Cancel {
         }
     }
 
+    /// Sleep `d` on this thread, returning early (within 20 ms) once
+    /// cancelled.
+    pub fn sleep(&self, d: Duration) {
+        let end = Instant::now() + d;
+        loop {
+            let now = Instant::now();
+            if now >= end || self.is_cancelled() {
+                return;
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(20)));
+        }
+    }
+
     /// `Err(Cancelled)` once cancelled.
     pub fn check(&self) -> Result<(), ReaderError> {
         if self.is_cancelled() {
@@ -600,14 +613,7 @@ impl ReaderMonitor {
 
 /// Sleep `d` in short slices, returning early once `cancel` is set.
 pub(crate) fn sleep_cancellable(d: Duration, cancel: &Cancel) {
-    let end = Instant::now() + d;
-    loop {
-        let now = Instant::now();
-        if now >= end || cancel.is_cancelled() {
-            return;
-        }
-        std::thread::sleep((end - now).min(Duration::from_millis(20)));
-    }
+    cancel.sleep(d);
 }
 
 /// One look for a target, as a driver's [`Reader::wait_for_target`] takes it

@@ -35,7 +35,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{IsolationLevel, NoTls};
 
 use super::{
-    settle_verdict, AtcPolicy, ChainHead, Disposition, Meta, RecordRef, Store, StoredRecord,
+    flag_credential_reuse, settle_verdict, AtcPolicy, ChainHead, Disposition, Meta, RecordRef,
+    Store, StoredRecord,
 };
 use crate::wire::Flag;
 use crate::Error;
@@ -492,23 +493,8 @@ impl PgStore {
             }
             if let Some(id) = out[i].credential_id() {
                 let others = creds.entry(id).or_default();
-                if !others.is_empty() {
-                    out[i].add_flag(Flag::CredentialReused);
-                    for o in others.clone() {
-                        if &o.terminal == terminal && o.seq > base {
-                            // An earlier record of this same append.
-                            if let Some(r) = usize::try_from(o.seq - base - 1)
-                                .ok()
-                                .and_then(|j| out.get_mut(j))
-                            {
-                                r.add_flag(Flag::CredentialReused);
-                            }
-                        } else {
-                            earlier.insert(o);
-                        }
-                    }
-                }
-                creds.entry(id).or_default().push(me);
+                earlier.extend(flag_credential_reuse(&mut out, i, others, terminal, base));
+                others.push(me);
                 new_creds.push((id, seq));
             }
         }

@@ -293,22 +293,9 @@ impl Store for SledStore {
                     let old = ct.get(id)?;
                     let others = decode_refs(old.as_deref())
                         .map_err(|_| abort(Abort::Corrupt("index entry")))?;
-                    if !others.is_empty() {
-                        out[i].add_flag(Flag::CredentialReused);
-                        for o in others {
-                            if &o.terminal == terminal && o.seq > base {
-                                // An earlier record of this same append.
-                                if let Some(r) = usize::try_from(o.seq - base - 1)
-                                    .ok()
-                                    .and_then(|j| out.get_mut(j))
-                                {
-                                    r.add_flag(Flag::CredentialReused);
-                                }
-                            } else {
-                                earlier.push(o);
-                            }
-                        }
-                    }
+                    earlier.extend(super::flag_credential_reuse(
+                        &mut out, i, &others, terminal, base,
+                    ));
                     ct.insert(&id[..], push_ref(old.as_deref(), &me))?;
                 }
             }

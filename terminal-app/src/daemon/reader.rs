@@ -5,18 +5,6 @@ use super::*;
 /// How long the reader rests after a reader error before it waits again.
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-/// Sleep `d`, or less once `cancel` is set.
-fn pause(d: Duration, cancel: &Cancel) {
-    let end = Instant::now() + d;
-    while !cancel.is_cancelled() {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(20)));
-    }
-}
-
 /// How long an intent waits for the start-up sync of a fresh queue.
 const SYNC_WAIT: Duration = Duration::from_secs(5);
 
@@ -240,7 +228,7 @@ impl Reader {
                 None if result.is_err() => {
                     // The reader failed (unplugged, daemon gone): retry in a
                     // while, still watching for cancellation and expiry.
-                    pause(ERROR_PAUSE, &wait);
+                    wait.sleep(ERROR_PAUSE);
                 }
                 None => {}
             }

@@ -35,7 +35,7 @@ use crate::store::{AtcPolicy, ChainHead, Disposition, RecordSummary, Store, Stor
 use crate::wire::{BatchResponse, Flag, Reason, RecordResult, RecordStatus};
 use crate::Error;
 use tapstack_protocol::crypto::{RustCrypto, SignatureVerifier};
-use tapstack_protocol::record::{check_record_signature, verify_contents};
+use tapstack_protocol::record::{check_record_signature, verify_contents_known};
 
 /// Which implementation checks signatures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,7 +97,16 @@ pub struct Ingestor {
     atc_policy: AtcPolicy,
     locks: Mutex<HashMap<[u8; 32], Arc<Mutex<()>>>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Wallet certificates (SHA-256) whose issuer signature verified: a
+    /// repeat customer's record then costs its own signatures only. The
+    /// signature of a certificate's bytes never changes; validity at the
+    /// tap's time, the chain and revocation are checked on every use.
+    /// Bounded: emptied when full.
+    verified_wallets: Mutex<HashSet<[u8; 32]>>,
 }
+
+/// Wallet certificates remembered as verified, at most (32 B each).
+pub const VERIFIED_WALLETS_MAX: usize = 200_000;
 
 enum Step {
     New(Box<StoredRecord>),
@@ -240,6 +249,7 @@ impl Ingestor {
             atc_policy: AtcPolicy::default(),
             locks: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
+            verified_wallets: Mutex::default(),
         })
     }
 
@@ -375,14 +385,26 @@ impl Ingestor {
         revs: &RevocationList,
         known: bool,
     ) -> Result<VerifiedRecord, tapstack_protocol::Error> {
-        verify_contents(
+        let cache = || {
+            self.verified_wallets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let verified = verify_contents_known(
             record,
             terminal,
             &self.trust,
             Some(revs),
             known,
+            &|hash| cache().contains(hash),
             self.signatures(),
-        )
+        )?;
+        let mut c = cache();
+        if c.len() >= VERIFIED_WALLETS_MAX {
+            c.clear();
+        }
+        c.insert(*verified.wallet.hash());
+        Ok(verified)
     }
 
     fn try_ingest(

@@ -8,7 +8,7 @@ use rand_core::{OsRng, RngCore};
 use tapstack_host::fastverify::Ring;
 use tapstack_protocol::crypto;
 use tapstack_protocol::pki::TrustStore as FastTrust;
-use tapstack_protocol::record::{check_record_signature, verify_contents};
+use tapstack_protocol::record::{check_record_signature, verify_contents, verify_contents_known};
 use tapstack_protocol::record::{verify_record, TransactionRecord};
 use tapstack_protocol::revocation::RevocationList;
 use tapstack_protocol::scenario::{Amount, Cart, CartItem, Currency, Scenario};
@@ -104,6 +104,22 @@ fn same(
             .and_then(|()| verify_contents(r, &pki.terminal.cert, fast, revs, true, &Ring));
         assert_eq!(known, reference, "{what} (terminal known)");
     }
+    // The host's cache of verified wallet certificates (`Ingestor`): the
+    // genuine wallet certificate known, a mutated one (another hash) not —
+    // validity, chain and revocation still decide as the reference does.
+    let genuine = *pki.wallet.cert.hash();
+    let cached = check_record_signature(r, &pki.terminal.cert, &Ring).and_then(|()| {
+        verify_contents_known(
+            r,
+            &pki.terminal.cert,
+            fast,
+            revs,
+            false,
+            &|h| *h == genuine,
+            &Ring,
+        )
+    });
+    assert_eq!(cached, reference, "{what} (wallet certificate cached)");
     reference.is_ok()
 }
 

@@ -261,6 +261,31 @@ pub fn verify_contents(
     terminal_known: bool,
     v: &dyn SignatureVerifier,
 ) -> Result<VerifiedRecord, Error> {
+    verify_contents_known(
+        record,
+        terminal,
+        trust,
+        revocations,
+        terminal_known,
+        &|_| false,
+        v,
+    )
+}
+
+/// [`verify_contents`] for a verifier that remembers certificates whose
+/// issuer signature it has checked before: `wallet_known(hash)` says the
+/// wallet certificate with this SHA-256 had its signature verified (the
+/// signature of a given certificate's bytes never changes), so only its
+/// validity at the tap's time, its chain and revocation are checked again.
+pub fn verify_contents_known(
+    record: &TransactionRecord,
+    terminal: &Certificate,
+    trust: &TrustStore,
+    revocations: Option<&RevocationList>,
+    terminal_known: bool,
+    wallet_known: &dyn Fn(&[u8; 32]) -> bool,
+    v: &dyn SignatureVerifier,
+) -> Result<VerifiedRecord, Error> {
     let t = &record.transcript;
     let fci = Fci::decode(&t.fci)?;
     let auth = record.auth_body()?;
@@ -305,7 +330,7 @@ pub fn verify_contents(
     verify_wallet_half_with(
         &half,
         &wallet,
-        false,
+        wallet_known(wallet.hash()),
         &auth.scenario,
         trust,
         revocations,

@@ -290,6 +290,25 @@ fn hex_ref(r: &RecordRef) -> String {
     )
 }
 
+/// The precondition of every [`Store::append`]: `records` are `terminal`'s,
+/// numbered on from `expected`'s seq without a gap.
+pub(crate) fn check_continues(
+    terminal: &[u8; 32],
+    expected: Option<ChainHead>,
+    records: &[StoredRecord],
+) -> Result<(), Error> {
+    let base = expected.map_or(0, |h| h.seq);
+    for (i, r) in records.iter().enumerate() {
+        if &r.terminal != terminal || Some(r.seq) != base.checked_add(i as u64 + 1) {
+            return Err(Error::Invalid {
+                field: "append",
+                reason: "records must continue the terminal's chain",
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Record `i` of an append (the records of `terminal` after seq `base`)
 /// used a pickup credential that `others` used before: flag it, and the
 /// earlier records of this same append among `others`; return the rest —

@@ -34,6 +34,19 @@ fn statuses(r: &BatchResponse) -> Vec<(RecordStatus, Option<Reason>)> {
 
 use common::HostProcess as Server;
 
+/// `genuine` (the terminal's latest record) re-signed by the terminal's
+/// owner as its next record — the same tap under a second seq; `t` goes on
+/// after it.
+fn re_signed(t: &mut TerminalSim, genuine: &TransactionRecord) -> TransactionRecord {
+    let mut again = genuine.clone();
+    again.seq = genuine.seq + 1;
+    again.prev_hash = genuine.hash();
+    again.signature = crypto::sign(&t.id.key, &again.signed_bytes());
+    t.seq = again.seq;
+    t.prev = again.hash();
+    again
+}
+
 fn ledger_binary(store: impl AsRef<std::ffi::OsStr>) -> (Ledger, String) {
     let run = |json: bool| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tap-host"));
@@ -65,12 +78,7 @@ async fn a_tap_re_signed_under_a_second_seq_settles_once_through_the_binaries() 
     let mut phone = fx.kit.wallet_context_for(&wallet);
     let genuine = t.tap(&fx.kit, &mut phone, pay(5000));
     // The terminal's owner re-signs the same tap as its next record.
-    let mut again = genuine.clone();
-    again.seq = 2;
-    again.prev_hash = genuine.hash();
-    again.signature = crypto::sign(&id.key, &again.signed_bytes());
-    t.seq = 2;
-    t.prev = again.hash();
+    let again = re_signed(&mut t, &genuine);
     // An honest tap after it: the declined record does not stop the chain.
     let honest = t.tap(&fx.kit, &mut phone, pay(1200));
     // A clone of the wallet skips its counter past the window.
@@ -140,12 +148,7 @@ async fn two_instances_on_postgres_settle_each_tap_once() {
     let wallet = fx.kit.new_wallet(&mut OsRng);
     let mut phone = fx.kit.wallet_context_for(&wallet);
     let genuine = t.tap(&fx.kit, &mut phone, pay(5000));
-    let mut again = genuine.clone();
-    again.seq = 2;
-    again.prev_hash = genuine.hash();
-    again.signature = crypto::sign(&id.key, &again.signed_bytes());
-    t.seq = 2;
-    t.prev = again.hash();
+    let again = re_signed(&mut t, &genuine);
     let honest = t.tap(&fx.kit, &mut phone, pay(1200));
 
     let to_a = fx.client(a.addr, Some(&id));
@@ -243,10 +246,7 @@ async fn the_host_logs_each_batch_and_each_refusal_as_json_lines() {
     let wallet = fx.kit.new_wallet(&mut OsRng);
     let mut phone = fx.kit.wallet_context_for(&wallet);
     let genuine = t.tap(&fx.kit, &mut phone, pay(700));
-    let mut again = genuine.clone();
-    again.seq = 2;
-    again.prev_hash = genuine.hash();
-    again.signature = crypto::sign(&id.key, &again.signed_bytes());
+    let again = re_signed(&mut t, &genuine);
     let client = fx.client(server.addr, Some(&id));
     client.upload(&bytes(&[genuine, again])).await.unwrap();
     // Not TLS at all.

@@ -700,15 +700,7 @@ impl Store for PgStore {
         if records.is_empty() {
             return Ok(());
         }
-        let base = expected.map_or(0, |h| h.seq);
-        for (i, r) in records.iter().enumerate() {
-            if &r.terminal != terminal || Some(r.seq) != base.checked_add(i as u64 + 1) {
-                return Err(Error::Invalid {
-                    field: "append",
-                    reason: "records must continue the terminal's chain",
-                });
-            }
-        }
+        super::check_continues(terminal, expected, records)?;
         let out = self.block_on(self.append_tx(terminal, expected, records, policy))?;
         for (r, o) in records.iter_mut().zip(out) {
             *r = o;

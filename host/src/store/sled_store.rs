@@ -230,15 +230,8 @@ impl Store for SledStore {
         let Some(last) = records.last() else {
             return Ok(());
         };
+        super::check_continues(terminal, expected, records)?;
         let base = expected.map_or(0, |h| h.seq);
-        for (i, r) in records.iter().enumerate() {
-            if &r.terminal != terminal || Some(r.seq) != base.checked_add(i as u64 + 1) {
-                return Err(Error::Invalid {
-                    field: "append",
-                    reason: "records must continue the terminal's chain",
-                });
-            }
-        }
         let new_head = ChainHead {
             seq: last.seq,
             hash: last.hash,
